@@ -1,0 +1,34 @@
+# docextract: PGXS build.  `make && sudo make install`; `make test` runs every test.
+EXTENSION = docextract
+MODULE_big = docextract
+OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
+DATA = sql/docextract--0.1.0.sql
+PGFILEDESC = "docextract - AI document extraction inside PostgreSQL"
+
+REGRESS = models templates documents extractions coercion
+REGRESS_OPTS = --temp-instance=tmp_check/regress --temp-config=test/regress.conf \
+	--load-extension=docextract
+TAP_TESTS = 1
+
+DEPS = libcurl json-c poppler-glib
+PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter -Wno-sign-compare \
+	-Wno-missing-field-initializers $(shell pkg-config --cflags $(DEPS) 2>/dev/null)
+SHLIB_LINK = $(shell pkg-config --libs $(DEPS) 2>/dev/null)
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(PGXS),)
+include $(PGXS)
+# TAP tests live in test/t; PGXS looks for t/*.pl under $(srcdir).
+PROVE_TESTS = test/t/*.pl
+else
+all:
+	@echo "pg_config not found: install postgresql-server-dev-15, or run 'make test' (installs it)"
+endif
+
+# The two commands of the README.  Both install what they need (as root or via sudo).
+.PHONY: demo test
+demo:
+	bash test/demo.sh
+test:
+	bash test/run-tests.sh

@@ -1,0 +1,295 @@
+\echo Use "CREATE EXTENSION docextract" to load this file. \quit
+
+-- Tables are readable through row-level security; every write goes through the
+-- extension's functions, which check the caller and then act as the extension
+-- owner.  Nothing here is writable by PUBLIC directly.
+
+-- Models: where requests go.  API keys live apart, readable by the owner only.
+CREATE TABLE docextract.models (
+    name        text PRIMARY KEY,
+    provider    text NOT NULL CHECK (provider IN ('openai', 'gemini', 'anthropic')),
+    base_url    text NOT NULL,
+    model       text NOT NULL,
+    options     jsonb NOT NULL DEFAULT '{}',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE docextract.model_keys (
+    model_name  text PRIMARY KEY REFERENCES docextract.models (name) ON DELETE CASCADE,
+    api_key     text NOT NULL
+);
+
+-- Templates: what to extract.  owner NULL marks a system template.
+CREATE TABLE docextract.templates (
+    id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    group_id           uuid NOT NULL,
+    version            integer NOT NULL DEFAULT 1,
+    parent_id          uuid REFERENCES docextract.templates (id),
+    name               text NOT NULL,
+    description        text,
+    schema_definition  jsonb NOT NULL,
+    prompt_set         jsonb,
+    validation_rules   jsonb,
+    is_active          boolean NOT NULL DEFAULT true,
+    owner              regrole,
+    created_by         regrole NOT NULL,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (group_id, version)
+);
+CREATE UNIQUE INDEX templates_one_active_per_group
+    ON docextract.templates (group_id) WHERE is_active;
+CREATE INDEX templates_name ON docextract.templates (name) WHERE is_active;
+
+-- Documents: the bytes and what we learnt from them on the way in.
+CREATE TABLE docextract.documents (
+    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    filename      text NOT NULL,
+    content_type  text NOT NULL,
+    size_bytes    bigint NOT NULL,
+    sha256        text NOT NULL,
+    page_count    integer NOT NULL CHECK (page_count > 0),
+    content       bytea,
+    parent_id     uuid REFERENCES docextract.documents (id),
+    page_start    integer,
+    page_end      integer,
+    owner         regrole NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+-- PDFs and images are compressed already: don't spend CPU trying again.
+ALTER TABLE docextract.documents ALTER COLUMN content SET STORAGE EXTERNAL;
+CREATE INDEX documents_sha256 ON docextract.documents (sha256);
+
+-- Extractions: the queue and its statuses.
+CREATE TABLE docextract.extractions (
+    id                     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    document_id            uuid NOT NULL REFERENCES docextract.documents (id),
+    template_id            uuid REFERENCES docextract.templates (id),
+    model_name             text NOT NULL,
+    options                jsonb NOT NULL DEFAULT '{}',
+    status                 text NOT NULL DEFAULT 'pending' CHECK (status IN (
+                               'pending', 'classifying', 'processing', 'retrying',
+                               'awaiting_approval', 'completed', 'failed',
+                               'cancelled', 'insufficient_credits')),
+    owner                  regrole NOT NULL,
+    attempts               integer NOT NULL DEFAULT 0,
+    completion_percentage  integer NOT NULL DEFAULT 0,
+    credits_used           integer NOT NULL DEFAULT 0,
+    error_message          text,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    started_at             timestamptz,
+    completed_at           timestamptz,
+    worker_pid             integer
+);
+CREATE INDEX extractions_queue ON docextract.extractions (created_at)
+    WHERE status = 'pending';
+CREATE INDEX extractions_document ON docextract.extractions (document_id);
+
+-- Results: typed data, one row per finished extraction.
+CREATE TABLE docextract.results (
+    extraction_id  uuid PRIMARY KEY REFERENCES docextract.extractions (id) ON DELETE CASCADE,
+    document_id    uuid NOT NULL REFERENCES docextract.documents (id),
+    template_id    uuid REFERENCES docextract.templates (id),
+    owner          regrole NOT NULL,
+    data           jsonb NOT NULL,
+    raw_output     jsonb,
+    validation     jsonb NOT NULL DEFAULT '[]',
+    attributions   jsonb,
+    usage          jsonb NOT NULL DEFAULT '{}',
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Row-level security: a role sees the rows of every role it is a member of.
+-- Superusers (the worker, the extension owner) bypass it.
+ALTER TABLE docextract.templates ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.documents ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.extractions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.results ENABLE ROW LEVEL SECURITY;
+CREATE POLICY templates_visible ON docextract.templates FOR SELECT
+    USING (owner IS NULL OR pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY documents_visible ON docextract.documents FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY extractions_visible ON docextract.extractions FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY results_visible ON docextract.results FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+
+REVOKE ALL ON ALL TABLES IN SCHEMA docextract FROM PUBLIC;
+GRANT USAGE ON SCHEMA docextract TO PUBLIC;
+GRANT SELECT ON docextract.models, docextract.templates, docextract.documents,
+                docextract.extractions, docextract.results TO PUBLIC;
+
+-- Events: the one place that announces status changes, so that every change
+-- is announced, and in the transaction that makes it.
+CREATE FUNCTION docextract.event_name(old_status text, new_status text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'extraction.' || CASE
+        WHEN old_status IS NULL THEN 'queued'
+        WHEN new_status = 'processing' THEN 'started'
+        WHEN new_status = 'completed' AND old_status = 'awaiting_approval' THEN 'approved'
+        WHEN new_status = 'pending' THEN 'requeued'
+        ELSE new_status END
+$$;
+
+CREATE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('docextract', json_build_object(
+        'event', docextract.event_name(CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+                                       NEW.status),
+        'extraction_id', NEW.id,
+        'document_id', NEW.document_id,
+        'status', NEW.status,
+        'template_id', NEW.template_id,
+        'attempts', NEW.attempts)::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_announce
+    AFTER INSERT OR UPDATE OF status ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.announce_status();
+
+-- Models ------------------------------------------------------------------
+
+CREATE FUNCTION docextract.validate_model_options(options jsonb) RETURNS void
+LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_validate_model_options';
+
+CREATE FUNCTION docextract.add_model(name text, provider text, base_url text, model text,
+                                     api_key text DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, docextract AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'model name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF provider IS NULL OR provider NOT IN ('openai', 'gemini', 'anthropic') THEN
+        RAISE EXCEPTION 'unknown provider "%"', provider USING ERRCODE = '22023',
+            HINT = 'provider must be one of openai, gemini, anthropic';
+    END IF;
+    IF provider <> 'openai' THEN
+        RAISE EXCEPTION 'provider "%" is not available in this version of docextract', provider
+            USING ERRCODE = '0A000', HINT = 'use provider openai (any OpenAI-compatible server)';
+    END IF;
+    IF base_url IS NULL OR base_url !~ '^https?://[^/]+' THEN
+        RAISE EXCEPTION 'base_url must be an http:// or https:// URL, got "%"', base_url
+            USING ERRCODE = '22023';
+    END IF;
+    IF model IS NULL OR model = '' THEN
+        RAISE EXCEPTION 'model must not be empty' USING ERRCODE = '22023';
+    END IF;
+    PERFORM docextract.validate_model_options(coalesce(options, '{}'));
+
+    INSERT INTO docextract.models AS m (name, provider, base_url, model, options)
+    VALUES (add_model.name, add_model.provider, rtrim(add_model.base_url, '/'),
+            add_model.model, coalesce(add_model.options, '{}'))
+    ON CONFLICT ON CONSTRAINT models_pkey DO UPDATE
+        SET provider = EXCLUDED.provider, base_url = EXCLUDED.base_url,
+            model = EXCLUDED.model, options = EXCLUDED.options;
+    DELETE FROM docextract.model_keys k WHERE k.model_name = add_model.name;
+    IF api_key IS NOT NULL THEN
+        INSERT INTO docextract.model_keys (model_name, api_key) VALUES (add_model.name, api_key);
+    END IF;
+    RETURN add_model.name;
+END
+$$;
+REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
+
+-- Templates ---------------------------------------------------------------
+
+CREATE FUNCTION docextract.create_template(name text, schema_definition jsonb,
+                                           prompt_set jsonb DEFAULT NULL,
+                                           validation_rules jsonb DEFAULT NULL,
+                                           description text DEFAULT NULL)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_create_template';
+
+CREATE FUNCTION docextract.update_template(template_id uuid, schema_definition jsonb,
+                                           prompt_set jsonb DEFAULT NULL,
+                                           validation_rules jsonb DEFAULT NULL)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_update_template';
+
+-- The JSON Schema a template asks the model to answer with.
+CREATE FUNCTION docextract.template_json_schema(schema_definition jsonb)
+RETURNS jsonb LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_template_json_schema';
+
+-- Documents ---------------------------------------------------------------
+
+CREATE FUNCTION docextract.add_document(filename text, content bytea)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_add_document';
+
+-- The text poppler finds in a PDF, pages separated by form feeds.
+CREATE FUNCTION docextract.pdf_text(content bytea)
+RETURNS text LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_pdf_text';
+
+-- Extractions -------------------------------------------------------------
+
+CREATE FUNCTION docextract.extract_document(document_id uuid, template_id uuid DEFAULT NULL,
+                                            options jsonb DEFAULT '{}')
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document';
+
+CREATE FUNCTION docextract.cancel_extraction(extraction_id uuid)
+RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_cancel_extraction';
+
+-- Coerce one model value to a field's format_type (what the worker does to
+-- every value it gets back).
+CREATE FUNCTION docextract.coerce_value(value jsonb, format_type text,
+                                        format_options text[] DEFAULT NULL)
+RETURNS jsonb LANGUAGE C IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_coerce_value';
+
+CREATE FUNCTION docextract.extraction_status(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    e docextract.extractions;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    RETURN jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id, 'status', e.status,
+        'template_id', e.template_id, 'model', e.model_name,
+        'created_at', e.created_at, 'started_at', e.started_at,
+        'completed_at', e.completed_at, 'error_message', e.error_message,
+        'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
+        'credits_used', e.credits_used,
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'document_id', d.id, 'page_start', d.page_start,
+                       'page_end', d.page_end, 'status', s.status,
+                       'template_id', s.template_id) ORDER BY d.page_start)
+            FROM docextract.documents d
+            LEFT JOIN LATERAL (SELECT x.status, x.template_id FROM docextract.extractions x
+                               WHERE x.document_id = d.id
+                               ORDER BY x.created_at DESC LIMIT 1) s ON true
+            WHERE d.parent_id = e.document_id), '[]'::jsonb));
+END
+$$;
+
+CREATE FUNCTION docextract.get_result(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id,
+        'template_id', e.template_id, 'status', e.status,
+        'error_message', e.error_message,
+        'attributions', r.attributions))
+        || jsonb_build_object(
+        'data', r.data,
+        'validation', coalesce(r.validation, '[]'::jsonb),
+        'usage', coalesce(r.usage, '{}'::jsonb));
+END
+$$;
+
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
+REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;

@@ -1,0 +1,189 @@
+/*
+ * docextract.c: module entry point.
+ *
+ * Defines the settings, the small shared-memory area through which a
+ * committing backend wakes the worker, and registers the worker when loaded
+ * from shared_preload_libraries.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *docextract_database = NULL;
+int			docextract_max_document_size = 20 * 1024;	/* kB */
+int			docextract_max_inflight = 16;
+int			docextract_poll_interval_ms = 5000;
+int			docextract_default_timeout_ms = 120000;
+
+DocextractShared *docextract_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static bool wake_pending = false;
+static bool xact_callback_registered = false;
+
+static void
+docextract_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(DocextractShared)));
+}
+
+static void
+docextract_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	docextract_shared = ShmemInitStruct("docextract", sizeof(DocextractShared), &found);
+	if (!found)
+	{
+		SpinLockInit(&docextract_shared->mutex);
+		docextract_shared->worker_latch = NULL;
+		docextract_shared->worker_dboid = InvalidOid;
+		docextract_shared->worker_pid = 0;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Set the worker's latch once the transaction that queued work commits. */
+static void
+wake_xact_callback(XactEvent event, void *arg)
+{
+	Latch	   *latch = NULL;
+
+	if (!wake_pending)
+		return;
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		wake_pending = false;
+		return;
+	}
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT)
+		return;
+	wake_pending = false;
+	if (docextract_shared == NULL)
+		return;
+	SpinLockAcquire(&docextract_shared->mutex);
+	if (docextract_shared->worker_dboid == MyDatabaseId)
+		latch = docextract_shared->worker_latch;
+	SpinLockRelease(&docextract_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * Called by anything that makes work for the worker.  Without the preload
+ * there is no shared memory and no worker; the work waits in the table.
+ */
+void
+docextract_wake_worker_at_commit(void)
+{
+	if (docextract_shared == NULL)
+		return;
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(wake_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	wake_pending = true;
+}
+
+void
+docextract_worker_publish(Latch *latch, Oid dboid)
+{
+	SpinLockAcquire(&docextract_shared->mutex);
+	docextract_shared->worker_latch = latch;
+	docextract_shared->worker_dboid = dboid;
+	docextract_shared->worker_pid = MyProcPid;
+	SpinLockRelease(&docextract_shared->mutex);
+}
+
+void
+docextract_worker_unpublish(void)
+{
+	SpinLockAcquire(&docextract_shared->mutex);
+	if (docextract_shared->worker_pid == MyProcPid)
+	{
+		docextract_shared->worker_latch = NULL;
+		docextract_shared->worker_dboid = InvalidOid;
+		docextract_shared->worker_pid = 0;
+	}
+	SpinLockRelease(&docextract_shared->mutex);
+}
+
+static void
+define_settings(void)
+{
+	DefineCustomStringVariable("docextract.database",
+							   "Database the docextract worker serves.",
+							   NULL, &docextract_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.max_document_size",
+							"Largest document add_document accepts.",
+							NULL, &docextract_max_document_size, 20 * 1024,
+							1, 1024 * 1024, PGC_SUSET, GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.max_inflight",
+							"Requests the worker keeps in flight at once.",
+							NULL, &docextract_max_inflight, 16, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.poll_interval",
+							"How often the worker looks at the queue when nobody wakes it.",
+							NULL, &docextract_poll_interval_ms, 5000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.request_timeout",
+							"Timeout of one model request when the model sets no timeout_ms.",
+							NULL, &docextract_default_timeout_ms, 120000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("docextract");
+}
+
+static void
+register_worker(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "docextract");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "docextract_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "docextract worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "docextract worker");
+	RegisterBackgroundWorker(&worker);
+}
+
+void
+_PG_init(void)
+{
+	define_settings();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = docextract_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = docextract_shmem_startup;
+	register_worker();
+}

@@ -1,0 +1,232 @@
+/*
+ * docextract.h: declarations shared by the extension's source files.
+ *
+ * Everything that crosses a file boundary is declared here, grouped by the
+ * file that defines it.
+ */
+#ifndef DOCEXTRACT_H
+#define DOCEXTRACT_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+#include "utils/uuid.h"
+
+/*
+ * json-c names its type json_object, PostgreSQL declares a SQL function of
+ * that name in fmgrprotos.h.  Include PostgreSQL's declaration under another
+ * name first (so this header must come before any that pulls it in).
+ */
+#define json_object pg_sql_json_object
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#undef json_object
+#include <json-c/json.h>
+
+/* docextract.c: settings, shared memory, waking the worker ----------------- */
+
+extern char *docextract_database;
+extern int	docextract_max_document_size;	/* kB */
+extern int	docextract_max_inflight;
+extern int	docextract_poll_interval_ms;
+extern int	docextract_default_timeout_ms;
+
+typedef struct DocextractShared
+{
+	slock_t		mutex;
+	Latch	   *worker_latch;	/* NULL while no worker runs */
+	Oid			worker_dboid;
+	pid_t		worker_pid;
+} DocextractShared;
+
+extern DocextractShared *docextract_shared;
+
+extern void docextract_wake_worker_at_commit(void);
+extern void docextract_worker_publish(Latch *latch, Oid dboid);
+extern void docextract_worker_unpublish(void);
+
+/* privileged.c: acting as the extension owner on behalf of a caller -------- */
+
+typedef struct Privileged
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} Privileged;
+
+extern Oid	docextract_extension_owner(void);
+extern void privileged_begin(Privileged *p);
+extern void privileged_end(Privileged *p);
+extern bool caller_can_act_for(Oid caller, Oid owner);
+
+/* pdf.c: poppler ------------------------------------------------------------ */
+
+extern int	pdf_page_count(const char *data, size_t len, const char *filename);
+extern char *pdf_text(const char *data, size_t len, int max_pages);
+
+/* documents.c ---------------------------------------------------------------- */
+
+extern const char *detect_content_type(const unsigned char *data, size_t len);
+
+/* templates.c: the parsed, validated form of a template --------------------- */
+
+typedef enum FormatType
+{
+	FORMAT_TEXT,
+	FORMAT_NUMBER,
+	FORMAT_DATE,
+	FORMAT_BOOLEAN,
+	FORMAT_MULTIPLE_CHOICE
+} FormatType;
+
+typedef struct TemplateField
+{
+	char	   *key;
+	char	   *name;
+	char	   *prompt;			/* may be NULL */
+	FormatType	format;
+	int			noptions;
+	char	  **options;		/* multiple_choice choices */
+	int			position;
+} TemplateField;
+
+typedef struct Template
+{
+	int			ngeneral;
+	TemplateField *general;
+	bool		has_table;
+	int			ntable;
+	TemplateField *table;
+	char	   *global_instructions;
+	char	   *general_prompt;
+	char	   *table_prompt;
+} Template;
+
+extern char *template_parse(const char *schema_json, const char *prompt_json,
+							const char *rules_json, Template *out);
+extern const char *format_type_name(FormatType f);
+
+/* prompt.c: what we ask the model -------------------------------------------- */
+
+extern json_object *template_json_schema(const Template *t);
+extern char *template_system_prompt(const Template *t, const char *additional);
+
+/* coerce.c: typing the model's answer --------------------------------------- */
+
+extern json_object *coerce_value(json_object *v, FormatType f,
+								 int noptions, char **options);
+extern json_object *coerce_output(json_object *output, const Template *t);
+extern json_object *json_number_from_double(double d);
+
+/* http.c: one libcurl multi handle, driven from a latch loop ----------------- */
+
+typedef struct HttpRequest
+{
+	void	   *easy;			/* CURL * */
+	struct curl_slist *headers;
+	char	   *body;			/* malloc'd request body */
+	StringInfoData response;	/* in the request's memory context */
+	long		status;			/* HTTP status, 0 if none */
+	int			curl_code;		/* CURLcode */
+	char		errbuf[256];
+	double		elapsed_ms;
+	void	   *arg;			/* the caller's */
+	bool		done;
+} HttpRequest;
+
+extern void http_init(void);
+extern void http_start(HttpRequest *req, const char *url, struct curl_slist *headers,
+					   char *body, long timeout_ms);
+extern void http_cancel(HttpRequest *req);
+extern int	http_socket_fd(void);
+extern long http_timeout_ms(void);
+extern void http_drive(bool timed_out);
+extern HttpRequest *http_next_done(void);
+extern int	http_inflight(void);
+extern char *http_error_text(HttpRequest *req);
+
+/* provider_openai.c and friends: wire formats -------------------------------- */
+
+typedef struct ModelConfig
+{
+	char	   *name;
+	char	   *provider;
+	char	   *base_url;
+	char	   *model;
+	char	   *api_key;		/* NULL if none */
+	long		timeout_ms;
+	bool		send_file;		/* options.document_mode = 'file' */
+	bool		has_temperature;
+	double		temperature;
+} ModelConfig;
+
+typedef struct DocumentInput
+{
+	char	   *filename;
+	const char *content_type;
+	const char *data;
+	size_t		len;
+	int			page_count;
+} DocumentInput;
+
+typedef struct ExtractOptions
+{
+	bool		has_temperature;
+	double		temperature;
+	bool		has_seed;
+	int64		seed;
+	char	   *additional_instructions;
+} ExtractOptions;
+
+typedef struct ProviderReply
+{
+	json_object *output;		/* the structured answer, owned by caller */
+	int64		input_tokens;
+	int64		output_tokens;
+} ProviderReply;
+
+typedef struct Provider
+{
+	const char *name;
+	/* Fill url, headers and body of a request. */
+	void		(*build) (const ModelConfig *m, const Template *t, const DocumentInput *d,
+						  const ExtractOptions *o, char **url, struct curl_slist **headers,
+						  char **body);
+	/* Parse a 2xx body; NULL on success, else a message. */
+	char	   *(*parse) (const char *body, size_t len, ProviderReply *reply);
+	/* The provider's own error text from a non-2xx body, or NULL. */
+	char	   *(*error_text) (const char *body, size_t len);
+} Provider;
+
+extern const Provider openai_provider;
+extern const Provider *provider_lookup(const char *name);
+extern char *redact_secret(const char *text, const char *secret);
+extern char *base64_encode(const char *data, size_t len);
+
+/* job.c: one extraction from claimed row to stored result -------------------- */
+
+typedef struct Job Job;
+
+extern Job *job_create(pg_uuid_t *id, int attempts);
+extern void job_prepare(Job *job);
+extern HttpRequest *job_request(Job *job);
+extern void job_finish(Job *job);
+extern void job_release(Job *job);
+extern char *job_id_text(Job *job);
+extern pg_uuid_t *job_id(Job *job);
+
+/* queue.c: status transitions shared by the SQL functions and the worker ------ */
+
+typedef struct ClaimedJob
+{
+	pg_uuid_t	id;
+	int			attempts;
+} ClaimedJob;
+
+extern int	queue_claim(ClaimedJob *out, int max);
+extern int	queue_requeue_orphans(void);
+extern void queue_fail(pg_uuid_t *id, const char *message);
+
+#endif							/* DOCEXTRACT_H */

@@ -1,0 +1,185 @@
+/*
+ * documents.c: taking documents in.
+ *
+ * The type comes from the bytes, never from the name; PDFs must open in
+ * poppler; pages are counted here because pages are what credits measure.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/uuid.h"
+
+
+PG_FUNCTION_INFO_V1(docextract_add_document);
+
+/* ISO base media brands (bytes 8..11 of an ftyp box) that mean HEIC or HEIF. */
+static const char *const heic_brands[] = {"heic", "heix", "hevc", "hevx", "heim", "heis", NULL};
+static const char *const heif_brands[] = {"mif1", "msf1", "heif", NULL};
+
+static bool
+brand_in(const unsigned char *brand, const char *const *list)
+{
+	for (int i = 0; list[i]; i++)
+		if (memcmp(brand, list[i], 4) == 0)
+			return true;
+	return false;
+}
+
+/* HEIC/HEIF: an ftyp box first; the major brand, or a compatible one, decides. */
+static const char *
+detect_heif(const unsigned char *d, size_t len)
+{
+	uint32		box;
+
+	if (len < 16 || memcmp(d + 4, "ftyp", 4) != 0)
+		return NULL;
+	box = ((uint32) d[0] << 24) | ((uint32) d[1] << 16) | ((uint32) d[2] << 8) | d[3];
+	if (box < 16 || box > len)
+		return NULL;
+	if (brand_in(d + 8, heic_brands))
+		return "image/heic";
+	if (!brand_in(d + 8, heif_brands))
+		return NULL;
+	/* Compatible brands follow the minor version, from offset 16. */
+	for (uint32 off = 16; off + 4 <= box; off += 4)
+		if (brand_in(d + off, heic_brands))
+			return "image/heic";
+	return "image/heif";
+}
+
+const char *
+detect_content_type(const unsigned char *d, size_t len)
+{
+	static const unsigned char png[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+
+	/* PDF readers accept the header anywhere in the first 1024 bytes. */
+	for (size_t i = 0; i + 5 <= len && i < 1024; i++)
+		if (memcmp(d + i, "%PDF-", 5) == 0)
+			return "application/pdf";
+	if (len >= 3 && d[0] == 0xff && d[1] == 0xd8 && d[2] == 0xff)
+		return "image/jpeg";
+	if (len >= 8 && memcmp(d, png, 8) == 0)
+		return "image/png";
+	return detect_heif(d, len);
+}
+
+static char *
+sha256_hex(const char *data, size_t len)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char	   *hex = palloc(PG_SHA256_DIGEST_LENGTH * 2 + 1);
+
+	if (pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) data, len) < 0 ||
+		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+	hex_encode((const char *) digest, sizeof(digest), hex);
+	hex[PG_SHA256_DIGEST_LENGTH * 2] = '\0';
+	return hex;
+}
+
+static char *
+first_bytes_hex(const unsigned char *d, size_t len)
+{
+	size_t		n = Min(len, 8);
+	char	   *hex = palloc(n * 2 + 1);
+
+	hex_encode((const char *) d, n, hex);
+	hex[n * 2] = '\0';
+	return hex;
+}
+
+/* Check the bytes; return the content type and set *pages, or raise 22023. */
+static const char *
+check_document(const char *filename, const char *data, size_t len, int *pages)
+{
+	int64		max_bytes = (int64) docextract_max_document_size * 1024;
+	const char *type;
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document \"%s\" is empty", filename)));
+	if ((int64) len > max_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document \"%s\" is %zu bytes, more than docextract.max_document_size (%lld bytes)",
+						filename, len, (long long) max_bytes)));
+	type = detect_content_type((const unsigned char *) data, len);
+	if (type == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document \"%s\" is not a PDF, JPEG, PNG, HEIC or HEIF file",
+						filename),
+				 errdetail("Its first bytes are 0x%s.",
+						   first_bytes_hex((const unsigned char *) data, len))));
+	*pages = strcmp(type, "application/pdf") == 0 ? pdf_page_count(data, len, filename) : 1;
+	return type;
+}
+
+static Datum
+insert_document(const char *filename, const char *type, bytea *content,
+				const char *sha, int pages, Oid owner)
+{
+	Oid			types[6] = {TEXTOID, TEXTOID, BYTEAOID, TEXTOID, INT4OID, OIDOID};
+	Datum		values[6];
+	Privileged	priv;
+	bool		isnull;
+	Datum		id;
+
+	values[0] = CStringGetTextDatum(filename);
+	values[1] = CStringGetTextDatum(type);
+	values[2] = PointerGetDatum(content);
+	values[3] = CStringGetTextDatum(sha);
+	values[4] = Int32GetDatum(pages);
+	values[5] = ObjectIdGetDatum(owner);
+
+	SPI_connect();
+	privileged_begin(&priv);
+	if (SPI_execute_with_args(
+			"INSERT INTO docextract.documents"
+			" (filename, content_type, size_bytes, content, sha256, page_count, owner)"
+			" VALUES ($1, $2, length($3), $3, $4, $5, $6::regrole) RETURNING id",
+			6, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not store document \"%s\"", filename);
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	id = SPI_datumTransfer(id, false, UUID_LEN);
+	privileged_end(&priv);
+	SPI_finish();
+	return id;
+}
+
+Datum
+docextract_add_document(PG_FUNCTION_ARGS)
+{
+	char	   *filename;
+	bytea	   *content;
+	const char *type;
+	int			pages;
+
+	if (PG_ARGISNULL(0) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("add_document needs a filename")));
+	filename = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document \"%s\" has no content (NULL)", filename)));
+	content = PG_GETARG_BYTEA_P(1);
+	type = check_document(filename, VARDATA(content), VARSIZE(content) - VARHDRSZ, &pages);
+
+	PG_RETURN_DATUM(insert_document(filename, type, content,
+									sha256_hex(VARDATA(content), VARSIZE(content) - VARHDRSZ),
+									pages, GetUserId()));
+}

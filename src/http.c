@@ -1,0 +1,243 @@
+/*
+ * http.c: every request of a process goes through one libcurl multi handle.
+ *
+ * libcurl tells us which sockets it wants watched (socket callback) and when
+ * it next needs a call (timer callback).  We keep those sockets in an epoll
+ * set of our own, and that one descriptor is what the worker's WaitEventSet
+ * watches next to its latch: so hundreds of transfers are in flight without
+ * threads, and a committing backend still wakes the worker at once.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "miscadmin.h"
+#include "utils/timestamp.h"
+
+#include <curl/curl.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+
+/* A model's answer is a few kB; refuse to buffer anything absurd. */
+#define MAX_RESPONSE_BYTES (64 * 1024 * 1024)
+
+static CURLM *multi = NULL;
+static int	epoll_fd = -1;
+static int	running_handles = 0;
+static int	inflight = 0;
+static bool timer_armed = false;
+static TimestampTz timer_deadline;
+
+static int
+on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = s;
+	if (what == CURL_POLL_REMOVE)
+	{
+		epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL);
+		curl_multi_assign(multi, s, NULL);
+		return 0;
+	}
+	ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+	if (socketp == NULL)
+	{
+		if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
+			epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+		curl_multi_assign(multi, s, (void *) 1);
+	}
+	else
+		epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+	return 0;
+}
+
+static int
+on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+	timer_armed = timeout_ms >= 0;
+	if (timer_armed)
+		timer_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	return 0;
+}
+
+static size_t
+on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	HttpRequest *req = userdata;
+	size_t		n = size * nmemb;
+
+	if (req->response.len + n > MAX_RESPONSE_BYTES)
+		return 0;				/* curl reports CURLE_WRITE_ERROR */
+	appendBinaryStringInfo(&req->response, ptr, (int) n);
+	return n;
+}
+
+void
+http_init(void)
+{
+	if (multi)
+		return;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		elog(ERROR, "could not initialize libcurl");
+	epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (epoll_fd < 0)
+		elog(ERROR, "epoll_create1 failed: %m");
+	multi = curl_multi_init();
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+}
+
+/*
+ * Start a POST.  Takes ownership of headers and of the malloc'd body; the
+ * response buffer lives in the current memory context.
+ */
+void
+http_start(HttpRequest *req, const char *url, struct curl_slist *headers,
+		   char *body, long timeout_ms)
+{
+	CURL	   *easy = curl_easy_init();
+
+	if (easy == NULL)
+		elog(ERROR, "could not create a libcurl handle");
+	req->easy = easy;
+	req->headers = headers;
+	req->body = body;
+	req->status = 0;
+	req->curl_code = CURLE_OK;
+	req->errbuf[0] = '\0';
+	req->done = false;
+	initStringInfo(&req->response);
+
+	curl_easy_setopt(easy, CURLOPT_URL, url);
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen(body));
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, Min(timeout_ms, 10000L));
+	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "docextract/0.1");
+	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
+	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+	curl_multi_add_handle(multi, easy);
+	inflight++;
+}
+
+static void
+release_handle(HttpRequest *req)
+{
+	curl_multi_remove_handle(multi, req->easy);
+	curl_easy_cleanup(req->easy);
+	curl_slist_free_all(req->headers);
+	free(req->body);
+	req->easy = NULL;
+	req->headers = NULL;
+	req->body = NULL;
+	inflight--;
+}
+
+/* Drop a request that is still in flight. */
+void
+http_cancel(HttpRequest *req)
+{
+	if (req->easy && !req->done)
+		release_handle(req);
+}
+
+int
+http_socket_fd(void)
+{
+	return epoll_fd;
+}
+
+int
+http_inflight(void)
+{
+	return inflight;
+}
+
+/* Milliseconds until libcurl wants a timeout call; -1 if it does not. */
+long
+http_timeout_ms(void)
+{
+	long		secs;
+	int			usecs;
+
+	if (!timer_armed)
+		return -1;
+	TimestampDifference(GetCurrentTimestamp(), timer_deadline, &secs, &usecs);
+	return secs * 1000 + (usecs + 999) / 1000;
+}
+
+/* Let libcurl act on ready sockets and on its timer when it is due. */
+void
+http_drive(bool timed_out)
+{
+	struct epoll_event events[64];
+	int			n;
+
+	if (multi == NULL)
+		return;
+	do
+	{
+		n = epoll_wait(epoll_fd, events, lengthof(events), 0);
+		for (int i = 0; i < n; i++)
+		{
+			int			flags = 0;
+
+			if (events[i].events & EPOLLIN)
+				flags |= CURL_CSELECT_IN;
+			if (events[i].events & EPOLLOUT)
+				flags |= CURL_CSELECT_OUT;
+			if (events[i].events & (EPOLLERR | EPOLLHUP))
+				flags |= CURL_CSELECT_ERR;
+			curl_multi_socket_action(multi, events[i].data.fd, flags, &running_handles);
+		}
+	} while (n == lengthof(events));
+	if (timed_out || (timer_armed && http_timeout_ms() <= 0))
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running_handles);
+}
+
+/* The next finished request, its handle released; NULL when none. */
+HttpRequest *
+http_next_done(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	if (multi == NULL)
+		return NULL;
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		HttpRequest *req;
+		curl_off_t	usecs = 0;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		req->curl_code = msg->data.result;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &req->status);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_TOTAL_TIME_T, &usecs);
+		req->elapsed_ms = usecs / 1000.0;
+		req->done = true;
+		release_handle(req);
+		return req;
+	}
+	return NULL;
+}
+
+/* Why a transfer failed at the HTTP level ("timed out after 5000 ms", ...). */
+char *
+http_error_text(HttpRequest *req)
+{
+	if (req->errbuf[0])
+		return pstrdup(req->errbuf);
+	return pstrdup(curl_easy_strerror((CURLcode) req->curl_code));
+}

@@ -1,0 +1,286 @@
+/*
+ * job.c: one extraction, from claimed row to stored result.
+ *
+ * job_prepare() loads what the request needs and starts it; job_finish()
+ * reads the answer, types it and stores it.  Each runs inside a transaction
+ * of the caller's; an error in either is the job's failure, not the worker's.
+ * A Job lives in its own memory context, from claim to release.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include <math.h>
+
+
+struct Job
+{
+	MemoryContext cxt;
+	pg_uuid_t	id;
+	int			attempts;
+	Template	tmpl;
+	ModelConfig model;
+	const Provider *provider;
+	char	   *url;
+	HttpRequest req;
+	bool		started;
+};
+
+static const char *job_query =
+"SELECT d.filename, d.content_type, d.content, d.page_count,"
+"       t.schema_definition::text, t.prompt_set::text, t.validation_rules::text,"
+"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key, e.options::text"
+"  FROM docextract.extractions e"
+"  JOIN docextract.documents d ON d.id = e.document_id"
+"  JOIN docextract.templates t ON t.id = e.template_id"
+"  LEFT JOIN docextract.models m ON m.name = e.model_name"
+"  LEFT JOIN docextract.model_keys k ON k.model_name = m.name"
+" WHERE e.id = $1";
+
+Job *
+job_create(pg_uuid_t *id, int attempts)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "docextract job",
+											  ALLOCSET_SMALL_SIZES);
+	Job		   *job = MemoryContextAllocZero(cxt, sizeof(Job));
+
+	job->cxt = cxt;
+	job->id = *id;
+	job->attempts = attempts;
+	job->req.arg = job;
+	return job;
+}
+
+char *
+job_id_text(Job *job)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&job->id)));
+}
+
+static char *
+col_text(int col)
+{
+	char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
+
+	return v ? pstrdup(v) : NULL;
+}
+
+static void
+read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
+{
+	json_object *j = json_tokener_parse(text ? text : "{}");
+	json_object *v;
+
+	if (o)
+	{
+		memset(o, 0, sizeof(*o));
+		if ((o->has_temperature = json_object_object_get_ex(j, "temperature", &v)))
+			o->temperature = json_object_get_double(v);
+		if ((o->has_seed = json_object_object_get_ex(j, "seed", &v)))
+			o->seed = json_object_get_int64(v);
+		if (json_object_object_get_ex(j, "additional_instructions", &v))
+			o->additional_instructions = pstrdup(json_object_get_string(v));
+	}
+	if (m)
+	{
+		m->timeout_ms = json_object_object_get_ex(j, "timeout_ms", &v)
+			? json_object_get_int64(v) : docextract_default_timeout_ms;
+		if ((m->has_temperature = json_object_object_get_ex(j, "temperature", &v)))
+			m->temperature = json_object_get_double(v);
+		m->send_file = json_object_object_get_ex(j, "document_mode", &v) &&
+			strcmp(json_object_get_string(v), "file") == 0;
+	}
+	json_object_put(j);
+}
+
+/* Copy the row into the job (template, model); the document into *doc. */
+static void
+load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
+{
+	bool		isnull;
+	char	   *err;
+
+	if (SPI_execute_with_args(job_query, 1, (Oid[]) {UUIDOID},
+							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "extraction %s has no document or template", job_id_text(job));
+	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8) == NULL)
+		elog(ERROR, "the extraction's model no longer exists");
+
+	doc->filename = col_text(1);
+	doc->content_type = col_text(2);
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		bytea	   *content;
+
+		if (isnull)
+			elog(ERROR, "document \"%s\" has no content any more", doc->filename);
+		content = DatumGetByteaPP(d);
+		doc->data = VARDATA_ANY(content);
+		doc->len = VARSIZE_ANY_EXHDR(content);
+	}
+	doc->page_count = atoi(col_text(4));
+
+	/* What outlives this transaction goes into the job's context. */
+	MemoryContextSwitchTo(job->cxt);
+	err = template_parse(col_text(5), col_text(6), col_text(7), &job->tmpl);
+	if (err)
+		elog(ERROR, "template no longer valid: %s", err);
+	job->model.name = col_text(8);
+	job->model.provider = col_text(9);
+	job->model.base_url = col_text(10);
+	job->model.model = col_text(11);
+	job->model.api_key = col_text(13);
+	read_json_options(col_text(12), NULL, &job->model);
+	job->provider = provider_lookup(job->model.provider);
+	if (job->provider == NULL)
+		elog(ERROR, "provider \"%s\" is not available", job->model.provider);
+}
+
+/*
+ * Load the job and start its request.  The request body is built in a
+ * scratch context: a 20MB PDF sent inline must not stay in memory for the
+ * whole flight.
+ */
+void
+job_prepare(Job *job)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext scratch = AllocSetContextCreate(outer, "docextract request",
+												  ALLOCSET_DEFAULT_SIZES);
+	DocumentInput doc;
+	ExtractOptions opts;
+	struct curl_slist *headers = NULL;
+	char	   *body = NULL;
+	char	   *url;
+
+	SPI_connect();
+	load_job(job, &doc, &opts);
+	MemoryContextSwitchTo(scratch);
+	read_json_options(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14),
+					  &opts, NULL);
+	job->provider->build(&job->model, &job->tmpl, &doc, &opts, &url, &headers, &body);
+	MemoryContextSwitchTo(job->cxt);
+	job->url = pstrdup(url);
+	http_start(&job->req, job->url, headers, body, job->model.timeout_ms);
+	job->started = true;
+	MemoryContextSwitchTo(outer);
+	MemoryContextDelete(scratch);
+	SPI_finish();
+}
+
+HttpRequest *
+job_request(Job *job)
+{
+	return &job->req;
+}
+
+/* Why the request did not give us an answer, or NULL if it did. */
+static char *
+transfer_error(Job *job)
+{
+	HttpRequest *req = &job->req;
+	char	   *provider_text;
+
+	if (req->curl_code != 0)
+		return psprintf("request to %s failed: %s", job->url, http_error_text(req));
+	if (req->status >= 200 && req->status < 300)
+		return NULL;
+	provider_text = job->provider->error_text(req->response.data, req->response.len);
+	if (provider_text == NULL)
+		provider_text = pnstrdup(req->response.data, Min(req->response.len, 300));
+	return psprintf("model endpoint answered HTTP %ld: %s", req->status, provider_text);
+}
+
+static char *
+usage_json(Job *job, ProviderReply *reply)
+{
+	json_object *u = json_object_new_object();
+	char	   *text;
+
+	json_object_object_add(u, "input_tokens", json_object_new_int64(reply->input_tokens));
+	json_object_object_add(u, "output_tokens", json_object_new_int64(reply->output_tokens));
+	json_object_object_add(u, "latency_ms", json_number_from_double(rint(job->req.elapsed_ms)));
+	json_object_object_add(u, "model", json_object_new_string(job->model.model));
+	json_object_object_add(u, "model_name", json_object_new_string(job->model.name));
+	json_object_object_add(u, "attempts", json_object_new_int(job->attempts));
+	text = pstrdup(json_object_to_json_string_ext(u, JSON_C_TO_STRING_PLAIN));
+	json_object_put(u);
+	return text;
+}
+
+/* Complete the extraction and store its result, unless it was cancelled meanwhile. */
+static void
+store_result(Job *job, const char *data, const char *raw, const char *usage)
+{
+	Datum		id = UUIDPGetDatum(&job->id);
+
+	SPI_connect();
+	SPI_execute_with_args("UPDATE docextract.extractions e"
+						  " SET status = 'completed', completed_at = clock_timestamp(),"
+						  "     completion_percentage = 100, credits_used = d.page_count,"
+						  "     error_message = NULL"
+						  " FROM docextract.documents d"
+						  " WHERE e.id = $1 AND d.id = e.document_id AND e.status = 'processing'",
+						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
+	if (SPI_processed == 1)
+		SPI_execute_with_args("INSERT INTO docextract.results"
+							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage)"
+							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb"
+							  " FROM docextract.extractions WHERE id = $1",
+							  4, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID},
+							  (Datum[]) {id, CStringGetTextDatum(data), CStringGetTextDatum(raw),
+								  CStringGetTextDatum(usage)},
+							  NULL, false, 0);
+	SPI_finish();
+}
+
+/*
+ * The request is done: type and store the answer.  Any problem becomes an
+ * ERROR whose message (API key redacted) is the job's error_message.
+ */
+void
+job_finish(Job *job)
+{
+	ProviderReply reply;
+	char	   *err = transfer_error(job);
+	json_object *data;
+	char	   *data_text;
+	char	   *raw_text;
+
+	if (err == NULL &&
+		(err = job->provider->parse(job->req.response.data, job->req.response.len, &reply)) != NULL)
+		err = psprintf("could not read the model's answer: %s", err);
+	if (err)
+		ereport(ERROR,
+				(errmsg_internal("%s", redact_secret(err, job->model.api_key))));
+
+	data = coerce_output(reply.output, &job->tmpl);
+	data_text = pstrdup(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN));
+	raw_text = pstrdup(json_object_to_json_string_ext(reply.output, JSON_C_TO_STRING_PLAIN));
+	json_object_put(data);
+	json_object_put(reply.output);
+	store_result(job, data_text, raw_text, usage_json(job, &reply));
+}
+
+pg_uuid_t *
+job_id(Job *job)
+{
+	return &job->id;
+}
+
+/* Forget the job; a request still in flight is dropped. */
+void
+job_release(Job *job)
+{
+	if (job->started)
+		http_cancel(&job->req);
+	if (job->model.api_key)
+		memset(job->model.api_key, 0, strlen(job->model.api_key));
+	MemoryContextDelete(job->cxt);
+}

@@ -1,0 +1,80 @@
+/*
+ * privileged.c: doing the caller's writes as the extension owner.
+ *
+ * The tables are read-only to PUBLIC (with row-level security); the public
+ * functions check what the caller may do, then switch to the extension owner
+ * for the write itself, with a search_path that user objects cannot shadow.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/genam.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/rel.h"
+
+
+Oid
+docextract_extension_owner(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("docextract"));
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	if (!OidIsValid(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"docextract\" is not installed in this database")));
+	return owner;
+}
+
+/*
+ * Switch to the extension owner.  An error before privileged_end() is fine:
+ * transaction abort restores the user id and the GUC nest level.
+ */
+void
+privileged_begin(Privileged *p)
+{
+	Oid			owner = docextract_extension_owner();
+
+	GetUserIdAndSecContext(&p->save_userid, &p->save_sec_context);
+	SetUserIdAndSecContext(owner, p->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	p->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, docextract, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+void
+privileged_end(Privileged *p)
+{
+	AtEOXact_GUC(false, p->save_nestlevel);
+	SetUserIdAndSecContext(p->save_userid, p->save_sec_context);
+}
+
+/* May `caller` act on rows owned by `owner`?  Membership, as in the policies. */
+bool
+caller_can_act_for(Oid caller, Oid owner)
+{
+	return is_member_of_role(caller, owner);
+}

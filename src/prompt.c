@@ -1,0 +1,164 @@
+/*
+ * prompt.c: what we ask the model.
+ *
+ * The JSON Schema is strict (every property required, no others), as
+ * OpenAI's structured outputs demand; "not found" is expressed as null.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "lib/stringinfo.h"
+
+
+static json_object *
+string_array(const char *a, const char *b)
+{
+	json_object *arr = json_object_new_array();
+
+	json_object_array_add(arr, json_object_new_string(a));
+	json_object_array_add(arr, json_object_new_string(b));
+	return arr;
+}
+
+static const char *
+format_hint(const TemplateField *f)
+{
+	switch (f->format)
+	{
+		case FORMAT_NUMBER:
+			return "a number, without currency symbols or thousands separators";
+		case FORMAT_DATE:
+			return "a date as YYYY-MM-DD";
+		case FORMAT_BOOLEAN:
+			return "true or false";
+		case FORMAT_MULTIPLE_CHOICE:
+			return "exactly one of the listed choices";
+		default:
+			return "text as written in the document";
+	}
+}
+
+static json_object *
+field_schema(const TemplateField *f)
+{
+	json_object *s = json_object_new_object();
+	static const char *const json_types[] = {"string", "number", "string", "boolean", "string"};
+	StringInfoData desc;
+
+	json_object_object_add(s, "type", string_array(json_types[f->format], "null"));
+	if (f->format == FORMAT_MULTIPLE_CHOICE)
+	{
+		json_object *e = json_object_new_array();
+
+		for (int i = 0; i < f->noptions; i++)
+			json_object_array_add(e, json_object_new_string(f->options[i]));
+		json_object_array_add(e, NULL);
+		json_object_object_add(s, "enum", e);
+	}
+	initStringInfo(&desc);
+	appendStringInfo(&desc, "%s", f->name);
+	if (f->prompt && f->prompt[0])
+		appendStringInfo(&desc, ": %s", f->prompt);
+	appendStringInfo(&desc, " (%s; null if not in the document)", format_hint(f));
+	json_object_object_add(s, "description", json_object_new_string(desc.data));
+	pfree(desc.data);
+	return s;
+}
+
+static json_object *
+object_schema(const TemplateField *fields, int n)
+{
+	json_object *obj = json_object_new_object();
+	json_object *props = json_object_new_object();
+	json_object *req = json_object_new_array();
+
+	json_object_object_add(obj, "type", json_object_new_string("object"));
+	for (int i = 0; i < n; i++)
+	{
+		json_object_object_add(props, fields[i].key, field_schema(&fields[i]));
+		json_object_array_add(req, json_object_new_string(fields[i].key));
+	}
+	json_object_object_add(obj, "properties", props);
+	json_object_object_add(obj, "required", req);
+	json_object_object_add(obj, "additionalProperties", json_object_new_boolean(0));
+	return obj;
+}
+
+/* {"general": {...}, "table": [{...}]}: the shape of every answer. */
+json_object *
+template_json_schema(const Template *t)
+{
+	json_object *root = json_object_new_object();
+	json_object *props = json_object_new_object();
+	json_object *req = json_object_new_array();
+
+	json_object_object_add(root, "type", json_object_new_string("object"));
+	json_object_object_add(props, "general", object_schema(t->general, t->ngeneral));
+	json_object_array_add(req, json_object_new_string("general"));
+	if (t->has_table)
+	{
+		json_object *table = json_object_new_object();
+
+		json_object_object_add(table, "type", json_object_new_string("array"));
+		json_object_object_add(table, "items", object_schema(t->table, t->ntable));
+		json_object_object_add(props, "table", table);
+		json_object_array_add(req, json_object_new_string("table"));
+	}
+	json_object_object_add(root, "properties", props);
+	json_object_object_add(root, "required", req);
+	json_object_object_add(root, "additionalProperties", json_object_new_boolean(0));
+	return root;
+}
+
+static void
+append_fields(StringInfo s, const TemplateField *fields, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		const TemplateField *f = &fields[i];
+
+		appendStringInfo(s, "- %s (\"%s\"): %s", f->key, f->name, format_hint(f));
+		if (f->format == FORMAT_MULTIPLE_CHOICE)
+		{
+			appendStringInfoString(s, " [");
+			for (int j = 0; j < f->noptions; j++)
+				appendStringInfo(s, "%s\"%s\"", j ? ", " : "", f->options[j]);
+			appendStringInfoChar(s, ']');
+		}
+		if (f->prompt && f->prompt[0])
+			appendStringInfo(s, ". %s", f->prompt);
+		appendStringInfoChar(s, '\n');
+	}
+}
+
+/* The system prompt: the template's instructions, then every field. */
+char *
+template_system_prompt(const Template *t, const char *additional)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	appendStringInfoString(&s, "You extract structured data from a document. Answer with JSON "
+						   "that follows the given schema. Use null for any value that is not "
+						   "in the document; never invent values.\n");
+	if (t->global_instructions)
+		appendStringInfo(&s, "\n%s\n", t->global_instructions);
+	if (t->ngeneral > 0)
+	{
+		appendStringInfo(&s, "\n%s\nFields of \"general\":\n",
+						 t->general_prompt ? t->general_prompt
+						 : "Extract these fields from the document as a whole.");
+		append_fields(&s, t->general, t->ngeneral);
+	}
+	if (t->has_table)
+	{
+		appendStringInfo(&s, "\n%s\nColumns of each row of \"table\":\n",
+						 t->table_prompt ? t->table_prompt
+						 : "Extract every line item of the document's table, one row each, in order.");
+		append_fields(&s, t->table, t->ntable);
+	}
+	if (additional && additional[0])
+		appendStringInfo(&s, "\nAdditional instructions: %s\n", additional);
+	return s.data;
+}

@@ -1,0 +1,142 @@
+/*
+ * provider.c: what every provider shares: lookup by name, base64 for
+ * inline documents, and keeping API keys out of messages.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "common/base64.h"
+#include "fmgr.h"
+#include "utils/jsonb.h"
+
+
+const Provider *
+provider_lookup(const char *name)
+{
+	if (strcmp(name, openai_provider.name) == 0)
+		return &openai_provider;
+	return NULL;
+}
+
+/* palloc'd, NUL-terminated base64 of data. */
+char *
+base64_encode(const char *data, size_t len)
+{
+	int			enclen = pg_b64_enc_len((int) len);
+	char	   *out = palloc(enclen + 1);
+	int			n = pg_b64_encode(data, (int) len, out, enclen);
+
+	if (n < 0)
+		elog(ERROR, "could not base64-encode %zu bytes", len);
+	out[n] = '\0';
+	return out;
+}
+
+/*
+ * A copy of text with every occurrence of secret (and of its first 8+
+ * characters, which providers like to echo back "sk-abc12***") replaced.
+ */
+char *
+redact_secret(const char *text, const char *secret)
+{
+	StringInfoData out;
+	size_t		keylen;
+	size_t		prefix;
+
+	if (text == NULL)
+		return NULL;
+	if (secret == NULL || (keylen = strlen(secret)) < 4)
+		return pstrdup(text);
+	prefix = Min(keylen, 8);
+	initStringInfo(&out);
+	for (const char *p = text; *p;)
+	{
+		if (strncmp(p, secret, keylen) == 0)
+		{
+			appendStringInfoString(&out, "[redacted]");
+			p += keylen;
+		}
+		else if (strncmp(p, secret, prefix) == 0)
+		{
+			appendStringInfoString(&out, "[redacted]");
+			p += prefix;
+			while (*p && !isspace((unsigned char) *p) && *p != '"' && *p != '.' && *p != ',')
+				p++;
+		}
+		else
+			appendStringInfoChar(&out, *p++);
+	}
+	return out.data;
+}
+
+PG_FUNCTION_INFO_V1(docextract_validate_model_options);
+
+static void
+option_error(const char *key, json_object *v, const char *expected)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("model option \"%s\" must be %s, got %s", key, expected,
+					json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN))));
+}
+
+static void
+check_model_option(const char *key, json_object *v)
+{
+	json_type	t = json_object_get_type(v);
+	bool		is_int = t == json_type_int;
+	bool		is_num = is_int || t == json_type_double;
+
+	if (strcmp(key, "timeout_ms") == 0 || strcmp(key, "max_concurrency") == 0)
+	{
+		if (!is_int || json_object_get_int64(v) < 1)
+			option_error(key, v, "a positive integer");
+	}
+	else if (strcmp(key, "requests_per_minute") == 0 || strcmp(key, "max_retries") == 0)
+	{
+		if (!is_int || json_object_get_int64(v) < 0)
+			option_error(key, v, "an integer >= 0");
+	}
+	else if (strcmp(key, "temperature") == 0)
+	{
+		if (!is_num || json_object_get_double(v) < 0 || json_object_get_double(v) > 2)
+			option_error(key, v, "a number from 0 to 2");
+	}
+	else if (strcmp(key, "document_mode") == 0)
+	{
+		if (t != json_type_string || (strcmp(json_object_get_string(v), "text") != 0 &&
+									  strcmp(json_object_get_string(v), "file") != 0))
+			option_error(key, v, "\"text\" or \"file\"");
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown model option \"%s\"", key),
+				 errhint("Model options are timeout_ms, max_concurrency, requests_per_minute, temperature, max_retries, document_mode.")));
+}
+
+/* add_model() calls this before storing anything. */
+Datum
+docextract_validate_model_options(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *options = PG_GETARG_JSONB_P(0);
+	json_object *o = json_tokener_parse(JsonbToCString(NULL, &options->root, VARSIZE(options)));
+	struct json_object_iter it;
+
+	PG_TRY();
+	{
+		if (!json_object_is_type(o, json_type_object))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("model options must be a JSON object")));
+		json_object_object_foreachC(o, it)
+			check_model_option(it.key, it.val);
+	}
+	PG_FINALLY();
+	{
+		json_object_put(o);
+	}
+	PG_END_TRY();
+	PG_RETURN_VOID();
+}

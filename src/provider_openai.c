@@ -1,0 +1,199 @@
+/*
+ * provider_openai.c: any OpenAI-compatible /chat/completions server.
+ *
+ * The document goes as the text poppler finds in it (the default), or, when
+ * the model's options say document_mode = "file", as a base64 file part;
+ * images always go as image_url data URLs.  The answer is constrained with
+ * response_format json_schema (strict).
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include <curl/curl.h>
+
+
+/* Pages of text sent at most: far more than any invoice, far less than a book. */
+#define MAX_TEXT_PAGES 200
+
+static json_object *
+text_part(const char *text)
+{
+	json_object *p = json_object_new_object();
+
+	json_object_object_add(p, "type", json_object_new_string("text"));
+	json_object_object_add(p, "text", json_object_new_string(text));
+	return p;
+}
+
+static char *
+data_url(const DocumentInput *d)
+{
+	return psprintf("data:%s;base64,%s", d->content_type, base64_encode(d->data, d->len));
+}
+
+/* The user message: the document, as text or as a file/image part. */
+static json_object *
+user_content(const ModelConfig *m, const DocumentInput *d)
+{
+	bool		is_pdf = strcmp(d->content_type, "application/pdf") == 0;
+	json_object *parts = json_object_new_array();
+	json_object *part = json_object_new_object();
+	json_object *inner = json_object_new_object();
+
+	if (is_pdf && !m->send_file)
+	{
+		char	   *text = pdf_text(d->data, d->len, MAX_TEXT_PAGES);
+
+		json_object_put(parts);
+		json_object_put(part);
+		json_object_put(inner);
+		return json_object_new_string(psprintf("Document \"%s\" (%d pages). Its text, pages "
+											   "separated by form feeds:\n\n%s",
+											   d->filename, d->page_count, text));
+	}
+	json_object_array_add(parts, text_part(psprintf("Document \"%s\" (%d pages) follows.",
+													d->filename, d->page_count)));
+	if (is_pdf)
+	{
+		json_object_object_add(part, "type", json_object_new_string("file"));
+		json_object_object_add(inner, "filename", json_object_new_string(d->filename));
+		json_object_object_add(inner, "file_data", json_object_new_string(data_url(d)));
+		json_object_object_add(part, "file", inner);
+	}
+	else
+	{
+		json_object_object_add(part, "type", json_object_new_string("image_url"));
+		json_object_object_add(inner, "url", json_object_new_string(data_url(d)));
+		json_object_object_add(part, "image_url", inner);
+	}
+	json_object_array_add(parts, part);
+	return parts;
+}
+
+static json_object *
+message(const char *role, json_object *content)
+{
+	json_object *msg = json_object_new_object();
+
+	json_object_object_add(msg, "role", json_object_new_string(role));
+	json_object_object_add(msg, "content", content);
+	return msg;
+}
+
+static void
+openai_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
+			 const ExtractOptions *o, char **url, struct curl_slist **headers, char **body)
+{
+	json_object *req = json_object_new_object();
+	json_object *messages = json_object_new_array();
+	json_object *format = json_object_new_object();
+	json_object *schema = json_object_new_object();
+
+	json_object_object_add(req, "model", json_object_new_string(m->model));
+	json_object_array_add(messages, message("system", json_object_new_string(
+												template_system_prompt(t, o->additional_instructions))));
+	json_object_array_add(messages, message("user", user_content(m, d)));
+	json_object_object_add(req, "messages", messages);
+
+	json_object_object_add(schema, "name", json_object_new_string("extraction"));
+	json_object_object_add(schema, "strict", json_object_new_boolean(1));
+	json_object_object_add(schema, "schema", template_json_schema(t));
+	json_object_object_add(format, "type", json_object_new_string("json_schema"));
+	json_object_object_add(format, "json_schema", schema);
+	json_object_object_add(req, "response_format", format);
+	if (o->has_temperature || m->has_temperature)
+		json_object_object_add(req, "temperature", json_number_from_double(
+								   o->has_temperature ? o->temperature : m->temperature));
+	if (o->has_seed)
+		json_object_object_add(req, "seed", json_object_new_int64(o->seed));
+
+	*url = psprintf("%s/chat/completions", m->base_url);
+	*headers = curl_slist_append(NULL, "Content-Type: application/json");
+	if (m->api_key)
+	{
+		char	   *auth = psprintf("Authorization: Bearer %s", m->api_key);
+
+		*headers = curl_slist_append(*headers, auth);
+		memset(auth, 0, strlen(auth));
+		pfree(auth);
+	}
+	*body = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
+	json_object_put(req);
+	if (*body == NULL)
+		elog(ERROR, "out of memory building a request");
+}
+
+static char *
+openai_parse(const char *body, size_t len, ProviderReply *reply)
+{
+	json_object *root = json_tokener_parse(body);
+	json_object *choices,
+			   *choice,
+			   *msg,
+			   *content,
+			   *usage,
+			   *v;
+	char	   *err = NULL;
+
+	memset(reply, 0, sizeof(*reply));
+	if (root == NULL || !json_object_is_type(root, json_type_object))
+		err = "the response is not a JSON object";
+	else if (!json_object_object_get_ex(root, "choices", &choices) ||
+			 json_object_array_length(choices) < 1 ||
+			 !(choice = json_object_array_get_idx(choices, 0)) ||
+			 !json_object_object_get_ex(choice, "message", &msg))
+		err = "the response has no choices[0].message";
+	else if (json_object_object_get_ex(msg, "refusal", &v) && json_object_is_type(v, json_type_string))
+		err = psprintf("the model refused: %s", json_object_get_string(v));
+	else if (!json_object_object_get_ex(msg, "content", &content) ||
+			 !json_object_is_type(content, json_type_string))
+		err = "the response's message has no text content";
+	else if ((reply->output = json_tokener_parse(json_object_get_string(content))) == NULL ||
+			 !json_object_is_type(reply->output, json_type_object) ||
+			 !json_object_object_get_ex(reply->output, "general", &v) ||
+			 !json_object_is_type(v, json_type_object))
+		err = "the model's answer is not a JSON object with a \"general\" object, as the schema requires";
+	if (err == NULL && json_object_object_get_ex(root, "usage", &usage))
+	{
+		if (json_object_object_get_ex(usage, "prompt_tokens", &v))
+			reply->input_tokens = json_object_get_int64(v);
+		if (json_object_object_get_ex(usage, "completion_tokens", &v))
+			reply->output_tokens = json_object_get_int64(v);
+	}
+	if (err)
+	{
+		err = pstrdup(err);
+		json_object_put(reply->output);
+		reply->output = NULL;
+	}
+	json_object_put(root);
+	return err;
+}
+
+/* {"error": {"message": "..."}} as OpenAI and most compatible servers send. */
+static char *
+openai_error_text(const char *body, size_t len)
+{
+	json_object *root = json_tokener_parse(body);
+	json_object *error,
+			   *msg;
+	char	   *text = NULL;
+
+	if (root && json_object_object_get_ex(root, "error", &error))
+	{
+		if (json_object_is_type(error, json_type_string))
+			text = pstrdup(json_object_get_string(error));
+		else if (json_object_object_get_ex(error, "message", &msg))
+			text = pstrdup(json_object_get_string(msg));
+	}
+	json_object_put(root);
+	return text;
+}
+
+const Provider openai_provider = {
+	.name = "openai",
+	.build = openai_build,
+	.parse = openai_parse,
+	.error_text = openai_error_text,
+};

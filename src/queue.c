@@ -1,0 +1,299 @@
+/*
+ * queue.c: the extractions table as a queue.
+ *
+ * extract_document() enqueues inside the caller's transaction and wakes the
+ * worker when that transaction commits.  The worker claims with
+ * FOR UPDATE SKIP LOCKED; every status change fires the announce trigger.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+
+PG_FUNCTION_INFO_V1(docextract_extract_document);
+PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
+
+#define ACTIVE_OR_DONE "('pending','classifying','processing','retrying','awaiting_approval','completed')"
+#define CANCELLABLE "('pending','classifying','processing','retrying','awaiting_approval')"
+
+static char *
+uuid_text(Datum id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, id));
+}
+
+/* Options this version acts on; the rest of the contract's keys come later. */
+static char *
+check_options(json_object *o)
+{
+	static const char *const unsupported[] = {"max_retries", "per_key_attribution", "split",
+	"zero_retention", NULL};
+	json_object *v;
+	struct json_object_iter it;
+
+	if (!json_object_is_type(o, json_type_object))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object")));
+	json_object_object_foreachC(o, it)
+	{
+		const char *key = it.key;
+		json_object *val = it.val;
+		json_type	t = json_object_get_type(val);
+		bool		ok = true;
+
+		for (int i = 0; unsupported[i]; i++)
+			if (strcmp(key, unsupported[i]) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("option \"%s\" is not available in this version of docextract", key)));
+		if (strcmp(key, "model") == 0 || strcmp(key, "additional_instructions") == 0)
+			ok = t == json_type_string;
+		else if (strcmp(key, "temperature") == 0)
+			ok = (t == json_type_double || t == json_type_int) &&
+				json_object_get_double(val) >= 0 && json_object_get_double(val) <= 2;
+		else if (strcmp(key, "seed") == 0)
+			ok = t == json_type_int;
+		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0)
+			ok = t == json_type_boolean;
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown option \"%s\"", key),
+					 errhint("Options are model, temperature, seed, additional_instructions, auto_approve, force.")));
+		if (!ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"%s\" has an invalid value %s", key,
+							json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN))));
+	}
+	if (json_object_object_get_ex(o, "auto_approve", &v) && !json_object_get_boolean(v))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("option \"auto_approve\": review is not available in this version of docextract")));
+	return json_object_object_get_ex(o, "model", &v) ? pstrdup(json_object_get_string(v))
+		: pstrdup("default");
+}
+
+/* Does a row exist that the caller may use?  Raise 42704 if not. */
+static void
+check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null_owner_ok)
+{
+	bool		isnull;
+	Datum		owner;
+
+	SPI_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, true, 1);
+	if (SPI_processed == 1)
+	{
+		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull ? null_owner_ok : caller_can_act_for(caller, DatumGetObjectId(owner)))
+			return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("%s %s does not exist", what, uuid_text(id))));
+}
+
+static void
+check_model(const char *model)
+{
+	SPI_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
+						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
+						  NULL, true, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", model),
+				 errhint("Add it with docextract.add_model(); the model named \"default\" is used when options name none.")));
+}
+
+/* The earlier extraction of the same document, template and options, if any. */
+static bool
+find_duplicate(Datum *args, Datum *found)
+{
+	bool		isnull;
+
+	/* Serialize concurrent submits of the same pair; held to commit. */
+	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || $2::text))",
+						  2, (Oid[]) {UUIDOID, UUIDOID}, args, NULL, false, 0);
+	SPI_execute_with_args("SELECT id FROM docextract.extractions"
+						  " WHERE document_id = $1 AND template_id = $2"
+						  "   AND options - 'force' = $3 - 'force' AND owner = $4::regrole"
+						  "   AND status IN " ACTIVE_OR_DONE
+						  " ORDER BY created_at DESC LIMIT 1",
+						  4, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID}, args, NULL, true, 1);
+	if (SPI_processed == 0)
+		return false;
+	*found = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+											 &isnull), false, UUID_LEN);
+	return true;
+}
+
+static Datum
+insert_extraction(Datum *args, const char *model)
+{
+	bool		isnull;
+
+	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
+							  " (document_id, template_id, options, owner, model_name)"
+							  " VALUES ($1, $2, $3, $4::regrole, $5) RETURNING id",
+							  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID},
+							  (Datum[]) {args[0], args[1], args[2], args[3],
+								  CStringGetTextDatum(model)},
+							  NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not enqueue the extraction");
+	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+										   &isnull), false, UUID_LEN);
+}
+
+Datum
+docextract_extract_document(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Jsonb	   *options;
+	json_object *parsed;
+	volatile bool force = false;
+	char	   *volatile model = NULL;
+	Datum		args[4];
+	Datum		id;
+	Privileged	priv;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("extract_document needs a document_id")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("classification (template_id NULL) is not available in this version of docextract"),
+				 errhint("Pass the id of the template to extract with.")));
+	options = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	parsed = json_tokener_parse(options ? JsonbToCString(NULL, &options->root, VARSIZE(options))
+								: "{}");
+	PG_TRY();
+	{
+		json_object *v;
+
+		model = check_options(parsed);
+		force = json_object_object_get_ex(parsed, "force", &v) && json_object_get_boolean(v);
+	}
+	PG_FINALLY();
+	{
+		json_object_put(parsed);
+	}
+	PG_END_TRY();
+
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = PG_GETARG_DATUM(1);
+	args[2] = options ? PointerGetDatum(options)
+		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+	args[3] = ObjectIdGetDatum(caller);
+
+	SPI_connect();
+	privileged_begin(&priv);
+	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
+				  args[0], caller, false);
+	check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
+				  args[1], caller, true);
+	check_model(model);
+	if (!find_duplicate(args, &id) || force)
+	{
+		id = insert_extraction(args, model);
+		docextract_wake_worker_at_commit();
+	}
+	privileged_end(&priv);
+	SPI_finish();
+	PG_RETURN_DATUM(id);
+}
+
+Datum
+docextract_cancel_extraction(PG_FUNCTION_ARGS)
+{
+	Datum		id = PG_GETARG_DATUM(0);
+	Privileged	priv;
+	bool		cancelled;
+
+	SPI_connect();
+	privileged_begin(&priv);
+	check_visible("extraction", "SELECT owner::oid FROM docextract.extractions WHERE id = $1",
+				  id, GetUserId(), false);
+	SPI_execute_with_args("UPDATE docextract.extractions"
+						  " SET status = 'cancelled', completed_at = clock_timestamp()"
+						  " WHERE id = $1 AND status IN " CANCELLABLE,
+						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
+	cancelled = SPI_processed == 1;
+	privileged_end(&priv);
+	SPI_finish();
+	if (cancelled)
+		docextract_wake_worker_at_commit();
+	PG_RETURN_BOOL(cancelled);
+}
+
+/* Worker side.  These run inside the worker's transactions, as superuser. */
+
+int
+queue_claim(ClaimedJob *out, int max)
+{
+	int			n;
+
+	SPI_connect();
+	SPI_execute_with_args("UPDATE docextract.extractions e"
+						  " SET status = 'processing', started_at = clock_timestamp(),"
+						  "     attempts = e.attempts + 1, worker_pid = pg_backend_pid()"
+						  " FROM (SELECT id FROM docextract.extractions WHERE status = 'pending'"
+						  "       ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) c"
+						  " WHERE e.id = c.id RETURNING e.id, e.attempts",
+						  1, (Oid[]) {INT4OID}, (Datum[]) {Int32GetDatum(max)},
+						  NULL, false, 0);
+	n = (int) SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+
+		memcpy(&out[i].id, DatumGetUUIDP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+		out[i].attempts = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_finish();
+	return n;
+}
+
+/*
+ * At worker start every job still marked processing lost its worker (crash,
+ * restart): put it back.  Its result was never committed, so it is redone
+ * once, not twice.
+ */
+int
+queue_requeue_orphans(void)
+{
+	int			n;
+
+	SPI_connect();
+	SPI_execute("UPDATE docextract.extractions SET status = 'pending', worker_pid = NULL"
+				" WHERE status = 'processing'", false, 0);
+	n = (int) SPI_processed;
+	SPI_finish();
+	return n;
+}
+
+void
+queue_fail(pg_uuid_t *id, const char *message)
+{
+	SPI_connect();
+	SPI_execute_with_args("UPDATE docextract.extractions"
+						  " SET status = 'failed', error_message = $2, completed_at = clock_timestamp()"
+						  " WHERE id = $1 AND status = 'processing'",
+						  2, (Oid[]) {UUIDOID, TEXTOID},
+						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message)},
+						  NULL, false, 0);
+	SPI_finish();
+}

@@ -1,0 +1,274 @@
+/*
+ * worker.c: the background worker.
+ *
+ * One process per server, connected to docextract.database.  It sleeps on a
+ * WaitEventSet holding its latch (set by committing backends), postmaster
+ * death, and the epoll descriptor of its libcurl multi handle.  Each wake it
+ * finishes the requests that are done, then claims as many queued jobs as it
+ * has room for.  Every database step runs in its own transaction; an error
+ * there fails that job and the loop goes on.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+
+PGDLLEXPORT void docextract_worker_main(Datum main_arg);
+
+typedef void (*StepFn) (void *arg);
+
+typedef struct ClaimStep
+{
+	ClaimedJob *jobs;
+	int			max;
+	int			claimed;
+	bool		extension_present;
+} ClaimStep;
+
+typedef struct FailStep
+{
+	pg_uuid_t  *id;
+	const char *message;
+} FailStep;
+
+static bool orphans_requeued = false;
+
+/*
+ * Run fn(arg) in a transaction of its own.  Returns NULL on success, else
+ * the error message (allocated in the caller's memory context).
+ */
+static char *
+in_transaction(const char *activity, StepFn fn, void *arg)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	char	   *volatile err = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+	PG_TRY();
+	{
+		fn(arg);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		err = pstrdup(edata->message ? edata->message : "unknown error");
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return err;
+}
+
+static void
+claim_step(void *arg)
+{
+	ClaimStep  *c = arg;
+
+	c->claimed = 0;
+	c->extension_present = OidIsValid(get_extension_oid("docextract", true));
+	if (!c->extension_present)
+		return;
+	if (!orphans_requeued)
+	{
+		int			n = queue_requeue_orphans();
+
+		if (n > 0)
+			elog(LOG, "docextract worker: requeued %d extraction(s) left by a previous worker", n);
+		orphans_requeued = true;
+	}
+	c->claimed = queue_claim(c->jobs, c->max);
+}
+
+static void
+prepare_step(void *arg)
+{
+	job_prepare((Job *) arg);
+}
+
+static void
+finish_step(void *arg)
+{
+	job_finish((Job *) arg);
+}
+
+static void
+fail_step(void *arg)
+{
+	FailStep   *f = arg;
+
+	queue_fail(f->id, f->message);
+}
+
+/* The job failed: say so in its row, and let it go. */
+static void
+fail_job(Job *job, const char *message)
+{
+	FailStep	f = {job_id(job), message};
+	char	   *err;
+
+	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
+	err = in_transaction("docextract: recording a failure", fail_step, &f);
+	if (err)
+		elog(WARNING, "docextract worker: could not record the failure of extraction %s: %s",
+			 job_id_text(job), err);
+	job_release(job);
+}
+
+/* Claim what there is room for and start each request.  True if more may wait. */
+static bool
+claim_and_start(void)
+{
+	ClaimStep	c;
+	char	   *err;
+
+	c.max = docextract_max_inflight - http_inflight();
+	if (c.max <= 0)
+		return true;
+	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
+	err = in_transaction("docextract: claiming", claim_step, &c);
+	if (err)
+	{
+		elog(WARNING, "docextract worker: could not claim jobs: %s", err);
+		return false;
+	}
+	for (int i = 0; i < c.claimed; i++)
+	{
+		Job		   *job = job_create(&c.jobs[i].id, c.jobs[i].attempts);
+
+		err = in_transaction("docextract: starting a request", prepare_step, job);
+		if (err)
+			fail_job(job, err);
+	}
+	return c.claimed == c.max;
+}
+
+/* Store the answer of every request that is done. */
+static void
+finish_done(void)
+{
+	HttpRequest *req;
+
+	while ((req = http_next_done()) != NULL)
+	{
+		Job		   *job = req->arg;
+		char	   *err = in_transaction("docextract: storing a result", finish_step, job);
+
+		if (err)
+			fail_job(job, err);
+		else
+			job_release(job);
+	}
+}
+
+static void
+worker_exit(int code, Datum arg)
+{
+	docextract_worker_unpublish();
+}
+
+static WaitEventSet *
+make_wait_set(void)
+{
+	WaitEventSet *set = CreateWaitEventSet(TopMemoryContext, 3);
+
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(set, WL_SOCKET_READABLE, http_socket_fd(), NULL, NULL);
+	return set;
+}
+
+/* How long to sleep: until libcurl's next timer or the next look at the queue. */
+static long
+sleep_ms(TimestampTz next_poll)
+{
+	long		secs;
+	int			usecs;
+	long		poll_ms;
+	long		curl_ms = http_timeout_ms();
+
+	TimestampDifference(GetCurrentTimestamp(), next_poll, &secs, &usecs);
+	poll_ms = secs * 1000 + usecs / 1000;
+	return (curl_ms >= 0 && curl_ms < poll_ms) ? curl_ms : poll_ms;
+}
+
+void
+docextract_worker_main(Datum main_arg)
+{
+	MemoryContext loop_cxt;
+	WaitEventSet *set;
+	bool		look = true;
+	TimestampTz next_poll = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
+	pgstat_report_appname("docextract worker");
+
+	docextract_worker_publish(MyLatch, MyDatabaseId);
+	before_shmem_exit(worker_exit, (Datum) 0);
+	http_init();
+	set = make_wait_set();
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	elog(LOG, "docextract worker started for database \"%s\"", docextract_database);
+
+	for (;;)
+	{
+		WaitEvent	events[3];
+		int			n;
+
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		finish_done();
+		if (GetCurrentTimestamp() >= next_poll)
+		{
+			look = true;
+			next_poll = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													docextract_poll_interval_ms);
+		}
+		if (look && http_inflight() < docextract_max_inflight)
+			look = claim_and_start();
+
+		n = WaitEventSetWait(set, sleep_ms(next_poll), events, lengthof(events),
+							 PG_WAIT_EXTENSION);
+		for (int i = 0; i < n; i++)
+			if (events[i].events & WL_LATCH_SET)
+			{
+				ResetLatch(MyLatch);
+				look = true;
+			}
+		http_drive(n == 0);
+	}
+}
