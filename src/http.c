@@ -103,6 +103,8 @@ http_start(HttpRequest *req, const char *url, struct curl_slist *headers,
 
 	if (easy == NULL)
 		elog(ERROR, "could not create a libcurl handle");
+	/* No "Expect: 100-continue" round trip before each body. */
+	headers = curl_slist_append(headers, "Expect:");
 	req->easy = easy;
 	req->headers = headers;
 	req->body = body;

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""A scripted OpenAI-compatible model server for docextract's tests and demo.
+
+POST .../chat/completions is checked the way the real API checks it (model,
+messages, response_format json_schema strict), then answered:
+  - by the next scripted action, if any (POST /_script with a JSON list), or
+  - by "reading" the document: text mode reads the text docextract sent;
+    file/image parts are read crudely (PDF text operators, PNG tEXt chunks).
+    Values are returned as written ("1,234.50", "March 14, 2026") so that
+    docextract's typing is exercised.
+
+Control:  POST /_script [actions]   GET /_requests   POST /_reset   GET /_stats
+An action: {"status": 500, "body": "...", "delay_ms": 0, "answer": {...},
+            "raw_content": "not json", "drop": true}
+
+Usage: model_server.py --port-file F [--port N] [--api-key K] [--delay-ms N]
+"""
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import socket
+import sys
+import time
+import zlib
+
+STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count": 0}
+ARGS = None
+
+
+def response(status, body, ctype="application/json"):
+    if not isinstance(body, (bytes, bytearray)):
+        body = body.encode()
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              429: "Too Many Requests", 500: "Internal Server Error",
+              503: "Service Unavailable"}.get(status, "Status")
+    head = ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+            % (status, reason, ctype, len(body))).encode()
+    return head + body
+
+
+def error(status, message, etype="invalid_request_error"):
+    return response(status, json.dumps({"error": {"message": message, "type": etype}}))
+
+
+# -- reading the document --------------------------------------------------
+
+def pdf_text(data):
+    """Text shown by Tj operators in uncompressed content streams."""
+    out = []
+    for m in re.finditer(rb"\(((?:\\.|[^\\)])*)\) Tj", data):
+        s = re.sub(rb"\\(.)", rb"\1", m.group(1))
+        out.append(s.decode("latin-1"))
+    return "\n".join(out)
+
+
+def png_text(data):
+    out, pos = [], 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"tEXt":
+            chunk = data[pos + 8:pos + 8 + length]
+            out.append(chunk.split(b"\x00", 1)[-1].decode("latin-1"))
+        pos += 12 + length
+    return "\n".join(out)
+
+
+def document_text(content):
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.get("type") == "text":
+            texts.append(part["text"])
+        url = None
+        if part.get("type") == "file":
+            url = part["file"]["file_data"]
+        elif part.get("type") == "image_url":
+            url = part["image_url"]["url"]
+        if url:
+            raw = base64.b64decode(url.split(",", 1)[1])
+            texts.append(pdf_text(raw) if raw.startswith(b"%PDF") else png_text(raw))
+    return "\n".join(texts)
+
+
+def label_names(key, prop):
+    names = {key.replace("_", " ").lower()}
+    desc = prop.get("description", "")
+    names.add(re.split(r"[:(]", desc, 1)[0].strip().lower())
+    return names
+
+
+def read_fields(text, props):
+    found = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        label, value = line.split(":", 1)
+        for key, prop in props.items():
+            if label.strip().lower() in label_names(key, prop) and key not in found:
+                found[key] = value.strip()
+    return {k: found.get(k) for k in props}
+
+
+def read_table(text, props):
+    lines = text.splitlines()
+    rows, columns = [], None
+    for line in lines:
+        if "|" not in line:
+            if columns is not None and rows:
+                break
+            continue
+        cells = [c.strip() for c in line.split("|")]
+        if columns is None:
+            columns = []
+            for c in cells:
+                match = [k for k, p in props.items() if c.lower() in label_names(k, p)]
+                columns.append(match[0] if match else None)
+            continue
+        row = {k: None for k in props}
+        for key, cell in zip(columns, cells):
+            if key:
+                row[key] = cell
+        rows.append(row)
+    return rows
+
+
+def answer_for(req):
+    schema = req["response_format"]["json_schema"]["schema"]
+    text = document_text(req["messages"][-1]["content"])
+    ans = {"general": read_fields(text, schema["properties"]["general"]["properties"])}
+    if "table" in schema["properties"]:
+        ans["table"] = read_table(text, schema["properties"]["table"]["items"]["properties"])
+    return ans
+
+
+# -- checking requests as the real API does ---------------------------------
+
+def check_request(headers, body):
+    if ARGS.api_key is not None:
+        auth = headers.get("authorization", "")
+        if auth != "Bearer " + ARGS.api_key:
+            given = auth[len("Bearer "):] if auth.startswith("Bearer ") else auth
+            return error(401, "Incorrect API key provided: %s. You can find your API key "
+                         "at your provider's dashboard." % given, "invalid_api_key")
+    try:
+        req = json.loads(body)
+    except ValueError:
+        return error(400, "We could not parse the JSON body of your request.")
+    if not isinstance(req.get("model"), str) or not req["model"]:
+        return error(400, "you must provide a model parameter")
+    msgs = req.get("messages")
+    if not isinstance(msgs, list) or not msgs or any("role" not in m or "content" not in m
+                                                     for m in msgs):
+        return error(400, "'messages' must be a non-empty array of {role, content}")
+    rf = req.get("response_format", {})
+    js = rf.get("json_schema", {})
+    if rf.get("type") != "json_schema" or js.get("strict") is not True or "schema" not in js:
+        return error(400, "response_format must be json_schema with strict true")
+    problem = check_strict_schema(js["schema"], "schema")
+    if problem:
+        return error(400, "Invalid schema for response_format 'extraction': " + problem)
+    return req
+
+
+def check_strict_schema(s, path):
+    """Strict structured outputs: objects list every property as required and
+    forbid additional ones."""
+    types = s.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "object" in types:
+        props = s.get("properties", {})
+        if s.get("additionalProperties") is not False:
+            return "%s: additionalProperties must be false" % path
+        if sorted(s.get("required", [])) != sorted(props):
+            return "%s: every property must be required" % path
+        for k, v in props.items():
+            p = check_strict_schema(v, path + "." + k)
+            if p:
+                return p
+    if "array" in types:
+        return check_strict_schema(s.get("items", {}), path + "[]")
+    return None
+
+
+def completion(req, content):
+    prompt_chars = sum(len(json.dumps(m["content"])) for m in req["messages"])
+    return json.dumps({
+        "id": "chatcmpl-test%d" % STATE["count"], "object": "chat.completion",
+        "created": int(time.time()), "model": req["model"],
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content, "refusal": None}}],
+        "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(content) // 4,
+                  "total_tokens": prompt_chars // 4 + len(content) // 4}})
+
+
+async def model_reply(headers, body):
+    """Returns bytes to send, or None to drop the connection."""
+    req = check_request(headers, body)
+    if isinstance(req, (bytes, bytearray)):
+        return req
+    action = STATE["script"].pop(0) if STATE["script"] else {}
+    delay = action.get("delay_ms", ARGS.delay_ms)
+    if delay:
+        await asyncio.sleep(delay / 1000.0)
+    if action.get("drop"):
+        return None
+    if "status" in action and action["status"] != 200:
+        return response(action["status"], action.get("body", ""))
+    if "body" in action:
+        return response(200, action["body"])
+    if "raw_content" in action:
+        return response(200, completion(req, action["raw_content"]))
+    ans = action["answer"] if "answer" in action else answer_for(req)
+    return response(200, completion(req, json.dumps(ans)))
+
+
+# -- HTTP ----------------------------------------------------------------------
+
+async def handle(reader, writer):
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            method, path, _ = line.decode().split(" ", 2)
+            headers = {}
+            while True:
+                h = await reader.readline()
+                if h in (b"\r\n", b"\n", b""):
+                    break
+                k, v = h.decode().split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+            if headers.get("expect", "").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = await reader.readexactly(int(headers.get("content-length", 0)))
+            out = await route(method, path, headers, body)
+            if out is None:
+                break
+            writer.write(out)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        pass
+    finally:
+        writer.close()
+
+
+async def route(method, path, headers, body):
+    if path.startswith("/_script") and method == "POST":
+        STATE["script"].extend(json.loads(body))
+        return response(200, json.dumps({"queued": len(STATE["script"])}))
+    if path.startswith("/_requests"):
+        return response(200, json.dumps(STATE["requests"]))
+    if path.startswith("/_reset"):
+        STATE.update(script=[], requests=[], max_inflight=0, count=0)
+        return response(200, "{}")
+    if path.startswith("/_stats"):
+        return response(200, json.dumps({k: STATE[k] for k in ("inflight", "max_inflight",
+                                                               "count")}))
+    if method == "POST" and path.endswith("/chat/completions"):
+        STATE["count"] += 1
+        STATE["inflight"] += 1
+        STATE["max_inflight"] = max(STATE["max_inflight"], STATE["inflight"])
+        try:
+            if ARGS.record:
+                STATE["requests"].append({"path": path, "headers": headers,
+                                          "body": body.decode("utf-8", "replace")})
+            return await model_reply(headers, body)
+        finally:
+            STATE["inflight"] -= 1
+    return error(404, "no route for %s %s" % (method, path))
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", ARGS.port, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    if ARGS.port_file:
+        tmp = ARGS.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(port))
+        os.rename(tmp, ARGS.port_file)
+    print("model server listening on 127.0.0.1:%d" % port, file=sys.stderr, flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port-file")
+    ap.add_argument("--api-key")
+    ap.add_argument("--delay-ms", type=int, default=0)
+    ap.add_argument("--no-record", dest="record", action="store_false")
+    ARGS = ap.parse_args()
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
