@@ -133,10 +133,12 @@ docextract_worker_unpublish(void)
 static void
 define_settings(void)
 {
-	DefineCustomStringVariable("docextract.database",
-							   "Database the docextract worker serves.",
-							   NULL, &docextract_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/* A postmaster-level setting can only be defined while preloading. */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("docextract.database",
+								   "Database the docextract worker serves.",
+								   NULL, &docextract_database, "postgres",
+								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("docextract.max_document_size",
 							"Largest document add_document accepts.",
 							NULL, &docextract_max_document_size, 20 * 1024,

@@ -42,8 +42,9 @@ detect_heif(const unsigned char *d, size_t len)
 	if (len < 16 || memcmp(d + 4, "ftyp", 4) != 0)
 		return NULL;
 	box = ((uint32) d[0] << 24) | ((uint32) d[1] << 16) | ((uint32) d[2] << 8) | d[3];
-	if (box < 16 || box > len)
+	if (box < 16)
 		return NULL;
+	box = Min(box, len);
 	if (brand_in(d + 8, heic_brands))
 		return "image/heic";
 	if (!brand_in(d + 8, heif_brands))

@@ -218,13 +218,14 @@ Datum
 docextract_cancel_extraction(PG_FUNCTION_ARGS)
 {
 	Datum		id = PG_GETARG_DATUM(0);
+	Oid			caller = GetUserId();	/* before acting as the owner */
 	Privileged	priv;
 	bool		cancelled;
 
 	SPI_connect();
 	privileged_begin(&priv);
 	check_visible("extraction", "SELECT owner::oid FROM docextract.extractions WHERE id = $1",
-				  id, GetUserId(), false);
+				  id, caller, false);
 	SPI_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'cancelled', completed_at = clock_timestamp()"
 						  " WHERE id = $1 AND status IN " CANCELLABLE,

@@ -535,11 +535,15 @@ static void
 lock_template_for_update(Datum id, Oid caller)
 {
 	bool		isnull;
-	bool		active;
-	Datum		owner;
+	bool		owner_null;
+	HeapTuple	row;
+	TupleDesc	desc;
+	char	   *name;
 
-	if (SPI_execute_with_args("SELECT is_active, owner::oid FROM docextract.templates"
-							  " WHERE id = $1 FOR UPDATE",
+	if (SPI_execute_with_args("SELECT is_active, owner::oid, name, version,"
+							  "  (SELECT max(version) FROM docextract.templates g"
+							  "    WHERE g.group_id = t.group_id)"
+							  " FROM docextract.templates t WHERE id = $1 FOR UPDATE",
 							  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read template");
 	if (SPI_processed == 0)
@@ -547,20 +551,28 @@ lock_template_for_update(Datum id, Oid caller)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("template %s does not exist",
 						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
-	active = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-	if (isnull ? !superuser_arg(caller) && caller != docextract_extension_owner()
-		: !caller_can_act_for(caller, DatumGetObjectId(owner)))
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	name = SPI_getvalue(row, desc, 3);
+	(void) SPI_getbinval(row, desc, 2, &owner_null);
+	/* Someone else's template is, to this caller, no template at all. */
+	if (!owner_null &&
+		!caller_can_act_for(caller, DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull))))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("template %s does not exist",
+						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
+	if (owner_null && !superuser_arg(caller) && caller != docextract_extension_owner())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to update template %s",
-						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
-	if (!active)
+				 errmsg("permission denied to update template \"%s\"", name)));
+	if (!DatumGetBool(SPI_getbinval(row, desc, 1, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("template %s is not the active version of its group",
-						DatumGetCString(DirectFunctionCall1(uuid_out, id))),
-				 errhint("Update the active version instead.")));
+				 errmsg("template \"%s\" version %s is not the active version",
+						name, SPI_getvalue(row, desc, 4)),
+				 errhint("Update the active version (version %s) instead.",
+						 SPI_getvalue(row, desc, 5))));
 }
 
 /* The old version's prompt_set or validation_rules when the caller passes NULL. */
