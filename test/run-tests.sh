@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every docextract test: installs the Debian packages it needs, builds and
+# installs the extension, then runs pg_regress and the TAP tests on clusters of
+# their own.  PostgreSQL refuses to run as root, so as root the tests run as an
+# unprivileged user (DOCEXTRACT_TEST_USER, default docextract_test) on a copy
+# of the tree.  Extra make arguments pass through, e.g. PROVE_TESTS=test/t/003_crash.pl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. test/lib.sh
+
+install_packages
+make -s
+as_root make -s install
+
+if [ "$(id -u)" -ne 0 ]; then
+    exec make installcheck "$@"
+fi
+
+user=${DOCEXTRACT_TEST_USER:-docextract_test}
+id "$user" >/dev/null 2>&1 || useradd --system --create-home --shell /bin/bash "$user"
+work=$(mktemp -d /tmp/docextract-test.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+tar --exclude=.git -cf - . | tar -C "$work" -xf -
+chown -R "$user" "$work"
+status=0
+runuser -u "$user" -- make -C "$work" installcheck "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+    for f in "$work"/regression.diffs "$work"/tmp_check/log/regress_log_*; do
+        [ -f "$f" ] && { echo "=== $f"; tail -n 60 "$f"; }
+    done
+fi
+exit "$status"

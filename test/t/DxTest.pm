@@ -1,0 +1,153 @@
+# DxTest: what docextract's TAP tests share: a real cluster with the worker
+# preloaded, the scripted model server, and small helpers to talk to both.
+package DxTest;
+
+use strict;
+use warnings;
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+use Exporter 'import';
+our @EXPORT = qw(start_model_server server_script server_requests server_stats
+  new_node fixture add_invoice_template wait_for_status worker_pid json_of);
+
+our $root = abs_path(dirname(__FILE__) . '/../..');
+my @servers;
+my $http = HTTP::Tiny->new(timeout => 30);
+
+sub fixture { return "$root/test/fixtures/$_[0]"; }
+
+sub json_of { return decode_json($_[0]); }
+
+# Start test/model_server.py on a free port; returns {url, pid, port}.
+sub start_model_server
+{
+	my (%opt) = @_;
+	my $port_file = "$PostgreSQL::Test::Utils::tmp_check/model_port_" . scalar(@servers) . "_$$";
+	my $log = "$PostgreSQL::Test::Utils::log_path/model_server_" . scalar(@servers) . ".log";
+	my @cmd = ('python3', "$root/test/model_server.py", '--port-file', $port_file);
+	push @cmd, '--api-key', $opt{api_key} if defined $opt{api_key};
+	push @cmd, '--delay-ms', $opt{delay_ms} if defined $opt{delay_ms};
+	unlink $port_file;
+	my $pid = fork();
+	die "fork failed: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>>', $log);
+		open(STDERR, '>>', $log);
+		exec(@cmd) or die "exec @cmd: $!";
+	}
+	push @servers, $pid;
+	for (1 .. 200)
+	{
+		last if -s $port_file;
+		usleep(50_000);
+	}
+	die "model server did not start (see $log)" unless -s $port_file;
+	my $port = slurp_file($port_file);
+	return { pid => $pid, port => $port, url => "http://127.0.0.1:$port" };
+}
+
+sub server_script
+{
+	my ($srv, @actions) = @_;
+	my $r = $http->post("$srv->{url}/_script",
+		{ content => encode_json(\@actions), headers => { 'Content-Type' => 'application/json' } });
+	die "script failed: $r->{status}" unless $r->{success};
+}
+
+sub server_requests
+{
+	my ($srv) = @_;
+	return decode_json($http->get("$srv->{url}/_requests")->{content});
+}
+
+sub server_stats
+{
+	my ($srv) = @_;
+	return decode_json($http->get("$srv->{url}/_stats")->{content});
+}
+
+# A started cluster with docextract preloaded and the extension created.
+# The poll interval is long on purpose: work must be picked up because the
+# committing backend woke the worker, not because the worker polled.
+sub new_node
+{
+	my ($name, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'docextract'
+docextract.poll_interval = '60s'
+docextract.max_inflight = 8
+} . ($opt{conf} // ''));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION docextract');
+	return $node;
+}
+
+our $INVOICE_SCHEMA = encode_json({
+	general_part => {
+		invoice_number => { name => 'Invoice Number', format_type => 'text', position => 1 },
+		invoice_date => { name => 'Invoice Date', format_type => 'date', position => 2,
+			prompt => 'The date the invoice was issued' },
+		due_date => { name => 'Due Date', format_type => 'date', position => 3 },
+		currency => { name => 'Currency', format_type => 'multiple_choice',
+			format_options => [ 'EUR', 'USD', 'GBP' ], position => 4 },
+		paid => { name => 'Paid', format_type => 'boolean', position => 5 },
+		subtotal => { name => 'Subtotal', format_type => 'number', position => 6 },
+		total_amount => { name => 'Total Amount', format_type => 'number', position => 7 },
+	},
+	table_part => {
+		description => { name => 'Description', format_type => 'text', position => 1 },
+		quantity => { name => 'Quantity', format_type => 'number', position => 2 },
+		amount => { name => 'Amount', format_type => 'number', position => 3 },
+	},
+});
+
+sub add_invoice_template
+{
+	my ($node, $role) = @_;
+	my $set = $role ? "SET ROLE $role;" : '';
+	return $node->safe_psql('postgres', qq{$set
+		SELECT docextract.create_template('invoice', '$INVOICE_SCHEMA',
+		  '{"global_instructions": "Amounts are in the invoice currency.",
+		    "general_prompt": "Read the invoice header.",
+		    "table_prompt": "Read every line item."}')});
+}
+
+# Wait until the extraction reaches one of the given statuses; returns it.
+sub wait_for_status
+{
+	my ($node, $id, @statuses) = @_;
+	my $list = join(',', map { "'$_'" } @statuses);
+	$node->poll_query_until('postgres',
+		"SELECT status IN ($list) FROM docextract.extractions WHERE id = '$id'")
+	  or die "extraction $id never reached (@statuses)";
+	return $node->safe_psql('postgres',
+		"SELECT status FROM docextract.extractions WHERE id = '$id'");
+}
+
+sub worker_pid
+{
+	my ($node) = @_;
+	my $pid;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'docextract worker'")
+	  or die "no docextract worker";
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract worker'");
+}
+
+END
+{
+	kill 'TERM', @servers if @servers;
+}
+
+1;
