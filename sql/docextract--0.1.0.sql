@@ -160,7 +160,9 @@ LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_validate_model_options';
 CREATE FUNCTION docextract.add_model(name text, provider text, base_url text, model text,
                                      api_key text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, docextract AS $$
+SET search_path = pg_catalog, docextract
+-- An error here must not log the statement: it holds the key.
+SET log_min_error_statement = 'panic' AS $$
 BEGIN
     IF name IS NULL OR name = '' THEN
         RAISE EXCEPTION 'model name must not be empty' USING ERRCODE = '22023';
@@ -189,6 +191,9 @@ BEGIN
         SET provider = EXCLUDED.provider, base_url = EXCLUDED.base_url,
             model = EXCLUDED.model, options = EXCLUDED.options;
     DELETE FROM docextract.model_keys k WHERE k.model_name = add_model.name;
+    IF api_key ~ '^env:' AND api_key !~ '^env:[A-Za-z_][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION 'api_key "env:..." must name an environment variable' USING ERRCODE = '22023';
+    END IF;
     IF api_key IS NOT NULL THEN
         INSERT INTO docextract.model_keys (model_name, api_key) VALUES (add_model.name, api_key);
     END IF;

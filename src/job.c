@@ -98,6 +98,24 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 	json_object_put(j);
 }
 
+/*
+ * A key stored as "env:NAME" is read from the server's environment, so that
+ * it never has to appear in SQL text at all.
+ */
+static char *
+resolve_api_key(char *stored)
+{
+	const char *value;
+
+	if (stored == NULL || strncmp(stored, "env:", 4) != 0)
+		return stored;
+	value = getenv(stored + 4);
+	if (value == NULL || value[0] == '\0')
+		elog(ERROR, "the model's api_key names environment variable %s, which is not set in the server's environment",
+			 stored + 4);
+	return pstrdup(value);
+}
+
 /* Copy the row into the job (template, model); the document into *doc. */
 static void
 load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
@@ -135,7 +153,7 @@ load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
 	job->model.provider = col_text(9);
 	job->model.base_url = col_text(10);
 	job->model.model = col_text(11);
-	job->model.api_key = col_text(13);
+	job->model.api_key = resolve_api_key(col_text(13));
 	read_json_options(col_text(12), NULL, &job->model);
 	job->provider = provider_lookup(job->model.provider);
 	if (job->provider == NULL)
