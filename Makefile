@@ -6,9 +6,10 @@ DATA = sql/docextract--0.1.0.sql
 PGFILEDESC = "docextract - AI document extraction inside PostgreSQL"
 
 REGRESS = models templates documents extractions coercion
-REGRESS_OPTS = --temp-instance=tmp_check/regress --temp-config=test/regress.conf \
+REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/regress.conf \
 	--load-extension=docextract
 TAP_TESTS = 1
+EXTRA_CLEAN = tmp_regress
 
 DEPS = libcurl json-c poppler-glib
 PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter -Wno-sign-compare \
