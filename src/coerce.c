@@ -414,7 +414,7 @@ docextract_coerce_value(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	value = PG_GETARG_JSONB_P(0);
 	format = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	for (int i = 0; i < lengthof(names); i++)
+	for (int i = 0; i < (int) lengthof(names); i++)
 		if (strcmp(format, names[i]) == 0)
 			f = i;
 	if (f < 0)

@@ -92,7 +92,7 @@ parse_format(json_object *spec, const char *where, TemplateField *f)
 	if (!json_object_object_get_ex(spec, "format_type", &v) || is_null(v))
 		return psprintf("%s.format_type is missing", where);
 	name = json_object_get_string(v);
-	for (int i = 0; i < lengthof(format_names); i++)
+	for (int i = 0; i < (int) lengthof(format_names); i++)
 		if (json_object_is_type(v, json_type_string) && strcmp(name, format_names[i]) == 0)
 			f->format = (FormatType) i;
 	if (!json_object_is_type(v, json_type_string) ||

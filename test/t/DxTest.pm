@@ -31,7 +31,8 @@ sub start_model_server
 	my (%opt) = @_;
 	my $port_file = "$PostgreSQL::Test::Utils::tmp_check/model_port_" . scalar(@servers) . "_$$";
 	my $log = "$PostgreSQL::Test::Utils::log_path/model_server_" . scalar(@servers) . ".log";
-	my @cmd = ('python3', "$root/test/model_server.py", '--port-file', $port_file);
+	my $python = -x '/usr/bin/python3' ? '/usr/bin/python3' : 'python3';
+	my @cmd = ($python, "$root/test/model_server.py", '--port-file', $port_file);
 	push @cmd, '--api-key', $opt{api_key} if defined $opt{api_key};
 	push @cmd, '--delay-ms', $opt{delay_ms} if defined $opt{delay_ms};
 	unlink $port_file;
