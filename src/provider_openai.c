@@ -140,6 +140,7 @@ openai_parse(const char *body, size_t len, ProviderReply *reply)
 	if (root == NULL || !json_object_is_type(root, json_type_object))
 		err = "the response is not a JSON object";
 	else if (!json_object_object_get_ex(root, "choices", &choices) ||
+			 !json_object_is_type(choices, json_type_array) ||
 			 json_object_array_length(choices) < 1 ||
 			 !(choice = json_object_array_get_idx(choices, 0)) ||
 			 !json_object_object_get_ex(choice, "message", &msg))

@@ -67,9 +67,18 @@ server_script($srv, { answer => { general => 'INV-2026-0042' } });
 is($status, 'failed', 'JSON that breaks the schema: failed');
 like($msg, qr/not a JSON object with a "general" object, as the schema requires/, 'schema violation: message');
 
-server_script($srv, { body => '{"choices": []}' });
+for my $body ('{"choices": []}', '{"choices": 5}', '{"choices": [5]}', '{"choices": [{"message": "hi"}]}')
+{
+	server_script($srv, { body => $body });
+	($status, $msg) = run_one();
+	like($msg, qr/the response has no choices\[0\]\.message|has no text content/, "malformed $body: message");
+}
+server_script($srv, { body => '{"choices": [{"message": {"content": "{\\"general\\": {}"}}]}' });
 ($status, $msg) = run_one();
-like($msg, qr/the response has no choices\[0\]\.message/, 'no choices: message');
+like($msg, qr/not a JSON object with a "general" object/, 'truncated JSON answer: message');
+server_script($srv, { body => '{"choices": [{"message": {"content": null, "refusal": "I cannot help with that."}}]}' });
+($status, $msg) = run_one();
+is($msg, "could not read the model's answer: the model refused: I cannot help with that.", 'refusal: message');
 
 # Wrong types inside a well-formed answer are typed to null, not a failure.
 server_script($srv, { answer => { general => { total_amount => 'lots', invoice_date => 'soon',
