@@ -28,6 +28,9 @@ all:
 	@echo "pg_config not found: install postgresql-server-dev-15, or run 'make test' (installs it)"
 endif
 
+# PGXS tracks no header dependencies; every object shares this one.
+$(OBJS): src/docextract.h
+
 # The two commands of the README.  Both install what they need (as root or via sudo).
 .PHONY: demo test
 demo:

@@ -64,7 +64,7 @@ CREATE TABLE docextract.extractions (
     id                     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     document_id            uuid NOT NULL REFERENCES docextract.documents (id),
     template_id            uuid REFERENCES docextract.templates (id),
-    model_name             text NOT NULL,
+    model_name             text NOT NULL REFERENCES docextract.models (name),
     options                jsonb NOT NULL DEFAULT '{}',
     status                 text NOT NULL DEFAULT 'pending' CHECK (status IN (
                                'pending', 'classifying', 'processing', 'retrying',
@@ -78,10 +78,12 @@ CREATE TABLE docextract.extractions (
     created_at             timestamptz NOT NULL DEFAULT now(),
     started_at             timestamptz,
     completed_at           timestamptz,
+    next_attempt_at        timestamptz,
     worker_pid             integer
 );
-CREATE INDEX extractions_queue ON docextract.extractions (created_at)
-    WHERE status = 'pending';
+-- What the worker claims: per model, oldest first.
+CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
+    WHERE status IN ('pending', 'retrying');
 CREATE INDEX extractions_document ON docextract.extractions (document_id);
 
 -- Results: typed data, one row per finished extraction.

@@ -132,6 +132,7 @@ typedef struct HttpRequest
 	int			curl_code;		/* CURLcode */
 	char		errbuf[256];
 	double		elapsed_ms;
+	long		retry_after_s;	/* Retry-After header, 0 if none */
 	void	   *arg;			/* the caller's */
 	bool		done;
 } HttpRequest;
@@ -160,6 +161,8 @@ typedef struct ModelConfig
 	bool		send_file;		/* options.document_mode = 'file' */
 	bool		has_temperature;
 	double		temperature;
+	int			max_retries;
+	int			retry_backoff_ms;
 } ModelConfig;
 
 typedef struct DocumentInput
@@ -177,6 +180,8 @@ typedef struct ExtractOptions
 	double		temperature;
 	bool		has_seed;
 	int64		seed;
+	bool		has_max_retries;
+	int			max_retries;
 	char	   *additional_instructions;
 } ExtractOptions;
 
@@ -216,6 +221,7 @@ extern void job_finish(Job *job);
 extern void job_release(Job *job);
 extern char *job_id_text(Job *job);
 extern pg_uuid_t *job_id(Job *job);
+extern bool job_will_retry(Job *job);
 
 /* queue.c: status transitions shared by the SQL functions and the worker ------ */
 
@@ -225,8 +231,9 @@ typedef struct ClaimedJob
 	int			attempts;
 } ClaimedJob;
 
-extern int	queue_claim(ClaimedJob *out, int max);
+extern int	queue_claim(ClaimedJob *out, int max, long *next_due_ms);
 extern int	queue_requeue_orphans(void);
 extern void queue_fail(pg_uuid_t *id, const char *message);
+extern void queue_retry(pg_uuid_t *id, const char *message, long delay_ms);
 
 #endif							/* DOCEXTRACT_H */

@@ -227,6 +227,13 @@ http_next_done(void)
 		req->curl_code = msg->data.result;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &req->status);
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_TOTAL_TIME_T, &usecs);
+		req->retry_after_s = 0;
+		{
+			curl_off_t	retry_after = 0;
+
+			if (curl_easy_getinfo(msg->easy_handle, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK)
+				req->retry_after_s = (long) retry_after;
+		}
 		req->elapsed_ms = usecs / 1000.0;
 		req->done = true;
 		release_handle(req);

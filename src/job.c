@@ -15,7 +15,16 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
+#include <curl/curl.h>
+
 #include <math.h>
+
+#include "common/pg_prng.h"
+
+/* When neither the extraction nor the model says otherwise. */
+#define DEFAULT_MAX_RETRIES 2
+#define DEFAULT_RETRY_BACKOFF_MS 1000
+#define MAX_RETRY_DELAY_MS (5 * 60 * 1000)
 
 
 struct Job
@@ -29,6 +38,8 @@ struct Job
 	char	   *url;
 	HttpRequest req;
 	bool		started;
+	int			max_retries;
+	bool		will_retry;
 };
 
 static const char *job_query =
@@ -83,6 +94,8 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 			o->temperature = json_object_get_double(v);
 		if ((o->has_seed = json_object_object_get_ex(j, "seed", &v)))
 			o->seed = json_object_get_int64(v);
+		if ((o->has_max_retries = json_object_object_get_ex(j, "max_retries", &v)))
+			o->max_retries = json_object_get_int(v);
 		if (json_object_object_get_ex(j, "additional_instructions", &v))
 			o->additional_instructions = pstrdup(json_object_get_string(v));
 	}
@@ -94,6 +107,10 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 			m->temperature = json_object_get_double(v);
 		m->send_file = json_object_object_get_ex(j, "document_mode", &v) &&
 			strcmp(json_object_get_string(v), "file") == 0;
+		m->max_retries = json_object_object_get_ex(j, "max_retries", &v)
+			? json_object_get_int(v) : DEFAULT_MAX_RETRIES;
+		m->retry_backoff_ms = json_object_object_get_ex(j, "retry_backoff_ms", &v)
+			? json_object_get_int(v) : DEFAULT_RETRY_BACKOFF_MS;
 	}
 	json_object_put(j);
 }
@@ -182,6 +199,7 @@ job_prepare(Job *job)
 	MemoryContextSwitchTo(scratch);
 	read_json_options(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14),
 					  &opts, NULL);
+	job->max_retries = opts.has_max_retries ? opts.max_retries : job->model.max_retries;
 	job->provider->build(&job->model, &job->tmpl, &doc, &opts, &url, &headers, &body);
 	MemoryContextSwitchTo(job->cxt);
 	job->url = pstrdup(url);
@@ -258,25 +276,98 @@ store_result(Job *job, const char *data, const char *raw, const char *usage)
 	SPI_finish();
 }
 
+/* Transport errors that another attempt may well not meet. */
+static bool
+transient_curl_error(int code)
+{
+	switch ((CURLcode) code)
+	{
+		case CURLE_COULDNT_RESOLVE_HOST:
+		case CURLE_COULDNT_CONNECT:
+		case CURLE_OPERATION_TIMEDOUT:
+		case CURLE_SEND_ERROR:
+		case CURLE_RECV_ERROR:
+		case CURLE_GOT_NOTHING:
+		case CURLE_PARTIAL_FILE:
+		case CURLE_SSL_CONNECT_ERROR:
+		case CURLE_HTTP2:
+		case CURLE_HTTP2_STREAM:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* 429, 5xx gateway trouble, timeouts, broken connections, unreadable answers. */
+static bool
+retryable(HttpRequest *req, bool unreadable_answer)
+{
+	if (req->curl_code != 0)
+		return transient_curl_error(req->curl_code);
+	switch (req->status)
+	{
+		case 429:
+		case 500:
+		case 502:
+		case 503:
+		case 504:
+			return true;
+		default:
+			return unreadable_answer;
+	}
+}
+
+/* Retry-After when the server gave one, else exponential backoff with jitter. */
+static long
+retry_delay_ms(Job *job)
+{
+	double		delay;
+
+	if (job->req.retry_after_s > 0)
+		return Min(job->req.retry_after_s * 1000L, (long) MAX_RETRY_DELAY_MS);
+	delay = job->model.retry_backoff_ms * pow(2.0, job->attempts - 1);
+	delay *= 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
+	return (long) Min(delay, (double) MAX_RETRY_DELAY_MS);
+}
+
 /*
- * The request is done: type and store the answer.  Any problem becomes an
- * ERROR whose message (API key redacted) is the job's error_message.
+ * The request is done: type and store the answer.  A failure worth another
+ * attempt schedules one (status retrying); any other, or the last, becomes
+ * an ERROR whose message (API key redacted) is the job's error_message.
  */
 void
 job_finish(Job *job)
 {
 	ProviderReply reply;
 	char	   *err = transfer_error(job);
+	bool		unreadable = false;
 	json_object *data;
 	char	   *data_text;
 	char	   *raw_text;
 
 	if (err == NULL &&
 		(err = job->provider->parse(job->req.response.data, job->req.response.len, &reply)) != NULL)
+	{
 		err = psprintf("could not read the model's answer: %s", err);
+		unreadable = true;
+	}
 	if (err)
-		ereport(ERROR,
-				(errmsg_internal("%s", redact_secret(err, job->model.api_key))));
+	{
+		err = redact_secret(err, job->model.api_key);
+		if (retryable(&job->req, unreadable) && job->attempts <= job->max_retries)
+		{
+			long		delay = retry_delay_ms(job);
+
+			elog(LOG, "docextract worker: extraction %s attempt %d failed, retrying in %ld ms: %s",
+				 job_id_text(job), job->attempts, delay, err);
+			queue_retry(&job->id, err, delay);
+			job->will_retry = true;
+			return;
+		}
+		if (job->attempts > 1)
+			err = psprintf("%s (attempt %d of %d)", err, job->attempts, job->max_retries + 1);
+		ereport(ERROR, (errmsg_internal("%s", err)));
+	}
 
 	data = coerce_output(reply.output, &job->tmpl);
 	data_text = pstrdup(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN));
@@ -284,6 +375,12 @@ job_finish(Job *job)
 	json_object_put(data);
 	json_object_put(reply.output);
 	store_result(job, data_text, raw_text, usage_json(job, &reply));
+}
+
+bool
+job_will_retry(Job *job)
+{
+	return job->will_retry;
 }
 
 pg_uuid_t *

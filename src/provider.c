@@ -93,7 +93,8 @@ check_model_option(const char *key, json_object *v)
 		if (!is_int || json_object_get_int64(v) < 1)
 			option_error(key, v, "a positive integer");
 	}
-	else if (strcmp(key, "requests_per_minute") == 0 || strcmp(key, "max_retries") == 0)
+	else if (strcmp(key, "requests_per_minute") == 0 || strcmp(key, "max_retries") == 0 ||
+			 strcmp(key, "retry_backoff_ms") == 0)
 	{
 		if (!is_int || json_object_get_int64(v) < 0)
 			option_error(key, v, "an integer >= 0");
@@ -113,7 +114,7 @@ check_model_option(const char *key, json_object *v)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown model option \"%s\"", key),
-				 errhint("Model options are timeout_ms, max_concurrency, requests_per_minute, temperature, max_retries, document_mode.")));
+				 errhint("Model options are timeout_ms, max_concurrency, requests_per_minute, temperature, max_retries, retry_backoff_ms, document_mode.")));
 }
 
 /* add_model() calls this before storing anything. */

@@ -34,7 +34,7 @@ uuid_text(Datum id)
 static char *
 check_options(json_object *o)
 {
-	static const char *const unsupported[] = {"max_retries", "per_key_attribution", "split",
+	static const char *const unsupported[] = {"per_key_attribution", "split",
 	"zero_retention", NULL};
 	json_object *v;
 	struct json_object_iter it;
@@ -62,13 +62,16 @@ check_options(json_object *o)
 				json_object_get_double(val) >= 0 && json_object_get_double(val) <= 2;
 		else if (strcmp(key, "seed") == 0)
 			ok = t == json_type_int;
+		else if (strcmp(key, "max_retries") == 0)
+			ok = t == json_type_int && json_object_get_int64(val) >= 0 &&
+				json_object_get_int64(val) <= 100;
 		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0)
 			ok = t == json_type_boolean;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, additional_instructions, auto_approve, force.")));
+					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, auto_approve, force.")));
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -240,30 +243,52 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 
 /* Worker side.  These run inside the worker's transactions, as superuser. */
 
+/*
+ * Claim up to max queued jobs (pending, or retrying and due), oldest first,
+ * never more per model than its max_concurrency leaves room for.
+ * *next_due_ms: when the next retry falls due, -1 if none waits.
+ */
 int
-queue_claim(ClaimedJob *out, int max)
+queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 {
 	int			n;
+	bool		isnull;
+	Datum		due;
 
 	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions e"
-						  " SET status = 'processing', started_at = clock_timestamp(),"
-						  "     attempts = e.attempts + 1, worker_pid = pg_backend_pid()"
-						  " FROM (SELECT id FROM docextract.extractions WHERE status = 'pending'"
-						  "       ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) c"
-						  " WHERE e.id = c.id RETURNING e.id, e.attempts",
-						  1, (Oid[]) {INT4OID}, (Datum[]) {Int32GetDatum(max)},
-						  NULL, false, 0);
+	SPI_execute_with_args(
+		"WITH room AS ("
+		"  SELECT m.name, greatest(coalesce((m.options->>'max_concurrency')::int, $1)"
+		"         - (SELECT count(*) FROM docextract.extractions p"
+		"             WHERE p.status = 'processing' AND p.model_name = m.name), 0) AS n"
+		"    FROM docextract.models m),"
+		" picked AS ("
+		"  SELECT c.id FROM room CROSS JOIN LATERAL ("
+		"    SELECT x.id, x.created_at FROM docextract.extractions x"
+		"     WHERE x.model_name = room.name"
+		"       AND (x.status = 'pending'"
+		"            OR (x.status = 'retrying' AND x.next_attempt_at <= clock_timestamp()))"
+		"     ORDER BY x.created_at LIMIT room.n FOR UPDATE SKIP LOCKED) c"
+		"  ORDER BY c.created_at LIMIT $1)"
+		" UPDATE docextract.extractions e"
+		" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
+		"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL"
+		" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts",
+		1, (Oid[]) {INT4OID}, (Datum[]) {Int32GetDatum(max)}, NULL, false, 0);
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
 	{
-		bool		isnull;
 		HeapTuple	tup = SPI_tuptable->vals[i];
 
 		memcpy(&out[i].id, DatumGetUUIDP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)),
 			   sizeof(pg_uuid_t));
 		out[i].attempts = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 	}
+	SPI_execute("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
+				"  min(next_attempt_at) - clock_timestamp())))::bigint"
+				" FROM docextract.extractions WHERE status = 'retrying'", true, 1);
+	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*next_due_ms = isnull ? -1 : (long) DatumGetInt64(due);
 	SPI_finish();
 	return n;
 }
@@ -284,6 +309,22 @@ queue_requeue_orphans(void)
 	n = (int) SPI_processed;
 	SPI_finish();
 	return n;
+}
+
+/* Another attempt after delay_ms; the last error stays visible meanwhile. */
+void
+queue_retry(pg_uuid_t *id, const char *message, long delay_ms)
+{
+	SPI_connect();
+	SPI_execute_with_args("UPDATE docextract.extractions"
+						  " SET status = 'retrying', error_message = $2,"
+						  "     next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'"
+						  " WHERE id = $1 AND status = 'processing'",
+						  3, (Oid[]) {UUIDOID, TEXTOID, INT8OID},
+						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message),
+							  Int64GetDatum(delay_ms)},
+						  NULL, false, 0);
+	SPI_finish();
 }
 
 void

@@ -35,6 +35,7 @@ typedef struct ClaimStep
 	ClaimedJob *jobs;
 	int			max;
 	int			claimed;
+	long		next_due_ms;	/* next retry, -1 if none */
 	bool		extension_present;
 } ClaimStep;
 
@@ -89,6 +90,7 @@ claim_step(void *arg)
 	ClaimStep  *c = arg;
 
 	c->claimed = 0;
+	c->next_due_ms = -1;
 	c->extension_present = OidIsValid(get_extension_oid("docextract", true));
 	if (!c->extension_present)
 		return;
@@ -100,7 +102,7 @@ claim_step(void *arg)
 			elog(LOG, "docextract worker: requeued %d extraction(s) left by a previous worker", n);
 		orphans_requeued = true;
 	}
-	c->claimed = queue_claim(c->jobs, c->max);
+	c->claimed = queue_claim(c->jobs, c->max, &c->next_due_ms);
 }
 
 static void
@@ -138,9 +140,12 @@ fail_job(Job *job, const char *message)
 	job_release(job);
 }
 
-/* Claim what there is room for and start each request.  True if more may wait. */
+/*
+ * Claim what there is room for and start each request.  True if more may
+ * wait; *next_poll is brought forward to when the next retry falls due.
+ */
 static bool
-claim_and_start(void)
+claim_and_start(TimestampTz *next_poll)
 {
 	ClaimStep	c;
 	char	   *err;
@@ -163,14 +168,22 @@ claim_and_start(void)
 		if (err)
 			fail_job(job, err);
 	}
+	if (c.next_due_ms >= 0)
+	{
+		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), c.next_due_ms);
+
+		if (due < *next_poll)
+			*next_poll = due;
+	}
 	return c.claimed == c.max;
 }
 
-/* Store the answer of every request that is done. */
-static void
+/* Store the answer of every request that is done.  True if a retry was scheduled. */
+static bool
 finish_done(void)
 {
 	HttpRequest *req;
+	bool		retry = false;
 
 	while ((req = http_next_done()) != NULL)
 	{
@@ -180,8 +193,12 @@ finish_done(void)
 		if (err)
 			fail_job(job, err);
 		else
+		{
+			retry = retry || job_will_retry(job);
 			job_release(job);
+		}
 	}
+	return retry;
 }
 
 static void
@@ -251,7 +268,8 @@ docextract_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		finish_done();
+		if (finish_done())
+			look = true;		/* learn when the retry falls due */
 		if (GetCurrentTimestamp() >= next_poll)
 		{
 			look = true;
@@ -259,7 +277,7 @@ docextract_worker_main(Datum main_arg)
 													docextract_poll_interval_ms);
 		}
 		if (look && http_inflight() < docextract_max_inflight)
-			look = claim_and_start();
+			look = claim_and_start(&next_poll);
 
 		n = WaitEventSetWait(set, sleep_ms(next_poll), events, lengthof(events),
 							 PG_WAIT_EXTENSION);

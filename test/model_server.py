@@ -10,8 +10,8 @@ messages, response_format json_schema strict), then answered:
     docextract's typing is exercised.
 
 Control:  POST /_script [actions]   GET /_requests   POST /_reset   GET /_stats
-An action: {"status": 500, "body": "...", "delay_ms": 0, "answer": {...},
-            "raw_content": "not json", "drop": true}
+An action: {"status": 500, "body": "...", "headers": {"Retry-After": "1"},
+            "delay_ms": 0, "answer": {...}, "raw_content": "not json", "drop": true}
 
 Usage: model_server.py --port-file F [--port N] [--api-key K] [--delay-ms N]
 """
@@ -30,14 +30,15 @@ STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count"
 ARGS = None
 
 
-def response(status, body, ctype="application/json"):
+def response(status, body, ctype="application/json", headers=None):
     if not isinstance(body, (bytes, bytearray)):
         body = body.encode()
+    extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
     reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
               429: "Too Many Requests", 500: "Internal Server Error",
               503: "Service Unavailable"}.get(status, "Status")
-    head = ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-            % (status, reason, ctype, len(body))).encode()
+    head = ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+            % (status, reason, ctype, len(body), extra)).encode()
     return head + body
 
 
@@ -209,7 +210,7 @@ async def model_reply(headers, body):
     if action.get("drop"):
         return None
     if "status" in action and action["status"] != 200:
-        return response(action["status"], action.get("body", ""))
+        return response(action["status"], action.get("body", ""), headers=action.get("headers"))
     if "body" in action:
         return response(200, action["body"])
     if "raw_content" in action:
@@ -269,7 +270,7 @@ async def route(method, path, headers, body):
         STATE["max_inflight"] = max(STATE["max_inflight"], STATE["inflight"])
         try:
             if ARGS.record:
-                STATE["requests"].append({"path": path, "headers": headers,
+                STATE["requests"].append({"path": path, "headers": headers, "time": time.time(),
                                           "body": body.decode("utf-8", "replace")})
             return await model_reply(headers, body)
         finally:

@@ -25,7 +25,7 @@ chown -R "$user" "$work"
 status=0
 runuser -u "$user" -- make -C "$work" installcheck "$@" || status=$?
 if [ "$status" -ne 0 ]; then
-    for f in "$work"/regression.diffs "$work"/tmp_check/log/regress_log_*; do
+    for f in "$work"/regression.diffs "$work"/tmp_check/log/*.log "$work"/tmp_check/log/regress_log_*; do
         [ -f "$f" ] && { echo "=== $f"; tail -n 60 "$f"; }
     done
 fi

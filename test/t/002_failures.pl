@@ -1,6 +1,6 @@
 # A failing job fails with a clear message and the worker goes on: HTTP 500,
 # a body that is not JSON, an answer that breaks the schema, an unreachable
-# endpoint, a timeout.
+# endpoint, a timeout.  Retries are off here (max_retries 0); 005 tests them.
 use strict;
 use warnings;
 use FindBin;
@@ -20,10 +20,12 @@ my $dead_port = $sock->sockport;
 close($sock);
 
 $node->safe_psql('postgres', qq{
-	SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model');
-	SELECT docextract.add_model('down', 'openai', 'http://127.0.0.1:$dead_port/v1', 'test-model');
+	SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL,
+	                            '{"max_retries": 0}');
+	SELECT docextract.add_model('down', 'openai', 'http://127.0.0.1:$dead_port/v1', 'test-model', NULL,
+	                            '{"max_retries": 0}');
 	SELECT docextract.add_model('impatient', 'openai', '$srv->{url}/v1', 'test-model', NULL,
-	                            '{"timeout_ms": 300}');});
+	                            '{"timeout_ms": 300, "max_retries": 0}');});
 my $tid = add_invoice_template($node);
 my $doc = $node->safe_psql('postgres',
 	"SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('" . fixture('invoice.pdf') . "'))");
