@@ -34,6 +34,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static bool wake_pending = false;
+static bool cancel_pending = false;
 static bool xact_callback_registered = false;
 
 static void
@@ -60,6 +61,7 @@ docextract_shmem_startup(void)
 		docextract_shared->worker_latch = NULL;
 		docextract_shared->worker_dboid = InvalidOid;
 		docextract_shared->worker_pid = 0;
+		pg_atomic_init_u64(&docextract_shared->cancel_generation, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -74,7 +76,7 @@ wake_xact_callback(XactEvent event, void *arg)
 		return;
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 	{
-		wake_pending = false;
+		wake_pending = cancel_pending = false;
 		return;
 	}
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT)
@@ -82,6 +84,9 @@ wake_xact_callback(XactEvent event, void *arg)
 	wake_pending = false;
 	if (docextract_shared == NULL)
 		return;
+	if (cancel_pending)
+		pg_atomic_fetch_add_u64(&docextract_shared->cancel_generation, 1);
+	cancel_pending = false;
 	SpinLockAcquire(&docextract_shared->mutex);
 	if (docextract_shared->worker_dboid == MyDatabaseId)
 		latch = docextract_shared->worker_latch;
@@ -105,6 +110,20 @@ docextract_wake_worker_at_commit(void)
 		xact_callback_registered = true;
 	}
 	wake_pending = true;
+}
+
+/* A committed cancel also tells the worker to look at its in-flight jobs. */
+void
+docextract_cancel_at_commit(void)
+{
+	docextract_wake_worker_at_commit();
+	cancel_pending = true;
+}
+
+uint64
+docextract_cancel_generation(void)
+{
+	return pg_atomic_read_u64(&docextract_shared->cancel_generation);
 }
 
 void

@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/uuid.h"
@@ -39,11 +40,14 @@ typedef struct DocextractShared
 	Latch	   *worker_latch;	/* NULL while no worker runs */
 	Oid			worker_dboid;
 	pid_t		worker_pid;
+	pg_atomic_uint64 cancel_generation;	/* bumped by each committed cancel */
 } DocextractShared;
 
 extern DocextractShared *docextract_shared;
 
 extern void docextract_wake_worker_at_commit(void);
+extern void docextract_cancel_at_commit(void);
+extern uint64 docextract_cancel_generation(void);
 extern void docextract_worker_publish(Latch *latch, Oid dboid);
 extern void docextract_worker_unpublish(void);
 
@@ -235,5 +239,6 @@ extern int	queue_claim(ClaimedJob *out, int max, long *next_due_ms);
 extern int	queue_requeue_orphans(void);
 extern void queue_fail(pg_uuid_t *id, const char *message);
 extern void queue_retry(pg_uuid_t *id, const char *message, long delay_ms);
+extern void queue_find_ended(pg_uuid_t **ids, int n, bool *ended);
 
 #endif							/* DOCEXTRACT_H */

@@ -237,7 +237,7 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 	privileged_end(&priv);
 	SPI_finish();
 	if (cancelled)
-		docextract_wake_worker_at_commit();
+		docextract_cancel_at_commit();
 	PG_RETURN_BOOL(cancelled);
 }
 
@@ -309,6 +309,39 @@ queue_requeue_orphans(void)
 	n = (int) SPI_processed;
 	SPI_finish();
 	return n;
+}
+
+/* Which of these in-flight jobs are no longer processing (cancelled)? */
+void
+queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
+{
+	StringInfoData list;
+	bool		isnull;
+
+	initStringInfo(&list);
+	appendStringInfoChar(&list, '{');
+	for (int i = 0; i < n; i++)
+	{
+		appendStringInfo(&list, "%s%s", i ? "," : "",
+						 DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(ids[i]))));
+		ended[i] = false;
+	}
+	appendStringInfoChar(&list, '}');
+	SPI_connect();
+	SPI_execute_with_args("SELECT id FROM docextract.extractions"
+						  " WHERE id = ANY ($1::uuid[]) AND status <> 'processing'",
+						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(list.data)},
+						  NULL, true, 0);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		pg_uuid_t  *id = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+
+		for (int i = 0; i < n; i++)
+			if (memcmp(id, ids[i], sizeof(pg_uuid_t)) == 0)
+				ended[i] = true;
+	}
+	SPI_finish();
 }
 
 /* Another attempt after delay_ms; the last error stays visible meanwhile. */

@@ -47,6 +47,16 @@ typedef struct FailStep
 
 static bool orphans_requeued = false;
 
+/* Jobs whose requests are in flight, in TopMemoryContext. */
+static List *inflight_jobs = NIL;
+
+typedef struct EndedStep
+{
+	pg_uuid_t **ids;
+	int			n;
+	bool	   *ended;
+} EndedStep;
+
 /*
  * Run fn(arg) in a transaction of its own.  Returns NULL on success, else
  * the error message (allocated in the caller's memory context).
@@ -118,6 +128,58 @@ finish_step(void *arg)
 }
 
 static void
+ended_step(void *arg)
+{
+	EndedStep  *e = arg;
+
+	queue_find_ended(e->ids, e->n, e->ended);
+}
+
+static void
+track(Job *job)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	inflight_jobs = lappend(inflight_jobs, job);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Someone cancelled something: drop every in-flight request whose job is no
+ * longer processing, freeing its slot at once.
+ */
+static void
+drop_cancelled(void)
+{
+	EndedStep	e;
+	ListCell   *lc;
+	int			i = 0;
+
+	e.n = list_length(inflight_jobs);
+	if (e.n == 0)
+		return;
+	e.ids = palloc(sizeof(pg_uuid_t *) * e.n);
+	e.ended = palloc(sizeof(bool) * e.n);
+	foreach(lc, inflight_jobs)
+		e.ids[i++] = job_id((Job *) lfirst(lc));
+	if (in_transaction("docextract: checking for cancellations", ended_step, &e) != NULL)
+		return;
+	i = 0;
+	foreach(lc, inflight_jobs)
+	{
+		Job		   *job = lfirst(lc);
+
+		if (e.ended[i++])
+		{
+			elog(DEBUG1, "docextract worker: dropping the request of cancelled extraction %s",
+				 job_id_text(job));
+			inflight_jobs = foreach_delete_current(inflight_jobs, lc);
+			job_release(job);
+		}
+	}
+}
+
+static void
 fail_step(void *arg)
 {
 	FailStep   *f = arg;
@@ -167,6 +229,8 @@ claim_and_start(TimestampTz *next_poll)
 		err = in_transaction("docextract: starting a request", prepare_step, job);
 		if (err)
 			fail_job(job, err);
+		else
+			track(job);
 	}
 	if (c.next_due_ms >= 0)
 	{
@@ -188,7 +252,10 @@ finish_done(void)
 	while ((req = http_next_done()) != NULL)
 	{
 		Job		   *job = req->arg;
-		char	   *err = in_transaction("docextract: storing a result", finish_step, job);
+		char	   *err;
+
+		inflight_jobs = list_delete_ptr(inflight_jobs, job);
+		err = in_transaction("docextract: storing a result", finish_step, job);
 
 		if (err)
 			fail_job(job, err);
@@ -239,6 +306,7 @@ docextract_worker_main(Datum main_arg)
 	WaitEventSet *set;
 	bool		look = true;
 	TimestampTz next_poll = 0;
+	uint64		cancels_seen;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -250,6 +318,7 @@ docextract_worker_main(Datum main_arg)
 	before_shmem_exit(worker_exit, (Datum) 0);
 	http_init();
 	set = make_wait_set();
+	cancels_seen = docextract_cancel_generation();
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	elog(LOG, "docextract worker started for database \"%s\"", docextract_database);
@@ -268,6 +337,11 @@ docextract_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		if (docextract_cancel_generation() != cancels_seen)
+		{
+			cancels_seen = docextract_cancel_generation();
+			drop_cancelled();
+		}
 		if (finish_done())
 			look = true;		/* learn when the retry falls due */
 		if (GetCurrentTimestamp() >= next_poll)

@@ -26,7 +26,8 @@ import sys
 import time
 import zlib
 
-STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count": 0}
+STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count": 0,
+         "abandoned": 0}
 ARGS = None
 
 
@@ -198,15 +199,24 @@ def completion(req, content):
                   "total_tokens": prompt_chars // 4 + len(content) // 4}})
 
 
-async def model_reply(headers, body):
+async def client_gone_within(reader, seconds):
+    """Wait up to seconds; True if the client closed the connection meanwhile."""
+    try:
+        return await asyncio.wait_for(reader.read(1), seconds) == b""
+    except asyncio.TimeoutError:
+        return False
+
+
+async def model_reply(reader, headers, body):
     """Returns bytes to send, or None to drop the connection."""
     req = check_request(headers, body)
     if isinstance(req, (bytes, bytearray)):
         return req
     action = STATE["script"].pop(0) if STATE["script"] else {}
     delay = action.get("delay_ms", ARGS.delay_ms)
-    if delay:
-        await asyncio.sleep(delay / 1000.0)
+    if delay and await client_gone_within(reader, delay / 1000.0):
+        STATE["abandoned"] += 1
+        return None
     if action.get("drop"):
         return None
     if "status" in action and action["status"] != 200:
@@ -241,7 +251,7 @@ async def handle(reader, writer):
             if headers.get("expect", "").lower() == "100-continue":
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await reader.readexactly(int(headers.get("content-length", 0)))
-            out = await route(method, path, headers, body)
+            out = await route(reader, method, path, headers, body)
             if out is None:
                 break
             writer.write(out)
@@ -252,7 +262,7 @@ async def handle(reader, writer):
         writer.close()
 
 
-async def route(method, path, headers, body):
+async def route(reader, method, path, headers, body):
     if path.startswith("/_script") and method == "POST":
         STATE["script"].extend(json.loads(body))
         return response(200, json.dumps({"queued": len(STATE["script"])}))
@@ -263,7 +273,7 @@ async def route(method, path, headers, body):
         return response(200, "{}")
     if path.startswith("/_stats"):
         return response(200, json.dumps({k: STATE[k] for k in ("inflight", "max_inflight",
-                                                               "count")}))
+                                                               "count", "abandoned")}))
     if method == "POST" and path.endswith("/chat/completions"):
         STATE["count"] += 1
         STATE["inflight"] += 1
@@ -272,7 +282,7 @@ async def route(method, path, headers, body):
             if ARGS.record:
                 STATE["requests"].append({"path": path, "headers": headers, "time": time.time(),
                                           "body": body.decode("utf-8", "replace")})
-            return await model_reply(headers, body)
+            return await model_reply(reader, headers, body)
         finally:
             STATE["inflight"] -= 1
     return error(404, "no route for %s %s" % (method, path))

@@ -101,6 +101,30 @@ $node->poll_query_until('postgres', "SELECT status = 'retrying' FROM docextract.
 is($node->safe_psql('postgres', "SELECT docextract.cancel_extraction('$id')"), 't', 'cancel while retrying');
 is((row($id))[0], 'cancelled', '... cancelled');
 
+# Cancel in flight: with one slot in all, cancelling a slow request frees the
+# slot at once (the transfer is removed from the multi handle).
+$node->safe_psql('postgres', "ALTER SYSTEM SET docextract.max_inflight = 1; SELECT pg_reload_conf()");
+sleep 1;
+server_script($srv, { delay_ms => 20000 });
+my $slow = submit();
+$node->poll_query_until('postgres', "SELECT status = 'processing' FROM docextract.extractions WHERE id = '$slow'")
+  or die 'never processing';
+for (1 .. 200) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+my $next = submit('{"seed": 99}');
+usleep(300_000);
+is((row($next))[0], 'pending', 'with the only slot taken, the next job waits');
+my $t0 = time;
+is($node->safe_psql('postgres', "SELECT docextract.cancel_extraction('$slow')"), 't', 'cancel the in-flight one');
+is(wait_for_status($node, $next, 'completed', 'failed'), 'completed', 'the next job completes');
+ok(time - $t0 < 5, sprintf('... %ds after the cancel, long before the slow answer (20s)', time - $t0));
+is((row($slow))[0], 'cancelled', 'the in-flight one stays cancelled');
+for (1 .. 100) { last if server_stats($srv)->{abandoned} == 1; usleep(50_000); }
+is(server_stats($srv)->{abandoned}, 1, 'the model server saw the request abandoned (connection closed)');
+is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$slow'"), '0',
+	'... with no result');
+$node->safe_psql('postgres', "ALTER SYSTEM RESET docextract.max_inflight; SELECT pg_reload_conf()");
+sleep 1;
+
 # max_concurrency: reached, never exceeded, per model.
 for my $case ([ 'narrow', 2 ], [ 'wide', 6 ])
 {
