@@ -173,10 +173,6 @@ BEGIN
         RAISE EXCEPTION 'unknown provider "%"', provider USING ERRCODE = '22023',
             HINT = 'provider must be one of openai, gemini, anthropic';
     END IF;
-    IF provider <> 'openai' THEN
-        RAISE EXCEPTION 'provider "%" is not available in this version of docextract', provider
-            USING ERRCODE = '0A000', HINT = 'use provider openai (any OpenAI-compatible server)';
-    END IF;
     IF base_url IS NULL OR base_url !~ '^https?://[^/]+' THEN
         RAISE EXCEPTION 'base_url must be an http:// or https:// URL, got "%"', base_url
             USING ERRCODE = '22023';

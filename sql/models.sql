@@ -1,5 +1,7 @@
 -- Models: validated on the way in; API keys readable by the owner only.
 
+\set SHOW_CONTEXT never
+
 -- Test helper: run a statement, return its SQLSTATE and message (ids masked).
 CREATE FUNCTION public.sqlstate_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -17,11 +19,17 @@ SELECT docextract.add_model('default', 'openai', 'http://127.0.0.1:9/v1', 'test-
                             'sk-regress-secret-key', '{"timeout_ms": 1000, "document_mode": "text"}');
 SELECT count(*) AS models, (SELECT count(*) FROM docextract.model_keys) AS keys
   FROM docextract.models;
+-- the three providers
+SELECT docextract.add_model('flash', 'gemini', 'https://generativelanguage.googleapis.com/v1beta',
+                            'gemini-2.5-flash', 'env:GEMINI_API_KEY');
+SELECT docextract.add_model('claude', 'anthropic', 'https://api.anthropic.com/v1',
+                            'claude-sonnet-4-5', 'env:ANTHROPIC_API_KEY', '{"max_concurrency": 8}');
+SELECT docextract.add_model('x', 'openai', 'http://h/v1', 'm', 'env:not a name');
+SELECT name, provider, base_url, model, options FROM docextract.models ORDER BY name;
 
 -- bad input: a clear error, nothing stored
 \set VERBOSITY default
 SELECT docextract.add_model('x', 'mistral', 'http://h/v1', 'm');
-SELECT docextract.add_model('x', 'gemini', 'http://h/v1', 'm');
 SELECT docextract.add_model('x', 'openai', 'ftp://h/v1', 'm');
 SELECT docextract.add_model('x', 'openai', 'http://h/v1', '');
 SELECT docextract.add_model('', 'openai', 'http://h/v1', 'm');
@@ -38,7 +46,7 @@ CREATE ROLE regress_bob;
 CREATE ROLE regress_team;
 GRANT regress_team TO regress_alice;
 SET ROLE regress_alice;
-SELECT name, model FROM docextract.models;
+SELECT name, model FROM docextract.models ORDER BY name;
 SELECT * FROM docextract.model_keys;
 SELECT docextract.add_model('mine', 'openai', 'http://h/v1', 'm', 'k');
 SELECT count(*) FROM information_schema.columns

@@ -114,6 +114,13 @@ extern const char *format_type_name(FormatType f);
 
 /* prompt.c: what we ask the model -------------------------------------------- */
 
+typedef enum SchemaDialect
+{
+	SCHEMA_JSON,				/* JSON Schema: OpenAI (strict), Anthropic tools */
+	SCHEMA_OPENAPI				/* Gemini's OpenAPI subset */
+} SchemaDialect;
+
+extern json_object *template_schema(const Template *t, SchemaDialect dialect);
 extern json_object *template_json_schema(const Template *t);
 extern char *template_system_prompt(const Template *t, const char *additional);
 
@@ -210,7 +217,12 @@ typedef struct Provider
 } Provider;
 
 extern const Provider openai_provider;
+extern const Provider gemini_provider;
+extern const Provider anthropic_provider;
 extern const Provider *provider_lookup(const char *name);
+extern char *provider_error_message(const char *body, size_t len);
+extern char *document_intro(const DocumentInput *d);
+extern json_object *answer_object(const char *text, char **err);
 extern char *redact_secret(const char *text, const char *secret);
 extern char *base64_encode(const char *data, size_t len);
 

@@ -39,21 +39,35 @@ format_hint(const TemplateField *f)
 	}
 }
 
+/*
+ * One field.  JSON Schema says "nullable" with a type array; Gemini's
+ * OpenAPI subset with upper-case types and "nullable": true.
+ */
 static json_object *
-field_schema(const TemplateField *f)
+field_schema(const TemplateField *f, SchemaDialect dialect)
 {
-	json_object *s = json_object_new_object();
 	static const char *const json_types[] = {"string", "number", "string", "boolean", "string"};
+	static const char *const openapi_types[] = {"STRING", "NUMBER", "STRING", "BOOLEAN", "STRING"};
+	json_object *s = json_object_new_object();
 	StringInfoData desc;
 
-	json_object_object_add(s, "type", string_array(json_types[f->format], "null"));
+	if (dialect == SCHEMA_OPENAPI)
+	{
+		json_object_object_add(s, "type", json_object_new_string(openapi_types[f->format]));
+		json_object_object_add(s, "nullable", json_object_new_boolean(1));
+	}
+	else
+		json_object_object_add(s, "type", string_array(json_types[f->format], "null"));
 	if (f->format == FORMAT_MULTIPLE_CHOICE)
 	{
 		json_object *e = json_object_new_array();
 
 		for (int i = 0; i < f->noptions; i++)
 			json_object_array_add(e, json_object_new_string(f->options[i]));
-		json_object_array_add(e, NULL);
+		if (dialect == SCHEMA_JSON)
+			json_object_array_add(e, NULL);
+		else
+			json_object_object_add(s, "format", json_object_new_string("enum"));
 		json_object_object_add(s, "enum", e);
 	}
 	initStringInfo(&desc);
@@ -67,48 +81,73 @@ field_schema(const TemplateField *f)
 }
 
 static json_object *
-object_schema(const TemplateField *fields, int n)
+object_schema(const TemplateField *fields, int n, SchemaDialect dialect)
 {
 	json_object *obj = json_object_new_object();
 	json_object *props = json_object_new_object();
 	json_object *req = json_object_new_array();
+	json_object *order = json_object_new_array();
 
-	json_object_object_add(obj, "type", json_object_new_string("object"));
+	json_object_object_add(obj, "type", json_object_new_string(dialect == SCHEMA_JSON ? "object" : "OBJECT"));
 	for (int i = 0; i < n; i++)
 	{
-		json_object_object_add(props, fields[i].key, field_schema(&fields[i]));
+		json_object_object_add(props, fields[i].key, field_schema(&fields[i], dialect));
 		json_object_array_add(req, json_object_new_string(fields[i].key));
+		json_object_array_add(order, json_object_new_string(fields[i].key));
 	}
 	json_object_object_add(obj, "properties", props);
 	json_object_object_add(obj, "required", req);
-	json_object_object_add(obj, "additionalProperties", json_object_new_boolean(0));
+	if (dialect == SCHEMA_JSON)
+	{
+		json_object_object_add(obj, "additionalProperties", json_object_new_boolean(0));
+		json_object_put(order);
+	}
+	else
+		json_object_object_add(obj, "propertyOrdering", order);
 	return obj;
 }
 
 /* {"general": {...}, "table": [{...}]}: the shape of every answer. */
 json_object *
-template_json_schema(const Template *t)
+template_schema(const Template *t, SchemaDialect dialect)
 {
+	const TemplateField top[2] = {{.key = "general"}, {.key = "table"}};
 	json_object *root = json_object_new_object();
 	json_object *props = json_object_new_object();
 	json_object *req = json_object_new_array();
+	bool		json = dialect == SCHEMA_JSON;
 
-	json_object_object_add(root, "type", json_object_new_string("object"));
-	json_object_object_add(props, "general", object_schema(t->general, t->ngeneral));
+	json_object_object_add(root, "type", json_object_new_string(json ? "object" : "OBJECT"));
+	json_object_object_add(props, "general", object_schema(t->general, t->ngeneral, dialect));
 	json_object_array_add(req, json_object_new_string("general"));
 	if (t->has_table)
 	{
 		json_object *table = json_object_new_object();
 
-		json_object_object_add(table, "type", json_object_new_string("array"));
-		json_object_object_add(table, "items", object_schema(t->table, t->ntable));
+		json_object_object_add(table, "type", json_object_new_string(json ? "array" : "ARRAY"));
+		json_object_object_add(table, "items", object_schema(t->table, t->ntable, dialect));
 		json_object_object_add(props, "table", table);
 		json_object_array_add(req, json_object_new_string("table"));
 	}
 	json_object_object_add(root, "properties", props);
 	json_object_object_add(root, "required", req);
-	json_object_object_add(root, "additionalProperties", json_object_new_boolean(0));
+	if (json)
+		json_object_object_add(root, "additionalProperties", json_object_new_boolean(0));
+	else
+	{
+		json_object *order = json_object_new_array();
+
+		for (int i = 0; i < (t->has_table ? 2 : 1); i++)
+			json_object_array_add(order, json_object_new_string(top[i].key));
+		json_object_object_add(root, "propertyOrdering", order);
+	}
 	return root;
+}
+
+json_object *
+template_json_schema(const Template *t)
+{
+	return template_schema(t, SCHEMA_JSON);
 }
 
 static void

@@ -14,9 +14,66 @@
 const Provider *
 provider_lookup(const char *name)
 {
-	if (strcmp(name, openai_provider.name) == 0)
-		return &openai_provider;
+	static const Provider *const all[] = {&openai_provider, &gemini_provider, &anthropic_provider};
+
+	for (int i = 0; i < (int) lengthof(all); i++)
+		if (strcmp(name, all[i]->name) == 0)
+			return all[i];
 	return NULL;
+}
+
+/*
+ * {"error": {"message": "..."}}: the error body of OpenAI, Gemini and
+ * Anthropic alike (and of most compatible servers).  NULL if not that.
+ */
+char *
+provider_error_message(const char *body, size_t len)
+{
+	json_object *root = json_tokener_parse(body);
+	json_object *error,
+			   *msg;
+	char	   *text = NULL;
+
+	if (root && json_object_is_type(root, json_type_object) &&
+		json_object_object_get_ex(root, "error", &error))
+	{
+		if (json_object_is_type(error, json_type_string))
+			text = pstrdup(json_object_get_string(error));
+		else if (json_object_is_type(error, json_type_object) &&
+				 json_object_object_get_ex(error, "message", &msg))
+			text = pstrdup(json_object_get_string(msg));
+	}
+	json_object_put(root);
+	return text;
+}
+
+/* The sentence that introduces the document in every provider's request. */
+char *
+document_intro(const DocumentInput *d)
+{
+	return psprintf("Document \"%s\" (%d page%s) follows. Extract the data described in the instructions.",
+					d->filename, d->page_count, d->page_count == 1 ? "" : "s");
+}
+
+/*
+ * The model's answer text as the object the schema asks for: NULL and *err
+ * set unless it is a JSON object with a "general" object.
+ */
+json_object *
+answer_object(const char *text, char **err)
+{
+	json_object *answer = text ? json_tokener_parse(text) : NULL;
+	json_object *general;
+
+	if (answer == NULL || !json_object_is_type(answer, json_type_object) ||
+		!json_object_object_get_ex(answer, "general", &general) ||
+		!json_object_is_type(general, json_type_object))
+	{
+		json_object_put(answer);
+		*err = pstrdup("the model's answer is not a JSON object with a \"general\" object, as the schema requires");
+		return NULL;
+	}
+	return answer;
 }
 
 /* palloc'd, NUL-terminated base64 of data. */

@@ -52,8 +52,7 @@ user_content(const ModelConfig *m, const DocumentInput *d)
 											   "separated by form feeds:\n\n%s",
 											   d->filename, d->page_count, text));
 	}
-	json_object_array_add(parts, text_part(psprintf("Document \"%s\" (%d pages) follows.",
-													d->filename, d->page_count)));
+	json_object_array_add(parts, text_part(document_intro(d)));
 	if (is_pdf)
 	{
 		json_object_object_add(part, "type", json_object_new_string("file"));
@@ -150,11 +149,8 @@ openai_parse(const char *body, size_t len, ProviderReply *reply)
 	else if (!json_object_object_get_ex(msg, "content", &content) ||
 			 !json_object_is_type(content, json_type_string))
 		err = "the response's message has no text content";
-	else if ((reply->output = json_tokener_parse(json_object_get_string(content))) == NULL ||
-			 !json_object_is_type(reply->output, json_type_object) ||
-			 !json_object_object_get_ex(reply->output, "general", &v) ||
-			 !json_object_is_type(v, json_type_object))
-		err = "the model's answer is not a JSON object with a \"general\" object, as the schema requires";
+	else
+		reply->output = answer_object(json_object_get_string(content), &err);
 	if (err == NULL && json_object_object_get_ex(root, "usage", &usage))
 	{
 		if (json_object_object_get_ex(usage, "prompt_tokens", &v))
@@ -172,29 +168,9 @@ openai_parse(const char *body, size_t len, ProviderReply *reply)
 	return err;
 }
 
-/* {"error": {"message": "..."}} as OpenAI and most compatible servers send. */
-static char *
-openai_error_text(const char *body, size_t len)
-{
-	json_object *root = json_tokener_parse(body);
-	json_object *error,
-			   *msg;
-	char	   *text = NULL;
-
-	if (root && json_object_object_get_ex(root, "error", &error))
-	{
-		if (json_object_is_type(error, json_type_string))
-			text = pstrdup(json_object_get_string(error));
-		else if (json_object_object_get_ex(error, "message", &msg))
-			text = pstrdup(json_object_get_string(msg));
-	}
-	json_object_put(root);
-	return text;
-}
-
 const Provider openai_provider = {
 	.name = "openai",
 	.build = openai_build,
 	.parse = openai_parse,
-	.error_text = openai_error_text,
+	.error_text = provider_error_message,
 };

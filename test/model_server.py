@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""A scripted OpenAI-compatible model server for docextract's tests and demo.
+"""A scripted model server for docextract's tests and demo, speaking three wire
+formats: OpenAI chat completions (POST .../chat/completions), Gemini
+(POST .../models/{model}:generateContent) and Anthropic (POST .../messages).
 
-POST .../chat/completions is checked the way the real API checks it (model,
-messages, response_format json_schema strict), then answered:
+Each request is checked the way the real API checks it (auth header, required
+fields, structured-output settings, inline document encoding), then answered:
   - by the next scripted action, if any (POST /_script with a JSON list), or
   - by "reading" the document: text mode reads the text docextract sent;
     file/image parts are read crudely (PDF text operators, PNG tEXt chunks).
@@ -70,11 +72,21 @@ def png_text(data):
     return "\n".join(out)
 
 
+def decoded_text(b64):
+    raw = base64.b64decode(b64)
+    return pdf_text(raw) if raw.startswith(b"%PDF") else png_text(raw)
+
+
 def document_text(content):
+    """The document's text from an OpenAI, Gemini or Anthropic user message."""
     if isinstance(content, str):
         return content
     texts = []
     for part in content:
+        if "inline_data" in part:                               # Gemini
+            texts.append(decoded_text(part["inline_data"]["data"]))
+        if part.get("type") in ("document", "image"):           # Anthropic
+            texts.append(decoded_text(part["source"]["data"]))
         if part.get("type") == "text":
             texts.append(part["text"])
         url = None
@@ -130,9 +142,7 @@ def read_table(text, props):
     return rows
 
 
-def answer_for(req):
-    schema = req["response_format"]["json_schema"]["schema"]
-    text = document_text(req["messages"][-1]["content"])
+def answer_for(schema, text):
     ans = {"general": read_fields(text, schema["properties"]["general"]["properties"])}
     if "table" in schema["properties"]:
         ans["table"] = read_table(text, schema["properties"]["table"]["items"]["properties"])
@@ -225,8 +235,133 @@ async def model_reply(reader, headers, body):
         return response(200, action["body"])
     if "raw_content" in action:
         return response(200, completion(req, action["raw_content"]))
-    ans = action["answer"] if "answer" in action else answer_for(req)
+    ans = action["answer"] if "answer" in action else answer_for(
+        req["response_format"]["json_schema"]["schema"], document_text(req["messages"][-1]["content"]))
     return response(200, completion(req, json.dumps(ans)))
+
+
+# -- Gemini generateContent ----------------------------------------------------
+
+def gemini_error(status, message, code_status):
+    return response(status, json.dumps({"error": {"code": status, "message": message,
+                                                  "status": code_status}}))
+
+
+def check_gemini(headers, body, model):
+    if ARGS.api_key is not None and headers.get("x-goog-api-key") != ARGS.api_key:
+        return gemini_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT")
+    try:
+        req = json.loads(body)
+    except ValueError:
+        return gemini_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
+    contents = req.get("contents")
+    if not isinstance(contents, list) or not contents or not contents[-1].get("parts"):
+        return gemini_error(400, "* GenerateContentRequest.contents: contents is not specified",
+                            "INVALID_ARGUMENT")
+    for part in contents[-1]["parts"]:
+        if "inline_data" in part:
+            d = part["inline_data"]
+            if d.get("mime_type") not in ("application/pdf", "image/png", "image/jpeg",
+                                          "image/heic", "image/heif") or not d.get("data"):
+                return gemini_error(400, "Unsupported MIME type or missing inline data",
+                                    "INVALID_ARGUMENT")
+            base64.b64decode(d["data"], validate=True)
+    gc = req.get("generationConfig", {})
+    schema = gc.get("responseSchema")
+    if gc.get("responseMimeType") != "application/json" or not schema or schema.get("type") != "OBJECT":
+        return gemini_error(400, "responseSchema requires responseMimeType application/json",
+                            "INVALID_ARGUMENT")
+    return req
+
+
+async def gemini_reply(reader, headers, body, model):
+    req = check_gemini(headers, body, model)
+    if isinstance(req, (bytes, bytearray)):
+        return req
+    action = STATE["script"].pop(0) if STATE["script"] else {}
+    if action.get("delay_ms") and await client_gone_within(reader, action["delay_ms"] / 1000.0):
+        STATE["abandoned"] += 1
+        return None
+    if "status" in action and action["status"] != 200:
+        return response(action["status"], action.get("body", ""), headers=action.get("headers"))
+    if "body" in action:
+        return response(200, action["body"])
+    text = action.get("raw_content")
+    if text is None:
+        ans = action["answer"] if "answer" in action else answer_for(
+            req["generationConfig"]["responseSchema"], document_text(req["contents"][-1]["parts"]))
+        text = json.dumps(ans)
+    return response(200, json.dumps({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                        "finishReason": action.get("finish_reason", "STOP"), "index": 0}],
+        "usageMetadata": {"promptTokenCount": len(body) // 4, "candidatesTokenCount": len(text) // 4,
+                          "totalTokenCount": (len(body) + len(text)) // 4},
+        "modelVersion": model}))
+
+
+# -- Anthropic Messages --------------------------------------------------------
+
+def anthropic_error(status, etype, message):
+    return response(status, json.dumps({"type": "error", "error": {"type": etype, "message": message}}))
+
+
+def check_anthropic(headers, body):
+    if ARGS.api_key is not None and headers.get("x-api-key") != ARGS.api_key:
+        return anthropic_error(401, "authentication_error", "invalid x-api-key")
+    if not headers.get("anthropic-version"):
+        return anthropic_error(400, "invalid_request_error", "anthropic-version: header is required")
+    try:
+        req = json.loads(body)
+    except ValueError:
+        return anthropic_error(400, "invalid_request_error", "Invalid JSON")
+    if not isinstance(req.get("model"), str) or not isinstance(req.get("max_tokens"), int):
+        return anthropic_error(400, "invalid_request_error", "model and max_tokens: Field required")
+    msgs = req.get("messages")
+    if not isinstance(msgs, list) or not msgs or msgs[0].get("role") != "user":
+        return anthropic_error(400, "invalid_request_error", "messages: first message must use the user role")
+    for block in msgs[-1]["content"] if isinstance(msgs[-1]["content"], list) else []:
+        if block.get("type") in ("document", "image"):
+            src = block.get("source", {})
+            allowed = ("application/pdf",) if block["type"] == "document" else (
+                "image/jpeg", "image/png", "image/gif", "image/webp")
+            if src.get("type") != "base64" or src.get("media_type") not in allowed:
+                return anthropic_error(400, "invalid_request_error",
+                                       "messages.0.content: invalid %s source" % block["type"])
+            base64.b64decode(src["data"], validate=True)
+    tools = req.get("tools") or []
+    choice = req.get("tool_choice", {})
+    if (len(tools) != 1 or tools[0].get("input_schema", {}).get("type") != "object"
+            or choice.get("type") != "tool" or choice.get("name") != tools[0].get("name")):
+        return anthropic_error(400, "invalid_request_error", "tool_choice must name the one tool")
+    return req
+
+
+async def anthropic_reply(reader, headers, body):
+    req = check_anthropic(headers, body)
+    if isinstance(req, (bytes, bytearray)):
+        return req
+    action = STATE["script"].pop(0) if STATE["script"] else {}
+    if action.get("delay_ms") and await client_gone_within(reader, action["delay_ms"] / 1000.0):
+        STATE["abandoned"] += 1
+        return None
+    if "status" in action and action["status"] != 200:
+        return response(action["status"], action.get("body", ""), headers=action.get("headers"))
+    if "body" in action:
+        return response(200, action["body"])
+    if "raw_content" in action:
+        content = [{"type": "text", "text": action["raw_content"]}]
+        stop = "end_turn"
+    else:
+        tool = req["tools"][0]
+        ans = action["answer"] if "answer" in action else answer_for(
+            tool["input_schema"], document_text(req["messages"][-1]["content"]))
+        content = [{"type": "tool_use", "id": "toolu_test%d" % STATE["count"], "name": tool["name"],
+                    "input": ans}]
+        stop = "tool_use"
+    return response(200, json.dumps({
+        "id": "msg_test%d" % STATE["count"], "type": "message", "role": "assistant",
+        "model": req["model"], "content": content, "stop_reason": stop,
+        "usage": {"input_tokens": len(body) // 4, "output_tokens": len(json.dumps(content)) // 4}}))
 
 
 # -- HTTP ----------------------------------------------------------------------
@@ -274,7 +409,9 @@ async def route(reader, method, path, headers, body):
     if path.startswith("/_stats"):
         return response(200, json.dumps({k: STATE[k] for k in ("inflight", "max_inflight",
                                                                "count", "abandoned")}))
-    if method == "POST" and path.endswith("/chat/completions"):
+    gemini = re.search(r"/models/([^/:]+):generateContent$", path)
+    if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/messages")
+                             or gemini):
         STATE["count"] += 1
         STATE["inflight"] += 1
         STATE["max_inflight"] = max(STATE["max_inflight"], STATE["inflight"])
@@ -282,6 +419,10 @@ async def route(reader, method, path, headers, body):
             if ARGS.record:
                 STATE["requests"].append({"path": path, "headers": headers, "time": time.time(),
                                           "body": body.decode("utf-8", "replace")})
+            if gemini:
+                return await gemini_reply(reader, headers, body, gemini.group(1))
+            if path.endswith("/messages"):
+                return await anthropic_reply(reader, headers, body)
             return await model_reply(reader, headers, body)
         finally:
             STATE["inflight"] -= 1

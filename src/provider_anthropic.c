@@ -1,0 +1,160 @@
+/*
+ * provider_anthropic.c: Anthropic's Messages API.
+ *
+ * POST {base_url}/messages with x-api-key and anthropic-version; the PDF goes
+ * as a base64 document block, an image as an image block.  Structured output
+ * comes from a single tool whose input_schema is the template's schema, and a
+ * tool_choice that forces it.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include <curl/curl.h>
+
+#define ANTHROPIC_VERSION "2023-06-01"
+#define TOOL_NAME "record_extraction"
+#define MAX_TOKENS 8192
+
+static json_object *
+source_block(const DocumentInput *d)
+{
+	bool		pdf = strcmp(d->content_type, "application/pdf") == 0;
+	json_object *block = json_object_new_object();
+	json_object *source = json_object_new_object();
+
+	json_object_object_add(block, "type", json_object_new_string(pdf ? "document" : "image"));
+	json_object_object_add(source, "type", json_object_new_string("base64"));
+	json_object_object_add(source, "media_type", json_object_new_string(d->content_type));
+	json_object_object_add(source, "data", json_object_new_string(base64_encode(d->data, d->len)));
+	json_object_object_add(block, "source", source);
+	return block;
+}
+
+static json_object *
+text_block(const char *text)
+{
+	json_object *block = json_object_new_object();
+
+	json_object_object_add(block, "type", json_object_new_string("text"));
+	json_object_object_add(block, "text", json_object_new_string(text));
+	return block;
+}
+
+static json_object *
+extraction_tool(const Template *t)
+{
+	json_object *tools = json_object_new_array();
+	json_object *tool = json_object_new_object();
+
+	json_object_object_add(tool, "name", json_object_new_string(TOOL_NAME));
+	json_object_object_add(tool, "description", json_object_new_string(
+							   "Record the data extracted from the document, following the schema."));
+	json_object_object_add(tool, "input_schema", template_json_schema(t));
+	json_object_array_add(tools, tool);
+	return tools;
+}
+
+static void
+anthropic_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
+				const ExtractOptions *o, char **url, struct curl_slist **headers, char **body)
+{
+	json_object *req = json_object_new_object();
+	json_object *messages = json_object_new_array();
+	json_object *user = json_object_new_object();
+	json_object *content = json_object_new_array();
+	json_object *choice = json_object_new_object();
+
+	json_object_object_add(req, "model", json_object_new_string(m->model));
+	json_object_object_add(req, "max_tokens", json_object_new_int(MAX_TOKENS));
+	json_object_object_add(req, "system", json_object_new_string(
+							   template_system_prompt(t, o->additional_instructions)));
+	json_object_array_add(content, source_block(d));
+	json_object_array_add(content, text_block(document_intro(d)));
+	json_object_object_add(user, "role", json_object_new_string("user"));
+	json_object_object_add(user, "content", content);
+	json_object_array_add(messages, user);
+	json_object_object_add(req, "messages", messages);
+	json_object_object_add(req, "tools", extraction_tool(t));
+	json_object_object_add(choice, "type", json_object_new_string("tool"));
+	json_object_object_add(choice, "name", json_object_new_string(TOOL_NAME));
+	json_object_object_add(req, "tool_choice", choice);
+	if (o->has_temperature || m->has_temperature)
+		json_object_object_add(req, "temperature", json_number_from_double(
+								   o->has_temperature ? o->temperature : m->temperature));
+
+	*url = psprintf("%s/messages", m->base_url);
+	*headers = curl_slist_append(NULL, "Content-Type: application/json");
+	*headers = curl_slist_append(*headers, "anthropic-version: " ANTHROPIC_VERSION);
+	if (m->api_key)
+	{
+		char	   *h = psprintf("x-api-key: %s", m->api_key);
+
+		*headers = curl_slist_append(*headers, h);
+		memset(h, 0, strlen(h));
+		pfree(h);
+	}
+	*body = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
+	json_object_put(req);
+	if (*body == NULL)
+		elog(ERROR, "out of memory building a request");
+}
+
+/* The input of the record_extraction tool_use block, as JSON text. */
+static char *
+tool_input(json_object *root, char **err)
+{
+	json_object *content,
+			   *v;
+
+	if (json_object_object_get_ex(root, "stop_reason", &v) &&
+		strcmp(json_object_get_string(v), "max_tokens") == 0)
+		return *err = pstrdup("the answer was cut off at max_tokens"), NULL;
+	if (!json_object_object_get_ex(root, "content", &content) ||
+		!json_object_is_type(content, json_type_array))
+		return *err = pstrdup("the response has no content blocks"), NULL;
+	for (size_t i = 0; i < json_object_array_length(content); i++)
+	{
+		json_object *block = json_object_array_get_idx(content, i);
+		json_object *type,
+				   *input;
+
+		if (json_object_object_get_ex(block, "type", &type) &&
+			strcmp(json_object_get_string(type), "tool_use") == 0 &&
+			json_object_object_get_ex(block, "input", &input))
+			return pstrdup(json_object_to_json_string_ext(input, JSON_C_TO_STRING_PLAIN));
+	}
+	return *err = pstrdup("the model did not call the " TOOL_NAME " tool"), NULL;
+}
+
+static char *
+anthropic_parse(const char *body, size_t len, ProviderReply *reply)
+{
+	json_object *root = json_tokener_parse(body);
+	json_object *usage,
+			   *v;
+	char	   *err = NULL;
+	char	   *input;
+
+	memset(reply, 0, sizeof(*reply));
+	if (root == NULL || !json_object_is_type(root, json_type_object))
+		err = pstrdup("the response is not a JSON object");
+	else if ((input = tool_input(root, &err)) != NULL)
+		reply->output = answer_object(input, &err);
+	if (err == NULL && json_object_object_get_ex(root, "usage", &usage))
+	{
+		if (json_object_object_get_ex(usage, "input_tokens", &v))
+			reply->input_tokens = json_object_get_int64(v);
+		if (json_object_object_get_ex(usage, "output_tokens", &v))
+			reply->output_tokens = json_object_get_int64(v);
+	}
+	json_object_put(root);
+	return err;
+}
+
+const Provider anthropic_provider = {
+	.name = "anthropic",
+	.build = anthropic_build,
+	.parse = anthropic_parse,
+	.error_text = provider_error_message,
+};
