@@ -3,6 +3,10 @@
 # HTTP -> typing -> results) against the local instant model endpoint and
 # prints extractions/s and commit->claim / commit->completed latency.
 #   bash bench/pipeline.sh [N]          (default 1000)
+#   BENCH_DELAY_MS=500 BENCH_INFLIGHT=200 bash bench/pipeline.sh 2000
+#       the endpoint answers after 500 ms and the worker keeps 200 in flight:
+#       compare the wall time with the ideal N / inflight * delay
+#   BENCH_CONF="synchronous_commit = off"   extra postgresql.conf lines
 # Each extraction is submitted in its own transaction.  Latencies are measured
 # from created_at (the start of the submitting transaction, which is a single
 # statement, so within a fraction of a millisecond of its commit).
@@ -10,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . test/lib.sh
 N=${1:-1000}
+DELAY_MS=${BENCH_DELAY_MS:-0}
+INFLIGHT=${BENCH_INFLIGHT:-16}
 DIR=${BENCH_DIR:-/tmp/docextract-bench}
 PORT=${BENCH_PORT:-5498}
 user=$(id -un); [ "$(id -u)" -eq 0 ] && user=${DOCEXTRACT_USER:-docextract}
@@ -25,7 +31,7 @@ rm -rf "$DIR"; mkdir -p "$DIR"
 cp test/model_server.py test/fixtures/invoice.pdf "$DIR/"
 [ "$(id -u)" -eq 0 ] && chown -R "$user" "$DIR"
 
-run python3 "$DIR/model_server.py" --no-record --port-file "$DIR/port" >"$DIR/model.log" 2>&1 &
+run python3 "$DIR/model_server.py" --no-record --delay-ms "$DELAY_MS" --port-file "$DIR/port" >"$DIR/model.log" 2>&1 &
 echo $! > "$DIR/server.pid"
 cleanup() {
     kill "$(cat "$DIR/server.pid")" 2>/dev/null || true
@@ -53,6 +59,8 @@ port = $PORT
 listen_addresses = ''
 unix_socket_directories = '$DIR'
 docextract.poll_interval = '60s'
+docextract.max_inflight = $INFLIGHT
+${BENCH_CONF:-}
 CONF
 run pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
 P=(psql -X -q -At -h "$DIR" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
@@ -93,9 +101,18 @@ SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
 SQL
 printf 'client: submitting took %.2f s; all %d done after %.2f s\n' \
     "$(echo "$submitted - $start" | bc)" "$N" "$(echo "$done_at - $start" | bc)"
+if [ "$DELAY_MS" -gt 0 ]; then
+    run "${P[@]}" -c "SELECT format('wall time %s s (first submit to last completion) against the ideal %s s = %s / %s * %s ms; model server saw at most %s in flight',
+        round(extract(epoch FROM max(completed_at) - min(created_at))::numeric, 2),
+        round($N::numeric / $INFLIGHT * $DELAY_MS / 1000, 2), $N, $INFLIGHT, $DELAY_MS,
+        '$(curl -s "${url%/v1/chat/completions}/_stats" | sed 's/.*"max_inflight": \([0-9]*\).*/\1/')')
+        FROM docextract.extractions"
+fi
 
 # Latency below capacity: M submissions paced at ~50/s, so none waits in a queue.
 M=${BENCH_PACED:-200}
+[ "$DELAY_MS" -gt 0 ] && M=0
+if [ "$M" -gt 0 ]; then
 echo "== latency at low load: $M submissions, one every 20 ms"
 mark=$(run "${P[@]}" -c "SELECT clock_timestamp()")
 run "${P[@]}" -c "SELECT id FROM bench_docs LIMIT $M" \
@@ -114,5 +131,6 @@ SELECT count(*) AS extractions,
        round(1000 * percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))::numeric, 2) AS completed_p99_ms
   FROM docextract.extractions WHERE created_at > '$mark';
 SQL
+fi
 wpid=$(run "${P[@]}" -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract worker'")
 echo "worker peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$wpid/status)"

@@ -49,6 +49,7 @@ CREATE TABLE docextract.documents (
     sha256        text NOT NULL,
     page_count    integer NOT NULL CHECK (page_count > 0),
     content       bytea,
+    text          text,            -- a PDF's text, read once by poppler on the way in
     parent_id     uuid REFERENCES docextract.documents (id),
     page_start    integer,
     page_end      integer,

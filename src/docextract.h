@@ -67,8 +67,8 @@ extern bool caller_can_act_for(Oid caller, Oid owner);
 
 /* pdf.c: poppler ------------------------------------------------------------ */
 
-extern int	pdf_page_count(const char *data, size_t len, const char *filename);
-extern char *pdf_text(const char *data, size_t len, int max_pages);
+extern int	pdf_inspect(const char *data, size_t len, const char *filename, char **text);
+extern char *pdf_text(const char *data, size_t len);
 
 /* documents.c ---------------------------------------------------------------- */
 
@@ -183,6 +183,7 @@ typedef struct DocumentInput
 	const char *data;
 	size_t		len;
 	int			page_count;
+	const char *text;			/* a PDF's stored text, or NULL */
 } DocumentInput;
 
 typedef struct ExtractOptions

@@ -100,9 +100,12 @@ first_bytes_hex(const unsigned char *d, size_t len)
 	return hex;
 }
 
-/* Check the bytes; return the content type and set *pages, or raise 22023. */
+/*
+ * Check the bytes; return the content type, set *pages, and for a PDF *text,
+ * or raise 22023.
+ */
 static const char *
-check_document(const char *filename, const char *data, size_t len, int *pages)
+check_document(const char *filename, const char *data, size_t len, int *pages, char **text)
 {
 	int64		max_bytes = (int64) docextract_max_document_size * 1024;
 	const char *type;
@@ -124,16 +127,17 @@ check_document(const char *filename, const char *data, size_t len, int *pages)
 						filename),
 				 errdetail("Its first bytes are 0x%s.",
 						   first_bytes_hex((const unsigned char *) data, len))));
-	*pages = strcmp(type, "application/pdf") == 0 ? pdf_page_count(data, len, filename) : 1;
+	*text = NULL;
+	*pages = strcmp(type, "application/pdf") == 0 ? pdf_inspect(data, len, filename, text) : 1;
 	return type;
 }
 
 static Datum
 insert_document(const char *filename, const char *type, bytea *content,
-				const char *sha, int pages, Oid owner)
+				const char *sha, int pages, const char *doc_text, Oid owner)
 {
-	Oid			types[6] = {TEXTOID, TEXTOID, BYTEAOID, TEXTOID, INT4OID, OIDOID};
-	Datum		values[6];
+	Oid			types[7] = {TEXTOID, TEXTOID, BYTEAOID, TEXTOID, INT4OID, OIDOID, TEXTOID};
+	Datum		values[7];
 	Privileged	priv;
 	bool		isnull;
 	Datum		id;
@@ -144,14 +148,15 @@ insert_document(const char *filename, const char *type, bytea *content,
 	values[3] = CStringGetTextDatum(sha);
 	values[4] = Int32GetDatum(pages);
 	values[5] = ObjectIdGetDatum(owner);
+	values[6] = doc_text ? CStringGetTextDatum(doc_text) : (Datum) 0;
 
 	SPI_connect();
 	privileged_begin(&priv);
 	if (SPI_execute_with_args(
 			"INSERT INTO docextract.documents"
-			" (filename, content_type, size_bytes, content, sha256, page_count, owner)"
-			" VALUES ($1, $2, length($3), $3, $4, $5, $6::regrole) RETURNING id",
-			6, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+			" (filename, content_type, size_bytes, content, sha256, page_count, owner, text)"
+			" VALUES ($1, $2, length($3), $3, $4, $5, $6::regrole, $7) RETURNING id",
+			7, types, values, doc_text ? "       " : "      n", false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store document \"%s\"", filename);
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	id = SPI_datumTransfer(id, false, UUID_LEN);
@@ -167,6 +172,7 @@ docextract_add_document(PG_FUNCTION_ARGS)
 	bytea	   *content;
 	const char *type;
 	int			pages;
+	char	   *doc_text;
 
 	if (PG_ARGISNULL(0) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)) == 0)
 		ereport(ERROR,
@@ -178,9 +184,9 @@ docextract_add_document(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" has no content (NULL)", filename)));
 	content = PG_GETARG_BYTEA_P(1);
-	type = check_document(filename, VARDATA(content), VARSIZE(content) - VARHDRSZ, &pages);
+	type = check_document(filename, VARDATA(content), VARSIZE(content) - VARHDRSZ, &pages, &doc_text);
 
 	PG_RETURN_DATUM(insert_document(filename, type, content,
 									sha256_hex(VARDATA(content), VARSIZE(content) - VARHDRSZ),
-									pages, GetUserId()));
+									pages, doc_text, GetUserId()));
 }

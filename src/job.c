@@ -45,7 +45,8 @@ struct Job
 static const char *job_query =
 "SELECT d.filename, d.content_type, d.content, d.page_count,"
 "       t.schema_definition::text, t.prompt_set::text, t.validation_rules::text,"
-"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key, e.options::text"
+"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key, e.options::text,"
+"       d.text"
 "  FROM docextract.extractions e"
 "  JOIN docextract.documents d ON d.id = e.document_id"
 "  JOIN docextract.templates t ON t.id = e.template_id"
@@ -160,6 +161,7 @@ load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
 		doc->len = VARSIZE_ANY_EXHDR(content);
 	}
 	doc->page_count = atoi(col_text(4));
+	doc->text = col_text(15);
 
 	/* What outlives this transaction goes into the job's context. */
 	MemoryContextSwitchTo(job->cxt);

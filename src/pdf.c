@@ -35,46 +35,13 @@ pdf_open(const char *data, size_t len, char **reason)
 	return doc;
 }
 
-int
-pdf_page_count(const char *data, size_t len, const char *filename)
+/* The text of the first pages pages, one form feed between pages. */
+static char *
+document_text(PopplerDocument *doc, int pages)
 {
-	char	   *reason = NULL;
-	PopplerDocument *doc = pdf_open(data, len, &reason);
-	int			pages;
-
-	if (doc == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("document \"%s\" is not a readable PDF: %s", filename, reason)));
-	pages = poppler_document_get_n_pages(doc);
-	g_object_unref(doc);
-	if (pages < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("document \"%s\" is a PDF with no pages", filename)));
-	return pages;
-}
-
-/*
- * The text of the first max_pages pages (all if max_pages <= 0), one form
- * feed between pages, palloc'd.
- */
-char *
-pdf_text(const char *data, size_t len, int max_pages)
-{
-	char	   *reason = NULL;
-	PopplerDocument *doc = pdf_open(data, len, &reason);
 	StringInfoData out;
-	int			pages;
 
-	if (doc == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("not a readable PDF: %s", reason)));
 	initStringInfo(&out);
-	pages = poppler_document_get_n_pages(doc);
-	if (max_pages > 0 && pages > max_pages)
-		pages = max_pages;
 	for (int i = 0; i < pages; i++)
 	{
 		PopplerPage *page = poppler_document_get_page(doc, i);
@@ -88,8 +55,43 @@ pdf_text(const char *data, size_t len, int max_pages)
 		if (page)
 			g_object_unref(page);
 	}
-	g_object_unref(doc);
 	return out.data;
+}
+
+/*
+ * Open a PDF once: its page count, and its text (palloc'd) when text is not
+ * NULL.  A PDF poppler cannot open, or one without pages, raises 22023.
+ */
+int
+pdf_inspect(const char *data, size_t len, const char *filename, char **text)
+{
+	char	   *reason = NULL;
+	PopplerDocument *doc = pdf_open(data, len, &reason);
+	int			pages;
+
+	if (doc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document \"%s\" is not a readable PDF: %s", filename, reason)));
+	pages = poppler_document_get_n_pages(doc);
+	if (text && pages > 0)
+		*text = document_text(doc, pages);
+	g_object_unref(doc);
+	if (pages < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document \"%s\" is a PDF with no pages", filename)));
+	return pages;
+}
+
+/* The text of a PDF, all pages, palloc'd. */
+char *
+pdf_text(const char *data, size_t len)
+{
+	char	   *text = NULL;
+
+	pdf_inspect(data, len, "(bytes)", &text);
+	return text;
 }
 
 Datum
@@ -97,6 +99,5 @@ docextract_pdf_text(PG_FUNCTION_ARGS)
 {
 	bytea	   *content = PG_GETARG_BYTEA_PP(0);
 
-	PG_RETURN_TEXT_P(cstring_to_text(pdf_text(VARDATA_ANY(content),
-											  VARSIZE_ANY_EXHDR(content), 0)));
+	PG_RETURN_TEXT_P(cstring_to_text(pdf_text(VARDATA_ANY(content), VARSIZE_ANY_EXHDR(content))));
 }

@@ -13,9 +13,6 @@
 #include <curl/curl.h>
 
 
-/* Pages of text sent at most: far more than any invoice, far less than a book. */
-#define MAX_TEXT_PAGES 200
-
 static json_object *
 text_part(const char *text)
 {
@@ -43,7 +40,7 @@ user_content(const ModelConfig *m, const DocumentInput *d)
 
 	if (is_pdf && !m->send_file)
 	{
-		char	   *text = pdf_text(d->data, d->len, MAX_TEXT_PAGES);
+		const char *text = d->text ? d->text : pdf_text(d->data, d->len);
 
 		json_object_put(parts);
 		json_object_put(part);
