@@ -233,6 +233,12 @@ CREATE FUNCTION docextract.extract_document(document_id uuid, template_id uuid D
                                             options jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document';
 
+-- The same pipeline in the calling backend: stores the document, extracts,
+-- waits (interruptibly) and returns get_result().  Rolled back if cancelled.
+CREATE FUNCTION docextract.extract_sync(content bytea, template_id uuid,
+                                        options jsonb DEFAULT '{}')
+RETURNS jsonb LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_sync';
+
 CREATE FUNCTION docextract.cancel_extraction(extraction_id uuid)
 RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_cancel_extraction';
 

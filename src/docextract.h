@@ -240,6 +240,10 @@ extern char *job_id_text(Job *job);
 extern pg_uuid_t *job_id(Job *job);
 extern bool job_will_retry(Job *job);
 
+/* SQL-callable functions that other C code calls directly. */
+extern Datum docextract_add_document(PG_FUNCTION_ARGS);
+extern Datum docextract_extract_document(PG_FUNCTION_ARGS);
+
 /* queue.c: status transitions shared by the SQL functions and the worker ------ */
 
 typedef struct ClaimedJob

@@ -142,7 +142,7 @@ load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
 	char	   *err;
 
 	if (SPI_execute_with_args(job_query, 1, (Oid[]) {UUIDOID},
-							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, true, 1) != SPI_OK_SELECT ||
+							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "extraction %s has no document or template", job_id_text(job));
 	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8) == NULL)

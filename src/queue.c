@@ -93,7 +93,7 @@ check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null
 	bool		isnull;
 	Datum		owner;
 
-	SPI_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, true, 1);
+	SPI_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
 	if (SPI_processed == 1)
 	{
 		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -110,7 +110,7 @@ check_model(const char *model)
 {
 	SPI_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-						  NULL, true, 1);
+						  NULL, false, 1);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -132,7 +132,7 @@ find_duplicate(Datum *args, Datum *found)
 						  "   AND options - 'force' = $3 - 'force' AND owner = $4::regrole"
 						  "   AND status IN " ACTIVE_OR_DONE
 						  " ORDER BY created_at DESC LIMIT 1",
-						  4, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID}, args, NULL, true, 1);
+						  4, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID}, args, NULL, false, 1);
 	if (SPI_processed == 0)
 		return false;
 	*found = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -331,7 +331,7 @@ queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
 	SPI_execute_with_args("SELECT id FROM docextract.extractions"
 						  " WHERE id = ANY ($1::uuid[]) AND status <> 'processing'",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(list.data)},
-						  NULL, true, 0);
+						  NULL, false, 0);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		pg_uuid_t  *id = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],

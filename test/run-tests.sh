@@ -2,7 +2,8 @@
 # Runs every docextract test: installs the Debian packages it needs, builds and
 # installs the extension, then runs pg_regress and the TAP tests on clusters of
 # their own.  PostgreSQL refuses to run as root, so as root the tests run as an
-# unprivileged user (DOCEXTRACT_USER, default docextract) on a copy
+# unprivileged user (DOCEXTRACT_TEST_USER, default docextract_test: not "docextract", whose
+# "$user" search_path entry would be the extension's schema) on a copy
 # of the tree.  Extra make arguments pass through, e.g. PROVE_TESTS=test/t/003_crash.pl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exec make installcheck "$@"
 fi
 
-user=${DOCEXTRACT_USER:-docextract}
+user=${DOCEXTRACT_TEST_USER:-docextract_test}
 id "$user" >/dev/null 2>&1 || useradd --system --create-home --shell /bin/bash "$user"
 work=$(mktemp -d /tmp/docextract-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
