@@ -300,6 +300,25 @@ BEGIN
 END
 $$;
 
+-- For operators: the queue and its outcomes per model.  security_invoker, so
+-- each role counts the rows it may see; superusers see everything.
+CREATE VIEW docextract.worker_stats WITH (security_invoker = true) AS
+SELECT e.model_name,
+       count(*) FILTER (WHERE e.status = 'processing') AS in_flight,
+       count(*) FILTER (WHERE e.status = 'pending') AS queued,
+       count(*) FILTER (WHERE e.status = 'retrying') AS retrying,
+       count(*) FILTER (WHERE e.status = 'completed') AS completed,
+       count(*) FILTER (WHERE e.status = 'failed') AS failed,
+       count(*) FILTER (WHERE e.status = 'cancelled') AS cancelled,
+       coalesce(sum(greatest(e.attempts - 1, 0)), 0) AS retries,
+       round(avg((r.usage->>'latency_ms')::numeric), 1) AS mean_latency_ms,
+       coalesce(sum((r.usage->>'input_tokens')::bigint), 0) AS input_tokens,
+       coalesce(sum((r.usage->>'output_tokens')::bigint), 0) AS output_tokens
+  FROM docextract.extractions e
+  LEFT JOIN docextract.results r ON r.extraction_id = e.id
+ GROUP BY e.model_name;
+GRANT SELECT ON docextract.worker_stats TO PUBLIC;
+
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
 REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;

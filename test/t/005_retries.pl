@@ -140,6 +140,12 @@ for my $case ([ 'narrow', 2 ], [ 'wide', 6 ])
 		WHERE model_name = '$model' AND status = 'completed'"), '10', "$model: all ten completed");
 }
 
+# The operators' view agrees with what happened above.
+my $stats = $node->safe_psql('postgres', "SELECT model_name, in_flight, queued, completed, failed, cancelled,
+	retries, mean_latency_ms > 0, input_tokens > 0 FROM docextract.worker_stats ORDER BY model_name");
+is($stats, join("\n", 'default|0|0|3|3|2|4|t|t', 'narrow|0|0|10|0|0|0|t|t', 'wide|0|0|10|0|0|0|t|t'),
+	'worker_stats: per model in flight, queued, completed, failed, cancelled, retries, latency, tokens');
+
 $listener->quit;
 $node->stop;
 done_testing();
