@@ -25,7 +25,7 @@ install_packages
 command -v curl >/dev/null || as_root apt-get install -y -q curl
 make -s && as_root make -s install
 id "$user" >/dev/null 2>&1 || useradd --system --create-home --shell /bin/bash "$user"
-[ -f "$DIR/server.pid" ] && kill "$(cat "$DIR/server.pid")" 2>/dev/null || true
+pkill -f "$DIR/model_server.py" 2>/dev/null || true
 [ -d "$DIR/data" ] && run pg_ctl -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
 rm -rf "$DIR"; mkdir -p "$DIR"
 cp test/model_server.py test/fixtures/invoice.pdf "$DIR/"
@@ -34,7 +34,7 @@ cp test/model_server.py test/fixtures/invoice.pdf "$DIR/"
 run python3 "$DIR/model_server.py" --no-record --delay-ms "$DELAY_MS" --port-file "$DIR/port" >"$DIR/model.log" 2>&1 &
 echo $! > "$DIR/server.pid"
 cleanup() {
-    kill "$(cat "$DIR/server.pid")" 2>/dev/null || true
+    pkill -f "$DIR/model_server.py" 2>/dev/null || true
     run pg_ctl -D "$DIR/data" -m fast stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -42,6 +42,8 @@ for _ in $(seq 100); do [ -s "$DIR/port" ] && break; sleep 0.1; done
 url="http://127.0.0.1:$(cat "$DIR/port")/v1/chat/completions"
 
 # The endpoint alone: 300 requests on one keep-alive connection (curl reuses it).
+# Only for the instant endpoint: a delayed one is slow on purpose.
+if [ "$DELAY_MS" -eq 0 ]; then
 body='{"model":"m","messages":[{"role":"user","content":"Invoice Number: X"}],"response_format":{"type":"json_schema","json_schema":{"name":"e","strict":true,"schema":{"type":"object","required":["general"],"additionalProperties":false,"properties":{"general":{"type":"object","required":["invoice_number"],"additionalProperties":false,"properties":{"invoice_number":{"type":["string","null"]}}}}}}}}'
 args=()
 for i in $(seq 300); do
@@ -51,6 +53,7 @@ done
 curl "${args[@]}" | sort -n | awk '{ t[NR] = $1 * 1000 } END {
     printf "== the endpoint alone, %d sequential keep-alive requests: p50 %.3f ms, p99 %.3f ms\n",
            NR, t[int(NR / 2)], t[int(NR * 0.99)] }'
+fi
 
 run initdb -D "$DIR/data" -A trust -U postgres >/dev/null
 cat >> "$DIR/data/postgresql.conf" <<CONF
