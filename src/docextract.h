@@ -13,6 +13,7 @@
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 /*
@@ -227,6 +228,13 @@ extern json_object *answer_object(const char *text, char **err);
 extern char *redact_secret(const char *text, const char *secret);
 extern char *base64_encode(const char *data, size_t len);
 
+/* ratelimit.c: requests_per_minute in the worker ---------------------------- */
+
+extern void ratelimit_set(const char *model, int rpm);
+extern void ratelimit_record(const char *model, TimestampTz at);
+extern char *ratelimit_room_json(TimestampTz now);
+extern TimestampTz ratelimit_next_free(TimestampTz now);
+
 /* job.c: one extraction from claimed row to stored result -------------------- */
 
 typedef struct Job Job;
@@ -250,9 +258,10 @@ typedef struct ClaimedJob
 {
 	pg_uuid_t	id;
 	int			attempts;
+	char		model[NAMEDATALEN * 2];
 } ClaimedJob;
 
-extern int	queue_claim(ClaimedJob *out, int max, long *next_due_ms);
+extern int	queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms);
 extern int	queue_requeue_orphans(void);
 extern void queue_fail(pg_uuid_t *id, const char *message);
 extern void queue_retry(pg_uuid_t *id, const char *message, long delay_ms);

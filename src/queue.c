@@ -249,7 +249,7 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
  * *next_due_ms: when the next retry falls due, -1 if none waits.
  */
 int
-queue_claim(ClaimedJob *out, int max, long *next_due_ms)
+queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 {
 	int			n;
 	bool		isnull;
@@ -258,9 +258,13 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 	SPI_connect();
 	SPI_execute_with_args(
 		"WITH room AS ("
-		"  SELECT m.name, greatest(coalesce((m.options->>'max_concurrency')::int, $1)"
-		"         - (SELECT count(*) FROM docextract.extractions p"
-		"             WHERE p.status = 'processing' AND p.model_name = m.name), 0) AS n"
+		"  SELECT m.name, greatest(least("
+		"           coalesce((m.options->>'max_concurrency')::int, $1)"
+		"           - (SELECT count(*) FROM docextract.extractions p"
+		"               WHERE p.status = 'processing' AND p.model_name = m.name),"
+		"           CASE WHEN (m.options->>'requests_per_minute')::int > 0"
+		"                THEN coalesce(($2::jsonb->>m.name)::int,"
+		"                              (m.options->>'requests_per_minute')::int) END), 0) AS n"
 		"    FROM docextract.models m),"
 		" picked AS ("
 		"  SELECT c.id FROM room CROSS JOIN LATERAL ("
@@ -273,8 +277,9 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 		" UPDATE docextract.extractions e"
 		" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
 		"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL"
-		" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts",
-		1, (Oid[]) {INT4OID}, (Datum[]) {Int32GetDatum(max)}, NULL, false, 0);
+		" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name",
+		2, (Oid[]) {INT4OID, TEXTOID}, (Datum[]) {Int32GetDatum(max), CStringGetTextDatum(rpm_room)},
+		NULL, false, 0);
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
 	{
@@ -283,7 +288,14 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 		memcpy(&out[i].id, DatumGetUUIDP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)),
 			   sizeof(pg_uuid_t));
 		out[i].attempts = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		strlcpy(out[i].model, SPI_getvalue(tup, SPI_tuptable->tupdesc, 3), sizeof(out[i].model));
 	}
+	/* The limits, for the worker's windows. */
+	SPI_execute("SELECT name, coalesce((options->>'requests_per_minute')::int, 0)"
+				" FROM docextract.models", true, 0);
+	for (uint64 r = 0; r < SPI_processed; r++)
+		ratelimit_set(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
+					  atoi(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2)));
 	SPI_execute("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
 				"  min(next_attempt_at) - clock_timestamp())))::bigint"
 				" FROM docextract.extractions WHERE status = 'retrying'", true, 1);

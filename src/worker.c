@@ -112,7 +112,8 @@ claim_step(void *arg)
 			elog(LOG, "docextract worker: requeued %d extraction(s) left by a previous worker", n);
 		orphans_requeued = true;
 	}
-	c->claimed = queue_claim(c->jobs, c->max, &c->next_due_ms);
+	c->claimed = queue_claim(c->jobs, c->max, ratelimit_room_json(GetCurrentTimestamp()),
+							 &c->next_due_ms);
 }
 
 static void
@@ -226,6 +227,7 @@ claim_and_start(TimestampTz *next_poll)
 	{
 		Job		   *job = job_create(&c.jobs[i].id, c.jobs[i].attempts);
 
+		ratelimit_record(c.jobs[i].model, GetCurrentTimestamp());
 		err = in_transaction("docextract: starting a request", prepare_step, job);
 		if (err)
 			fail_job(job, err);
@@ -238,6 +240,13 @@ claim_and_start(TimestampTz *next_poll)
 
 		if (due < *next_poll)
 			*next_poll = due;
+	}
+	/* A model at its requests_per_minute: look again when its window frees a slot. */
+	{
+		TimestampTz free_at = ratelimit_next_free(GetCurrentTimestamp());
+
+		if (free_at != 0 && free_at < *next_poll)
+			*next_poll = free_at;
 	}
 	return c.claimed == c.max;
 }
