@@ -313,7 +313,8 @@ SELECT e.model_name,
        coalesce(sum(greatest(e.attempts - 1, 0)), 0) AS retries,
        round(avg((r.usage->>'latency_ms')::numeric), 1) AS mean_latency_ms,
        coalesce(sum((r.usage->>'input_tokens')::bigint), 0) AS input_tokens,
-       coalesce(sum((r.usage->>'output_tokens')::bigint), 0) AS output_tokens
+       coalesce(sum((r.usage->>'output_tokens')::bigint), 0) AS output_tokens,
+       sum((r.usage->>'cost')::numeric) AS cost
   FROM docextract.extractions e
   LEFT JOIN docextract.results r ON r.extraction_id = e.id
  GROUP BY e.model_name;

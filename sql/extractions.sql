@@ -48,6 +48,7 @@ SELECT sqlstate_of(format('SELECT docextract.extract_document(%L, %L, %L)', d, t
                (:'did', :'tid', '{"temperature": 2.5}'),
                (:'did', :'tid', '{"seed": 1.5}'),
                (:'did', :'tid', '{"max_retries": -1}'),
+               (:'did', :'tid', '{"per_key_attribution": "yes"}'),
                (:'did', :'tid', '[]'),
                (:'did', :'tid', '{"split": true}'),
                (:'did', :'tid', '{"auto_approve": false}')) AS bad(d, t, o);

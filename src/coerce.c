@@ -397,6 +397,61 @@ coerce_output(json_object *output, const Template *t)
 	return result;
 }
 
+/* One field's attribution: confidence clamped to 0..1, quote text, page >= 1. */
+static json_object *
+coerce_attribution(json_object *a)
+{
+	json_object *out = json_object_new_object();
+	json_object *ev = json_object_new_object();
+	json_object *v = NULL,
+			   *e = NULL;
+	double		conf;
+
+	if (a && json_object_object_get_ex(a, "confidence", &v) &&
+		(json_object_is_type(v, json_type_double) || json_object_is_type(v, json_type_int)))
+	{
+		conf = json_object_get_double(v);
+		json_object_object_add(out, "confidence", json_number_from_double(Max(0.0, Min(1.0, conf))));
+	}
+	else
+		json_object_object_add(out, "confidence", NULL);
+	if (a)
+		json_object_object_get_ex(a, "evidence", &e);
+	v = NULL;
+	if (e)
+		json_object_object_get_ex(e, "quote", &v);
+	json_object_object_add(ev, "quote", coerce_value(v, FORMAT_TEXT, 0, NULL));
+	v = NULL;
+	if (e && json_object_object_get_ex(e, "page", &v) && json_object_is_type(v, json_type_int) &&
+		json_object_get_int64(v) >= 1)
+		json_object_object_add(ev, "page", json_object_new_int64(json_object_get_int64(v)));
+	else
+		json_object_object_add(ev, "page", NULL);
+	json_object_object_add(out, "evidence", ev);
+	return out;
+}
+
+/* {"<general field>": {"confidence", "evidence": {"quote", "page"}}} from the answer. */
+json_object *
+coerce_attributions(json_object *output, const Template *t)
+{
+	json_object *in = NULL;
+	json_object *out = json_object_new_object();
+
+	if (output && json_object_is_type(output, json_type_object))
+		json_object_object_get_ex(output, "attributions", &in);
+	for (int i = 0; i < t->ngeneral; i++)
+	{
+		json_object *a = NULL;
+
+		if (in && json_object_is_type(in, json_type_object))
+			json_object_object_get_ex(in, t->general[i].key, &a);
+		json_object_object_add(out, t->general[i].key,
+							   coerce_attribution(a && json_object_is_type(a, json_type_object) ? a : NULL));
+	}
+	return out;
+}
+
 Datum
 docextract_coerce_value(PG_FUNCTION_ARGS)
 {

@@ -121,15 +121,16 @@ typedef enum SchemaDialect
 	SCHEMA_OPENAPI				/* Gemini's OpenAPI subset */
 } SchemaDialect;
 
-extern json_object *template_schema(const Template *t, SchemaDialect dialect);
-extern json_object *template_json_schema(const Template *t);
-extern char *template_system_prompt(const Template *t, const char *additional);
+extern json_object *template_schema(const Template *t, SchemaDialect dialect, bool attributions);
+extern json_object *template_json_schema(const Template *t, bool attributions);
+extern char *template_system_prompt(const Template *t, const char *additional, bool attributions);
 
 /* coerce.c: typing the model's answer --------------------------------------- */
 
 extern json_object *coerce_value(json_object *v, FormatType f,
 								 int noptions, char **options);
 extern json_object *coerce_output(json_object *output, const Template *t);
+extern json_object *coerce_attributions(json_object *output, const Template *t);
 extern json_object *json_number_from_double(double d);
 
 /* http.c: one libcurl multi handle, driven from a latch loop ----------------- */
@@ -175,6 +176,9 @@ typedef struct ModelConfig
 	double		temperature;
 	int			max_retries;
 	int			retry_backoff_ms;
+	double		input_price;	/* per million tokens, 0 if not priced */
+	double		output_price;
+	bool		priced;
 } ModelConfig;
 
 typedef struct DocumentInput
@@ -195,6 +199,7 @@ typedef struct ExtractOptions
 	int64		seed;
 	bool		has_max_retries;
 	int			max_retries;
+	bool		per_key_attribution;
 	char	   *additional_instructions;
 } ExtractOptions;
 

@@ -39,6 +39,7 @@ struct Job
 	HttpRequest req;
 	bool		started;
 	int			max_retries;
+	bool		attributions;	/* per_key_attribution asked */
 	bool		will_retry;
 };
 
@@ -95,6 +96,8 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 			o->temperature = json_object_get_double(v);
 		if ((o->has_seed = json_object_object_get_ex(j, "seed", &v)))
 			o->seed = json_object_get_int64(v);
+		o->per_key_attribution = json_object_object_get_ex(j, "per_key_attribution", &v) &&
+			json_object_get_boolean(v);
 		if ((o->has_max_retries = json_object_object_get_ex(j, "max_retries", &v)))
 			o->max_retries = json_object_get_int(v);
 		if (json_object_object_get_ex(j, "additional_instructions", &v))
@@ -112,6 +115,11 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 			? json_object_get_int(v) : DEFAULT_MAX_RETRIES;
 		m->retry_backoff_ms = json_object_object_get_ex(j, "retry_backoff_ms", &v)
 			? json_object_get_int(v) : DEFAULT_RETRY_BACKOFF_MS;
+		m->priced = false;
+		if (json_object_object_get_ex(j, "input_price_per_million", &v))
+			m->input_price = json_object_get_double(v), m->priced = true;
+		if (json_object_object_get_ex(j, "output_price_per_million", &v))
+			m->output_price = json_object_get_double(v), m->priced = true;
 	}
 	json_object_put(j);
 }
@@ -202,6 +210,7 @@ job_prepare(Job *job)
 	read_json_options(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14),
 					  &opts, NULL);
 	job->max_retries = opts.has_max_retries ? opts.max_retries : job->model.max_retries;
+	job->attributions = opts.per_key_attribution;
 	job->provider->build(&job->model, &job->tmpl, &doc, &opts, &url, &headers, &body);
 	MemoryContextSwitchTo(job->cxt);
 	job->url = pstrdup(url);
@@ -247,6 +256,11 @@ usage_json(Job *job, ProviderReply *reply)
 	json_object_object_add(u, "model", json_object_new_string(job->model.model));
 	json_object_object_add(u, "model_name", json_object_new_string(job->model.name));
 	json_object_object_add(u, "attempts", json_object_new_int(job->attempts));
+	/* Prices are per million tokens; the cost is kept to the millionth. */
+	if (job->model.priced)
+		json_object_object_add(u, "cost", json_number_from_double(
+								   rint(reply->input_tokens * job->model.input_price +
+										reply->output_tokens * job->model.output_price) / 1e6));
 	text = pstrdup(json_object_to_json_string_ext(u, JSON_C_TO_STRING_PLAIN));
 	json_object_put(u);
 	return text;
@@ -254,7 +268,8 @@ usage_json(Job *job, ProviderReply *reply)
 
 /* Complete the extraction and store its result, unless it was cancelled meanwhile. */
 static void
-store_result(Job *job, const char *data, const char *raw, const char *usage)
+store_result(Job *job, const char *data, const char *raw, const char *usage,
+			 const char *attributions)
 {
 	Datum		id = UUIDPGetDatum(&job->id);
 
@@ -268,13 +283,15 @@ store_result(Job *job, const char *data, const char *raw, const char *usage)
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
 	if (SPI_processed == 1)
 		SPI_execute_with_args("INSERT INTO docextract.results"
-							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage)"
-							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb"
-							  " FROM docextract.extractions WHERE id = $1",
-							  4, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID},
+							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage,"
+							  "  attributions)"
+							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb,"
+							  "  $5::jsonb FROM docextract.extractions WHERE id = $1",
+							  5, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 							  (Datum[]) {id, CStringGetTextDatum(data), CStringGetTextDatum(raw),
-								  CStringGetTextDatum(usage)},
-							  NULL, false, 0);
+								  CStringGetTextDatum(usage),
+								  attributions ? CStringGetTextDatum(attributions) : (Datum) 0},
+							  attributions ? "     " : "    n", false, 0);
 	SPI_finish();
 }
 
@@ -346,6 +363,7 @@ job_finish(Job *job)
 	json_object *data;
 	char	   *data_text;
 	char	   *raw_text;
+	char	   *attr_text = NULL;
 
 	if (err == NULL &&
 		(err = job->provider->parse(job->req.response.data, job->req.response.len, &reply)) != NULL)
@@ -373,10 +391,17 @@ job_finish(Job *job)
 
 	data = coerce_output(reply.output, &job->tmpl);
 	data_text = pstrdup(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN));
-	raw_text = pstrdup(json_object_to_json_string_ext(reply.output, JSON_C_TO_STRING_PLAIN));
 	json_object_put(data);
+	if (job->attributions)
+	{
+		json_object *attr = coerce_attributions(reply.output, &job->tmpl);
+
+		attr_text = pstrdup(json_object_to_json_string_ext(attr, JSON_C_TO_STRING_PLAIN));
+		json_object_put(attr);
+	}
+	raw_text = pstrdup(json_object_to_json_string_ext(reply.output, JSON_C_TO_STRING_PLAIN));
 	json_object_put(reply.output);
-	store_result(job, data_text, raw_text, usage_json(job, &reply));
+	store_result(job, data_text, raw_text, usage_json(job, &reply), attr_text);
 }
 
 bool

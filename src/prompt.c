@@ -107,11 +107,87 @@ object_schema(const TemplateField *fields, int n, SchemaDialect dialect)
 	return obj;
 }
 
-/* {"general": {...}, "table": [{...}]}: the shape of every answer. */
-json_object *
-template_schema(const Template *t, SchemaDialect dialect)
+/* {"confidence": 0-1, "evidence": {"quote", "page"}}: one field's attribution. */
+static json_object *
+attribution_schema(SchemaDialect dialect)
 {
-	const TemplateField top[2] = {{.key = "general"}, {.key = "table"}};
+	bool		json = dialect == SCHEMA_JSON;
+	json_object *a = json_object_new_object();
+	json_object *props = json_object_new_object();
+	json_object *ev = json_object_new_object();
+	json_object *evprops = json_object_new_object();
+	json_object *v;
+
+	v = json_object_new_object();
+	json_object_object_add(v, "type", json_object_new_string(json ? "number" : "NUMBER"));
+	json_object_object_add(v, "description", json_object_new_string(
+							   "how sure you are of the value, from 0 to 1"));
+	json_object_object_add(props, "confidence", v);
+	v = json_object_new_object();
+	if (json)
+		json_object_object_add(v, "type", string_array("string", "null"));
+	else
+	{
+		json_object_object_add(v, "type", json_object_new_string("STRING"));
+		json_object_object_add(v, "nullable", json_object_new_boolean(1));
+	}
+	json_object_object_add(v, "description", json_object_new_string(
+							   "the text of the document the value comes from, quoted exactly"));
+	json_object_object_add(evprops, "quote", v);
+	v = json_object_new_object();
+	if (json)
+		json_object_object_add(v, "type", string_array("integer", "null"));
+	else
+	{
+		json_object_object_add(v, "type", json_object_new_string("INTEGER"));
+		json_object_object_add(v, "nullable", json_object_new_boolean(1));
+	}
+	json_object_object_add(v, "description", json_object_new_string("its page, from 1"));
+	json_object_object_add(evprops, "page", v);
+	json_object_object_add(ev, "type", json_object_new_string(json ? "object" : "OBJECT"));
+	json_object_object_add(ev, "properties", evprops);
+	json_object_object_add(ev, "required", string_array("quote", "page"));
+	if (json)
+		json_object_object_add(ev, "additionalProperties", json_object_new_boolean(0));
+	json_object_object_add(props, "evidence", ev);
+	json_object_object_add(a, "type", json_object_new_string(json ? "object" : "OBJECT"));
+	json_object_object_add(a, "properties", props);
+	json_object_object_add(a, "required", string_array("confidence", "evidence"));
+	if (json)
+		json_object_object_add(a, "additionalProperties", json_object_new_boolean(0));
+	return a;
+}
+
+/* {"<general field>": attribution, ...} */
+static json_object *
+attributions_schema(const Template *t, SchemaDialect dialect)
+{
+	bool		json = dialect == SCHEMA_JSON;
+	json_object *obj = json_object_new_object();
+	json_object *props = json_object_new_object();
+	json_object *req = json_object_new_array();
+
+	json_object_object_add(obj, "type", json_object_new_string(json ? "object" : "OBJECT"));
+	for (int i = 0; i < t->ngeneral; i++)
+	{
+		json_object_object_add(props, t->general[i].key, attribution_schema(dialect));
+		json_object_array_add(req, json_object_new_string(t->general[i].key));
+	}
+	json_object_object_add(obj, "properties", props);
+	json_object_object_add(obj, "required", req);
+	if (json)
+		json_object_object_add(obj, "additionalProperties", json_object_new_boolean(0));
+	return obj;
+}
+
+/*
+ * {"general": {...}, "table": [{...}]}: the shape of every answer, with
+ * "attributions" for the general fields when asked.
+ */
+json_object *
+template_schema(const Template *t, SchemaDialect dialect, bool attributions)
+{
+	const char *const top[3] = {"general", "table", "attributions"};
 	json_object *root = json_object_new_object();
 	json_object *props = json_object_new_object();
 	json_object *req = json_object_new_array();
@@ -129,6 +205,11 @@ template_schema(const Template *t, SchemaDialect dialect)
 		json_object_object_add(props, "table", table);
 		json_object_array_add(req, json_object_new_string("table"));
 	}
+	if (attributions)
+	{
+		json_object_object_add(props, "attributions", attributions_schema(t, dialect));
+		json_object_array_add(req, json_object_new_string("attributions"));
+	}
 	json_object_object_add(root, "properties", props);
 	json_object_object_add(root, "required", req);
 	if (json)
@@ -137,17 +218,18 @@ template_schema(const Template *t, SchemaDialect dialect)
 	{
 		json_object *order = json_object_new_array();
 
-		for (int i = 0; i < (t->has_table ? 2 : 1); i++)
-			json_object_array_add(order, json_object_new_string(top[i].key));
+		for (int i = 0; i < 3; i++)
+			if (i == 0 || (i == 1 && t->has_table) || (i == 2 && attributions))
+				json_object_array_add(order, json_object_new_string(top[i]));
 		json_object_object_add(root, "propertyOrdering", order);
 	}
 	return root;
 }
 
 json_object *
-template_json_schema(const Template *t)
+template_json_schema(const Template *t, bool attributions)
 {
-	return template_schema(t, SCHEMA_JSON);
+	return template_schema(t, SCHEMA_JSON, attributions);
 }
 
 static void
@@ -173,7 +255,7 @@ append_fields(StringInfo s, const TemplateField *fields, int n)
 
 /* The system prompt: the template's instructions, then every field. */
 char *
-template_system_prompt(const Template *t, const char *additional)
+template_system_prompt(const Template *t, const char *additional, bool attributions)
 {
 	StringInfoData s;
 
@@ -197,6 +279,10 @@ template_system_prompt(const Template *t, const char *additional)
 						 : "Extract every line item of the document's table, one row each, in order.");
 		append_fields(&s, t->table, t->ntable);
 	}
+	if (attributions)
+		appendStringInfoString(&s, "\nFor every field of \"general\", also give in \"attributions\" "
+							   "your confidence in the value (0 to 1) and its evidence: the text of "
+							   "the document it comes from, quoted exactly, and its page.\n");
 	if (additional && additional[0])
 		appendStringInfo(&s, "\nAdditional instructions: %s\n", additional);
 	return s.data;

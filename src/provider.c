@@ -156,6 +156,11 @@ check_model_option(const char *key, json_object *v)
 		if (!is_int || json_object_get_int64(v) < 0)
 			option_error(key, v, "an integer >= 0");
 	}
+	else if (strcmp(key, "input_price_per_million") == 0 || strcmp(key, "output_price_per_million") == 0)
+	{
+		if (!is_num || json_object_get_double(v) < 0)
+			option_error(key, v, "a price >= 0 (per million tokens)");
+	}
 	else if (strcmp(key, "temperature") == 0)
 	{
 		if (!is_num || json_object_get_double(v) < 0 || json_object_get_double(v) > 2)
@@ -171,7 +176,7 @@ check_model_option(const char *key, json_object *v)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown model option \"%s\"", key),
-				 errhint("Model options are timeout_ms, max_concurrency, requests_per_minute, temperature, max_retries, retry_backoff_ms, document_mode.")));
+				 errhint("Model options are timeout_ms, max_concurrency, requests_per_minute, temperature, max_retries, retry_backoff_ms, document_mode, input_price_per_million, output_price_per_million.")));
 }
 
 /* add_model() calls this before storing anything. */

@@ -42,7 +42,7 @@ text_block(const char *text)
 }
 
 static json_object *
-extraction_tool(const Template *t)
+extraction_tool(const Template *t, bool attributions)
 {
 	json_object *tools = json_object_new_array();
 	json_object *tool = json_object_new_object();
@@ -50,7 +50,7 @@ extraction_tool(const Template *t)
 	json_object_object_add(tool, "name", json_object_new_string(TOOL_NAME));
 	json_object_object_add(tool, "description", json_object_new_string(
 							   "Record the data extracted from the document, following the schema."));
-	json_object_object_add(tool, "input_schema", template_json_schema(t));
+	json_object_object_add(tool, "input_schema", template_json_schema(t, attributions));
 	json_object_array_add(tools, tool);
 	return tools;
 }
@@ -68,14 +68,14 @@ anthropic_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 	json_object_object_add(req, "model", json_object_new_string(m->model));
 	json_object_object_add(req, "max_tokens", json_object_new_int(MAX_TOKENS));
 	json_object_object_add(req, "system", json_object_new_string(
-							   template_system_prompt(t, o->additional_instructions)));
+							   template_system_prompt(t, o->additional_instructions, o->per_key_attribution)));
 	json_object_array_add(content, source_block(d));
 	json_object_array_add(content, text_block(document_intro(d)));
 	json_object_object_add(user, "role", json_object_new_string("user"));
 	json_object_object_add(user, "content", content);
 	json_object_array_add(messages, user);
 	json_object_object_add(req, "messages", messages);
-	json_object_object_add(req, "tools", extraction_tool(t));
+	json_object_object_add(req, "tools", extraction_tool(t, o->per_key_attribution));
 	json_object_object_add(choice, "type", json_object_new_string("tool"));
 	json_object_object_add(choice, "name", json_object_new_string(TOOL_NAME));
 	json_object_object_add(req, "tool_choice", choice);

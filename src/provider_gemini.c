@@ -39,7 +39,7 @@ generation_config(const ModelConfig *m, const Template *t, const ExtractOptions 
 	json_object *g = json_object_new_object();
 
 	json_object_object_add(g, "responseMimeType", json_object_new_string("application/json"));
-	json_object_object_add(g, "responseSchema", template_schema(t, SCHEMA_OPENAPI));
+	json_object_object_add(g, "responseSchema", template_schema(t, SCHEMA_OPENAPI, o->per_key_attribution));
 	if (o->has_temperature || m->has_temperature)
 		json_object_object_add(g, "temperature", json_number_from_double(
 								   o->has_temperature ? o->temperature : m->temperature));
@@ -59,7 +59,7 @@ gemini_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 	json_object *user = json_object_new_object();
 	json_object *parts = json_object_new_array();
 
-	json_object_array_add(sparts, text_part(template_system_prompt(t, o->additional_instructions)));
+	json_object_array_add(sparts, text_part(template_system_prompt(t, o->additional_instructions, o->per_key_attribution)));
 	json_object_object_add(system, "parts", sparts);
 	json_object_object_add(req, "systemInstruction", system);
 	json_object_array_add(parts, text_part(document_intro(d)));

@@ -88,13 +88,13 @@ openai_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 
 	json_object_object_add(req, "model", json_object_new_string(m->model));
 	json_object_array_add(messages, message("system", json_object_new_string(
-												template_system_prompt(t, o->additional_instructions))));
+												template_system_prompt(t, o->additional_instructions, o->per_key_attribution))));
 	json_object_array_add(messages, message("user", user_content(m, d)));
 	json_object_object_add(req, "messages", messages);
 
 	json_object_object_add(schema, "name", json_object_new_string("extraction"));
 	json_object_object_add(schema, "strict", json_object_new_boolean(1));
-	json_object_object_add(schema, "schema", template_json_schema(t));
+	json_object_object_add(schema, "schema", template_json_schema(t, o->per_key_attribution));
 	json_object_object_add(format, "type", json_object_new_string("json_schema"));
 	json_object_object_add(format, "json_schema", schema);
 	json_object_object_add(req, "response_format", format);

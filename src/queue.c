@@ -34,8 +34,7 @@ uuid_text(Datum id)
 static char *
 check_options(json_object *o)
 {
-	static const char *const unsupported[] = {"per_key_attribution", "split",
-	"zero_retention", NULL};
+	static const char *const unsupported[] = {"split", "zero_retention", NULL};
 	json_object *v;
 	struct json_object_iter it;
 
@@ -65,13 +64,14 @@ check_options(json_object *o)
 		else if (strcmp(key, "max_retries") == 0)
 			ok = t == json_type_int && json_object_get_int64(val) >= 0 &&
 				json_object_get_int64(val) <= 100;
-		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0)
+		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
+				 strcmp(key, "per_key_attribution") == 0)
 			ok = t == json_type_boolean;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, auto_approve, force.")));
+					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, auto_approve, force.")));
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

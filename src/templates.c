@@ -643,7 +643,7 @@ docextract_template_json_schema(PG_FUNCTION_ARGS)
 	char	   *json_text;
 
 	validate_or_error(jsonb_arg_text(fcinfo, 0), NULL, NULL, &t);
-	schema = template_json_schema(&t);
+	schema = template_json_schema(&t, false);
 	json_text = pstrdup(json_object_to_json_string_ext(schema, JSON_C_TO_STRING_PLAIN));
 	json_object_put(schema);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json_text)));

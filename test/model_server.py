@@ -107,15 +107,19 @@ def label_names(key, prop):
     return names
 
 
-def read_fields(text, props):
+def read_fields(text, props, evidence=None):
+    """Values found as "Label: value" lines; evidence[key] = (line, page)."""
     found = {}
-    for line in text.splitlines():
-        if ":" not in line:
-            continue
-        label, value = line.split(":", 1)
-        for key, prop in props.items():
-            if label.strip().lower() in label_names(key, prop) and key not in found:
-                found[key] = value.strip()
+    for page, page_text in enumerate(text.split("\f"), 1):
+        for line in page_text.splitlines():
+            if ":" not in line:
+                continue
+            label, value = line.split(":", 1)
+            for key, prop in props.items():
+                if label.strip().lower() in label_names(key, prop) and key not in found:
+                    found[key] = value.strip()
+                    if evidence is not None:
+                        evidence[key] = (line.strip(), page)
     return {k: found.get(k) for k in props}
 
 
@@ -143,9 +147,16 @@ def read_table(text, props):
 
 
 def answer_for(schema, text):
-    ans = {"general": read_fields(text, schema["properties"]["general"]["properties"])}
+    evidence = {}
+    ans = {"general": read_fields(text, schema["properties"]["general"]["properties"], evidence)}
     if "table" in schema["properties"]:
         ans["table"] = read_table(text, schema["properties"]["table"]["items"]["properties"])
+    if "attributions" in schema["properties"]:
+        ans["attributions"] = {
+            key: {"confidence": 0.9 if key in evidence else 0.0,
+                  "evidence": {"quote": evidence[key][0] if key in evidence else None,
+                               "page": evidence[key][1] if key in evidence else None}}
+            for key in schema["properties"]["attributions"]["properties"]}
     return ans
 
 

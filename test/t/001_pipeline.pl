@@ -103,6 +103,32 @@ like($body->{messages}[1]{content}[1]{file}{file_data}, qr{^data:application/pdf
 is($node->safe_psql('postgres', "SELECT docextract.get_result('$e3')->'data'->'general'->>'total_amount'"),
 	'1469.06', 'file mode gives the same typed data');
 
+# -- per_key_attribution, and cost from the model's prices -------------------------
+$node->safe_psql('postgres', qq{SELECT docextract.add_model('priced', 'openai', '$srv->{url}/v1', 'test-model',
+	'$key', '{"input_price_per_million": 0.15, "output_price_per_million": 0.6}')});
+my $e5 = $node->safe_psql('postgres',
+	"SELECT docextract.extract_document('$pdf', '$tid', '{\"per_key_attribution\": true, \"model\": \"priced\"}')");
+is(wait_for_status($node, $e5, 'completed', 'failed'), 'completed', 'per_key_attribution: completed');
+$body = json_of(server_requests($srv)->[-1]{body});
+my $aschema = $body->{response_format}{json_schema}{schema}{properties}{attributions};
+is_deeply([ sort @{ $aschema->{required} } ],
+	[qw(currency due_date invoice_date invoice_number paid subtotal total_amount)],
+	'per_key_attribution: the schema asks for an attribution per general field');
+is_deeply($aschema->{properties}{paid}{required}, [ 'confidence', 'evidence' ], '... a confidence and the evidence');
+like($body->{messages}[0]{content}, qr/also give in "attributions"/, '... and the prompt says so');
+$r = json_of($node->safe_psql('postgres', "SELECT docextract.get_result('$e5')"));
+is_deeply($r->{attributions}{invoice_number},
+	{ confidence => 0.9, evidence => { quote => 'Invoice Number: INV-2026-0042', page => 1 } },
+	'attributions stored: confidence, quoted text, page');
+is($r->{attributions}{due_date}{confidence}, 0.9, '... for every general field');
+is($r->{data}{general}{invoice_number}, 'INV-2026-0042', '... and the data as usual');
+ok(!exists json_of($node->safe_psql('postgres', "SELECT docextract.get_result('$e1')"))->{attributions},
+	'no attributions when not asked');
+my $cost = ($r->{usage}{input_tokens} * 0.15 + $r->{usage}{output_tokens} * 0.6) / 1e6;
+ok(abs($r->{usage}{cost} - $cost) < 1e-6, "usage.cost from the model's prices ($r->{usage}{cost})");
+ok(!exists json_of($node->safe_psql('postgres', "SELECT docextract.get_result('$e1')"))->{usage}{cost},
+	'no cost for an unpriced model');
+
 # -- events ------------------------------------------------------------------------
 my $events = $listener->query_safe('SELECT 1');
 for my $ev (qw(queued started completed))
@@ -117,7 +143,7 @@ my $count = server_stats($srv)->{count};
 is($node->safe_psql('postgres', "SELECT docextract.extract_document('$pdf', '$tid')"), $e1,
 	'the same document + template + options returns the earlier id');
 $node->safe_psql('postgres', "BEGIN; SELECT docextract.extract_document('$pdf', '$tid', '{\"force\": true}'); ROLLBACK;");
-is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.extractions"), '3',
+is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.extractions"), '4',
 	'a rolled-back submit leaves no row');
 my $e4 = $node->safe_psql('postgres', "SELECT docextract.extract_document('$pdf', '$tid', '{\"force\": true}')");
 isnt($e4, $e1, 'force makes a new extraction');

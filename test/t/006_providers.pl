@@ -118,6 +118,18 @@ is($node->safe_psql('postgres', "SELECT error_message FROM docextract.extraction
 is($node->safe_psql('postgres', "SELECT error_message FROM docextract.extractions WHERE id = '$id'"),
 	'model endpoint answered HTTP 401: invalid x-api-key', 'anthropic: the provider message');
 
+# per_key_attribution in both dialects
+($id, $status, $body) = extract('invoice.pdf', 'flash', ', "per_key_attribution": true');
+is($body->{generationConfig}{responseSchema}{properties}{attributions}{properties}{paid}{properties}{confidence}{type},
+	'NUMBER', 'gemini: attributions in the responseSchema');
+is($node->safe_psql('postgres', "SELECT docextract.get_result('$id')->'attributions'->'total_amount'->'evidence'->>'quote'"),
+	'Total Amount: EUR 1,469.06', 'gemini: attributions stored');
+($id, $status, $body) = extract('receipt.png', 'claude', ', "per_key_attribution": true');
+is($body->{tools}[0]{input_schema}{properties}{attributions}{properties}{paid}{properties}{evidence}{required}[0],
+	'quote', 'anthropic: attributions in the input_schema');
+is($node->safe_psql('postgres', "SELECT docextract.get_result('$id')->'attributions'->'invoice_number'->>'confidence'"),
+	'0.9', 'anthropic: attributions stored');
+
 unlike(slurp_file($node->logfile), qr/\Q$key\E/, 'no key in the server log');
 $node->stop;
 done_testing();
