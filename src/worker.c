@@ -22,6 +22,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -57,15 +58,52 @@ typedef struct EndedStep
 	bool	   *ended;
 } EndedStep;
 
+/* fn(arg) in a subtransaction of the current transaction; as in_transaction. */
+static char *
+in_subtransaction(StepFn fn, void *arg)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *volatile err = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller_cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		err = pstrdup(edata->message ? edata->message : "unknown error");
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller_cxt);
+	CurrentResourceOwner = owner;
+	return err;
+}
+
 /*
- * Run fn(arg) in a transaction of its own.  Returns NULL on success, else
- * the error message (allocated in the caller's memory context).
+ * Run fn(arg) in a transaction of its own, or, inside one already, in a
+ * subtransaction: so a batch of jobs shares one commit while each job's
+ * error stays its own.  Returns NULL on success, else the error message
+ * (allocated in the caller's memory context).
  */
 static char *
 in_transaction(const char *activity, StepFn fn, void *arg)
 {
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	char	   *volatile err = NULL;
+
+	if (IsTransactionState())
+		return in_subtransaction(fn, arg);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -203,6 +241,26 @@ fail_job(Job *job, const char *message)
 	job_release(job);
 }
 
+/* Start every claimed job's request, each in a subtransaction of one transaction. */
+static void
+start_all_step(void *arg)
+{
+	ClaimStep  *c = arg;
+
+	for (int i = 0; i < c->claimed; i++)
+	{
+		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts);
+		char	   *err;
+
+		ratelimit_record(c->jobs[i].model, GetCurrentTimestamp());
+		err = in_transaction("docextract: starting a request", prepare_step, job);
+		if (err)
+			fail_job(job, err);
+		else
+			track(job);
+	}
+}
+
 /*
  * Claim what there is room for and start each request.  True if more may
  * wait; *next_poll is brought forward to when the next retry falls due.
@@ -223,17 +281,9 @@ claim_and_start(TimestampTz *next_poll)
 		elog(WARNING, "docextract worker: could not claim jobs: %s", err);
 		return false;
 	}
-	for (int i = 0; i < c.claimed; i++)
-	{
-		Job		   *job = job_create(&c.jobs[i].id, c.jobs[i].attempts);
-
-		ratelimit_record(c.jobs[i].model, GetCurrentTimestamp());
-		err = in_transaction("docextract: starting a request", prepare_step, job);
-		if (err)
-			fail_job(job, err);
-		else
-			track(job);
-	}
+	if (c.claimed > 0 &&
+		(err = in_transaction("docextract: starting requests", start_all_step, &c)) != NULL)
+		elog(WARNING, "docextract worker: could not start requests: %s", err);
 	if (c.next_due_ms >= 0)
 	{
 		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), c.next_due_ms);
@@ -251,14 +301,23 @@ claim_and_start(TimestampTz *next_poll)
 	return c.claimed == c.max;
 }
 
-/* Store the answer of every request that is done.  True if a retry was scheduled. */
-static bool
-finish_done(void)
+typedef struct FinishBatch
 {
-	HttpRequest *req;
-	bool		retry = false;
+	HttpRequest *first;			/* already taken from libcurl */
+	bool		retry;			/* set if a retry was scheduled */
+} FinishBatch;
 
-	while ((req = http_next_done()) != NULL)
+/*
+ * Store the answer of every request that is done, each in a subtransaction
+ * of one transaction.
+ */
+static void
+finish_all_step(void *arg)
+{
+	FinishBatch *b = arg;
+	HttpRequest *req = b->first;
+
+	for (; req != NULL; req = http_next_done())
 	{
 		Job		   *job = req->arg;
 		char	   *err;
@@ -270,11 +329,25 @@ finish_done(void)
 			fail_job(job, err);
 		else
 		{
-			retry = retry || job_will_retry(job);
+			b->retry = b->retry || job_will_retry(job);
 			job_release(job);
 		}
 	}
-	return retry;
+}
+
+/* Store what is done.  True if a retry was scheduled. */
+static bool
+finish_done(void)
+{
+	FinishBatch b = {http_next_done(), false};
+	char	   *err;
+
+	if (b.first == NULL)
+		return false;
+	err = in_transaction("docextract: storing results", finish_all_step, &b);
+	if (err)
+		elog(WARNING, "docextract worker: could not store results: %s", err);
+	return b.retry;
 }
 
 static void
