@@ -137,3 +137,6 @@ SQL
 fi
 wpid=$(run "${P[@]}" -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract worker'")
 echo "worker peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$wpid/status)"
+# CPU seconds used, to see who was busy on the shared cores.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / t }' "/proc/$1/stat"; }
+echo "CPU seconds: worker $(cpu "$wpid"), model server $(cpu "$(pgrep -f "$DIR/model_server.py" | tail -1)")"

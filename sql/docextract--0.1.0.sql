@@ -86,6 +86,12 @@ CREATE TABLE docextract.extractions (
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
     WHERE status IN ('pending', 'retrying');
 CREATE INDEX extractions_document ON docextract.extractions (document_id);
+-- Each claim counts a model's requests in flight and finds the next retry:
+-- without these, both would scan the whole table on every wake.
+CREATE INDEX extractions_in_flight ON docextract.extractions (model_name)
+    WHERE status = 'processing';
+CREATE INDEX extractions_retry_due ON docextract.extractions (next_attempt_at)
+    WHERE status = 'retrying';
 
 -- Results: typed data, one row per finished extraction.
 CREATE TABLE docextract.results (

@@ -248,38 +248,77 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
  * never more per model than its max_concurrency leaves room for.
  * *next_due_ms: when the next retry falls due, -1 if none waits.
  */
+static const char *claim_sql =
+"WITH room AS ("
+"  SELECT m.name, greatest(least("
+"           coalesce((m.options->>'max_concurrency')::int, $1)"
+"           - (SELECT count(*) FROM docextract.extractions p"
+"               WHERE p.status = 'processing' AND p.model_name = m.name),"
+"           CASE WHEN (m.options->>'requests_per_minute')::int > 0"
+"                THEN coalesce(($2::jsonb->>m.name)::int,"
+"                              (m.options->>'requests_per_minute')::int) END), 0) AS n"
+"    FROM docextract.models m),"
+" picked AS ("
+"  SELECT c.id FROM room CROSS JOIN LATERAL ("
+"    SELECT x.id, x.created_at FROM docextract.extractions x"
+"     WHERE x.model_name = room.name"
+"       AND (x.status = 'pending'"
+"            OR (x.status = 'retrying' AND x.next_attempt_at <= clock_timestamp()))"
+"     ORDER BY x.created_at LIMIT room.n FOR UPDATE SKIP LOCKED) c"
+"  ORDER BY c.created_at LIMIT $1)"
+" UPDATE docextract.extractions e"
+" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
+"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL"
+" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name";
+
+static const char *next_due_sql =
+"SELECT greatest(0, ceil(1000 * extract(epoch FROM"
+"  min(next_attempt_at) - clock_timestamp())))::bigint"
+" FROM docextract.extractions WHERE status = 'retrying'";
+
+static const char *limits_sql =
+"SELECT name, coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
+
+/*
+ * The worker claims on every wake: plan its statements once and keep them
+ * (the plan cache replans them if the tables change).
+ */
+static SPIPlanPtr
+kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL)
+			elog(ERROR, "could not prepare a docextract statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/*
+ * Claim up to max queued jobs (pending, or retrying and due), oldest first,
+ * never more per model than its max_concurrency and requests_per_minute
+ * (rpm_room: {"model": requests left this minute}) leave room for.
+ * *next_due_ms: when the next retry falls due, -1 if none waits.
+ */
 int
 queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 {
+	static SPIPlanPtr claim_plan = NULL;
+	static SPIPlanPtr due_plan = NULL;
+	static SPIPlanPtr limits_plan = NULL;
 	int			n;
 	bool		isnull;
 	Datum		due;
 
 	SPI_connect();
-	SPI_execute_with_args(
-		"WITH room AS ("
-		"  SELECT m.name, greatest(least("
-		"           coalesce((m.options->>'max_concurrency')::int, $1)"
-		"           - (SELECT count(*) FROM docextract.extractions p"
-		"               WHERE p.status = 'processing' AND p.model_name = m.name),"
-		"           CASE WHEN (m.options->>'requests_per_minute')::int > 0"
-		"                THEN coalesce(($2::jsonb->>m.name)::int,"
-		"                              (m.options->>'requests_per_minute')::int) END), 0) AS n"
-		"    FROM docextract.models m),"
-		" picked AS ("
-		"  SELECT c.id FROM room CROSS JOIN LATERAL ("
-		"    SELECT x.id, x.created_at FROM docextract.extractions x"
-		"     WHERE x.model_name = room.name"
-		"       AND (x.status = 'pending'"
-		"            OR (x.status = 'retrying' AND x.next_attempt_at <= clock_timestamp()))"
-		"     ORDER BY x.created_at LIMIT room.n FOR UPDATE SKIP LOCKED) c"
-		"  ORDER BY c.created_at LIMIT $1)"
-		" UPDATE docextract.extractions e"
-		" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
-		"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL"
-		" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name",
-		2, (Oid[]) {INT4OID, TEXTOID}, (Datum[]) {Int32GetDatum(max), CStringGetTextDatum(rpm_room)},
-		NULL, false, 0);
+	SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 2, (Oid[]) {INT4OID, TEXTOID}),
+					 (Datum[]) {Int32GetDatum(max), CStringGetTextDatum(rpm_room)},
+					 NULL, false, 0);
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
 	{
@@ -291,14 +330,11 @@ queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 		strlcpy(out[i].model, SPI_getvalue(tup, SPI_tuptable->tupdesc, 3), sizeof(out[i].model));
 	}
 	/* The limits, for the worker's windows. */
-	SPI_execute("SELECT name, coalesce((options->>'requests_per_minute')::int, 0)"
-				" FROM docextract.models", true, 0);
+	SPI_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0);
 	for (uint64 r = 0; r < SPI_processed; r++)
 		ratelimit_set(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
 					  atoi(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2)));
-	SPI_execute("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
-				"  min(next_attempt_at) - clock_timestamp())))::bigint"
-				" FROM docextract.extractions WHERE status = 'retrying'", true, 1);
+	SPI_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*next_due_ms = isnull ? -1 : (long) DatumGetInt64(due);
 	SPI_finish();

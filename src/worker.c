@@ -21,6 +21,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -395,6 +396,8 @@ docextract_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
 	pgstat_report_appname("docextract worker");
+	/* Its statements run on every wake with the same shape: plan them once. */
+	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
 
 	docextract_worker_publish(MyLatch, MyDatabaseId);
 	before_shmem_exit(worker_exit, (Datum) 0);
