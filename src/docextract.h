@@ -229,6 +229,9 @@ extern const Provider anthropic_provider;
 extern const Provider *provider_lookup(const char *name);
 extern char *provider_error_message(const char *body, size_t len);
 extern char *document_intro(const DocumentInput *d);
+extern struct curl_slist *append_secret_header(struct curl_slist *headers, const char *name,
+											   const char *secret);
+extern char *request_body(json_object *req);
 extern json_object *answer_object(const char *text, char **err);
 extern char *redact_secret(const char *text, const char *secret);
 extern char *base64_encode(const char *data, size_t len);

@@ -7,6 +7,8 @@
 #include "docextract.h"	/* first: see the note on json_object */
 
 #include "common/base64.h"
+
+#include <curl/curl.h>
 #include "fmgr.h"
 #include "utils/jsonb.h"
 
@@ -45,6 +47,30 @@ provider_error_message(const char *body, size_t len)
 	}
 	json_object_put(root);
 	return text;
+}
+
+/* Append "name: secret" to the headers, wiping the temporary copy. */
+struct curl_slist *
+append_secret_header(struct curl_slist *headers, const char *name, const char *secret)
+{
+	char	   *h = psprintf("%s: %s", name, secret);
+
+	headers = curl_slist_append(headers, h);
+	memset(h, 0, strlen(h));
+	pfree(h);
+	return headers;
+}
+
+/* The request body as a malloc'd string for libcurl; frees req. */
+char *
+request_body(json_object *req)
+{
+	char	   *body = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
+
+	json_object_put(req);
+	if (body == NULL)
+		elog(ERROR, "out of memory building a request");
+	return body;
 }
 
 /* The sentence that introduces the document in every provider's request. */

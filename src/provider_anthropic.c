@@ -87,17 +87,8 @@ anthropic_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 	*headers = curl_slist_append(NULL, "Content-Type: application/json");
 	*headers = curl_slist_append(*headers, "anthropic-version: " ANTHROPIC_VERSION);
 	if (m->api_key)
-	{
-		char	   *h = psprintf("x-api-key: %s", m->api_key);
-
-		*headers = curl_slist_append(*headers, h);
-		memset(h, 0, strlen(h));
-		pfree(h);
-	}
-	*body = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
-	json_object_put(req);
-	if (*body == NULL)
-		elog(ERROR, "out of memory building a request");
+		*headers = append_secret_header(*headers, "x-api-key", m->api_key);
+	*body = request_body(req);
 }
 
 /* The input of the record_extraction tool_use block, as JSON text. */

@@ -73,17 +73,8 @@ gemini_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 	*url = psprintf("%s/models/%s:generateContent", m->base_url, m->model);
 	*headers = curl_slist_append(NULL, "Content-Type: application/json");
 	if (m->api_key)
-	{
-		char	   *h = psprintf("x-goog-api-key: %s", m->api_key);
-
-		*headers = curl_slist_append(*headers, h);
-		memset(h, 0, strlen(h));
-		pfree(h);
-	}
-	*body = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
-	json_object_put(req);
-	if (*body == NULL)
-		elog(ERROR, "out of memory building a request");
+		*headers = append_secret_header(*headers, "x-goog-api-key", m->api_key);
+	*body = request_body(req);
 }
 
 /* The text of candidates[0].content.parts, concatenated; NULL and *err if none. */

@@ -108,16 +108,13 @@ openai_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 	*headers = curl_slist_append(NULL, "Content-Type: application/json");
 	if (m->api_key)
 	{
-		char	   *auth = psprintf("Authorization: Bearer %s", m->api_key);
+		char	   *bearer = psprintf("Bearer %s", m->api_key);
 
-		*headers = curl_slist_append(*headers, auth);
-		memset(auth, 0, strlen(auth));
-		pfree(auth);
+		*headers = append_secret_header(*headers, "Authorization", bearer);
+		memset(bearer, 0, strlen(bearer));
+		pfree(bearer);
 	}
-	*body = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
-	json_object_put(req);
-	if (*body == NULL)
-		elog(ERROR, "out of memory building a request");
+	*body = request_body(req);
 }
 
 static char *
