@@ -260,6 +260,12 @@ extern bool job_will_retry(Job *job);
 extern Datum docextract_add_document(PG_FUNCTION_ARGS);
 extern Datum docextract_extract_document(PG_FUNCTION_ARGS);
 
+/* subxact.c ----------------------------------------------------------------- */
+
+typedef void (*StepFn) (void *arg);
+
+extern char *in_subtransaction(StepFn fn, void *arg);
+
 /* queue.c: status transitions shared by the SQL functions and the worker ------ */
 
 typedef struct ClaimedJob

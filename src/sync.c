@@ -10,14 +10,11 @@
 
 #include "docextract.h"	/* first: see the note on json_object */
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/jsonb.h"
-#include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -66,56 +63,20 @@ wait_ms(long ms)
 	}
 }
 
-/* Errors that must end the call rather than be recorded as the job's failure. */
-static bool
-must_propagate(ErrorData *e)
+/* One attempt: prepare, send, wait, finish; the key is read as the owner. */
+static void
+attempt_step(void *arg)
 {
-	return e->sqlerrcode == ERRCODE_QUERY_CANCELED || e->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-		e->elevel > ERROR;
-}
-
-/*
- * One attempt: prepare, send, wait, finish.  Returns NULL, or the job's
- * error message.  Job-level errors are caught in a subtransaction;
- * cancellation and timeouts propagate.
- */
-static char *
-attempt(Job *job)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	char	   *volatile err = NULL;
+	Job		   *job = arg;
 	Privileged	priv;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		privileged_begin(&priv);
-		job_prepare(job);
-		privileged_end(&priv);
-		wait_for_request(job);
-		privileged_begin(&priv);
-		job_finish(job);
-		privileged_end(&priv);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *e;
-
-		MemoryContextSwitchTo(cxt);
-		e = CopyErrorData();
-		if (must_propagate(e))
-			PG_RE_THROW();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		err = pstrdup(e->message);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return err;
+	privileged_begin(&priv);
+	job_prepare(job);
+	privileged_end(&priv);
+	wait_for_request(job);
+	privileged_begin(&priv);
+	job_finish(job);
+	privileged_end(&priv);
 }
 
 /* Mark the extraction processing, as the worker's claim would; its attempt number. */
@@ -176,7 +137,7 @@ attempt_and_release(Datum id, bool *retry)
 
 	PG_TRY();
 	{
-		err = attempt(job);
+		err = in_subtransaction(attempt_step, job);
 	}
 	PG_CATCH();
 	{

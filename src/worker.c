@@ -30,8 +30,6 @@
 
 PGDLLEXPORT void docextract_worker_main(Datum main_arg);
 
-typedef void (*StepFn) (void *arg);
-
 typedef struct ClaimStep
 {
 	ClaimedJob *jobs;
@@ -59,38 +57,6 @@ typedef struct EndedStep
 	bool	   *ended;
 } EndedStep;
 
-/* fn(arg) in a subtransaction of the current transaction; as in_transaction. */
-static char *
-in_subtransaction(StepFn fn, void *arg)
-{
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	char	   *volatile err = NULL;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(caller_cxt);
-	PG_TRY();
-	{
-		fn(arg);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(caller_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		err = pstrdup(edata->message ? edata->message : "unknown error");
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller_cxt);
-	CurrentResourceOwner = owner;
-	return err;
-}
-
 /*
  * Run fn(arg) in a transaction of its own, or, inside one already, in a
  * subtransaction: so a batch of jobs shares one commit while each job's
@@ -104,7 +70,7 @@ in_transaction(const char *activity, StepFn fn, void *arg)
 	char	   *volatile err = NULL;
 
 	if (IsTransactionState())
-		return in_subtransaction(fn, arg);
+		return in_subtransaction(fn, arg);	/* subxact.c */
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
