@@ -74,6 +74,9 @@ CREATE TABLE docextract.extractions (
     owner                  regrole NOT NULL,
     attempts               integer NOT NULL DEFAULT 0,
     completion_percentage  integer NOT NULL DEFAULT 0,
+    -- Requests one attempt sends at once: 2 when the general fields and the
+    -- line items are asked for in parallel (option parallel_parts).
+    parts                  smallint NOT NULL DEFAULT 1 CHECK (parts IN (1, 2)),
     credits_used           integer NOT NULL DEFAULT 0,
     error_message          text,
     created_at             timestamptz NOT NULL DEFAULT now(),
@@ -141,24 +144,34 @@ $$;
 
 CREATE FUNCTION docextract.announce_status() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    event text;
 BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
+    IF TG_OP = 'INSERT' THEN
+        event := docextract.event_name(NULL, NEW.status);
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        event := docextract.event_name(OLD.status, NEW.status);
+    ELSIF NEW.status = 'processing'
+          AND NEW.completion_percentage > OLD.completion_percentage THEN
+        -- One request of a multi-request extraction is done.
+        event := 'extraction.progress';
+    ELSE
         RETURN NULL;
     END IF;
     PERFORM pg_notify('docextract', json_build_object(
-        'event', docextract.event_name(CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
-                                       NEW.status),
+        'event', event,
         'extraction_id', NEW.id,
         'document_id', NEW.document_id,
         'status', NEW.status,
         'template_id', NEW.template_id,
-        'attempts', NEW.attempts)::text);
+        'attempts', NEW.attempts,
+        'completion_percentage', NEW.completion_percentage)::text);
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER extractions_announce
-    AFTER INSERT OR UPDATE OF status ON docextract.extractions
+    AFTER INSERT OR UPDATE OF status, completion_percentage ON docextract.extractions
     FOR EACH ROW EXECUTE FUNCTION docextract.announce_status();
 
 -- Models ------------------------------------------------------------------

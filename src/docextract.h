@@ -247,9 +247,10 @@ extern TimestampTz ratelimit_next_free(TimestampTz now);
 
 typedef struct Job Job;
 
-extern Job *job_create(pg_uuid_t *id, int attempts);
+extern Job *job_create(pg_uuid_t *id, int attempts, int parts);
 extern void job_prepare(Job *job);
-extern HttpRequest *job_request(Job *job);
+extern bool job_part_done(Job *job, HttpRequest *req);
+extern void job_record_progress(Job *job);
 extern void job_finish(Job *job);
 extern void job_release(Job *job);
 extern char *job_id_text(Job *job);
@@ -272,6 +273,7 @@ typedef struct ClaimedJob
 {
 	pg_uuid_t	id;
 	int			attempts;
+	int			parts;			/* requests it sends at once */
 	char		model[NAMEDATALEN * 2];
 } ClaimedJob;
 
@@ -279,6 +281,7 @@ extern int	queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *nex
 extern int	queue_requeue_orphans(void);
 extern void queue_fail(pg_uuid_t *id, const char *message);
 extern void queue_retry(pg_uuid_t *id, const char *message, long delay_ms);
+extern void queue_progress(pg_uuid_t *id, int percentage);
 extern void queue_find_ended(pg_uuid_t **ids, int n, bool *ended);
 
 #endif							/* DOCEXTRACT_H */

@@ -5,6 +5,11 @@
  * reads the answer, types it and stores it.  Each runs inside a transaction
  * of the caller's; an error in either is the job's failure, not the worker's.
  * A Job lives in its own memory context, from claim to release.
+ *
+ * A job sends one request, or two in parallel (parts: the general fields,
+ * then the line items), each asking for its part of the template.  Each
+ * answer is read as it arrives; the job is finished when all are in, or at
+ * the first that failed.
  */
 #include "postgres.h"
 
@@ -27,6 +32,19 @@
 #define MAX_RETRY_DELAY_MS (5 * 60 * 1000)
 
 
+#define MAX_PARTS 2
+
+typedef struct JobPart
+{
+	Template	tmpl;			/* the part of the job's template asked for */
+	HttpRequest req;
+	bool		started;
+	bool		answered;		/* req done and its answer read */
+	char	   *error;			/* why not, once done */
+	bool		unreadable;		/* an answer came but made no sense */
+	ProviderReply reply;
+} JobPart;
+
 struct Job
 {
 	MemoryContext cxt;
@@ -36,8 +54,9 @@ struct Job
 	ModelConfig model;
 	const Provider *provider;
 	char	   *url;
-	HttpRequest req;
-	bool		started;
+	int			nparts;
+	JobPart		part[MAX_PARTS];
+	JobPart    *failed;			/* the part that failed, if one did */
 	int			max_retries;
 	bool		attributions;	/* per_key_attribution asked */
 	bool		will_retry;
@@ -55,8 +74,9 @@ static const char *job_query =
 "  LEFT JOIN docextract.model_keys k ON k.model_name = m.name"
 " WHERE e.id = $1";
 
+/* parts: 2 to send the general fields and the line items as two requests. */
 Job *
-job_create(pg_uuid_t *id, int attempts)
+job_create(pg_uuid_t *id, int attempts, int parts)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "docextract job",
 											  ALLOCSET_SMALL_SIZES);
@@ -65,7 +85,9 @@ job_create(pg_uuid_t *id, int attempts)
 	job->cxt = cxt;
 	job->id = *id;
 	job->attempts = attempts;
-	job->req.arg = job;
+	job->nparts = parts == 2 ? 2 : 1;
+	for (int i = 0; i < MAX_PARTS; i++)
+		job->part[i].req.arg = job;
 	return job;
 }
 
@@ -187,8 +209,23 @@ load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
 		elog(ERROR, "provider \"%s\" is not available", job->model.provider);
 }
 
+/* The parts' templates: the whole, or the general fields and the line items apart. */
+static void
+split_template(Job *job)
+{
+	job->part[0].tmpl = job->tmpl;
+	if (job->nparts == 2 && !(job->tmpl.has_table && job->tmpl.ngeneral > 0))
+		job->nparts = 1;		/* the template changed shape since submit */
+	if (job->nparts == 1)
+		return;
+	job->part[0].tmpl.has_table = false;
+	job->part[0].tmpl.ntable = 0;
+	job->part[1].tmpl = job->tmpl;
+	job->part[1].tmpl.ngeneral = 0;
+}
+
 /*
- * Load the job and start its request.  The request body is built in a
+ * Load the job and start its requests.  Request bodies are built in a
  * scratch context: a 20MB PDF sent inline must not stay in memory for the
  * whole flight.
  */
@@ -200,9 +237,6 @@ job_prepare(Job *job)
 												  ALLOCSET_DEFAULT_SIZES);
 	DocumentInput doc;
 	ExtractOptions opts;
-	struct curl_slist *headers = NULL;
-	char	   *body = NULL;
-	char	   *url;
 
 	SPI_connect();
 	load_job(job, &doc, &opts);
@@ -211,27 +245,34 @@ job_prepare(Job *job)
 					  &opts, NULL);
 	job->max_retries = opts.has_max_retries ? opts.max_retries : job->model.max_retries;
 	job->attributions = opts.per_key_attribution;
-	job->provider->build(&job->model, &job->tmpl, &doc, &opts, &url, &headers, &body);
-	MemoryContextSwitchTo(job->cxt);
-	job->url = pstrdup(url);
-	http_start(&job->req, job->url, headers, body, job->model.timeout_ms);
-	job->started = true;
+	split_template(job);
+	for (int i = 0; i < job->nparts; i++)
+	{
+		JobPart    *part = &job->part[i];
+		struct curl_slist *headers = NULL;
+		char	   *body = NULL;
+		char	   *url;
+		ExtractOptions part_opts = opts;
+
+		/* Attributions are asked for the general fields, so of that part. */
+		part_opts.per_key_attribution = opts.per_key_attribution && part->tmpl.ngeneral > 0;
+		job->provider->build(&job->model, &part->tmpl, &doc, &part_opts, &url, &headers, &body);
+		MemoryContextSwitchTo(job->cxt);
+		if (job->url == NULL)
+			job->url = pstrdup(url);
+		http_start(&part->req, job->url, headers, body, job->model.timeout_ms);
+		part->started = true;
+		MemoryContextSwitchTo(scratch);
+	}
 	MemoryContextSwitchTo(outer);
 	MemoryContextDelete(scratch);
 	SPI_finish();
 }
 
-HttpRequest *
-job_request(Job *job)
-{
-	return &job->req;
-}
-
 /* Why the request did not give us an answer, or NULL if it did. */
 static char *
-transfer_error(Job *job)
+transfer_error(Job *job, HttpRequest *req)
 {
-	HttpRequest *req = &job->req;
 	char	   *provider_text;
 
 	if (req->curl_code != 0)
@@ -244,23 +285,35 @@ transfer_error(Job *job)
 	return psprintf("model endpoint answered HTTP %ld: %s", req->status, provider_text);
 }
 
+/* Tokens of all parts; latency of the slowest, as they ran side by side. */
 static char *
-usage_json(Job *job, ProviderReply *reply)
+usage_json(Job *job)
 {
 	json_object *u = json_object_new_object();
+	int64		in = 0,
+				out = 0;
+	double		latency = 0;
 	char	   *text;
 
-	json_object_object_add(u, "input_tokens", json_object_new_int64(reply->input_tokens));
-	json_object_object_add(u, "output_tokens", json_object_new_int64(reply->output_tokens));
-	json_object_object_add(u, "latency_ms", json_number_from_double(rint(job->req.elapsed_ms)));
+	for (int i = 0; i < job->nparts; i++)
+	{
+		in += job->part[i].reply.input_tokens;
+		out += job->part[i].reply.output_tokens;
+		latency = Max(latency, job->part[i].req.elapsed_ms);
+	}
+	json_object_object_add(u, "input_tokens", json_object_new_int64(in));
+	json_object_object_add(u, "output_tokens", json_object_new_int64(out));
+	json_object_object_add(u, "latency_ms", json_number_from_double(rint(latency)));
 	json_object_object_add(u, "model", json_object_new_string(job->model.model));
 	json_object_object_add(u, "model_name", json_object_new_string(job->model.name));
 	json_object_object_add(u, "attempts", json_object_new_int(job->attempts));
+	if (job->nparts > 1)
+		json_object_object_add(u, "requests", json_object_new_int(job->nparts));
 	/* Prices are per million tokens; the cost is kept to the millionth. */
 	if (job->model.priced)
 		json_object_object_add(u, "cost", json_number_from_double(
-								   rint(reply->input_tokens * job->model.input_price +
-										reply->output_tokens * job->model.output_price) / 1e6));
+								   rint(in * job->model.input_price +
+										out * job->model.output_price) / 1e6));
 	text = pstrdup(json_object_to_json_string_ext(u, JSON_C_TO_STRING_PLAIN));
 	json_object_put(u);
 	return text;
@@ -338,70 +391,140 @@ retryable(HttpRequest *req, bool unreadable_answer)
 
 /* Retry-After when the server gave one, else exponential backoff with jitter. */
 static long
-retry_delay_ms(Job *job)
+retry_delay_ms(Job *job, HttpRequest *req)
 {
 	double		delay;
 
-	if (job->req.retry_after_s > 0)
-		return Min(job->req.retry_after_s * 1000L, (long) MAX_RETRY_DELAY_MS);
+	if (req->retry_after_s > 0)
+		return Min(req->retry_after_s * 1000L, (long) MAX_RETRY_DELAY_MS);
 	delay = job->model.retry_backoff_ms * pow(2.0, job->attempts - 1);
 	delay *= 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
 	return (long) Min(delay, (double) MAX_RETRY_DELAY_MS);
 }
 
+/* Which part is this request's? */
+static JobPart *
+part_of(Job *job, HttpRequest *req)
+{
+	for (int i = 0; i < job->nparts; i++)
+		if (&job->part[i].req == req)
+			return &job->part[i];
+	elog(ERROR, "request does not belong to extraction %s", job_id_text(job));
+	return NULL;
+}
+
 /*
- * The request is done: type and store the answer.  A failure worth another
- * attempt schedules one (status retrying); any other, or the last, becomes
- * an ERROR whose message (API key redacted) is the job's error_message.
+ * One of the job's requests is done: read its answer.  True when the job
+ * is ready for job_finish(): every part answered, or this one failed.
+ */
+bool
+job_part_done(Job *job, HttpRequest *req)
+{
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+	JobPart    *part = part_of(job, req);
+	bool		ready = true;
+
+	part->error = transfer_error(job, req);
+	if (part->error == NULL &&
+		(part->error = job->provider->parse(req->response.data, req->response.len,
+											&part->reply)) != NULL)
+	{
+		part->error = psprintf("could not read the model's answer: %s", part->error);
+		part->unreadable = true;
+	}
+	if (part->error)
+		job->failed = part;
+	else
+	{
+		part->answered = true;
+		for (int i = 0; i < job->nparts; i++)
+			ready = ready && job->part[i].answered;
+	}
+	MemoryContextSwitchTo(old);
+	return ready;
+}
+
+/* Parts answered so far, as completion_percentage (event extraction.progress). */
+void
+job_record_progress(Job *job)
+{
+	int			answered = 0;
+
+	for (int i = 0; i < job->nparts; i++)
+		answered += job->part[i].answered;
+	queue_progress(&job->id, 100 * answered / job->nparts);
+}
+
+/*
+ * A part failed.  Worth another attempt: schedule one (status retrying),
+ * the other part dropped.  Otherwise, or the last time, an ERROR whose
+ * message (API key redacted) is the job's error_message.
+ */
+static void
+handle_failure(Job *job)
+{
+	JobPart    *part = job->failed;
+	char	   *err = redact_secret(part->error, job->model.api_key);
+
+	if (retryable(&part->req, part->unreadable) && job->attempts <= job->max_retries)
+	{
+		long		delay = retry_delay_ms(job, &part->req);
+
+		elog(LOG, "docextract worker: extraction %s attempt %d failed, retrying in %ld ms: %s",
+			 job_id_text(job), job->attempts, delay, err);
+		queue_retry(&job->id, err, delay);
+		job->will_retry = true;
+		return;
+	}
+	if (job->attempts > 1)
+		err = psprintf("%s (attempt %d of %d)", err, job->attempts, job->max_retries + 1);
+	ereport(ERROR, (errmsg_internal("%s", err)));
+}
+
+/* The parts' answers as one: the first's, with the second's "table". */
+static json_object *
+merged_answer(Job *job)
+{
+	json_object *answer = job->part[0].reply.output;
+	json_object *table;
+
+	if (job->nparts == 2 &&
+		json_object_object_get_ex(job->part[1].reply.output, "table", &table))
+		json_object_object_add(answer, "table", json_object_get(table));
+	return answer;
+}
+
+/*
+ * Every part answered, or one failed: type and store the answer, or
+ * handle the failure.
  */
 void
 job_finish(Job *job)
 {
-	ProviderReply reply;
-	char	   *err = transfer_error(job);
-	bool		unreadable = false;
+	json_object *answer;
 	json_object *data;
 	char	   *data_text;
-	char	   *raw_text;
 	char	   *attr_text = NULL;
 
-	if (err == NULL &&
-		(err = job->provider->parse(job->req.response.data, job->req.response.len, &reply)) != NULL)
+	if (job->failed)
 	{
-		err = psprintf("could not read the model's answer: %s", err);
-		unreadable = true;
+		handle_failure(job);
+		return;
 	}
-	if (err)
-	{
-		err = redact_secret(err, job->model.api_key);
-		if (retryable(&job->req, unreadable) && job->attempts <= job->max_retries)
-		{
-			long		delay = retry_delay_ms(job);
-
-			elog(LOG, "docextract worker: extraction %s attempt %d failed, retrying in %ld ms: %s",
-				 job_id_text(job), job->attempts, delay, err);
-			queue_retry(&job->id, err, delay);
-			job->will_retry = true;
-			return;
-		}
-		if (job->attempts > 1)
-			err = psprintf("%s (attempt %d of %d)", err, job->attempts, job->max_retries + 1);
-		ereport(ERROR, (errmsg_internal("%s", err)));
-	}
-
-	data = coerce_output(reply.output, &job->tmpl);
+	answer = merged_answer(job);
+	data = coerce_output(answer, &job->tmpl);
 	data_text = pstrdup(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN));
 	json_object_put(data);
 	if (job->attributions)
 	{
-		json_object *attr = coerce_attributions(reply.output, &job->tmpl);
+		json_object *attr = coerce_attributions(answer, &job->tmpl);
 
 		attr_text = pstrdup(json_object_to_json_string_ext(attr, JSON_C_TO_STRING_PLAIN));
 		json_object_put(attr);
 	}
-	raw_text = pstrdup(json_object_to_json_string_ext(reply.output, JSON_C_TO_STRING_PLAIN));
-	json_object_put(reply.output);
-	store_result(job, data_text, raw_text, usage_json(job, &reply), attr_text);
+	store_result(job, data_text,
+				 json_object_to_json_string_ext(answer, JSON_C_TO_STRING_PLAIN),
+				 usage_json(job), attr_text);
 }
 
 bool
@@ -420,8 +543,12 @@ job_id(Job *job)
 void
 job_release(Job *job)
 {
-	if (job->started)
-		http_cancel(&job->req);
+	for (int i = 0; i < MAX_PARTS; i++)
+	{
+		if (job->part[i].started)
+			http_cancel(&job->part[i].req);
+		json_object_put(job->part[i].reply.output);
+	}
 	if (job->model.api_key)
 		memset(job->model.api_key, 0, strlen(job->model.api_key));
 	MemoryContextDelete(job->cxt);

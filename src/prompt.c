@@ -182,7 +182,8 @@ attributions_schema(const Template *t, SchemaDialect dialect)
 
 /*
  * {"general": {...}, "table": [{...}]}: the shape of every answer, with
- * "attributions" for the general fields when asked.
+ * "attributions" for the general fields when asked.  The table-only part
+ * of a split extraction asks for {"table": [...]}.
  */
 json_object *
 template_schema(const Template *t, SchemaDialect dialect, bool attributions)
@@ -194,8 +195,12 @@ template_schema(const Template *t, SchemaDialect dialect, bool attributions)
 	bool		json = dialect == SCHEMA_JSON;
 
 	json_object_object_add(root, "type", json_object_new_string(json ? "object" : "OBJECT"));
-	json_object_object_add(props, "general", object_schema(t->general, t->ngeneral, dialect));
-	json_object_array_add(req, json_object_new_string("general"));
+	/* A part that asks only for the line items has no "general". */
+	if (t->ngeneral > 0 || !t->has_table)
+	{
+		json_object_object_add(props, "general", object_schema(t->general, t->ngeneral, dialect));
+		json_object_array_add(req, json_object_new_string("general"));
+	}
 	if (t->has_table)
 	{
 		json_object *table = json_object_new_object();
@@ -219,7 +224,8 @@ template_schema(const Template *t, SchemaDialect dialect, bool attributions)
 		json_object *order = json_object_new_array();
 
 		for (int i = 0; i < 3; i++)
-			if (i == 0 || (i == 1 && t->has_table) || (i == 2 && attributions))
+			if ((i == 0 && (t->ngeneral > 0 || !t->has_table)) ||
+				(i == 1 && t->has_table) || (i == 2 && attributions))
 				json_object_array_add(order, json_object_new_string(top[i]));
 		json_object_object_add(root, "propertyOrdering", order);
 	}

@@ -83,17 +83,20 @@ document_intro(const DocumentInput *d)
 
 /*
  * The model's answer text as the object the schema asks for: NULL and *err
- * set unless it is a JSON object with a "general" object.
+ * set unless it is a JSON object with a "general" object or (the table-only
+ * part of a split extraction) a "table" array.
  */
 json_object *
 answer_object(const char *text, char **err)
 {
 	json_object *answer = text ? json_tokener_parse(text) : NULL;
-	json_object *general;
+	json_object *v;
 
 	if (answer == NULL || !json_object_is_type(answer, json_type_object) ||
-		!json_object_object_get_ex(answer, "general", &general) ||
-		!json_object_is_type(general, json_type_object))
+		!((json_object_object_get_ex(answer, "general", &v) &&
+		   json_object_is_type(v, json_type_object)) ||
+		  (json_object_object_get_ex(answer, "table", &v) &&
+		   json_object_is_type(v, json_type_array))))
 	{
 		json_object_put(answer);
 		*err = pstrdup("the model's answer is not a JSON object with a \"general\" object, as the schema requires");
@@ -198,11 +201,16 @@ check_model_option(const char *key, json_object *v)
 									  strcmp(json_object_get_string(v), "file") != 0))
 			option_error(key, v, "\"text\" or \"file\"");
 	}
+	else if (strcmp(key, "parallel_parts") == 0)
+	{
+		if (t != json_type_boolean)
+			option_error(key, v, "true or false");
+	}
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown model option \"%s\"", key),
-				 errhint("Model options are timeout_ms, max_concurrency, requests_per_minute, temperature, max_retries, retry_backoff_ms, document_mode, input_price_per_million, output_price_per_million.")));
+				 errhint("Model options are timeout_ms, max_concurrency, requests_per_minute, temperature, max_retries, retry_backoff_ms, document_mode, parallel_parts, input_price_per_million, output_price_per_million.")));
 }
 
 /* add_model() calls this before storing anything. */

@@ -65,13 +65,13 @@ check_options(json_object *o)
 			ok = t == json_type_int && json_object_get_int64(val) >= 0 &&
 				json_object_get_int64(val) <= 100;
 		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
-				 strcmp(key, "per_key_attribution") == 0)
+				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0)
 			ok = t == json_type_boolean;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, auto_approve, force.")));
+					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, parallel_parts, auto_approve, force.")));
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -145,9 +145,24 @@ insert_extraction(Datum *args, const char *model)
 {
 	bool		isnull;
 
+	/*
+	 * parts = 2: the general fields and the line items go as two requests
+	 * in parallel, when the options or the model's options ask for it and
+	 * the template has both.
+	 */
 	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
-							  " (document_id, template_id, options, owner, model_name)"
-							  " VALUES ($1, $2, $3, $4::regrole, $5) RETURNING id",
+							  " (document_id, template_id, options, owner, model_name, parts)"
+							  " SELECT $1, $2, $3, $4::regrole, $5,"
+							  "   CASE WHEN coalesce(($3->>'parallel_parts')::boolean,"
+							  "                      (m.options->>'parallel_parts')::boolean, false)"
+							  "         AND jsonb_typeof(t.schema_definition->'table_part') = 'object'"
+							  "         AND t.schema_definition->'table_part' <> '{}'"
+							  "         AND jsonb_typeof(t.schema_definition->'general_part') = 'object'"
+							  "         AND t.schema_definition->'general_part' <> '{}'"
+							  "         AND coalesce((m.options->>'max_concurrency')::int, 2) >= 2"
+							  "        THEN 2 ELSE 1 END"
+							  "   FROM docextract.templates t, docextract.models m"
+							  "  WHERE t.id = $2 AND m.name = $5 RETURNING id",
 							  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID},
 							  (Datum[]) {args[0], args[1], args[2], args[3],
 								  CStringGetTextDatum(model)},
@@ -244,32 +259,46 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 /* Worker side.  These run inside the worker's transactions, as superuser. */
 
 /*
- * Claim up to max queued jobs (pending, or retrying and due), oldest first,
- * never more per model than its max_concurrency leaves room for.
- * *next_due_ms: when the next retry falls due, -1 if none waits.
+ * Room is counted in requests: an extraction sent as two parts takes two.
+ * A window cannot share a query level with FOR UPDATE, so the candidates
+ * are chosen first (the oldest per model whose running sum of parts fits
+ * the model's room, then overall the oldest that fit $1) and locked after;
+ * the lock re-checks their status, and a row skipped only leaves room.
+ * $3, docextract.max_inflight: at 1, every extraction is sent as one request.
  */
 static const char *claim_sql =
 "WITH room AS ("
 "  SELECT m.name, greatest(least("
 "           coalesce((m.options->>'max_concurrency')::int, $1)"
-"           - (SELECT count(*) FROM docextract.extractions p"
+"           - (SELECT coalesce(sum(least(p.parts, $3)), 0) FROM docextract.extractions p"
 "               WHERE p.status = 'processing' AND p.model_name = m.name),"
 "           CASE WHEN (m.options->>'requests_per_minute')::int > 0"
 "                THEN coalesce(($2::jsonb->>m.name)::int,"
 "                              (m.options->>'requests_per_minute')::int) END), 0) AS n"
 "    FROM docextract.models m),"
-" picked AS ("
-"  SELECT c.id FROM room CROSS JOIN LATERAL ("
-"    SELECT x.id, x.created_at FROM docextract.extractions x"
+" candidates AS ("
+"  SELECT c.id, c.created_at, c.parts, room.n,"
+"         sum(c.parts) OVER (PARTITION BY room.name ORDER BY c.created_at, c.id) AS model_sum"
+"    FROM room CROSS JOIN LATERAL ("
+"    SELECT x.id, x.created_at, least(x.parts, $3) AS parts FROM docextract.extractions x"
 "     WHERE x.model_name = room.name"
 "       AND (x.status = 'pending'"
 "            OR (x.status = 'retrying' AND x.next_attempt_at <= clock_timestamp()))"
-"     ORDER BY x.created_at LIMIT room.n FOR UPDATE SKIP LOCKED) c"
-"  ORDER BY c.created_at LIMIT $1)"
+"     ORDER BY x.created_at LIMIT room.n) c),"
+" fitting AS ("
+"  SELECT id, sum(parts) OVER (ORDER BY created_at, id) AS total"
+"    FROM candidates WHERE model_sum <= n),"
+" picked AS ("
+"  SELECT x.id FROM docextract.extractions x"
+"   WHERE x.id IN (SELECT id FROM fitting WHERE total <= $1)"
+"     AND (x.status = 'pending'"
+"          OR (x.status = 'retrying' AND x.next_attempt_at <= clock_timestamp()))"
+"   FOR UPDATE SKIP LOCKED)"
 " UPDATE docextract.extractions e"
 " SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
-"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL"
-" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name";
+"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
+"     completion_percentage = 0"
+" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name, least(e.parts, $3)";
 
 static const char *next_due_sql =
 "SELECT greatest(0, ceil(1000 * extract(epoch FROM"
@@ -300,8 +329,8 @@ kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 }
 
 /*
- * Claim up to max queued jobs (pending, or retrying and due), oldest first,
- * never more per model than its max_concurrency and requests_per_minute
+ * Claim queued jobs worth up to max requests (pending, or retrying and
+ * due), oldest first, never more per model than its max_concurrency and requests_per_minute
  * (rpm_room: {"model": requests left this minute}) leave room for.
  * *next_due_ms: when the next retry falls due, -1 if none waits.
  */
@@ -316,8 +345,9 @@ queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 	Datum		due;
 
 	SPI_connect();
-	SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 2, (Oid[]) {INT4OID, TEXTOID}),
-					 (Datum[]) {Int32GetDatum(max), CStringGetTextDatum(rpm_room)},
+	SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 3, (Oid[]) {INT4OID, TEXTOID, INT4OID}),
+					 (Datum[]) {Int32GetDatum(max), CStringGetTextDatum(rpm_room),
+						 Int32GetDatum(docextract_max_inflight)},
 					 NULL, false, 0);
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
@@ -328,6 +358,7 @@ queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 			   sizeof(pg_uuid_t));
 		out[i].attempts = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		strlcpy(out[i].model, SPI_getvalue(tup, SPI_tuptable->tupdesc, 3), sizeof(out[i].model));
+		out[i].parts = DatumGetInt16(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
 	}
 	/* The limits, for the worker's windows. */
 	SPI_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0);
@@ -398,7 +429,7 @@ queue_retry(pg_uuid_t *id, const char *message, long delay_ms)
 {
 	SPI_connect();
 	SPI_execute_with_args("UPDATE docextract.extractions"
-						  " SET status = 'retrying', error_message = $2,"
+						  " SET status = 'retrying', error_message = $2, completion_percentage = 0,"
 						  "     next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'"
 						  " WHERE id = $1 AND status = 'processing'",
 						  3, (Oid[]) {UUIDOID, TEXTOID, INT8OID},
@@ -417,6 +448,19 @@ queue_fail(pg_uuid_t *id, const char *message)
 						  " WHERE id = $1 AND status = 'processing'",
 						  2, (Oid[]) {UUIDOID, TEXTOID},
 						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message)},
+						  NULL, false, 0);
+	SPI_finish();
+}
+
+/* One request of a multi-request extraction is done (event extraction.progress). */
+void
+queue_progress(pg_uuid_t *id, int percentage)
+{
+	SPI_connect();
+	SPI_execute_with_args("UPDATE docextract.extractions SET completion_percentage = $2"
+						  " WHERE id = $1 AND status = 'processing'",
+						  2, (Oid[]) {UUIDOID, INT4OID},
+						  (Datum[]) {UUIDPGetDatum(id), Int32GetDatum(percentage)},
 						  NULL, false, 0);
 	SPI_finish();
 }

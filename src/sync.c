@@ -20,14 +20,16 @@
 
 PG_FUNCTION_INFO_V1(docextract_extract_sync);
 
-/* Wait, interruptibly, until the job's request is done. */
+/* Wait, interruptibly, until the job's requests are done. */
 static void
-wait_for_request(Job *job)
+wait_for_requests(Job *job)
 {
-	HttpRequest *req = job_request(job);
+	bool		ready = false;
 
-	while (!req->done)
+	while (!ready)
 	{
+		HttpRequest *req;
+
 		long		timeout = http_timeout_ms();
 		int			rc;
 
@@ -38,7 +40,8 @@ wait_for_request(Job *job)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		http_drive((rc & WL_TIMEOUT) != 0);
-		(void) http_next_done();
+		while ((req = http_next_done()) != NULL)
+			ready = job_part_done(job, req) || ready;
 	}
 }
 
@@ -73,15 +76,18 @@ attempt_step(void *arg)
 	privileged_begin(&priv);
 	job_prepare(job);
 	privileged_end(&priv);
-	wait_for_request(job);
+	wait_for_requests(job);
 	privileged_begin(&priv);
 	job_finish(job);
 	privileged_end(&priv);
 }
 
-/* Mark the extraction processing, as the worker's claim would; its attempt number. */
+/*
+ * Mark the extraction processing, as the worker's claim would; its attempt
+ * number, and in *parts the requests it sends.
+ */
 static int
-start_attempt(Datum id)
+start_attempt(Datum id, int *parts)
 {
 	Privileged	priv;
 	bool		isnull;
@@ -92,9 +98,10 @@ start_attempt(Datum id)
 	SPI_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'processing', started_at = coalesce(started_at, clock_timestamp()),"
 						  "     attempts = attempts + 1, next_attempt_at = NULL, worker_pid = pg_backend_pid()"
-						  " WHERE id = $1 RETURNING attempts",
+						  " WHERE id = $1 RETURNING attempts, parts",
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
 	attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*parts = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	privileged_end(&priv);
 	SPI_finish();
 	return attempts;
@@ -132,7 +139,9 @@ record_failure(Datum id, const char *message)
 static char *
 attempt_and_release(Datum id, bool *retry)
 {
-	Job		   *job = job_create(DatumGetUUIDP(id), start_attempt(id));
+	int			parts;
+	int			attempts = start_attempt(id, &parts);
+	Job		   *job = job_create(DatumGetUUIDP(id), attempts, parts);
 	char	   *err;
 
 	PG_TRY();

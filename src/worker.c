@@ -134,6 +134,12 @@ finish_step(void *arg)
 }
 
 static void
+progress_step(void *arg)
+{
+	job_record_progress((Job *) arg);
+}
+
+static void
 ended_step(void *arg)
 {
 	EndedStep  *e = arg;
@@ -216,10 +222,11 @@ start_all_step(void *arg)
 
 	for (int i = 0; i < c->claimed; i++)
 	{
-		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts);
+		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts, c->jobs[i].parts);
 		char	   *err;
 
-		ratelimit_record(c->jobs[i].model, GetCurrentTimestamp());
+		for (int p = 0; p < c->jobs[i].parts; p++)
+			ratelimit_record(c->jobs[i].model, GetCurrentTimestamp());
 		err = in_transaction("docextract: starting a request", prepare_step, job);
 		if (err)
 			fail_job(job, err);
@@ -265,7 +272,13 @@ claim_and_start(TimestampTz *next_poll)
 		if (free_at != 0 && free_at < *next_poll)
 			*next_poll = free_at;
 	}
-	return c.claimed == c.max;
+	{
+		int			requests = 0;
+
+		for (int i = 0; i < c.claimed; i++)
+			requests += c.jobs[i].parts;
+		return requests >= c.max;
+	}
 }
 
 typedef struct FinishBatch
@@ -275,8 +288,8 @@ typedef struct FinishBatch
 } FinishBatch;
 
 /*
- * Store the answer of every request that is done, each in a subtransaction
- * of one transaction.
+ * Store the answer of every job whose requests are done, each in a
+ * subtransaction of one transaction.
  */
 static void
 finish_all_step(void *arg)
@@ -289,6 +302,15 @@ finish_all_step(void *arg)
 		Job		   *job = req->arg;
 		char	   *err;
 
+		if (!job_part_done(job, req))
+		{
+			/* One part in, another in flight. */
+			err = in_transaction("docextract: recording progress", progress_step, job);
+			if (err)
+				elog(WARNING, "docextract worker: could not record the progress of extraction %s: %s",
+					 job_id_text(job), err);
+			continue;
+		}
 		inflight_jobs = list_delete_ptr(inflight_jobs, job);
 		err = in_transaction("docextract: storing a result", finish_step, job);
 

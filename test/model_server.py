@@ -148,7 +148,9 @@ def read_table(text, props):
 
 def answer_for(schema, text):
     evidence = {}
-    ans = {"general": read_fields(text, schema["properties"]["general"]["properties"], evidence)}
+    ans = {}
+    if "general" in schema["properties"]:  # absent from the table-only part of a split
+        ans["general"] = read_fields(text, schema["properties"]["general"]["properties"], evidence)
     if "table" in schema["properties"]:
         ans["table"] = read_table(text, schema["properties"]["table"]["items"]["properties"])
     if "attributions" in schema["properties"]:

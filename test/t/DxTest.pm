@@ -14,7 +14,7 @@ use Test::More;
 use Time::HiRes qw(usleep);
 
 use Exporter 'import';
-our @EXPORT = qw(start_model_server server_script server_requests server_stats
+our @EXPORT = qw(start_model_server server_script server_requests server_stats server_reset
   new_node fixture add_invoice_template wait_for_status worker_pid json_of);
 
 our $root = abs_path(dirname(__FILE__) . '/../..');
@@ -67,6 +67,12 @@ sub server_requests
 {
 	my ($srv) = @_;
 	return decode_json($http->get("$srv->{url}/_requests")->{content});
+}
+
+sub server_reset
+{
+	my ($srv) = @_;
+	$http->get("$srv->{url}/_reset")->{success} or die "reset failed";
 }
 
 sub server_stats
