@@ -5,7 +5,7 @@ OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA = sql/docextract--0.1.0.sql
 PGFILEDESC = "docextract - AI document extraction inside PostgreSQL"
 
-REGRESS = models templates documents extractions coercion
+REGRESS = models templates documents extractions coercion credits review
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/regress.conf \
 	--load-extension=docextract
 TAP_TESTS = 1

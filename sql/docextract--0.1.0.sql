@@ -77,6 +77,11 @@ CREATE TABLE docextract.extractions (
     -- Requests one attempt sends at once: 2 when the general fields and the
     -- line items are asked for in parallel (option parallel_parts).
     parts                  smallint NOT NULL DEFAULT 1 CHECK (parts IN (1, 2)),
+    -- Credits held for this extraction until it completes (charged) or
+    -- ends otherwise (released); 0 once settled, so it is settled once.
+    credits_reserved       integer NOT NULL DEFAULT 0,
+    approved_by            regrole,
+    approved_at            timestamptz,
     credits_used           integer NOT NULL DEFAULT 0,
     error_message          text,
     created_at             timestamptz NOT NULL DEFAULT now(),
@@ -107,8 +112,34 @@ CREATE TABLE docextract.results (
     validation     jsonb NOT NULL DEFAULT '[]',
     attributions   jsonb,
     usage          jsonb NOT NULL DEFAULT '{}',
+    corrections    jsonb,           -- what approve() changed, as given
     created_at     timestamptz NOT NULL DEFAULT now()
 );
+
+-- Credits: one page, one credit, per owning role.  available = balance -
+-- reserved; the ledger says who, how many, which extraction, when and why.
+CREATE TABLE docextract.credit_accounts (
+    role        regrole PRIMARY KEY,
+    balance     bigint NOT NULL DEFAULT 0,     -- granted minus charged
+    reserved    bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE docextract.credit_ledger (
+    id             bigserial PRIMARY KEY,
+    role           regrole NOT NULL,
+    kind           text NOT NULL CHECK (kind IN ('grant', 'reserve', 'charge', 'release')),
+    credits        bigint NOT NULL,
+    available_after bigint NOT NULL,          -- balance - reserved after this entry
+    extraction_id  uuid,                      -- kept when the extraction is deleted
+    reason         text,
+    created_by     regrole NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- An extraction is reserved, charged and released at most once each.
+CREATE UNIQUE INDEX credit_ledger_once ON docextract.credit_ledger (extraction_id, kind)
+    WHERE extraction_id IS NOT NULL;
+CREATE INDEX credit_ledger_role ON docextract.credit_ledger (role, created_at);
 
 -- Row-level security: a role sees the rows of every role it is a member of.
 -- Superusers (the worker, the extension owner) bypass it.
@@ -116,6 +147,8 @@ ALTER TABLE docextract.templates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.documents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.extractions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.results ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.credit_accounts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.credit_ledger ENABLE ROW LEVEL SECURITY;
 CREATE POLICY templates_visible ON docextract.templates FOR SELECT
     USING (owner IS NULL OR pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
 CREATE POLICY documents_visible ON docextract.documents FOR SELECT
@@ -124,11 +157,16 @@ CREATE POLICY extractions_visible ON docextract.extractions FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
 CREATE POLICY results_visible ON docextract.results FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY credit_accounts_visible ON docextract.credit_accounts FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
+CREATE POLICY credit_ledger_visible ON docextract.credit_ledger FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
 
 REVOKE ALL ON ALL TABLES IN SCHEMA docextract FROM PUBLIC;
 GRANT USAGE ON SCHEMA docextract TO PUBLIC;
 GRANT SELECT ON docextract.models, docextract.templates, docextract.documents,
-                docextract.extractions, docextract.results TO PUBLIC;
+                docextract.extractions, docextract.results,
+                docextract.credit_accounts, docextract.credit_ledger TO PUBLIC;
 
 -- Events: the one place that announces status changes, so that every change
 -- is announced, and in the transaction that makes it.
@@ -173,6 +211,127 @@ $$;
 CREATE TRIGGER extractions_announce
     AFTER INSERT OR UPDATE OF status, completion_percentage ON docextract.extractions
     FOR EACH ROW EXECUTE FUNCTION docextract.announce_status();
+
+-- Credits -----------------------------------------------------------------
+
+-- At submit: hold the pages' credits in the owner's account, or refuse.  The
+-- account row's lock serializes a role's submits, so two sessions cannot
+-- both spend the last credits, nor both pass the active-extraction quota.
+CREATE FUNCTION docextract.reserve_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    pages integer;
+    acct docextract.credit_accounts;
+    active bigint;
+    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
+    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
+BEGIN
+    SELECT d.page_count INTO pages FROM docextract.documents d WHERE d.id = NEW.document_id;
+    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
+    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    IF quota > 0 THEN
+        SELECT count(*) INTO active FROM docextract.extractions x
+         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+        IF active >= quota THEN
+            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
+                USING ERRCODE = '53400',
+                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
+        END IF;
+    END IF;
+    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
+                        NEW.owner, pages, pages, acct.balance - acct.reserved
+            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
+    END IF;
+    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
+     WHERE a.role = NEW.owner;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+            'submitted', NEW.owner);
+    NEW.credits_reserved := pages;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER extractions_reserve_credits
+    BEFORE INSERT ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.reserve_credits();
+
+-- When an extraction ends: charge the held credits if it completed, return
+-- them otherwise.  In the transaction of the status change itself, so a
+-- crash before its commit settles nothing and one after it settles once.
+CREATE FUNCTION docextract.settle_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    kind text;
+    after bigint;
+BEGIN
+    IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
+       OR NEW.status NOT IN ('completed', 'failed', 'cancelled', 'insufficient_credits') THEN
+        RETURN NEW;
+    END IF;
+    kind := CASE WHEN NEW.status = 'completed' THEN 'charge' ELSE 'release' END;
+    UPDATE docextract.credit_accounts a
+       SET reserved = a.reserved - OLD.credits_reserved,
+           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE 0 END,
+           updated_at = now()
+     WHERE a.role = OLD.owner
+    RETURNING a.balance - a.reserved INTO after;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (OLD.owner, kind, OLD.credits_reserved, after, OLD.id, NEW.status, OLD.owner);
+    IF kind = 'charge' THEN
+        NEW.credits_used := OLD.credits_reserved;
+    END IF;
+    NEW.credits_reserved := 0;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER extractions_settle_credits
+    BEFORE UPDATE OF status ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.settle_credits();
+
+-- Add (or, negative, take away) credits.  For the extension owner and those
+-- it grants EXECUTE to.
+CREATE FUNCTION docextract.grant_credits(role name, amount bigint, reason text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    r regrole;
+    acct docextract.credit_accounts;
+BEGIN
+    IF role IS NULL OR amount IS NULL OR amount = 0 THEN
+        RAISE EXCEPTION 'grant_credits needs a role and a non-zero amount' USING ERRCODE = '22023';
+    END IF;
+    r := quote_ident(role)::regrole;
+    INSERT INTO docextract.credit_accounts (role) VALUES (r) ON CONFLICT DO NOTHING;
+    UPDATE docextract.credit_accounts a SET balance = a.balance + amount, updated_at = now()
+     WHERE a.role = r RETURNING * INTO acct;
+    IF amount < 0 AND acct.balance - acct.reserved < 0 THEN
+        RAISE EXCEPTION 'cannot take % credits from role %: only % are available',
+                        -amount, r, acct.balance - acct.reserved - amount USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, reason, created_by)
+    VALUES (r, 'grant', amount, acct.balance - acct.reserved, reason, session_user::regrole);
+    RETURN acct.balance - acct.reserved;
+END
+$$;
+
+-- Credits a role can spend now: granted, minus charged, minus held.
+CREATE FUNCTION docextract.credit_balance(role name DEFAULT current_user)
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    r regrole := quote_ident(role)::regrole;
+BEGIN
+    IF NOT pg_has_role(current_user, r, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to read the credit balance of role %', r
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN coalesce((SELECT a.balance - a.reserved FROM docextract.credit_accounts a
+                      WHERE a.role = r), 0);
+END
+$$;
 
 -- Models ------------------------------------------------------------------
 
@@ -233,6 +392,18 @@ CREATE FUNCTION docextract.update_template(template_id uuid, schema_definition j
                                            validation_rules jsonb DEFAULT NULL)
 RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_update_template';
 
+-- A template without an owner: visible to every role, changed only by the
+-- extension owner (and superusers).
+CREATE FUNCTION docextract.create_system_template(name text, schema_definition jsonb,
+                                                  prompt_set jsonb DEFAULT NULL,
+                                                  validation_rules jsonb DEFAULT NULL,
+                                                  description text DEFAULT NULL)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_create_system_template';
+
+-- A template's rules run against data shaped like get_result()'s "data".
+CREATE FUNCTION docextract.validate_data(template_id uuid, data jsonb)
+RETURNS jsonb LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'docextract_validate_data';
+
 -- The JSON Schema a template asks the model to answer with.
 CREATE FUNCTION docextract.template_json_schema(schema_definition jsonb)
 RETURNS jsonb LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_template_json_schema';
@@ -261,6 +432,11 @@ RETURNS jsonb LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_sync';
 CREATE FUNCTION docextract.cancel_extraction(extraction_id uuid)
 RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_cancel_extraction';
 
+-- Review: apply corrections to an extraction awaiting approval, re-run the
+-- rules, complete it.  Returns get_result().
+CREATE FUNCTION docextract.approve(extraction_id uuid, corrections jsonb DEFAULT NULL)
+RETURNS jsonb LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_approve';
+
 -- Coerce one model value to a field's format_type (what the worker does to
 -- every value it gets back).
 CREATE FUNCTION docextract.coerce_value(value jsonb, format_type text,
@@ -282,7 +458,8 @@ BEGIN
         'created_at', e.created_at, 'started_at', e.started_at,
         'completed_at', e.completed_at, 'error_message', e.error_message,
         'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
-        'credits_used', e.credits_used,
+        'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
+        'approved_by', e.approved_by, 'approved_at', e.approved_at,
         'sub_documents', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                        'document_id', d.id, 'page_start', d.page_start,
@@ -311,7 +488,8 @@ BEGIN
         'extraction_id', e.id, 'document_id', e.document_id,
         'template_id', e.template_id, 'status', e.status,
         'error_message', e.error_message,
-        'attributions', r.attributions))
+        'attributions', r.attributions,
+        'corrections', r.corrections))
         || jsonb_build_object(
         'data', r.data,
         'validation', coalesce(r.validation, '[]'::jsonb),
@@ -342,3 +520,7 @@ GRANT SELECT ON docextract.worker_stats TO PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
 REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.grant_credits(name, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.create_system_template(text, jsonb, jsonb, jsonb, text) FROM PUBLIC;

@@ -51,7 +51,7 @@ SELECT sqlstate_of(format('SELECT docextract.extract_document(%L, %L, %L)', d, t
                (:'did', :'tid', '{"per_key_attribution": "yes"}'),
                (:'did', :'tid', '[]'),
                (:'did', :'tid', '{"split": true}'),
-               (:'did', :'tid', '{"auto_approve": false}')) AS bad(d, t, o);
+               (:'did', :'tid', '{"auto_approve": "no"}')) AS bad(d, t, o);
 -- one shown in full, with its hint
 SELECT docextract.extract_document(:'did', :'tid', '{"model": "nope"}');
 SELECT sqlstate_of('SELECT docextract.extraction_status(''00000000-0000-0000-0000-000000000000'')'),

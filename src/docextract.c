@@ -27,6 +27,14 @@ int			docextract_max_document_size = 20 * 1024;	/* kB */
 int			docextract_max_inflight = 16;
 int			docextract_poll_interval_ms = 5000;
 int			docextract_default_timeout_ms = 120000;
+int			docextract_credits_mode = CREDITS_ENFORCE;
+int			docextract_max_active_per_role = 0;
+
+static const struct config_enum_entry credits_modes[] = {
+	{"enforce", CREDITS_ENFORCE, false},
+	{"track", CREDITS_TRACK, false},
+	{NULL, 0, false}
+};
 
 DocextractShared *docextract_shared = NULL;
 
@@ -175,6 +183,15 @@ define_settings(void)
 							"Timeout of one model request when the model sets no timeout_ms.",
 							NULL, &docextract_default_timeout_ms, 120000, 100, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	/* SUSET: a role must not be able to switch off its own limits. */
+	DefineCustomEnumVariable("docextract.credits",
+							 "enforce: refuse submits the credit balance cannot cover; track: record only.",
+							 NULL, &docextract_credits_mode, CREDITS_ENFORCE, credits_modes,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.max_active_per_role",
+							"Queued and running extractions a role may have at once (0: no limit).",
+							NULL, &docextract_max_active_per_role, 0, 0, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("docextract");
 }
 

@@ -35,6 +35,15 @@ extern int	docextract_max_inflight;
 extern int	docextract_poll_interval_ms;
 extern int	docextract_default_timeout_ms;
 
+typedef enum CreditsMode
+{
+	CREDITS_ENFORCE,
+	CREDITS_TRACK
+} CreditsMode;
+
+extern int	docextract_credits_mode;
+extern int	docextract_max_active_per_role;
+
 typedef struct DocextractShared
 {
 	slock_t		mutex;
@@ -64,6 +73,8 @@ typedef struct Privileged
 extern Oid	docextract_extension_owner(void);
 extern void privileged_begin(Privileged *p);
 extern void privileged_end(Privileged *p);
+extern void act_as_begin(Privileged *p, Oid role);
+extern void act_as_end(Privileged *p);
 extern bool caller_can_act_for(Oid caller, Oid owner);
 
 /* pdf.c: poppler ------------------------------------------------------------ */
@@ -95,6 +106,7 @@ typedef struct TemplateField
 	int			noptions;
 	char	  **options;		/* multiple_choice choices */
 	int			position;
+	bool		editable;		/* is_editable: may approve() correct it? */
 } TemplateField;
 
 typedef struct Template
@@ -132,6 +144,10 @@ extern json_object *coerce_value(json_object *v, FormatType f,
 extern json_object *coerce_output(json_object *output, const Template *t);
 extern json_object *coerce_attributions(json_object *output, const Template *t);
 extern json_object *json_number_from_double(double d);
+
+/* validation.c: a template's rules against typed data ------------------------ */
+
+extern json_object *validation_run(const char *rules_json, json_object *data, bool *all_passed);
 
 /* http.c: one libcurl multi handle, driven from a latch loop ----------------- */
 
@@ -200,6 +216,7 @@ typedef struct ExtractOptions
 	bool		has_max_retries;
 	int			max_retries;
 	bool		per_key_attribution;
+	bool		auto_approve;
 	char	   *additional_instructions;
 } ExtractOptions;
 

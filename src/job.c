@@ -17,6 +17,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -57,24 +58,32 @@ struct Job
 	int			nparts;
 	JobPart		part[MAX_PARTS];
 	JobPart    *failed;			/* the part that failed, if one did */
+	Oid			owner;			/* the submitting role, whose rights the job has */
+	char	   *rules;			/* the template's validation_rules, or NULL */
+	bool		auto_approve;
 	int			max_retries;
 	bool		attributions;	/* per_key_attribution asked */
 	bool		will_retry;
 };
 
-static const char *job_query =
-"SELECT d.filename, d.content_type, d.content, d.page_count,"
-"       t.schema_definition::text, t.prompt_set::text, t.validation_rules::text,"
-"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key, e.options::text,"
-"       d.text"
+/* Read as the worker: the model and its key, which no submitter may read. */
+static const char *model_query =
+"SELECT e.owner::oid, e.options::text,"
+"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key"
 "  FROM docextract.extractions e"
-"  JOIN docextract.documents d ON d.id = e.document_id"
-"  JOIN docextract.templates t ON t.id = e.template_id"
 "  LEFT JOIN docextract.models m ON m.name = e.model_name"
 "  LEFT JOIN docextract.model_keys k ON k.model_name = m.name"
 " WHERE e.id = $1";
 
-/* parts: 2 to send the general fields and the line items as two requests. */
+/* Read as the submitting role, under its row-level security. */
+static const char *document_query =
+"SELECT d.filename, d.content_type, d.content, d.page_count, d.text,"
+"       t.schema_definition::text, t.prompt_set::text, t.validation_rules::text"
+"  FROM docextract.extractions e"
+"  JOIN docextract.documents d ON d.id = e.document_id"
+"  JOIN docextract.templates t ON t.id = e.template_id"
+" WHERE e.id = $1";
+
 Job *
 job_create(pg_uuid_t *id, int attempts, int parts)
 {
@@ -122,6 +131,8 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 			json_object_get_boolean(v);
 		if ((o->has_max_retries = json_object_object_get_ex(j, "max_retries", &v)))
 			o->max_retries = json_object_get_int(v);
+		o->auto_approve = !(json_object_object_get_ex(j, "auto_approve", &v) &&
+							!json_object_get_boolean(v));
 		if (json_object_object_get_ex(j, "additional_instructions", &v))
 			o->additional_instructions = pstrdup(json_object_get_string(v));
 	}
@@ -164,20 +175,56 @@ resolve_api_key(char *stored)
 	return pstrdup(value);
 }
 
-/* Copy the row into the job (template, model); the document into *doc. */
+/* The model (and key) into the job; the extraction's options text into *options. */
 static void
-load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
+load_model(Job *job, char **options)
 {
+	bool		isnull;
+
+	if (SPI_execute_with_args(model_query, 1, (Oid[]) {UUIDOID},
+							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "extraction %s no longer exists", job_id_text(job));
+	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3) == NULL)
+		elog(ERROR, "the extraction's model no longer exists");
+	*options = col_text(2);
+
+	/* What outlives this transaction goes into the job's context. */
+	MemoryContextSwitchTo(job->cxt);
+	job->owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												&isnull));
+	job->model.name = col_text(3);
+	job->model.provider = col_text(4);
+	job->model.base_url = col_text(5);
+	job->model.model = col_text(6);
+	job->model.api_key = resolve_api_key(col_text(8));
+	read_json_options(col_text(7), NULL, &job->model);
+	job->provider = provider_lookup(job->model.provider);
+	if (job->provider == NULL)
+		elog(ERROR, "provider \"%s\" is not available", job->model.provider);
+}
+
+/*
+ * The document into *doc and the template into the job, read as the role
+ * that submitted the extraction: what it may no longer see, the worker
+ * does not send.
+ */
+static void
+load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
+{
+	Privileged	as_owner;
 	bool		isnull;
 	char	   *err;
 
-	if (SPI_execute_with_args(job_query, 1, (Oid[]) {UUIDOID},
-							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "extraction %s has no document or template", job_id_text(job));
-	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8) == NULL)
-		elog(ERROR, "the extraction's model no longer exists");
+	act_as_begin(&as_owner, job->owner);
+	SPI_execute_with_args(document_query, 1, (Oid[]) {UUIDOID},
+						  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, true, 1);
+	act_as_end(&as_owner);
+	if (SPI_processed != 1)
+		elog(ERROR, "the document or template of extraction %s is not visible to role %s, which submitted it",
+			 job_id_text(job), GetUserNameFromId(job->owner, false));
 
+	MemoryContextSwitchTo(call_cxt);
 	doc->filename = col_text(1);
 	doc->content_type = col_text(2);
 	{
@@ -191,22 +238,13 @@ load_job(Job *job, DocumentInput *doc, ExtractOptions *opts)
 		doc->len = VARSIZE_ANY_EXHDR(content);
 	}
 	doc->page_count = atoi(col_text(4));
-	doc->text = col_text(15);
+	doc->text = col_text(5);
 
-	/* What outlives this transaction goes into the job's context. */
 	MemoryContextSwitchTo(job->cxt);
-	err = template_parse(col_text(5), col_text(6), col_text(7), &job->tmpl);
+	job->rules = col_text(8);
+	err = template_parse(col_text(6), col_text(7), job->rules, &job->tmpl);
 	if (err)
 		elog(ERROR, "template no longer valid: %s", err);
-	job->model.name = col_text(8);
-	job->model.provider = col_text(9);
-	job->model.base_url = col_text(10);
-	job->model.model = col_text(11);
-	job->model.api_key = resolve_api_key(col_text(13));
-	read_json_options(col_text(12), NULL, &job->model);
-	job->provider = provider_lookup(job->model.provider);
-	if (job->provider == NULL)
-		elog(ERROR, "provider \"%s\" is not available", job->model.provider);
 }
 
 /* The parts' templates: the whole, or the general fields and the line items apart. */
@@ -237,12 +275,14 @@ job_prepare(Job *job)
 												  ALLOCSET_DEFAULT_SIZES);
 	DocumentInput doc;
 	ExtractOptions opts;
+	char	   *options;
 
 	SPI_connect();
-	load_job(job, &doc, &opts);
+	load_model(job, &options);
+	load_document(job, outer, &doc);
 	MemoryContextSwitchTo(scratch);
-	read_json_options(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14),
-					  &opts, NULL);
+	read_json_options(options, &opts, NULL);
+	job->auto_approve = opts.auto_approve;
 	job->max_retries = opts.has_max_retries ? opts.max_retries : job->model.max_retries;
 	job->attributions = opts.per_key_attribution;
 	split_template(job);
@@ -319,33 +359,58 @@ usage_json(Job *job)
 	return text;
 }
 
-/* Complete the extraction and store its result, unless it was cancelled meanwhile. */
+/* What job_finish() stores, as JSON texts (attributions may be NULL). */
+typedef struct StoredResult
+{
+	char	   *data;
+	char	   *raw;
+	char	   *usage;
+	char	   *attributions;
+	char	   *validation;
+	bool		needs_review;	/* a rule failed, or auto_approve is false */
+} StoredResult;
+
+/*
+ * Complete the extraction (or send it to review) and store its result,
+ * unless it was cancelled meanwhile.  Credits are charged by the status
+ * change itself (trigger settle_credits), in this transaction.
+ */
 static void
-store_result(Job *job, const char *data, const char *raw, const char *usage,
-			 const char *attributions)
+store_result(Job *job, StoredResult *r)
 {
 	Datum		id = UUIDPGetDatum(&job->id);
 
 	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions e"
-						  " SET status = 'completed', completed_at = clock_timestamp(),"
-						  "     completion_percentage = 100, credits_used = d.page_count,"
-						  "     error_message = NULL"
-						  " FROM docextract.documents d"
-						  " WHERE e.id = $1 AND d.id = e.document_id AND e.status = 'processing'",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
+	SPI_execute_with_args("UPDATE docextract.extractions"
+						  " SET status = CASE WHEN $2 THEN 'awaiting_approval' ELSE 'completed' END,"
+						  "     completed_at = CASE WHEN $2 THEN NULL ELSE clock_timestamp() END,"
+						  "     completion_percentage = 100, error_message = NULL"
+						  " WHERE id = $1 AND status = 'processing'",
+						  2, (Oid[]) {UUIDOID, BOOLOID},
+						  (Datum[]) {id, BoolGetDatum(r->needs_review)}, NULL, false, 0);
 	if (SPI_processed == 1)
 		SPI_execute_with_args("INSERT INTO docextract.results"
 							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage,"
-							  "  attributions)"
+							  "  attributions, validation)"
 							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb,"
-							  "  $5::jsonb FROM docextract.extractions WHERE id = $1",
-							  5, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
-							  (Datum[]) {id, CStringGetTextDatum(data), CStringGetTextDatum(raw),
-								  CStringGetTextDatum(usage),
-								  attributions ? CStringGetTextDatum(attributions) : (Datum) 0},
-							  attributions ? "     " : "    n", false, 0);
+							  "  $5::jsonb, $6::jsonb FROM docextract.extractions WHERE id = $1",
+							  6, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+							  (Datum[]) {id, CStringGetTextDatum(r->data), CStringGetTextDatum(r->raw),
+								  CStringGetTextDatum(r->usage),
+								  r->attributions ? CStringGetTextDatum(r->attributions) : (Datum) 0,
+								  CStringGetTextDatum(r->validation)},
+							  r->attributions ? "      " : "    n ", false, 0);
 	SPI_finish();
+}
+
+/* JSON text of obj, which is freed. */
+static char *
+json_text_of(json_object *obj)
+{
+	char	   *text = pstrdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
+
+	json_object_put(obj);
+	return text;
 }
 
 /* Transport errors that another attempt may well not meet. */
@@ -503,8 +568,8 @@ job_finish(Job *job)
 {
 	json_object *answer;
 	json_object *data;
-	char	   *data_text;
-	char	   *attr_text = NULL;
+	StoredResult r;
+	bool		passed;
 
 	if (job->failed)
 	{
@@ -513,18 +578,14 @@ job_finish(Job *job)
 	}
 	answer = merged_answer(job);
 	data = coerce_output(answer, &job->tmpl);
-	data_text = pstrdup(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN));
-	json_object_put(data);
-	if (job->attributions)
-	{
-		json_object *attr = coerce_attributions(answer, &job->tmpl);
-
-		attr_text = pstrdup(json_object_to_json_string_ext(attr, JSON_C_TO_STRING_PLAIN));
-		json_object_put(attr);
-	}
-	store_result(job, data_text,
-				 json_object_to_json_string_ext(answer, JSON_C_TO_STRING_PLAIN),
-				 usage_json(job), attr_text);
+	r.validation = json_text_of(validation_run(job->rules, data, &passed));
+	r.needs_review = !passed || !job->auto_approve;
+	r.data = json_text_of(data);
+	r.attributions = job->attributions
+		? json_text_of(coerce_attributions(answer, &job->tmpl)) : NULL;
+	r.raw = pstrdup(json_object_to_json_string_ext(answer, JSON_C_TO_STRING_PLAIN));
+	r.usage = usage_json(job);
+	store_result(job, &r);
 }
 
 bool

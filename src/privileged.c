@@ -20,6 +20,7 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 
 Oid
@@ -55,10 +56,29 @@ docextract_extension_owner(void)
 void
 privileged_begin(Privileged *p)
 {
-	Oid			owner = docextract_extension_owner();
+	act_as_begin(p, docextract_extension_owner());
+}
 
+void
+privileged_end(Privileged *p)
+{
+	act_as_end(p);
+}
+
+/*
+ * Act as role, as SET ROLE would, with the locked search_path: the worker
+ * does a job's reads (and, later, writes into user tables) with the rights
+ * of the role that submitted it, row-level security included.
+ */
+void
+act_as_begin(Privileged *p, Oid role)
+{
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role with OID %u no longer exists", role)));
 	GetUserIdAndSecContext(&p->save_userid, &p->save_sec_context);
-	SetUserIdAndSecContext(owner, p->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(role, p->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	p->save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, docextract, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
@@ -66,7 +86,7 @@ privileged_begin(Privileged *p)
 }
 
 void
-privileged_end(Privileged *p)
+act_as_end(Privileged *p)
 {
 	AtEOXact_GUC(false, p->save_nestlevel);
 	SetUserIdAndSecContext(p->save_userid, p->save_sec_context);

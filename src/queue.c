@@ -78,10 +78,6 @@ check_options(json_object *o)
 					 errmsg("option \"%s\" has an invalid value %s", key,
 							json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN))));
 	}
-	if (json_object_object_get_ex(o, "auto_approve", &v) && !json_object_get_boolean(v))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("option \"auto_approve\": review is not available in this version of docextract")));
 	return json_object_object_get_ex(o, "model", &v) ? pstrdup(json_object_get_string(v))
 		: pstrdup("default");
 }

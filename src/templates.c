@@ -22,6 +22,7 @@
 
 
 PG_FUNCTION_INFO_V1(docextract_create_template);
+PG_FUNCTION_INFO_V1(docextract_create_system_template);
 PG_FUNCTION_INFO_V1(docextract_update_template);
 PG_FUNCTION_INFO_V1(docextract_template_json_schema);
 
@@ -170,6 +171,9 @@ parse_field(const char *part, const char *key, json_object *spec, TemplateField 
 		return err;
 	f->position = json_object_object_get_ex(spec, "position", &v) && !is_null(v)
 		? json_object_get_int(v) : INT_MAX;
+	/* Correctable at review unless the template says otherwise. */
+	f->editable = !(json_object_object_get_ex(spec, "is_editable", &v) && !is_null(v) &&
+					!json_object_get_boolean(v));
 	return NULL;
 }
 
@@ -480,12 +484,13 @@ spi_uuid_result(void)
 	return SPI_datumTransfer(d, false, UUID_LEN);
 }
 
-Datum
-docextract_create_template(PG_FUNCTION_ARGS)
+/* A new template group at version 1; owner_system: no owner (a system template). */
+static Datum
+create_template(FunctionCallInfo fcinfo, bool system)
 {
-	Oid			types[6] = {TEXTOID, JSONBOID, JSONBOID, JSONBOID, TEXTOID, OIDOID};
-	Datum		values[6];
-	char		nulls[6];
+	Oid			types[7] = {TEXTOID, JSONBOID, JSONBOID, JSONBOID, TEXTOID, OIDOID, OIDOID};
+	Datum		values[7];
+	char		nulls[7];
 	Oid			caller = GetUserId();
 	Template	t;
 	Privileged	priv;
@@ -503,14 +508,21 @@ docextract_create_template(PG_FUNCTION_ARGS)
 		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
 	}
 	values[5] = ObjectIdGetDatum(caller);
-	nulls[5] = ' ';
+	nulls[5] = system ? 'n' : ' ';
+	values[6] = ObjectIdGetDatum(caller);
+	nulls[6] = ' ';
+	if (system && !superuser_arg(caller) && caller != docextract_extension_owner())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create a system template"),
+				 errdetail("System templates are created by the extension owner.")));
 
 	SPI_connect();
 	privileged_begin(&priv);
 	SPI_execute_with_args("SELECT 1 FROM docextract.templates"
-						  " WHERE name = $1 AND is_active AND owner = $2::regrole",
+						  " WHERE name = $1 AND is_active AND owner IS NOT DISTINCT FROM $2::regrole",
 						  2, (Oid[]) {TEXTOID, OIDOID}, (Datum[]) {values[0], values[5]},
-						  NULL, true, 1);
+						  (char[]) {' ', nulls[5]}, true, 1);
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -520,14 +532,26 @@ docextract_create_template(PG_FUNCTION_ARGS)
 			"WITH g AS (SELECT gen_random_uuid() AS id)"
 			" INSERT INTO docextract.templates (id, group_id, name, schema_definition,"
 			"  prompt_set, validation_rules, description, owner, created_by)"
-			" SELECT g.id, g.id, $1, $2, $3, $4, $5, $6::regrole, $6::regrole FROM g"
+			" SELECT g.id, g.id, $1, $2, $3, $4, $5, $6::regrole, $7::regrole FROM g"
 			" RETURNING id",
-			6, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+			7, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store template");
 	id = spi_uuid_result();
 	privileged_end(&priv);
 	SPI_finish();
-	PG_RETURN_DATUM(id);
+	return id;
+}
+
+Datum
+docextract_create_template(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(create_template(fcinfo, false));
+}
+
+Datum
+docextract_create_system_template(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(create_template(fcinfo, true));
 }
 
 /* Lock the template and check the caller may make a new version of it. */

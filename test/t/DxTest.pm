@@ -93,6 +93,7 @@ sub new_node
 shared_preload_libraries = 'docextract'
 docextract.poll_interval = '60s'
 docextract.max_inflight = 8
+docextract.credits = '} . ($opt{credits} // 'track') . q{'
 } . ($opt{conf} // ''));
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION docextract');
