@@ -217,8 +217,9 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 	char	   *err;
 
 	act_as_begin(&as_owner, job->owner);
+	/* Not read-only: extract_sync's rows are of this very statement. */
 	SPI_execute_with_args(document_query, 1, (Oid[]) {UUIDOID},
-						  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, true, 1);
+						  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1);
 	act_as_end(&as_owner);
 	if (SPI_processed != 1)
 		elog(ERROR, "the document or template of extraction %s is not visible to role %s, which submitted it",

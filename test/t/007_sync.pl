@@ -31,7 +31,7 @@ sub counts
 
 my $r = json_of($node->safe_psql('postgres',
 	"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '$tid')", extra_params => $as_alice));
-is($r->{status}, 'completed', 'extract_sync returns a completed result');
+is($r->{status}, "completed", "extract_sync returns a completed result") or diag($r->{error_message});
 is($r->{data}{general}{total_amount}, 1469.06, '... typed');
 is($r->{data}{general}{invoice_date}, '2026-03-14', '... all of it');
 is($node->safe_psql('postgres', "SELECT owner FROM docextract.extractions WHERE id = '$r->{extraction_id}'"),
