@@ -168,8 +168,78 @@ GRANT SELECT ON docextract.models, docextract.templates, docextract.documents,
                 docextract.extractions, docextract.results,
                 docextract.credit_accounts, docextract.credit_ledger TO PUBLIC;
 
--- Events: the one place that announces status changes, so that every change
--- is announced, and in the transaction that makes it.
+-- Events: the outbox.  Every status change writes one row here, in the
+-- transaction that makes the change; NOTIFY and webhook deliveries are
+-- driven from that row, so an event is never lost with a crash.
+CREATE TABLE docextract.events (
+    id             bigserial PRIMARY KEY,
+    event          text NOT NULL,
+    extraction_id  uuid NOT NULL,
+    owner          regrole NOT NULL,
+    payload        json NOT NULL,      -- what NOTIFY and webhooks send, as sent: ids, never data
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX events_created ON docextract.events (created_at);
+
+-- Webhooks: a role's endpoint for the events of the rows it can see.  The
+-- secret lives apart, readable by the extension owner only.
+CREATE TABLE docextract.webhooks (
+    id                    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    url                   text NOT NULL,
+    events                text[],      -- NULL: every event
+    owner                 regrole NOT NULL,
+    enabled               boolean NOT NULL DEFAULT true,
+    consecutive_failures  integer NOT NULL DEFAULT 0,
+    disabled_reason       text,
+    created_at            timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE docextract.webhook_secrets (
+    webhook_id  uuid PRIMARY KEY REFERENCES docextract.webhooks (id) ON DELETE CASCADE,
+    secret      text NOT NULL
+);
+
+-- The delivery log: one row per event and webhook.  A 2xx answer is
+-- recorded as delivered in the worker's transaction and never sent again.
+CREATE TABLE docextract.webhook_deliveries (
+    id               bigserial PRIMARY KEY,
+    webhook_id       uuid NOT NULL REFERENCES docextract.webhooks (id) ON DELETE CASCADE,
+    event_id         bigint NOT NULL REFERENCES docextract.events (id) ON DELETE CASCADE,
+    owner            regrole NOT NULL,          -- the webhook's
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         integer NOT NULL DEFAULT 0,
+    in_flight        boolean NOT NULL DEFAULT false,
+    -- When it may be sent next.  While a request is in flight this is its
+    -- lease: a worker that dies mid-request leaves it to be sent again.
+    next_attempt_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    response_status  integer,
+    last_error       text,
+    delivered_at     timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (webhook_id, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON docextract.webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_event ON docextract.webhook_deliveries (event_id);
+
+ALTER TABLE docextract.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.webhooks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+CREATE POLICY events_visible ON docextract.events FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY webhooks_visible ON docextract.webhooks FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY webhook_deliveries_visible ON docextract.webhook_deliveries FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+REVOKE ALL ON docextract.events, docextract.webhooks, docextract.webhook_secrets,
+              docextract.webhook_deliveries FROM PUBLIC;
+GRANT SELECT ON docextract.events, docextract.webhooks, docextract.webhook_deliveries TO PUBLIC;
+
+-- Wake the worker when the current transaction commits (webhook work).
+CREATE FUNCTION docextract.wake_worker_at_commit() RETURNS void
+LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_wake_worker_sql';
+
 CREATE FUNCTION docextract.event_name(old_status text, new_status text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT 'extraction.' || CASE
@@ -180,10 +250,15 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         ELSE new_status END
 $$;
 
+-- The one place that announces status changes: an outbox row, the NOTIFY
+-- (sent at commit, with the change), and a delivery per matching webhook of
+-- a role that may see the extraction.
 CREATE FUNCTION docextract.announce_status() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
 DECLARE
     event text;
+    event_id bigint;
+    payload json;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         event := docextract.event_name(NULL, NEW.status);
@@ -196,14 +271,27 @@ BEGIN
     ELSE
         RETURN NULL;
     END IF;
-    PERFORM pg_notify('docextract', json_build_object(
+    event_id := nextval('docextract.events_id_seq');
+    payload := json_build_object(
         'event', event,
         'extraction_id', NEW.id,
         'document_id', NEW.document_id,
         'status', NEW.status,
         'template_id', NEW.template_id,
         'attempts', NEW.attempts,
-        'completion_percentage', NEW.completion_percentage)::text);
+        'completion_percentage', NEW.completion_percentage,
+        'event_id', event_id,
+        'created_at', clock_timestamp());
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+    PERFORM pg_notify('docextract', payload::text);
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER');
+    IF FOUND THEN
+        PERFORM docextract.wake_worker_at_commit();
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -497,6 +585,26 @@ BEGIN
 END
 $$;
 
+-- Webhooks ----------------------------------------------------------------
+
+-- POST every event (or those named) of the caller's rows to url, signed
+-- with secret.  The secret is never readable again, by anyone but the
+-- extension owner.
+CREATE FUNCTION docextract.add_webhook(url text, secret text, events text[] DEFAULT NULL)
+-- Its errors never log the statement, which holds the secret.
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_add_webhook';
+
+CREATE FUNCTION docextract.set_webhook_enabled(webhook_id uuid, enabled boolean)
+RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_set_webhook_enabled';
+
+CREATE FUNCTION docextract.drop_webhook(webhook_id uuid)
+RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_drop_webhook';
+
+-- The X-Docextract-Signature a delivery of body at timestamp carries:
+-- 'v1=' || hex(hmac_sha256(secret, timestamp || '.' || body)).
+CREATE FUNCTION docextract.webhook_signature(secret text, "timestamp" bigint, body text)
+RETURNS text LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_webhook_signature';
+
 -- For operators: the queue and its outcomes per model.  security_invoker, so
 -- each role counts the rows it may see; superusers see everything.
 CREATE VIEW docextract.worker_stats WITH (security_invoker = true) AS
@@ -520,6 +628,7 @@ GRANT SELECT ON docextract.worker_stats TO PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
 REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.wake_worker_at_commit() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.grant_credits(name, bigint, text) FROM PUBLIC;

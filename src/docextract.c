@@ -29,6 +29,11 @@ int			docextract_poll_interval_ms = 5000;
 int			docextract_default_timeout_ms = 120000;
 int			docextract_credits_mode = CREDITS_ENFORCE;
 int			docextract_max_active_per_role = 0;
+int			docextract_webhook_timeout_ms = 10000;
+int			docextract_webhook_max_attempts = 10;
+int			docextract_webhook_disable_after = 20;
+int			docextract_webhook_backoff_ms = 1000;
+int			docextract_retention_s = 0;
 
 static const struct config_enum_entry credits_modes[] = {
 	{"enforce", CREDITS_ENFORCE, false},
@@ -120,6 +125,15 @@ docextract_wake_worker_at_commit(void)
 	wake_pending = true;
 }
 
+/* SQL: docextract.wake_worker_at_commit(), for the outbox trigger. */
+PG_FUNCTION_INFO_V1(docextract_wake_worker_sql);
+Datum
+docextract_wake_worker_sql(PG_FUNCTION_ARGS)
+{
+	docextract_wake_worker_at_commit();
+	PG_RETURN_VOID();
+}
+
 /* A committed cancel also tells the worker to look at its in-flight jobs. */
 void
 docextract_cancel_at_commit(void)
@@ -192,6 +206,26 @@ define_settings(void)
 							"Queued and running extractions a role may have at once (0: no limit).",
 							NULL, &docextract_max_active_per_role, 0, 0, INT_MAX,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.webhook_timeout",
+							"Timeout of one webhook delivery.",
+							NULL, &docextract_webhook_timeout_ms, 10000, 100, 600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.webhook_max_attempts",
+							"Attempts at delivering one event before it is marked failed.",
+							NULL, &docextract_webhook_max_attempts, 10, 1, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.webhook_disable_after",
+							"Consecutive failed deliveries after which a webhook is disabled.",
+							NULL, &docextract_webhook_disable_after, 20, 1, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.webhook_retry_backoff",
+							"First delay before a webhook delivery is retried; it doubles each attempt.",
+							NULL, &docextract_webhook_backoff_ms, 1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.retention",
+							"How long ended extractions and delivered events are kept (0: forever).",
+							NULL, &docextract_retention_s, 0, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("docextract");
 }
 

@@ -43,6 +43,11 @@ typedef enum CreditsMode
 
 extern int	docextract_credits_mode;
 extern int	docextract_max_active_per_role;
+extern int	docextract_webhook_timeout_ms;
+extern int	docextract_webhook_max_attempts;
+extern int	docextract_webhook_disable_after;
+extern int	docextract_webhook_backoff_ms;
+extern int	docextract_retention_s;
 
 typedef struct DocextractShared
 {
@@ -151,8 +156,15 @@ extern json_object *validation_run(const char *rules_json, json_object *data, bo
 
 /* http.c: one libcurl multi handle, driven from a latch loop ----------------- */
 
+typedef enum HttpPurpose
+{
+	HTTP_FOR_JOB = 0,			/* arg is a Job */
+	HTTP_FOR_WEBHOOK			/* arg is a webhook Delivery */
+} HttpPurpose;
+
 typedef struct HttpRequest
 {
+	HttpPurpose purpose;
 	void	   *easy;			/* CURL * */
 	struct curl_slist *headers;
 	char	   *body;			/* malloc'd request body */
@@ -277,6 +289,18 @@ extern bool job_will_retry(Job *job);
 /* SQL-callable functions that other C code calls directly. */
 extern Datum docextract_add_document(PG_FUNCTION_ARGS);
 extern Datum docextract_extract_document(PG_FUNCTION_ARGS);
+
+/* webhook.c: the outbox's deliveries, sent from the worker ------------------- */
+
+extern int	webhook_claim_and_start(int room, long *next_due_ms);
+extern void webhook_done(HttpRequest *req);
+extern void webhook_release(HttpRequest *req);
+extern void webhook_reset_leases(void);
+extern char *webhook_signature(const char *secret, const char *timestamp, const char *body);
+
+/* retention.c: the worker's cleanup of old rows ------------------------------ */
+
+extern int	retention_cleanup(void);
 
 /* subxact.c ----------------------------------------------------------------- */
 

@@ -115,6 +115,7 @@ claim_step(void *arg)
 
 		if (n > 0)
 			elog(LOG, "docextract worker: requeued %d extraction(s) left by a previous worker", n);
+		webhook_reset_leases();
 		orphans_requeued = true;
 	}
 	c->claimed = queue_claim(c->jobs, c->max, ratelimit_room_json(GetCurrentTimestamp()),
@@ -281,6 +282,59 @@ claim_and_start(TimestampTz *next_poll)
 	}
 }
 
+/* Webhook deliveries take at most this many of the worker's request slots. */
+#define MAX_DELIVERIES_INFLIGHT 32
+
+static int	deliveries_inflight = 0;
+
+typedef struct DeliverStep
+{
+	int			room;
+	int			started;
+	long		next_due_ms;
+} DeliverStep;
+
+static void
+deliver_step(void *arg)
+{
+	DeliverStep *d = arg;
+
+	d->started = webhook_claim_and_start(d->room, &d->next_due_ms);
+}
+
+/* Send the webhook deliveries that are due; bring *next_poll forward to the next. */
+static void
+deliver_webhooks(TimestampTz *next_poll)
+{
+	DeliverStep d = {0, 0, -1};
+	char	   *err;
+
+	d.room = Min(MAX_DELIVERIES_INFLIGHT - deliveries_inflight,
+				 docextract_max_inflight - http_inflight());
+	if (d.room <= 0 || !orphans_requeued)
+		return;
+	err = in_transaction("docextract: delivering webhooks", deliver_step, &d);
+	if (err)
+	{
+		elog(WARNING, "docextract worker: could not claim webhook deliveries: %s", err);
+		return;
+	}
+	deliveries_inflight += d.started;
+	if (d.next_due_ms >= 0)
+	{
+		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(d.next_due_ms, 10));
+
+		if (due < *next_poll)
+			*next_poll = due;
+	}
+}
+
+static void
+webhook_done_step(void *arg)
+{
+	webhook_done((HttpRequest *) arg);
+}
+
 typedef struct FinishBatch
 {
 	HttpRequest *first;			/* already taken from libcurl */
@@ -299,9 +353,19 @@ finish_all_step(void *arg)
 
 	for (; req != NULL; req = http_next_done())
 	{
-		Job		   *job = req->arg;
+		Job		   *job;
 		char	   *err;
 
+		if (req->purpose == HTTP_FOR_WEBHOOK)
+		{
+			err = in_transaction("docextract: recording a delivery", webhook_done_step, req);
+			if (err)
+				elog(WARNING, "docextract worker: could not record a webhook delivery: %s", err);
+			webhook_release(req);
+			deliveries_inflight--;
+			continue;
+		}
+		job = req->arg;
 		if (!job_part_done(job, req))
 		{
 			/* One part in, another in flight. */
@@ -337,6 +401,27 @@ finish_done(void)
 	if (err)
 		elog(WARNING, "docextract worker: could not store results: %s", err);
 	return b.retry;
+}
+
+static void
+cleanup_step(void *arg)
+{
+	*(int *) arg = retention_cleanup();
+}
+
+/* Old rows out, a batch per poll; true if there may be more. */
+static bool
+clean_up(void)
+{
+	int			removed = 0;
+	char	   *err;
+
+	if (docextract_retention_s <= 0 || !orphans_requeued)
+		return false;
+	err = in_transaction("docextract: removing old rows", cleanup_step, &removed);
+	if (err)
+		elog(WARNING, "docextract worker: could not remove old rows: %s", err);
+	return err == NULL && removed > 0;
 }
 
 static void
@@ -422,9 +507,18 @@ docextract_worker_main(Datum main_arg)
 			look = true;
 			next_poll = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													docextract_poll_interval_ms);
+			if (clean_up())
+				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
 		}
-		if (look && http_inflight() < docextract_max_inflight)
-			look = claim_and_start(&next_poll);
+		if (look)
+		{
+			bool		more = true;
+
+			if (http_inflight() < docextract_max_inflight)
+				more = claim_and_start(&next_poll);
+			deliver_webhooks(&next_poll);
+			look = more;
+		}
 
 		n = WaitEventSetWait(set, sleep_ms(next_poll), events, lengthof(events),
 							 PG_WAIT_EXTENSION);

@@ -12,6 +12,10 @@ fields, structured-output settings, inline document encoding), then answered:
     docextract's typing is exercised.
 
 Control:  POST /_script [actions]   GET /_requests   POST /_reset   GET /_stats
+
+Webhook receiver: POST /hooks/... is recorded (GET /_hooks lists method, path,
+headers, body) and answered 200, or by the next action of POST /_hook_script
+({"status": 500, "delay_ms": 0}).
 An action: {"status": 500, "body": "...", "headers": {"Retry-After": "1"},
             "delay_ms": 0, "answer": {...}, "raw_content": "not json", "drop": true}
 
@@ -29,7 +33,7 @@ import time
 import zlib
 
 STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count": 0,
-         "abandoned": 0}
+         "abandoned": 0, "hooks": [], "hook_script": []}
 ARGS = None
 
 
@@ -410,6 +414,16 @@ async def handle(reader, writer):
         writer.close()
 
 
+async def hook_reply(path, headers, body):
+    action = STATE["hook_script"].pop(0) if STATE["hook_script"] else {}
+    if action.get("delay_ms"):
+        await asyncio.sleep(action["delay_ms"] / 1000.0)
+    status = action.get("status", 200)
+    STATE["hooks"].append({"path": path, "headers": headers, "time": time.time(),
+                           "status": status, "body": body.decode("utf-8", "replace")})
+    return response(status, json.dumps({"received": status < 300}), headers=action.get("headers"))
+
+
 async def route(reader, method, path, headers, body):
     if path.startswith("/_script") and method == "POST":
         STATE["script"].extend(json.loads(body))
@@ -419,6 +433,13 @@ async def route(reader, method, path, headers, body):
     if path.startswith("/_reset"):
         STATE.update(script=[], requests=[], max_inflight=0, count=0)
         return response(200, "{}")
+    if path.startswith("/_hook_script") and method == "POST":
+        STATE["hook_script"].extend(json.loads(body))
+        return response(200, "{}")
+    if path.startswith("/_hooks"):
+        return response(200, json.dumps(STATE["hooks"]))
+    if path.startswith("/hooks/") and method == "POST":
+        return await hook_reply(path, headers, body)
     if path.startswith("/_stats"):
         return response(200, json.dumps({k: STATE[k] for k in ("inflight", "max_inflight",
                                                                "count", "abandoned")}))

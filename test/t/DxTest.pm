@@ -15,6 +15,7 @@ use Time::HiRes qw(usleep);
 
 use Exporter 'import';
 our @EXPORT = qw(start_model_server server_script server_requests server_stats server_reset
+  hook_script hooks_received
   new_node fixture add_invoice_template wait_for_status worker_pid json_of);
 
 our $root = abs_path(dirname(__FILE__) . '/../..');
@@ -67,6 +68,22 @@ sub server_requests
 {
 	my ($srv) = @_;
 	return decode_json($http->get("$srv->{url}/_requests")->{content});
+}
+
+# The webhook receiver: script its answers, read what it received.
+sub hook_script
+{
+	my ($srv, @actions) = @_;
+	$http->post("$srv->{url}/_hook_script",
+		{ content => encode_json(\@actions), headers => { 'Content-Type' => 'application/json' } })
+	  ->{success} or die "hook script failed";
+}
+
+sub hooks_received
+{
+	my ($srv, $path) = @_;
+	my $all = decode_json($http->get("$srv->{url}/_hooks")->{content});
+	return [ grep { !defined $path || $_->{path} eq $path } @$all ];
 }
 
 sub server_reset

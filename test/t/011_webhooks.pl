@@ -1,0 +1,149 @@
+# The outbox and webhooks on a real cluster: every status change is an event
+# row; deliveries are signed (HMAC-SHA256 over timestamp.body), retried with
+# backoff after 500s, never repeated after a 2xx, survive a server restart
+# and a worker killed mid-request, and a webhook that keeps failing is
+# disabled.  Roles see and receive only their own events.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DxTest;
+use Digest::SHA qw(hmac_sha256_hex);
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+my $srv = start_model_server();
+my $node = new_node('webhooks', conf => q{
+docextract.webhook_retry_backoff = '200ms'
+docextract.webhook_max_attempts = 4
+docextract.webhook_disable_after = 5
+restart_after_crash = on
+});
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+sub as { my ($role, $sql) = @_; return sq("SET ROLE $role; $sql"); }
+sub err_of
+{
+	my ($role, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', "SET ROLE $role; $sql", on_error_stop => 1);
+	return $err;
+}
+
+sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{"max_retries": 0}');
+	CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; GRANT USAGE ON SCHEMA public TO alice, bob;});
+my $secret = 'alice-secret-0123456789';
+
+# -- bad input: a clear error, nothing stored -----------------------------------
+like(err_of('alice', "SELECT docextract.add_webhook('ftp://x/y', '$secret')"),
+	qr/webhook url must be an http:\/\/ or https:\/\/ URL, got "ftp:\/\/x\/y"/, 'a non-http url is refused');
+like(err_of('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/a', 'short')"),
+	qr/webhook secret must be at least 16 characters/, 'a short secret is refused');
+like(err_of('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/a', '$secret', '{extraction.completed,extraction.done}')"),
+	qr/events\[2\]: "extraction.done" is not a docextract event/, 'an unknown event is refused, named');
+like(err_of('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/a', '$secret', '{}')"),
+	qr/events must name at least one event/, 'an empty event list is refused');
+is(sq('SELECT count(*) FROM docextract.webhooks'), '0', '... and nothing was stored');
+
+# -- delivery, signatures, who receives what ------------------------------------
+my $hook_a = as('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/alice', '$secret')");
+as('bob', "SELECT docextract.add_webhook('$srv->{url}/hooks/bob', 'bob-secret-0123456789')");
+like(err_of('alice', 'SELECT secret FROM docextract.webhook_secrets'), qr/permission denied/,
+	'a role cannot read a webhook secret back, its own included');
+my $tid = add_invoice_template($node, 'alice');
+my $pdf = fixture('invoice.pdf');
+my $doc = sq("SELECT pg_read_binary_file('$pdf') AS b \\gset
+	SET ROLE alice; SELECT docextract.add_document('invoice.pdf', :'b')");
+my $e = as('alice', "SELECT docextract.extract_document('$doc', '$tid')");
+is(wait_for_status($node, $e, 'completed', 'failed'), 'completed', 'the extraction completes');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 3 FROM docextract.webhook_deliveries WHERE status = 'delivered' AND webhook_id = '$hook_a'")
+  or die 'deliveries did not arrive';
+my $got = hooks_received($srv, '/hooks/alice');
+is_deeply([ map { decode_json_body($_)->{event} } @$got ],
+	[ 'extraction.queued', 'extraction.started', 'extraction.completed' ], 'alice received the three events, in order');
+my $good = 0;
+for my $h (@$got)
+{
+	my $ts = $h->{headers}{'x-docextract-timestamp'};
+	$good++ if $h->{headers}{'x-docextract-signature'} eq 'v1=' . hmac_sha256_hex("$ts.$h->{body}", $secret)
+	  && abs(time() - $ts) < 60
+	  && $h->{headers}{'x-docextract-event'} eq decode_json_body($h)->{event};
+}
+is($good, 3, 'each carries a valid HMAC-SHA256 signature over timestamp.body, a fresh timestamp, its event header');
+my $h0 = $got->[0];
+is(sq("SELECT docextract.webhook_signature('$secret', $h0->{headers}{'x-docextract-timestamp'}, \$b\$$h0->{body}\$b\$)"),
+	$h0->{headers}{'x-docextract-signature'}, 'webhook_signature() computes the same signature in SQL');
+is(decode_json_body($got->[2])->{extraction_id}, $e, 'the body names the extraction');
+unlike(join('', map { $_->{body} } @$got), qr/INV-|1469|invoice_number/, 'bodies carry no extracted data');
+is(scalar @{ hooks_received($srv, '/hooks/bob') }, 0, "bob's webhook received none of alice's events");
+is(as('bob', 'SELECT count(*) FROM docextract.events') . '/' . as('bob', 'SELECT count(*) FROM docextract.webhook_deliveries'),
+	'0/0', "bob sees none of alice's events or deliveries");
+is(as('alice', "SELECT string_agg(event, ',' ORDER BY id) FROM docextract.events WHERE extraction_id = '$e'"),
+	'extraction.queued,extraction.started,extraction.completed', 'the outbox holds every status change');
+
+# -- retries after 500s; never again after the 2xx ------------------------------
+as('alice', "SELECT docextract.set_webhook_enabled('$hook_a', false)");
+my $hook_r = as('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/retry', '$secret', '{extraction.completed}')");
+hook_script($srv, { status => 500 }, { status => 500 });
+$e = as('alice', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
+wait_for_status($node, $e, 'completed');
+$node->poll_query_until('postgres',
+	"SELECT status = 'delivered' FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r'")
+  or die 'retried delivery did not arrive';
+$got = hooks_received($srv, '/hooks/retry');
+is_deeply([ map { $_->{status} } @$got ], [ 500, 500, 200 ], '500, 500, then delivered');
+is(scalar(keys %{ { map { $_->{body} => 1 } @$got } }), 1, '... the same body each time');
+is(sq("SELECT attempts || ' ' || response_status FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r'"),
+	'3 200', 'the delivery log: 3 attempts, last answer 200');
+cmp_ok($got->[2]{time} - $got->[0]{time}, '>=', 0.2 + 0.3, 'with backoff between attempts');
+sleep 2;
+is(scalar @{ hooks_received($srv, '/hooks/retry') }, 3, 'nothing is sent again after the 2xx');
+
+# -- a server restart with a delivery pending ---------------------------------------
+hook_script($srv, { status => 503, headers => { 'Retry-After' => '3' } });
+$e = as('alice', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 1}')");
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' AND status = 'pending' AND attempts = 1 AND NOT in_flight")
+  or die 'no pending delivery';
+$node->restart;
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 2 FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' AND status = 'delivered'")
+  or die 'delivery lost across the restart';
+$got = hooks_received($srv, '/hooks/retry');
+is_deeply([ map { $_->{status} } @$got[3 .. $#$got] ], [ 503, 200 ], 'a delivery pending across a restart is delivered after it, once');
+
+# -- the worker killed mid-delivery -------------------------------------------------
+hook_script($srv, { delay_ms => 3000 });
+$e = as('alice', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 2}')");
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' AND in_flight")
+  or die 'no delivery in flight';
+kill 'KILL', worker_pid($node);
+$node->poll_query_until('postgres', 'SELECT 1', '1') or die 'server did not come back';
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 3 FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' AND status = 'delivered'")
+  or die 'delivery lost with the worker';
+is(sq("SELECT attempts FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' ORDER BY id DESC LIMIT 1"), '2',
+	'a delivery cut off by kill -9 of the worker is sent again after the restart');
+
+# -- disabled after consecutive failures ----------------------------------------------
+as('alice', "SELECT docextract.drop_webhook('$hook_r')");
+my $hook_b = as('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/broken', '$secret')");
+hook_script($srv, map { { status => 500 } } 1 .. 20);
+$e = as('alice', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 3}')");
+$node->poll_query_until('postgres', "SELECT NOT enabled FROM docextract.webhooks WHERE id = '$hook_b'")
+  or die 'webhook never disabled';
+like(as('alice', "SELECT disabled_reason FROM docextract.webhooks WHERE id = '$hook_b'"),
+	qr/^disabled after 5 consecutive failed deliveries; the last: HTTP 500/, 'disabled after 5 consecutive failures, saying why');
+my $sent = scalar @{ hooks_received($srv, '/hooks/broken') };
+cmp_ok($sent, '>=', 5, 'at least five attempts were made (one more may have been in flight)');
+$e = as('alice', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 4}')");
+wait_for_status($node, $e, 'completed');
+sleep 1;
+is(scalar @{ hooks_received($srv, '/hooks/broken') }, $sent, 'a disabled webhook is sent nothing');
+like(err_of('bob', "SELECT docextract.set_webhook_enabled('$hook_b', true)"), qr/webhook \S+ does not exist/,
+	"bob cannot enable alice's webhook");
+
+done_testing();
+
+sub decode_json_body { return JSON::PP::decode_json($_[0]{body}); }
