@@ -5,13 +5,13 @@ OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA = sql/docextract--0.1.0.sql
 PGFILEDESC = "docextract - AI document extraction inside PostgreSQL"
 
-REGRESS = models templates documents extractions coercion credits review
+REGRESS = models templates documents extractions coercion credits review triggers
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/regress.conf \
 	--load-extension=docextract
 TAP_TESTS = 1
 EXTRA_CLEAN = tmp_regress
 
-DEPS = libcurl json-c poppler-glib
+DEPS = libcurl json-c poppler-glib xlsxwriter
 # -Wextra, less unused-parameter: PostgreSQL's own headers trip that one.
 PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter \
 	$(shell pkg-config --cflags $(DEPS) 2>/dev/null)

@@ -54,7 +54,8 @@ CREATE TABLE docextract.documents (
     page_start    integer,
     page_end      integer,
     owner         regrole NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    deleted_at    timestamptz      -- delete_documents(): bytes and results gone, the row kept
 );
 -- PDFs and images are compressed already: don't spend CPU trying again.
 ALTER TABLE docextract.documents ALTER COLUMN content SET STORAGE EXTERNAL;
@@ -88,7 +89,14 @@ CREATE TABLE docextract.extractions (
     started_at             timestamptz,
     completed_at           timestamptz,
     next_attempt_at        timestamptz,
-    worker_pid             integer
+    worker_pid             integer,
+    -- The trigger form: the row this extraction came from (its table and
+    -- primary key) and the columns its result and status are written to.
+    target_table           regclass,
+    target_pk             text[],
+    target_result_column   text,
+    target_status_column   text,
+    writeback_error        text          -- why the last write-back failed, if it did
 );
 -- What the worker claims: per model, oldest first.
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
@@ -511,6 +519,23 @@ CREATE FUNCTION docextract.extract_document(document_id uuid, template_id uuid D
                                             options jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document';
 
+-- The trigger form: AFTER INSERT ... FOR EACH ROW EXECUTE FUNCTION
+-- docextract.extract_document(template, content_column [, result_column [, status_column]]).
+CREATE FUNCTION docextract.extract_document()
+RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document_trigger';
+
+-- At commit of each status change of a trigger-form extraction: the status,
+-- and once completed the data, written back to the row as the role that
+-- inserted it.
+CREATE FUNCTION docextract.write_back()
+RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_write_back';
+
+CREATE CONSTRAINT TRIGGER extractions_write_back
+    AFTER UPDATE OF status ON docextract.extractions
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.target_table IS NOT NULL)
+    EXECUTE FUNCTION docextract.write_back();
+
 -- The same pipeline in the calling backend: stores the document, extracts,
 -- waits (interruptibly) and returns get_result().  Rolled back if cancelled.
 CREATE FUNCTION docextract.extract_sync(content bytea, template_id uuid,
@@ -585,6 +610,64 @@ BEGIN
 END
 $$;
 
+-- Exports -----------------------------------------------------------------
+
+-- The results of completed extractions as json, csv, xlsx or quickbooks_csv.
+CREATE FUNCTION docextract.export(extraction_ids uuid[], format text DEFAULT 'json')
+RETURNS bytea LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'docextract_export';
+
+-- One row per line item (general fields alongside), for plain SQL.  An
+-- extraction without line items gives one row whose item is NULL.
+CREATE FUNCTION docextract.result_rows(extraction_id uuid)
+RETURNS TABLE (document_id uuid, line_number integer, general jsonb, item jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = result_rows.extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', result_rows.extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    IF e.status <> 'completed' OR r.data IS NULL THEN
+        RAISE EXCEPTION 'extraction % has no result: it is %', e.id, e.status USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT e.document_id, t.n::integer, r.data->'general', t.item
+      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.data->'table') = 'array'
+                                          AND jsonb_array_length(r.data->'table') > 0
+                                     THEN r.data->'table' ELSE '[null]' END)
+           WITH ORDINALITY t(item, n);
+END
+$$;
+
+-- Deletion and retention ---------------------------------------------------
+
+-- Soft-delete documents with their sub-documents: bytes, text and results
+-- are removed, active extractions cancelled (credits returned); the rows
+-- stay as a record.  Returns how many documents were deleted.
+CREATE FUNCTION docextract.delete_documents(document_ids uuid[])
+RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_delete_documents';
+
+-- zero_retention: the document's bytes go as soon as its extraction ends
+-- (or waits for review: the model has read it by then).
+CREATE FUNCTION docextract.drop_document_bytes() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+BEGIN
+    UPDATE docextract.documents d SET content = NULL, text = NULL
+     WHERE d.id = NEW.document_id AND d.content IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_zero_retention
+    AFTER UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'cancelled', 'insufficient_credits',
+                                      'awaiting_approval')
+                       AND (NEW.options->>'zero_retention')::boolean)
+    EXECUTE FUNCTION docextract.drop_document_bytes();
+
 -- Webhooks ----------------------------------------------------------------
 
 -- POST every event (or those named) of the caller's rows to url, signed
@@ -629,6 +712,8 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
 REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.wake_worker_at_commit() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.write_back() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.drop_document_bytes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.grant_credits(name, bigint, text) FROM PUBLIC;

@@ -112,6 +112,7 @@ typedef struct TemplateField
 	char	  **options;		/* multiple_choice choices */
 	int			position;
 	bool		editable;		/* is_editable: may approve() correct it? */
+	char	   *qbo_mapping;	/* QuickBooks column, for quickbooks_csv; may be NULL */
 } TemplateField;
 
 typedef struct Template

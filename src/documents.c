@@ -19,6 +19,7 @@
 
 
 PG_FUNCTION_INFO_V1(docextract_add_document);
+PG_FUNCTION_INFO_V1(docextract_delete_documents);
 
 /* ISO base media brands (bytes 8..11 of an ftyp box) that mean HEIC or HEIF. */
 static const char *const heic_brands[] = {"heic", "heix", "hevc", "hevx", "heim", "heis", NULL};
@@ -189,4 +190,56 @@ docextract_add_document(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(insert_document(filename, type, content,
 									sha256_hex(VARDATA(content), VARSIZE(content) - VARHDRSZ),
 									pages, doc_text, GetUserId()));
+}
+
+/*
+ * delete_documents(ids): each must be the caller's (or its groups'); with
+ * their sub-documents, active extractions are cancelled (credits return,
+ * events go out), results removed, bytes and text dropped, deleted_at set.
+ */
+Datum
+docextract_delete_documents(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Datum		ids;
+	Privileged	priv;
+	int			deleted;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("delete_documents needs an array of document ids")));
+	ids = PG_GETARG_DATUM(0);
+	SPI_connect();
+	privileged_begin(&priv);
+	SPI_execute_with_args("SELECT u.id FROM unnest($1::uuid[]) u(id)"
+						  "  LEFT JOIN docextract.documents d ON d.id = u.id"
+						  " WHERE d.id IS NULL OR NOT pg_has_role($2, d.owner, 'MEMBER') LIMIT 1",
+						  2, (Oid[]) {UUIDARRAYOID, OIDOID}, (Datum[]) {ids, ObjectIdGetDatum(caller)},
+						  NULL, false, 1);
+	if (SPI_processed == 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("document %s does not exist",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))));
+	SPI_execute_with_args("WITH RECURSIVE doc(id) AS ("
+						  "   SELECT unnest($1::uuid[])"
+						  "   UNION SELECT d.id FROM docextract.documents d JOIN doc ON d.parent_id = doc.id),"
+						  " cancelled AS (UPDATE docextract.extractions e"
+						  "   SET status = 'cancelled', completed_at = clock_timestamp(),"
+						  "       error_message = 'its document was deleted'"
+						  "   WHERE e.document_id IN (SELECT id FROM doc)"
+						  "     AND e.status IN ('pending','classifying','processing','retrying','awaiting_approval')"
+						  "   RETURNING e.id),"	/* data-modifying CTEs run whether read or not */
+						  " results AS (DELETE FROM docextract.results r"
+						  "   WHERE r.document_id IN (SELECT id FROM doc) RETURNING r.extraction_id)"
+						  " UPDATE docextract.documents d SET content = NULL, text = NULL, deleted_at = now()"
+						  "  WHERE d.id IN (SELECT id FROM doc) AND d.deleted_at IS NULL",
+						  1, (Oid[]) {UUIDARRAYOID}, &ids, NULL, false, 0);
+	deleted = (int) SPI_processed;
+	privileged_end(&priv);
+	SPI_finish();
+	if (deleted > 0)
+		docextract_cancel_at_commit();	/* the worker drops what is in flight */
+	PG_RETURN_INT32(deleted);
 }

@@ -34,7 +34,7 @@ uuid_text(Datum id)
 static char *
 check_options(json_object *o)
 {
-	static const char *const unsupported[] = {"split", "zero_retention", NULL};
+	static const char *const unsupported[] = {"split", NULL};
 	json_object *v;
 	struct json_object_iter it;
 
@@ -65,13 +65,14 @@ check_options(json_object *o)
 			ok = t == json_type_int && json_object_get_int64(val) >= 0 &&
 				json_object_get_int64(val) <= 100;
 		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
-				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0)
+				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0 ||
+				 strcmp(key, "zero_retention") == 0)
 			ok = t == json_type_boolean;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, parallel_parts, auto_approve, force.")));
+					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, parallel_parts, auto_approve, zero_retention, force.")));
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -99,6 +100,17 @@ check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("%s %s does not exist", what, uuid_text(id))));
+}
+
+static void
+check_not_deleted(Datum document)
+{
+	SPI_execute_with_args("SELECT 1 FROM docextract.documents WHERE id = $1 AND deleted_at IS NOT NULL",
+						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
+	if (SPI_processed == 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document %s was deleted", uuid_text(document))));
 }
 
 static void
@@ -215,6 +227,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	privileged_begin(&priv);
 	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
 				  args[0], caller, false);
+	check_not_deleted(args[0]);
 	check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
 				  args[1], caller, true);
 	check_model(model);

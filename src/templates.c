@@ -171,6 +171,7 @@ parse_field(const char *part, const char *key, json_object *spec, TemplateField 
 		return err;
 	f->position = json_object_object_get_ex(spec, "position", &v) && !is_null(v)
 		? json_object_get_int(v) : INT_MAX;
+	f->qbo_mapping = opt_string(spec, "qbo_mapping", where, &err);
 	/* Correctable at review unless the template says otherwise. */
 	f->editable = !(json_object_object_get_ex(spec, "is_editable", &v) && !is_null(v) &&
 					!json_object_get_boolean(v));

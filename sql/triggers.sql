@@ -1,0 +1,114 @@
+-- The trigger form: one extraction per inserted row, and the write-back of
+-- status and data to that row, as the inserting role.  No worker runs here:
+-- the superuser makes the status changes the worker would.
+SET docextract.credits = 'track';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set invoice_pdf :abs_srcdir '/test/fixtures/invoice.pdf'
+SELECT pg_read_binary_file(:'invoice_pdf') AS pdf \gset
+GRANT CREATE, USAGE ON SCHEMA public TO regress_alice, regress_bob;
+
+SET ROLE regress_alice;
+SELECT docextract.create_template('trigger invoice', '{"general_part": {
+  "invoice_number": {"name": "Invoice Number", "format_type": "text"}}}') AS tid \gset
+CREATE TABLE public.inbox (id int PRIMARY KEY, pdf bytea, note text, extracted jsonb, state text);
+CREATE TRIGGER inbox_extract AFTER INSERT ON public.inbox FOR EACH ROW
+  EXECUTE FUNCTION docextract.extract_document('trigger invoice', 'pdf', 'extracted', 'state');
+
+-- a row becomes a document and an extraction of the named template
+INSERT INTO public.inbox (id, pdf) VALUES (1, :'pdf'), (2, :'pdf');
+SELECT d.filename, d.page_count, x.status, x.template_id = :'tid' AS right_template,
+       x.target_table, x.target_pk, x.target_result_column, x.target_status_column
+  FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
+ WHERE x.target_table = 'public.inbox'::regclass ORDER BY d.filename;
+-- the status column mirrors the status from the start
+SELECT id, state, extracted FROM public.inbox ORDER BY id;
+-- a NULL content is nothing to extract
+INSERT INTO public.inbox (id, pdf) VALUES (3, NULL);
+SELECT count(*) AS extractions FROM docextract.extractions WHERE target_table = 'public.inbox'::regclass;
+-- a rolled-back insert enqueues nothing
+BEGIN;
+INSERT INTO public.inbox (id, pdf) VALUES (4, :'pdf');
+ROLLBACK;
+SELECT count(*) AS extractions FROM docextract.extractions WHERE target_table = 'public.inbox'::regclass;
+-- bad content fails the insert with the document's error; nothing is stored
+SELECT sqlstate_of($$INSERT INTO public.inbox (id, pdf) VALUES (5, 'not a pdf')$$);
+SELECT count(*) AS rows FROM public.inbox;
+RESET ROLE;
+
+-- the worker's steps: processing, then completed with a result
+SELECT x.id AS e1 FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
+ WHERE d.filename = 'inbox/1' \gset
+SELECT x.id AS e2 FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
+ WHERE d.filename = 'inbox/2' \gset
+UPDATE docextract.extractions SET status = 'processing' WHERE id IN (:'e1', :'e2');
+SELECT id, state, extracted FROM public.inbox ORDER BY id;
+BEGIN;
+INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, data)
+  SELECT id, document_id, template_id, owner, '{"general": {"invoice_number": "INV-1"}, "table": []}'
+    FROM docextract.extractions WHERE id = :'e1';
+UPDATE docextract.extractions SET status = 'completed' WHERE id = :'e1';
+UPDATE docextract.extractions SET status = 'failed', error_message = 'boom' WHERE id = :'e2';
+COMMIT;
+SELECT id, state, extracted FROM public.inbox ORDER BY id;
+SELECT writeback_error FROM docextract.extractions WHERE id IN (:'e1', :'e2');
+
+-- a row deleted before completion is not an error
+DELETE FROM public.inbox WHERE id = 2;
+UPDATE docextract.extractions SET status = 'processing' WHERE id = :'e2';
+SELECT writeback_error FROM docextract.extractions WHERE id = :'e2';
+
+-- the write-back acts as the inserting role: bob may insert, not update.
+-- The template is looked up by name among those the inserting role may use.
+SET ROLE regress_alice;
+GRANT SELECT, INSERT ON public.inbox TO regress_bob;
+RESET ROLE;
+SET ROLE regress_bob;
+SELECT docextract.create_template('trigger invoice', '{"general_part": {
+  "invoice_number": {"name": "Invoice Number", "format_type": "text"}}}') IS NOT NULL AS bob_template;
+INSERT INTO public.inbox (id, pdf) VALUES (6, :'pdf');
+SELECT x.owner, x.template_id = :'tid' AS alices_template FROM docextract.extractions x
+  JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'inbox/6';
+RESET ROLE;
+SELECT x.id AS e6, x.writeback_error FROM docextract.extractions x
+  JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'inbox/6' \gset
+SELECT :'writeback_error' AS writeback_error;
+SELECT id, state FROM public.inbox WHERE id = 6;
+
+-- every misconfiguration: a clear error at the first insert, nothing stored
+SET ROLE regress_alice;
+CREATE TABLE public.bad (id serial PRIMARY KEY, pdf bytea, doc text, out jsonb, out_text text, st int);
+CREATE TABLE public.nokey (pdf bytea, out jsonb);
+CREATE FUNCTION public.try(trigger_args text, tbl text DEFAULT 'bad', timing text DEFAULT 'AFTER INSERT',
+                           level text DEFAULT 'ROW') RETURNS text LANGUAGE plpgsql AS $$
+DECLARE r text;
+BEGIN
+  EXECUTE format('CREATE TRIGGER t %s ON public.%I FOR EACH %s EXECUTE FUNCTION docextract.extract_document(%s)',
+                 timing, tbl, level, trigger_args);
+  BEGIN
+    EXECUTE format('INSERT INTO public.%I (pdf) SELECT pdf FROM public.fixture', tbl);
+    r := 'no error';
+  EXCEPTION WHEN OTHERS THEN r := SQLSTATE || ': ' || SQLERRM;
+  END;
+  EXECUTE format('DROP TRIGGER t ON public.%I', tbl);
+  RETURN r;
+END $$;
+CREATE TABLE public.fixture AS SELECT :'pdf'::bytea AS pdf;
+SELECT try($$'no such template', 'pdf'$$);
+SELECT try($$'trigger invoice', 'nope'$$);
+SELECT try($$'trigger invoice', 'doc'$$);
+SELECT try($$'trigger invoice', 'pdf', 'out_text'$$);
+SELECT try($$'trigger invoice', 'pdf', 'out', 'st'$$);
+SELECT try($$'trigger invoice', 'pdf', 'out', 'nope'$$);
+SELECT try($$'trigger invoice'$$);
+SELECT try($$'trigger invoice', 'pdf', 'out', 'out_text', 'extra'$$);
+SELECT try($$'trigger invoice', 'pdf', 'out'$$, 'nokey');
+SELECT try($$'trigger invoice', 'pdf'$$, 'nokey');
+SELECT try($$'trigger invoice', 'pdf'$$, 'bad', 'BEFORE INSERT');
+SELECT try($$'trigger invoice', 'pdf'$$, 'bad', 'AFTER INSERT', 'STATEMENT');
+-- by id works too
+SELECT try(format('%L, %L', :'tid', 'pdf'));
+SELECT docextract.extract_document();
+SELECT count(*) AS bad_rows FROM public.bad;
+RESET ROLE;
+DROP TABLE public.inbox, public.bad, public.nokey, public.fixture;
+DROP FUNCTION public.try(text, text, text, text);

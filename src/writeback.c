@@ -1,0 +1,353 @@
+/*
+ * writeback.c: the trigger form of extract_document and its write-back.
+ *
+ *   CREATE TRIGGER t AFTER INSERT ON invoices FOR EACH ROW
+ *     EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'status');
+ *
+ * Each inserted row becomes a document and an extraction that remembers the
+ * row (table and primary key).  A deferred trigger on the extraction writes
+ * its status, and once completed its data, back into that row at commit of
+ * each status change, acting as the role that inserted the row: the worker
+ * can write nothing there that this role could not.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+
+PG_FUNCTION_INFO_V1(docextract_extract_document_trigger);
+PG_FUNCTION_INFO_V1(docextract_write_back);
+
+#define MAX_KEY_COLUMNS 8
+
+/* What a firing of the trigger needs, resolved from its arguments. */
+typedef struct TriggerTarget
+{
+	Relation	rel;
+	const char *trigger;
+	int			content_att;
+	const char *result_col;		/* may be NULL */
+	const char *status_col;		/* may be NULL */
+	Datum		template_id;
+} TriggerTarget;
+
+static void
+trigger_error(TriggerTarget *t, int code, const char *msg)
+{
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg("trigger \"%s\" on table \"%s\": %s", t->trigger,
+					RelationGetRelationName(t->rel), msg)));
+}
+
+/* The column named by a trigger argument, of one of the given types. */
+static int
+column_of(TriggerTarget *t, const char *role, const char *name, Oid type1, Oid type2)
+{
+	TupleDesc	desc = RelationGetDescr(t->rel);
+	int			att = SPI_fnumber(desc, name);
+	Oid			type;
+
+	if (att <= 0)
+		trigger_error(t, ERRCODE_UNDEFINED_COLUMN,
+					  psprintf("%s column \"%s\" does not exist", role, name));
+	type = SPI_gettypeid(desc, att);
+	if (type != type1 && type != type2)
+		trigger_error(t, ERRCODE_DATATYPE_MISMATCH,
+					  psprintf("%s column \"%s\" is of type %s, not %s", role, name,
+							   format_type_be(type), format_type_be(type1)));
+	return att;
+}
+
+/* An active template visible to the inserting role, by id or name. */
+static Datum
+template_of(TriggerTarget *t, const char *arg)
+{
+	bool		isnull;
+	bool		is_uuid = strlen(arg) == 36 && strspn(arg, "0123456789abcdefABCDEF-") == 36;
+
+	SPI_connect();
+	SPI_execute_with_args(is_uuid
+						  ? "SELECT id FROM docextract.templates WHERE id = $1::uuid"
+						  : "SELECT id FROM docextract.templates WHERE name = $1 AND is_active"
+						  "  ORDER BY owner IS NULL, created_at DESC LIMIT 1",
+						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
+						  NULL, true, 1);
+	if (SPI_processed != 1)
+		trigger_error(t, ERRCODE_UNDEFINED_OBJECT,
+					  psprintf("template \"%s\" does not exist", arg));
+	t->template_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 1, &isnull),
+									   false, UUID_LEN);
+	SPI_finish();
+	return t->template_id;
+}
+
+/* Check the firing and the arguments: a clear error for each mistake. */
+static void
+resolve_target(TriggerData *td, TriggerTarget *t)
+{
+	Trigger    *tg = td->tg_trigger;
+
+	t->rel = td->tg_relation;
+	t->trigger = tg->tgname;
+	if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		trigger_error(t, ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+					  "docextract.extract_document() must be fired AFTER INSERT ... FOR EACH ROW");
+	if (tg->tgnargs < 2 || tg->tgnargs > 4)
+		trigger_error(t, ERRCODE_INVALID_PARAMETER_VALUE,
+					  "docextract.extract_document() takes 2 to 4 arguments: template, content column[, result column[, status column]]");
+	t->content_att = column_of(t, "content", tg->tgargs[1], BYTEAOID, BYTEAOID);
+	t->result_col = tg->tgnargs > 2 && tg->tgargs[2][0] ? tg->tgargs[2] : NULL;
+	t->status_col = tg->tgnargs > 3 && tg->tgargs[3][0] ? tg->tgargs[3] : NULL;
+	if (t->result_col)
+		column_of(t, "result", t->result_col, JSONBOID, JSONBOID);
+	if (t->status_col)
+		column_of(t, "status", t->status_col, TEXTOID, VARCHAROID);
+	if ((t->result_col || t->status_col) && !OidIsValid(RelationGetPrimaryKeyIndex(t->rel)))
+		trigger_error(t, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					  "the table has no primary key, which docextract needs to write results back to the row");
+	template_of(t, tg->tgargs[0]);
+}
+
+/* The row's primary key values, as text, in key order. */
+static Datum
+key_of(TriggerTarget *t, HeapTuple row, char **label)
+{
+	Relation	index = index_open(RelationGetPrimaryKeyIndex(t->rel), AccessShareLock);
+	int			n = index->rd_index->indnkeyatts;
+	Datum	   *values = palloc(sizeof(Datum) * n);
+	StringInfoData l;
+
+	initStringInfo(&l);
+	appendStringInfoString(&l, RelationGetRelationName(t->rel));
+	for (int i = 0; i < n; i++)
+	{
+		char	   *v = SPI_getvalue(row, RelationGetDescr(t->rel), index->rd_index->indkey.values[i]);
+
+		values[i] = CStringGetTextDatum(v);
+		appendStringInfo(&l, "%c%s", i == 0 ? '/' : ',', v);
+	}
+	index_close(index, AccessShareLock);
+	*label = l.data;
+	return PointerGetDatum(construct_array(values, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+static void
+remember_row(Datum extraction, TriggerTarget *t, Datum key)
+{
+	Privileged	priv;
+
+	SPI_connect();
+	privileged_begin(&priv);
+	/* status = status: fires the write-back trigger, which mirrors 'pending'. */
+	SPI_execute_with_args("UPDATE docextract.extractions SET target_table = $2, target_pk = $3,"
+						  " target_result_column = $4, target_status_column = $5, status = status"
+						  " WHERE id = $1",
+						  5, (Oid[]) {UUIDOID, OIDOID, TEXTARRAYOID, TEXTOID, TEXTOID},
+						  (Datum[]) {extraction, ObjectIdGetDatum(RelationGetRelid(t->rel)), key,
+							  t->result_col ? CStringGetTextDatum(t->result_col) : (Datum) 0,
+							  t->status_col ? CStringGetTextDatum(t->status_col) : (Datum) 0},
+						  t->result_col ? (t->status_col ? "     " : "    n") : (t->status_col ? "   n " : "   nn"),
+						  false, 0);
+	privileged_end(&priv);
+	SPI_finish();
+}
+
+/* AFTER INSERT FOR EACH ROW: one document and one extraction per row. */
+Datum
+docextract_extract_document_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TriggerTarget t;
+	HeapTuple	row;
+	bool		isnull;
+	Datum		content;
+	Datum		doc;
+	Datum		extraction;
+	char	   *label;
+	Datum		key = (Datum) 0;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("docextract.extract_document() without arguments is a trigger function")));
+	resolve_target(td, &t);
+	row = td->tg_trigtuple;
+	content = heap_getattr(row, t.content_att, RelationGetDescr(t.rel), &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);	/* nothing to extract */
+	label = pstrdup(RelationGetRelationName(t.rel));
+	if (OidIsValid(RelationGetPrimaryKeyIndex(t.rel)))
+		key = key_of(&t, row, &label);
+	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum(label), content);
+	extraction = DirectFunctionCall3(docextract_extract_document, doc, t.template_id,
+									 DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	if (t.result_col || t.status_col)
+		remember_row(extraction, &t, key);	/* a key exists: resolve_target() checked */
+	return PointerGetDatum(NULL);
+}
+
+/* -- write-back ----------------------------------------------------------- */
+
+/* UPDATE the row: status, and the data once completed ($1 data, $2 status, $3.. key). */
+static char *
+update_sql(Oid table, const char *result_col, const char *status_col, Oid *types, int *nargs)
+{
+	Relation	rel = relation_open(table, AccessShareLock);
+	Relation	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s SET ",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	if (result_col)
+		appendStringInfo(&sql, "%s = CASE WHEN $2 = 'completed' THEN $1 ELSE %s END%s",
+						 quote_identifier(result_col), quote_identifier(result_col),
+						 status_col ? ", " : "");
+	if (status_col)
+		appendStringInfo(&sql, "%s = $2", quote_identifier(status_col));
+	types[0] = JSONBOID;
+	types[1] = TEXTOID;
+	*nargs = 2 + Min(index->rd_index->indnkeyatts, MAX_KEY_COLUMNS);
+	for (int i = 0; i < *nargs - 2; i++)
+	{
+		AttrNumber att = index->rd_index->indkey.values[i];
+		Form_pg_attribute a = TupleDescAttr(RelationGetDescr(rel), att - 1);
+
+		appendStringInfo(&sql, " %s %s = $%d::%s", i == 0 ? "WHERE" : "AND",
+						 quote_identifier(NameStr(a->attname)), i + 3,
+						 format_type_be(a->atttypid));
+		types[i + 2] = TEXTOID;
+	}
+	index_close(index, AccessShareLock);
+	relation_close(rel, AccessShareLock);
+	return sql.data;
+}
+
+typedef struct WriteBack
+{
+	Oid			owner;
+	Oid			table;
+	char	   *result_col;
+	char	   *status_col;
+	Datum		data;
+	bool		data_null;
+	char	   *status;
+	Datum	   *key;
+	int			nkey;
+} WriteBack;
+
+/* The update itself, as the role that inserted the row. */
+static void
+write_back_step(void *arg)
+{
+	WriteBack  *w = arg;
+	Oid			types[2 + MAX_KEY_COLUMNS];
+	Datum		values[2 + MAX_KEY_COLUMNS];
+	char		nulls[2 + MAX_KEY_COLUMNS + 1];
+	int			nargs;
+	char	   *sql;
+	Privileged	as_role;
+
+	act_as_begin(&as_role, w->owner);
+	sql = update_sql(w->table, w->result_col, w->status_col, types, &nargs);
+	memset(nulls, ' ', sizeof(nulls));
+	nulls[nargs] = '\0';
+	values[0] = w->data;
+	nulls[0] = w->data_null ? 'n' : ' ';
+	values[1] = CStringGetTextDatum(w->status);
+	for (int i = 0; i < nargs - 2 && i < w->nkey; i++)
+		values[i + 2] = w->key[i];
+	SPI_connect();
+	SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	SPI_finish();
+	act_as_end(&as_role);
+}
+
+/* Read the extraction as it is now (it may have moved on since the event). */
+static bool
+load_write_back(Datum id, WriteBack *w)
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	ArrayType  *key;
+
+	SPI_execute_with_args("SELECT e.owner::oid, e.target_table::oid, e.target_result_column,"
+						  "       e.target_status_column, e.status, r.data, e.target_pk"
+						  "  FROM docextract.extractions e"
+						  "  LEFT JOIN docextract.results r ON r.extraction_id = e.id"
+						  " WHERE e.id = $1 AND e.target_table IS NOT NULL",
+						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
+	if (SPI_processed != 1)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	w->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+	w->table = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	w->result_col = SPI_getvalue(tup, desc, 3);
+	w->status_col = SPI_getvalue(tup, desc, 4);
+	w->status = SPI_getvalue(tup, desc, 5);
+	/* Used before SPI_finish(): no copies needed. */
+	w->data = SPI_getbinval(tup, desc, 6, &w->data_null);
+	key = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull));
+	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &w->key, NULL, &w->nkey);
+	return true;
+}
+
+/*
+ * Deferred: at commit of a status change of an extraction that came from the
+ * trigger form.  A failure (the role may not update the table, the table is
+ * gone) is recorded on the extraction, and never undoes the status change.
+ */
+Datum
+docextract_write_back(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	bool		isnull;
+	Datum		id;
+	WriteBack	w;
+	char	   *err = NULL;
+	Privileged	priv;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "docextract.write_back() is a trigger function");
+	id = heap_getattr(td->tg_newtuple ? td->tg_newtuple : td->tg_trigtuple, 1,
+					  RelationGetDescr(td->tg_relation), &isnull);
+	SPI_connect();
+	privileged_begin(&priv);
+	if (load_write_back(id, &w))
+	{
+		if (get_rel_name(w.table) == NULL)
+			err = pstrdup("the table no longer exists");
+		else
+			err = in_subtransaction(write_back_step, &w);
+		SPI_execute_with_args("UPDATE docextract.extractions SET writeback_error = $2 WHERE id = $1",
+							  2, (Oid[]) {UUIDOID, TEXTOID},
+							  (Datum[]) {id, err ? CStringGetTextDatum(err) : (Datum) 0},
+							  err ? NULL : " n", false, 0);
+		if (err)
+			ereport(WARNING,
+					(errmsg("docextract: could not write extraction %s back to its row: %s",
+							DatumGetCString(DirectFunctionCall1(uuid_out, id)), err)));
+	}
+	privileged_end(&priv);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
