@@ -493,6 +493,7 @@ docextract_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			next_poll = 0;		/* new limits or intervals: look again now */
 		}
 
 		if (docextract_cancel_generation() != cancels_seen)
