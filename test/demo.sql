@@ -41,6 +41,8 @@ SELECT d.filename, d.content_type, d.page_count, d.size_bytes, left(d.sha256, 16
 -- This session listens; the worker's events arrive as it commits them.
 LISTEN docextract;
 ALTER TABLE demo ADD COLUMN extraction_id uuid;
+-- One credit per page, charged when an extraction completes.
+SELECT docextract.grant_credits(current_user, 100, 'demo') AS credits_granted \gset
 UPDATE demo SET extraction_id = docextract.extract_document(document_id, :'template_id');
 
 -- Wait (at most 2 minutes) until every extraction has ended.
@@ -72,5 +74,7 @@ SELECT demo.filename, i AS line, row->>'description' AS description, row->'quant
        jsonb_array_elements(r->'data'->'table') WITH ORDINALITY AS t(row, i)
  ORDER BY demo.filename, i;
 
+\echo Credits: 100 granted, one per page charged:
+SELECT docextract.credit_balance() AS credits_left;
 \echo One whole result, as get_result returns it:
 SELECT jsonb_pretty(docextract.get_result(extraction_id)) FROM demo WHERE filename = 'invoice.pdf';
