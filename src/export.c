@@ -79,11 +79,15 @@ export_error(const char *id, const char *what)
 			 errmsg("cannot export extraction %s: %s", id, what)));
 }
 
-/* Check each requested extraction; returns the template group they share. */
+/*
+ * Check each requested extraction; returns the template group they share.
+ * What it keeps is allocated in keep_cxt, which outlives the SPI call.
+ */
 static char *
-load_rows(Datum ids, ExportSet *set)
+load_rows(Datum ids, ExportSet *set, MemoryContext keep_cxt)
 {
 	char	   *group = NULL;
+	MemoryContext spi_cxt;
 
 	SPI_execute_with_args("SELECT u.id::text, e.id IS NOT NULL, e.status, r.data::text,"
 						  "       e.document_id::text, t.group_id::text"
@@ -93,6 +97,7 @@ load_rows(Datum ids, ExportSet *set)
 						  "  LEFT JOIN docextract.templates t ON t.id = e.template_id"
 						  " ORDER BY u.n", 1, (Oid[]) {UUIDARRAYOID}, &ids, NULL, true, 0);
 	set->n = (int) SPI_processed;
+	spi_cxt = MemoryContextSwitchTo(keep_cxt);
 	if (set->n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -123,6 +128,7 @@ load_rows(Datum ids, ExportSet *set)
 		set->documents[i] = SPI_getvalue(tup, desc, 5);
 		set->data[i] = json_tokener_parse(SPI_getvalue(tup, desc, 4));
 	}
+	MemoryContextSwitchTo(spi_cxt);
 	return group;
 }
 
@@ -156,17 +162,20 @@ choose_columns(ExportSet *set, ExportFormat format)
 static void
 load_set(Datum ids, ExportFormat format, ExportSet *set)
 {
+	MemoryContext keep_cxt = CurrentMemoryContext;
 	char	   *group;
 	char	   *err;
+	char	   *schema;
 
 	SPI_connect();
-	group = load_rows(ids, set);
+	group = load_rows(ids, set, keep_cxt);
 	SPI_execute_with_args("SELECT schema_definition::text FROM docextract.templates"
 						  " WHERE group_id = $1::uuid ORDER BY version DESC LIMIT 1",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(group)},
 						  NULL, true, 1);
-	err = template_parse(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
-						 NULL, NULL, &set->tmpl);
+	MemoryContextSwitchTo(keep_cxt);
+	schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	err = template_parse(schema, NULL, NULL, &set->tmpl);
 	if (err)
 		elog(ERROR, "template no longer valid: %s", err);
 	choose_columns(set, format);
