@@ -244,9 +244,10 @@ REVOKE ALL ON docextract.events, docextract.webhooks, docextract.webhook_secrets
               docextract.webhook_deliveries FROM PUBLIC;
 GRANT SELECT ON docextract.events, docextract.webhooks, docextract.webhook_deliveries TO PUBLIC;
 
--- Wake the worker when the current transaction commits (webhook work).
-CREATE FUNCTION docextract.wake_worker_at_commit() RETURNS void
-LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_wake_worker_sql';
+-- Tell the worker, when the current transaction commits, that webhook
+-- deliveries were queued (it looks at them only when told, or on a poll).
+CREATE FUNCTION docextract.deliveries_queued() RETURNS void
+LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_deliveries_queued';
 
 CREATE FUNCTION docextract.event_name(old_status text, new_status text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -298,7 +299,7 @@ BEGIN
      WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
        AND pg_has_role(w.owner, NEW.owner, 'MEMBER');
     IF FOUND THEN
-        PERFORM docextract.wake_worker_at_commit();
+        PERFORM docextract.deliveries_queued();
     END IF;
     RETURN NULL;
 END
@@ -711,7 +712,7 @@ GRANT SELECT ON docextract.worker_stats TO PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
 REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
-REVOKE ALL ON FUNCTION docextract.wake_worker_at_commit() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.deliveries_queued() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.write_back() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.drop_document_bytes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;

@@ -47,7 +47,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static bool wake_pending = false;
-static bool cancel_pending = false;
+static bool signal_pending[NUM_WORKER_SIGNALS];
 static bool xact_callback_registered = false;
 
 static void
@@ -74,7 +74,8 @@ docextract_shmem_startup(void)
 		docextract_shared->worker_latch = NULL;
 		docextract_shared->worker_dboid = InvalidOid;
 		docextract_shared->worker_pid = 0;
-		pg_atomic_init_u64(&docextract_shared->cancel_generation, 0);
+		for (int i = 0; i < NUM_WORKER_SIGNALS; i++)
+			pg_atomic_init_u64(&docextract_shared->generation[i], 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -89,7 +90,8 @@ wake_xact_callback(XactEvent event, void *arg)
 		return;
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 	{
-		wake_pending = cancel_pending = false;
+		wake_pending = false;
+		memset(signal_pending, 0, sizeof(signal_pending));
 		return;
 	}
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT)
@@ -97,9 +99,10 @@ wake_xact_callback(XactEvent event, void *arg)
 	wake_pending = false;
 	if (docextract_shared == NULL)
 		return;
-	if (cancel_pending)
-		pg_atomic_fetch_add_u64(&docextract_shared->cancel_generation, 1);
-	cancel_pending = false;
+	for (int i = 0; i < NUM_WORKER_SIGNALS; i++)
+		if (signal_pending[i])
+			pg_atomic_fetch_add_u64(&docextract_shared->generation[i], 1);
+	memset(signal_pending, 0, sizeof(signal_pending));
 	SpinLockAcquire(&docextract_shared->mutex);
 	if (docextract_shared->worker_dboid == MyDatabaseId)
 		latch = docextract_shared->worker_latch;
@@ -125,27 +128,31 @@ docextract_wake_worker_at_commit(void)
 	wake_pending = true;
 }
 
-/* SQL: docextract.wake_worker_at_commit(), for the outbox trigger. */
-PG_FUNCTION_INFO_V1(docextract_wake_worker_sql);
-Datum
-docextract_wake_worker_sql(PG_FUNCTION_ARGS)
-{
-	docextract_wake_worker_at_commit();
-	PG_RETURN_VOID();
-}
-
-/* A committed cancel also tells the worker to look at its in-flight jobs. */
+/*
+ * Wake the worker at commit with something particular to look at, so that
+ * it looks only when told: a cancel (its in-flight jobs), or new webhook
+ * deliveries.
+ */
 void
-docextract_cancel_at_commit(void)
+docextract_signal_at_commit(WorkerSignal signal)
 {
 	docextract_wake_worker_at_commit();
-	cancel_pending = true;
+	signal_pending[signal] = true;
 }
 
 uint64
-docextract_cancel_generation(void)
+docextract_signal_generation(WorkerSignal signal)
 {
-	return pg_atomic_read_u64(&docextract_shared->cancel_generation);
+	return pg_atomic_read_u64(&docextract_shared->generation[signal]);
+}
+
+/* SQL: docextract.deliveries_queued(), called by the outbox trigger. */
+PG_FUNCTION_INFO_V1(docextract_deliveries_queued);
+Datum
+docextract_deliveries_queued(PG_FUNCTION_ARGS)
+{
+	docextract_signal_at_commit(SIGNAL_DELIVERIES);
+	PG_RETURN_VOID();
 }
 
 void

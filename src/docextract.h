@@ -27,6 +27,13 @@
 #undef json_object
 #include <json-c/json.h>
 
+/* A uuid Datum as text, for messages. */
+static inline char *
+uuid_text(Datum id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, id));
+}
+
 /* docextract.c: settings, shared memory, waking the worker ----------------- */
 
 extern char *docextract_database;
@@ -49,20 +56,29 @@ extern int	docextract_webhook_disable_after;
 extern int	docextract_webhook_backoff_ms;
 extern int	docextract_retention_s;
 
+/* What a commit tells the worker, besides "look at the queue". */
+typedef enum WorkerSignal
+{
+	SIGNAL_CANCEL = 0,			/* something was cancelled: check in-flight jobs */
+	SIGNAL_DELIVERIES,			/* webhook deliveries were queued */
+	NUM_WORKER_SIGNALS
+} WorkerSignal;
+
 typedef struct DocextractShared
 {
 	slock_t		mutex;
 	Latch	   *worker_latch;	/* NULL while no worker runs */
 	Oid			worker_dboid;
 	pid_t		worker_pid;
-	pg_atomic_uint64 cancel_generation;	/* bumped by each committed cancel */
+	/* Bumped at each commit that signalled WorkerSignal i. */
+	pg_atomic_uint64 generation[NUM_WORKER_SIGNALS];
 } DocextractShared;
 
 extern DocextractShared *docextract_shared;
 
 extern void docextract_wake_worker_at_commit(void);
-extern void docextract_cancel_at_commit(void);
-extern uint64 docextract_cancel_generation(void);
+extern void docextract_signal_at_commit(WorkerSignal signal);
+extern uint64 docextract_signal_generation(WorkerSignal signal);
 extern void docextract_worker_publish(Latch *latch, Oid dboid);
 extern void docextract_worker_unpublish(void);
 
@@ -81,6 +97,8 @@ extern void privileged_end(Privileged *p);
 extern void act_as_begin(Privileged *p, Oid role);
 extern void act_as_end(Privileged *p);
 extern bool caller_can_act_for(Oid caller, Oid owner);
+extern void check_visible(const char *what, const char *sql, Datum id, Oid caller,
+						  bool null_owner_ok);
 
 /* pdf.c: poppler ------------------------------------------------------------ */
 
@@ -189,6 +207,7 @@ extern void http_drive(bool timed_out);
 extern HttpRequest *http_next_done(void);
 extern int	http_inflight(void);
 extern char *http_error_text(HttpRequest *req);
+extern long http_retry_delay_ms(const HttpRequest *req, long base_ms, int attempt, long max_ms);
 
 /* provider_openai.c and friends: wire formats -------------------------------- */
 
@@ -301,7 +320,7 @@ extern char *webhook_signature(const char *secret, const char *timestamp, const 
 
 /* retention.c: the worker's cleanup of old rows ------------------------------ */
 
-extern int	retention_cleanup(void);
+extern bool retention_cleanup(void);
 
 /* subxact.c ----------------------------------------------------------------- */
 

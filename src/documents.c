@@ -240,6 +240,6 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 	privileged_end(&priv);
 	SPI_finish();
 	if (deleted > 0)
-		docextract_cancel_at_commit();	/* the worker drops what is in flight */
+		docextract_signal_at_commit(SIGNAL_CANCEL);	/* the worker drops what is in flight */
 	PG_RETURN_INT32(deleted);
 }

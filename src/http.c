@@ -11,10 +11,12 @@
 
 #include "docextract.h"	/* first: see the note on json_object */
 
+#include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
 #include <curl/curl.h>
+#include <math.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -143,6 +145,22 @@ release_handle(HttpRequest *req)
 	req->headers = NULL;
 	req->body = NULL;
 	inflight--;
+}
+
+/*
+ * When to try a failed request again: its Retry-After if the server gave
+ * one, else base_ms doubled per earlier attempt, ±25 % jitter; at most max_ms.
+ */
+long
+http_retry_delay_ms(const HttpRequest *req, long base_ms, int attempt, long max_ms)
+{
+	double		delay;
+
+	if (req->retry_after_s > 0)
+		return Min(req->retry_after_s * 1000L, max_ms);
+	delay = base_ms * pow(2.0, attempt - 1);
+	delay *= 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
+	return (long) Min(delay, (double) max_ms);
 }
 
 /* Drop a request that is still in flight. */

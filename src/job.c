@@ -25,7 +25,6 @@
 
 #include <math.h>
 
-#include "common/pg_prng.h"
 
 /* When neither the extraction nor the model says otherwise. */
 #define DEFAULT_MAX_RETRIES 2
@@ -103,7 +102,7 @@ job_create(pg_uuid_t *id, int attempts, int parts)
 char *
 job_id_text(Job *job)
 {
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&job->id)));
+	return uuid_text(UUIDPGetDatum(&job->id));
 }
 
 static char *
@@ -455,19 +454,6 @@ retryable(HttpRequest *req, bool unreadable_answer)
 	}
 }
 
-/* Retry-After when the server gave one, else exponential backoff with jitter. */
-static long
-retry_delay_ms(Job *job, HttpRequest *req)
-{
-	double		delay;
-
-	if (req->retry_after_s > 0)
-		return Min(req->retry_after_s * 1000L, (long) MAX_RETRY_DELAY_MS);
-	delay = job->model.retry_backoff_ms * pow(2.0, job->attempts - 1);
-	delay *= 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
-	return (long) Min(delay, (double) MAX_RETRY_DELAY_MS);
-}
-
 /* Which part is this request's? */
 static JobPart *
 part_of(Job *job, HttpRequest *req)
@@ -534,7 +520,8 @@ handle_failure(Job *job)
 
 	if (retryable(&part->req, part->unreadable) && job->attempts <= job->max_retries)
 	{
-		long		delay = retry_delay_ms(job, &part->req);
+		long		delay = http_retry_delay_ms(&part->req, job->model.retry_backoff_ms,
+												job->attempts, MAX_RETRY_DELAY_MS);
 
 		elog(LOG, "docextract worker: extraction %s attempt %d failed, retrying in %ld ms: %s",
 			 job_id_text(job), job->attempts, delay, err);

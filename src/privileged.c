@@ -13,6 +13,8 @@
 #include "access/table.h"
 #include "access/genam.h"
 #include "catalog/indexing.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -90,6 +92,29 @@ act_as_end(Privileged *p)
 {
 	AtEOXact_GUC(false, p->save_nestlevel);
 	SetUserIdAndSecContext(p->save_userid, p->save_sec_context);
+}
+
+/*
+ * Does the row sql finds by id (its first column the owner) exist for the
+ * caller?  Raise 42704 if not: someone else's row behaves as if it did not
+ * exist.  A NULL owner (a system template) is fine if null_owner_ok.
+ */
+void
+check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null_owner_ok)
+{
+	bool		isnull;
+	Datum		owner;
+
+	SPI_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
+	if (SPI_processed == 1)
+	{
+		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull ? null_owner_ok : caller_can_act_for(caller, DatumGetObjectId(owner)))
+			return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("%s %s does not exist", what, uuid_text(id))));
 }
 
 /* May `caller` act on rows owned by `owner`?  Membership, as in the policies. */

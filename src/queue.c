@@ -24,11 +24,6 @@ PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
 #define ACTIVE_OR_DONE "('pending','classifying','processing','retrying','awaiting_approval','completed')"
 #define CANCELLABLE "('pending','classifying','processing','retrying','awaiting_approval')"
 
-static char *
-uuid_text(Datum id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, id));
-}
 
 /* Options this version acts on; the rest of the contract's keys come later. */
 static char *
@@ -81,25 +76,6 @@ check_options(json_object *o)
 	}
 	return json_object_object_get_ex(o, "model", &v) ? pstrdup(json_object_get_string(v))
 		: pstrdup("default");
-}
-
-/* Does a row exist that the caller may use?  Raise 42704 if not. */
-static void
-check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null_owner_ok)
-{
-	bool		isnull;
-	Datum		owner;
-
-	SPI_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
-	if (SPI_processed == 1)
-	{
-		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (isnull ? null_owner_ok : caller_can_act_for(caller, DatumGetObjectId(owner)))
-			return;
-	}
-	ereport(ERROR,
-			(errcode(ERRCODE_UNDEFINED_OBJECT),
-			 errmsg("%s %s does not exist", what, uuid_text(id))));
 }
 
 static void
@@ -261,7 +237,7 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 	privileged_end(&priv);
 	SPI_finish();
 	if (cancelled)
-		docextract_cancel_at_commit();
+		docextract_signal_at_commit(SIGNAL_CANCEL);
 	PG_RETURN_BOOL(cancelled);
 }
 
@@ -411,7 +387,7 @@ queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
 	for (int i = 0; i < n; i++)
 	{
 		appendStringInfo(&list, "%s%s", i ? "," : "",
-						 DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(ids[i]))));
+						 uuid_text(UUIDPGetDatum(ids[i])));
 		ended[i] = false;
 	}
 	appendStringInfoChar(&list, '}');

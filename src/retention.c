@@ -15,14 +15,15 @@
 
 #define CLEANUP_BATCH 500
 
-/* Remove one batch of each kind; returns the rows removed. */
-int
+/* Remove one batch of each kind; true if a batch was full (more wait). */
+bool
 retention_cleanup(void)
 {
 	Datum		args[2] = {Float8GetDatum((double) docextract_retention_s),
 	Int32GetDatum(CLEANUP_BATCH)};
 	Oid			types[2] = {FLOAT8OID, INT4OID};
 	int			removed;
+	bool		more;
 
 	SPI_connect();
 	SPI_execute_with_args("DELETE FROM docextract.extractions e WHERE e.id IN ("
@@ -32,6 +33,7 @@ retention_cleanup(void)
 						  "  LIMIT $2 FOR UPDATE SKIP LOCKED)",
 						  2, types, args, NULL, false, 0);
 	removed = (int) SPI_processed;
+	more = SPI_processed == CLEANUP_BATCH;
 	SPI_execute_with_args("DELETE FROM docextract.events e WHERE e.id IN ("
 						  " SELECT v.id FROM docextract.events v"
 						  "  WHERE v.created_at < now() - make_interval(secs => $1)"
@@ -40,8 +42,9 @@ retention_cleanup(void)
 						  "  ORDER BY v.id LIMIT $2)",
 						  2, types, args, NULL, false, 0);
 	removed += (int) SPI_processed;
+	more = more || SPI_processed == CLEANUP_BATCH;
 	SPI_finish();
 	if (removed > 0)
 		elog(DEBUG1, "docextract worker: removed %d rows past docextract.retention", removed);
-	return removed;
+	return more;
 }

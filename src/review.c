@@ -17,11 +17,6 @@
 PG_FUNCTION_INFO_V1(docextract_approve);
 PG_FUNCTION_INFO_V1(docextract_validate_data);
 
-static char *
-uuid_text(Datum id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, id));
-}
 
 static char *
 jsonb_text(Datum d)

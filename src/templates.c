@@ -575,7 +575,7 @@ lock_template_for_update(Datum id, Oid caller)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("template %s does not exist",
-						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
+						uuid_text(id))));
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	name = SPI_getvalue(row, desc, 3);
@@ -586,7 +586,7 @@ lock_template_for_update(Datum id, Oid caller)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("template %s does not exist",
-						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
+						uuid_text(id))));
 	if (owner_null && !superuser_arg(caller) && caller != docextract_extension_owner())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

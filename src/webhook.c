@@ -15,7 +15,6 @@
 
 #include "catalog/pg_type.h"
 #include "common/hmac.h"
-#include "common/pg_prng.h"
 #include "common/sha2.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -25,7 +24,6 @@
 #include "utils/memutils.h"
 
 #include <curl/curl.h>
-#include <math.h>
 #include <time.h>
 
 PG_FUNCTION_INFO_V1(docextract_add_webhook);
@@ -161,24 +159,6 @@ docextract_add_webhook(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(id);
 }
 
-/* A webhook the caller may change, or 42704 (as if it did not exist). */
-static void
-check_webhook_owner(Datum id, Oid caller)
-{
-	bool		isnull;
-
-	SPI_execute_with_args("SELECT owner::oid FROM docextract.webhooks WHERE id = $1",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
-	if (SPI_processed != 1 ||
-		!caller_can_act_for(caller, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-																	 SPI_tuptable->tupdesc, 1,
-																	 &isnull))))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("webhook %s does not exist",
-						DatumGetCString(DirectFunctionCall1(uuid_out, id)))));
-}
-
 /* Run sql ($1 the webhook id, $2 a boolean) on a webhook the caller owns. */
 static void
 change_webhook(Datum id, const char *sql, bool flag)
@@ -188,12 +168,13 @@ change_webhook(Datum id, const char *sql, bool flag)
 
 	SPI_connect();
 	privileged_begin(&priv);
-	check_webhook_owner(id, caller);
+	check_visible("webhook", "SELECT owner::oid FROM docextract.webhooks WHERE id = $1",
+				  id, caller, false);
 	SPI_execute_with_args(sql, 2, (Oid[]) {UUIDOID, BOOLOID},
 						  (Datum[]) {id, BoolGetDatum(flag)}, NULL, false, 0);
 	privileged_end(&priv);
 	SPI_finish();
-	docextract_wake_worker_at_commit();
+	docextract_signal_at_commit(SIGNAL_DELIVERIES);	/* enabled again: its pending ones */
 }
 
 /* Enabling again also forgets the failures that disabled it. */
@@ -310,19 +291,6 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	return n;
 }
 
-/* Backoff doubling from docextract.webhook_retry_backoff, ±25 %, or Retry-After. */
-static double
-retry_in_s(Delivery *d)
-{
-	double		ms;
-
-	if (d->req.retry_after_s > 0)
-		return Min(d->req.retry_after_s, MAX_BACKOFF_MS / 1000);
-	ms = docextract_webhook_backoff_ms * pow(2.0, d->attempts - 1);
-	ms *= 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
-	return Min(ms, (double) MAX_BACKOFF_MS) / 1000.0;
-}
-
 static void
 record_delivered(Delivery *d)
 {
@@ -362,7 +330,8 @@ record_failed(Delivery *d, const char *error)
 						  (Datum[]) {Int64GetDatum(d->id), Int32GetDatum((int32) d->req.status),
 							  CStringGetTextDatum(error),
 							  Int32GetDatum(docextract_webhook_max_attempts),
-							  Float8GetDatum(retry_in_s(d)),
+							  Float8GetDatum(http_retry_delay_ms(&d->req, docextract_webhook_backoff_ms,
+																 d->attempts, MAX_BACKOFF_MS) / 1000.0),
 							  Int32GetDatum(docextract_webhook_disable_after)},
 						  d->req.status ? NULL : " n    ", false, 0);
 }

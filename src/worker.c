@@ -302,8 +302,11 @@ deliver_step(void *arg)
 	d->started = webhook_claim_and_start(d->room, &d->next_due_ms);
 }
 
-/* Send the webhook deliveries that are due; bring *next_poll forward to the next. */
-static void
+/*
+ * Send the webhook deliveries that are due; bring *next_poll forward to the
+ * next.  False if it could not look (no room yet): ask again later.
+ */
+static bool
 deliver_webhooks(TimestampTz *next_poll)
 {
 	DeliverStep d = {0, 0, -1};
@@ -312,12 +315,12 @@ deliver_webhooks(TimestampTz *next_poll)
 	d.room = Min(MAX_DELIVERIES_INFLIGHT - deliveries_inflight,
 				 docextract_max_inflight - http_inflight());
 	if (d.room <= 0 || !orphans_requeued)
-		return;
+		return false;
 	err = in_transaction("docextract: delivering webhooks", deliver_step, &d);
 	if (err)
 	{
 		elog(WARNING, "docextract worker: could not claim webhook deliveries: %s", err);
-		return;
+		return true;
 	}
 	deliveries_inflight += d.started;
 	if (d.next_due_ms >= 0)
@@ -327,6 +330,7 @@ deliver_webhooks(TimestampTz *next_poll)
 		if (due < *next_poll)
 			*next_poll = due;
 	}
+	return true;
 }
 
 static void
@@ -339,6 +343,7 @@ typedef struct FinishBatch
 {
 	HttpRequest *first;			/* already taken from libcurl */
 	bool		retry;			/* set if a retry was scheduled */
+	bool		delivered;		/* set if a webhook delivery finished */
 } FinishBatch;
 
 /*
@@ -363,6 +368,7 @@ finish_all_step(void *arg)
 				elog(WARNING, "docextract worker: could not record a webhook delivery: %s", err);
 			webhook_release(req);
 			deliveries_inflight--;
+			b->delivered = true;
 			continue;
 		}
 		job = req->arg;
@@ -388,11 +394,14 @@ finish_all_step(void *arg)
 	}
 }
 
-/* Store what is done.  True if a retry was scheduled. */
+/*
+ * Store what is done.  True if a retry was scheduled; *delivered set if a
+ * webhook delivery finished (its slot is free, its retry due some time).
+ */
 static bool
-finish_done(void)
+finish_done(bool *delivered)
 {
-	FinishBatch b = {http_next_done(), false};
+	FinishBatch b = {http_next_done(), false, false};
 	char	   *err;
 
 	if (b.first == NULL)
@@ -400,28 +409,29 @@ finish_done(void)
 	err = in_transaction("docextract: storing results", finish_all_step, &b);
 	if (err)
 		elog(WARNING, "docextract worker: could not store results: %s", err);
+	*delivered = *delivered || b.delivered;
 	return b.retry;
 }
 
 static void
 cleanup_step(void *arg)
 {
-	*(int *) arg = retention_cleanup();
+	*(bool *) arg = retention_cleanup();
 }
 
-/* Old rows out, a batch per poll; true if there may be more. */
+/* Old rows out, a batch per poll; true if a batch was full, so more wait. */
 static bool
 clean_up(void)
 {
-	int			removed = 0;
+	bool		more = false;
 	char	   *err;
 
 	if (docextract_retention_s <= 0 || !orphans_requeued)
 		return false;
-	err = in_transaction("docextract: removing old rows", cleanup_step, &removed);
+	err = in_transaction("docextract: removing old rows", cleanup_step, &more);
 	if (err)
 		elog(WARNING, "docextract worker: could not remove old rows: %s", err);
-	return err == NULL && removed > 0;
+	return err == NULL && more;
 }
 
 static void
@@ -461,8 +471,10 @@ docextract_worker_main(Datum main_arg)
 	MemoryContext loop_cxt;
 	WaitEventSet *set;
 	bool		look = true;
+	bool		look_deliveries = true;
 	TimestampTz next_poll = 0;
 	uint64		cancels_seen;
+	uint64		deliveries_seen;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -476,7 +488,8 @@ docextract_worker_main(Datum main_arg)
 	before_shmem_exit(worker_exit, (Datum) 0);
 	http_init();
 	set = make_wait_set();
-	cancels_seen = docextract_cancel_generation();
+	cancels_seen = docextract_signal_generation(SIGNAL_CANCEL);
+	deliveries_seen = docextract_signal_generation(SIGNAL_DELIVERIES);
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	elog(LOG, "docextract worker started for database \"%s\"", docextract_database);
@@ -496,30 +509,31 @@ docextract_worker_main(Datum main_arg)
 			next_poll = 0;		/* new limits or intervals: look again now */
 		}
 
-		if (docextract_cancel_generation() != cancels_seen)
+		if (docextract_signal_generation(SIGNAL_CANCEL) != cancels_seen)
 		{
-			cancels_seen = docextract_cancel_generation();
+			cancels_seen = docextract_signal_generation(SIGNAL_CANCEL);
 			drop_cancelled();
 		}
-		if (finish_done())
+		if (docextract_signal_generation(SIGNAL_DELIVERIES) != deliveries_seen)
+		{
+			deliveries_seen = docextract_signal_generation(SIGNAL_DELIVERIES);
+			look_deliveries = true;
+		}
+		if (finish_done(&look_deliveries))
 			look = true;		/* learn when the retry falls due */
 		if (GetCurrentTimestamp() >= next_poll)
 		{
-			look = true;
+			look = look_deliveries = true;
 			next_poll = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													docextract_poll_interval_ms);
 			if (clean_up())
 				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
 		}
-		if (look)
-		{
-			bool		more = true;
-
-			if (http_inflight() < docextract_max_inflight)
-				more = claim_and_start(&next_poll);
-			deliver_webhooks(&next_poll);
-			look = more;
-		}
+		if (look && http_inflight() < docextract_max_inflight)
+			look = claim_and_start(&next_poll);
+		/* Only when told, when one finished, or on a poll: not every wake. */
+		if (look_deliveries && deliver_webhooks(&next_poll))
+			look_deliveries = false;
 
 		n = WaitEventSetWait(set, sleep_ms(next_poll), events, lengthof(events),
 							 PG_WAIT_EXTENSION);

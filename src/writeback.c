@@ -151,7 +151,10 @@ static void
 remember_row(Datum extraction, TriggerTarget *t, Datum key)
 {
 	Privileged	priv;
+	char		nulls[] = "     ";
 
+	nulls[3] = t->result_col ? ' ' : 'n';
+	nulls[4] = t->status_col ? ' ' : 'n';
 	SPI_connect();
 	privileged_begin(&priv);
 	/* status = status: fires the write-back trigger, which mirrors 'pending'. */
@@ -162,8 +165,7 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 						  (Datum[]) {extraction, ObjectIdGetDatum(RelationGetRelid(t->rel)), key,
 							  t->result_col ? CStringGetTextDatum(t->result_col) : (Datum) 0,
 							  t->status_col ? CStringGetTextDatum(t->status_col) : (Datum) 0},
-						  t->result_col ? (t->status_col ? "     " : "    n") : (t->status_col ? "   n " : "   nn"),
-						  false, 0);
+						  nulls, false, 0);
 	privileged_end(&priv);
 	SPI_finish();
 }
@@ -345,7 +347,7 @@ docextract_write_back(PG_FUNCTION_ARGS)
 		if (err)
 			ereport(WARNING,
 					(errmsg("docextract: could not write extraction %s back to its row: %s",
-							DatumGetCString(DirectFunctionCall1(uuid_out, id)), err)));
+							uuid_text(id), err)));
 	}
 	privileged_end(&priv);
 	SPI_finish();
