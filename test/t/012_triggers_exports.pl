@@ -91,6 +91,14 @@ sq(q{UPDATE docextract.results SET data = jsonb_set(data, '{general,invoice_numb
 $csv = sq("SELECT convert_from(docextract.export(ARRAY['$ids[0]']::uuid[], 'csv'), 'UTF8')");
 like($csv, qr/,"A ""B""\nC",/, 'csv: quotes doubled, line break inside quotes');
 
+# Many at once (the template and values must outlive the reads that found them)
+$csv = sq(q{SELECT convert_from(docextract.export((SELECT array_agg(id) FROM (
+	SELECT x.id FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
+	 WHERE d.filename ~ '^invoices/' AND x.status = 'completed' ORDER BY d.created_at LIMIT 300) s), 'csv'), 'UTF8')});
+@lines = split /\r\n/, $csv;
+is(scalar @lines, 1 + 300 * 3, 'csv of 300 extractions: 900 line items');
+is(scalar(grep { /,1469\.06,"?[A-Z]/ } @lines), 900, '... each with its general fields and its line');
+
 my $xlsx_file = "$PostgreSQL::Test::Utils::tmp_check/export.xlsx";
 my $xlsx = sq("SELECT encode(docextract.export($arr, 'xlsx'), 'hex')");
 open($fh, '>:raw', $xlsx_file) or die;
