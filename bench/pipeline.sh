@@ -70,6 +70,8 @@ P=(psql -X -q -At -h "$DIR" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=
 run "${P[@]}" >/dev/null <<SQL
 CREATE EXTENSION docextract;
 SELECT docextract.add_model('default', 'openai', '${url%/chat/completions}', 'bench-model');
+-- credits = 'enforce' (the default): every submit reserves, every completion charges
+SELECT docextract.grant_credits(current_user, 1000000, 'bench');
 SELECT docextract.create_template('invoice', '{"general_part": {
   "invoice_number": {"name": "Invoice Number", "format_type": "text"},
   "invoice_date": {"name": "Invoice Date", "format_type": "date"},
