@@ -76,6 +76,35 @@ SELECT x.id AS e6, x.writeback_error FROM docextract.extractions x
 SELECT :'writeback_error' AS writeback_error;
 SELECT id, state FROM public.inbox WHERE id = 6;
 
+-- a composite primary key: only the row inserted is written back
+SET ROLE regress_alice;
+CREATE TABLE public.ledger (tenant text, n int, pdf bytea, out jsonb, PRIMARY KEY (tenant, n));
+CREATE TRIGGER ledger_extract AFTER INSERT ON public.ledger FOR EACH ROW
+  EXECUTE FUNCTION docextract.extract_document('trigger invoice', 'pdf', 'out');
+INSERT INTO public.ledger VALUES ('a', 1, :'pdf'), ('b', 1, :'pdf');
+RESET ROLE;
+SELECT x.id AS el, x.target_pk FROM docextract.extractions x
+  JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'ledger/b,1' \gset
+SELECT :'target_pk' AS target_pk;
+BEGIN;
+UPDATE docextract.extractions SET status = 'processing' WHERE id = :'el';
+INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, data)
+  SELECT id, document_id, template_id, owner, '{"general": {"invoice_number": "B-1"}, "table": []}'
+    FROM docextract.extractions WHERE id = :'el';
+UPDATE docextract.extractions SET status = 'completed' WHERE id = :'el';
+COMMIT;
+SELECT tenant, n, out FROM public.ledger ORDER BY tenant;
+-- the key changed shape since the insert: nothing written, and why
+ALTER TABLE public.ledger DROP CONSTRAINT ledger_pkey, ADD PRIMARY KEY (tenant);
+SELECT x.id AS ea FROM docextract.extractions x
+  JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'ledger/a,1' \gset
+SET client_min_messages = error;
+UPDATE docextract.extractions SET status = 'failed' WHERE id = :'ea';
+RESET client_min_messages;
+SELECT writeback_error FROM docextract.extractions WHERE id = :'ea';
+SELECT tenant, n, out FROM public.ledger ORDER BY tenant;
+DROP TABLE public.ledger;
+
 -- every misconfiguration: a clear error at the first insert, nothing stored
 SET ROLE regress_alice;
 CREATE TABLE public.bad (id serial PRIMARY KEY, pdf bytea, doc text, out jsonb, out_text text, st int);

@@ -31,7 +31,8 @@
 PG_FUNCTION_INFO_V1(docextract_extract_document_trigger);
 PG_FUNCTION_INFO_V1(docextract_write_back);
 
-#define MAX_KEY_COLUMNS 8
+/* A primary key has at most INDEX_MAX_KEYS columns: all of them are matched. */
+#define MAX_KEY_COLUMNS INDEX_MAX_KEYS
 
 /* What a firing of the trigger needs, resolved from its arguments. */
 typedef struct TriggerTarget
@@ -226,7 +227,7 @@ update_sql(Oid table, const char *result_col, const char *status_col, Oid *types
 		appendStringInfo(&sql, "%s = $2", quote_identifier(status_col));
 	types[0] = JSONBOID;
 	types[1] = TEXTOID;
-	*nargs = 2 + Min(index->rd_index->indnkeyatts, MAX_KEY_COLUMNS);
+	*nargs = 2 + index->rd_index->indnkeyatts;
 	for (int i = 0; i < *nargs - 2; i++)
 	{
 		AttrNumber att = index->rd_index->indkey.values[i];
@@ -269,12 +270,15 @@ write_back_step(void *arg)
 
 	act_as_begin(&as_role, w->owner);
 	sql = update_sql(w->table, w->result_col, w->status_col, types, &nargs);
+	if (nargs - 2 != w->nkey)
+		elog(ERROR, "the table's primary key has %d column(s), the row was remembered by %d",
+			 nargs - 2, w->nkey);
 	memset(nulls, ' ', sizeof(nulls));
 	nulls[nargs] = '\0';
 	values[0] = w->data;
 	nulls[0] = w->data_null ? 'n' : ' ';
 	values[1] = CStringGetTextDatum(w->status);
-	for (int i = 0; i < nargs - 2 && i < w->nkey; i++)
+	for (int i = 0; i < w->nkey; i++)
 		values[i + 2] = w->key[i];
 	SPI_connect();
 	SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
