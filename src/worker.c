@@ -115,7 +115,6 @@ claim_step(void *arg)
 
 		if (n > 0)
 			elog(LOG, "docextract worker: requeued %d extraction(s) left by a previous worker", n);
-		webhook_reset_leases();
 		orphans_requeued = true;
 	}
 	c->claimed = queue_claim(c->jobs, c->max, ratelimit_room_json(GetCurrentTimestamp()),
@@ -286,6 +285,7 @@ claim_and_start(TimestampTz *next_poll)
 #define MAX_DELIVERIES_INFLIGHT 32
 
 static int	deliveries_inflight = 0;
+static bool leases_reset = false;
 
 typedef struct DeliverStep
 {
@@ -299,6 +299,13 @@ deliver_step(void *arg)
 {
 	DeliverStep *d = arg;
 
+	if (!OidIsValid(get_extension_oid("docextract", true)))
+		return;
+	if (!leases_reset)
+	{
+		webhook_reset_leases();	/* a previous worker's requests are gone */
+		leases_reset = true;
+	}
 	d->started = webhook_claim_and_start(d->room, &d->next_due_ms);
 }
 
@@ -314,7 +321,7 @@ deliver_webhooks(TimestampTz *next_poll)
 
 	d.room = Min(MAX_DELIVERIES_INFLIGHT - deliveries_inflight,
 				 docextract_max_inflight - http_inflight());
-	if (d.room <= 0 || !orphans_requeued)
+	if (d.room <= 0)
 		return false;
 	err = in_transaction("docextract: delivering webhooks", deliver_step, &d);
 	if (err)
@@ -529,11 +536,15 @@ docextract_worker_main(Datum main_arg)
 			if (clean_up())
 				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
 		}
-		if (look && http_inflight() < docextract_max_inflight)
-			look = claim_and_start(&next_poll);
-		/* Only when told, when one finished, or on a poll: not every wake. */
+		/*
+		 * Deliveries first (at most MAX_DELIVERIES_INFLIGHT), so a full queue
+		 * of jobs cannot hold events back; and only when told, when one
+		 * finished, or on a poll: not on every wake.
+		 */
 		if (look_deliveries && deliver_webhooks(&next_poll))
 			look_deliveries = false;
+		if (look && http_inflight() < docextract_max_inflight)
+			look = claim_and_start(&next_poll);
 
 		n = WaitEventSetWait(set, sleep_ms(next_poll), events, lengthof(events),
 							 PG_WAIT_EXTENSION);

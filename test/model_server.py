@@ -431,7 +431,7 @@ async def route(reader, method, path, headers, body):
     if path.startswith("/_requests"):
         return response(200, json.dumps(STATE["requests"]))
     if path.startswith("/_reset"):
-        STATE.update(script=[], requests=[], max_inflight=0, count=0)
+        STATE.update(script=[], requests=[], max_inflight=0, count=0, hooks=[], hook_script=[])
         return response(200, "{}")
     if path.startswith("/_hook_script") and method == "POST":
         STATE["hook_script"].extend(json.loads(body))

@@ -144,6 +144,23 @@ is(scalar @{ hooks_received($srv, '/hooks/broken') }, $sent, 'a disabled webhook
 like(err_of('bob', "SELECT docextract.set_webhook_enabled('$hook_b', true)"), qr/webhook \S+ does not exist/,
 	"bob cannot enable alice's webhook");
 
+# -- a queue full of slow jobs does not hold events back -------------------------
+# max_inflight 8, twelve jobs whose model answers take 2 s: the job slots are
+# full, yet the queued events go out at once (deliveries are claimed first).
+server_reset($srv);
+server_script($srv, map { { delay_ms => 2000 } } 1 .. 12);
+my $hook_q = as('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/queued', '$secret', '{extraction.queued}')");
+my $t0 = time();
+sq('SET ROLE alice; BEGIN;' . join('', map { "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}');" } 1 .. 12) . 'COMMIT;');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 12 FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_q' AND status = 'delivered'")
+  or die 'queued events not delivered';
+my $waited = time() - $t0;
+cmp_ok(server_stats($srv)->{inflight}, '>=', 1, 'the 12 queued events were delivered while jobs were still in flight');
+is(sq("SELECT count(*) FROM docextract.extractions WHERE status = 'completed' AND created_at > now() - interval '1 minute'
+	AND id IN (SELECT extraction_id FROM docextract.events e JOIN docextract.webhook_deliveries d ON d.event_id = e.id
+	            WHERE d.webhook_id = '$hook_q')"), '0', '... before any of those jobs completed');
+
 done_testing();
 
 sub decode_json_body { return JSON::PP::decode_json($_[0]{body}); }
