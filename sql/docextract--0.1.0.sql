@@ -93,7 +93,7 @@ CREATE TABLE docextract.extractions (
     -- The trigger form: the row this extraction came from (its table and
     -- primary key) and the columns its result and status are written to.
     target_table           regclass,
-    target_pk             text[],
+    target_pk              text[],
     target_result_column   text,
     target_status_column   text,
     writeback_error        text          -- why the last write-back failed, if it did
