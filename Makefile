@@ -1,19 +1,26 @@
 # docextract: PGXS build.  `make && sudo make install`; `make test` runs every test.
 EXTENSION = docextract
+# The one source of the version: the control file, the install script's name
+# and the library's version string all come from it.
+EXTVERSION = 0.2.0
 MODULE_big = docextract
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
-DATA = sql/docextract--0.1.0.sql
+# sql/docextract.sql is the current schema; the versioned install script is
+# built from it.  Released install scripts are frozen, and an upgrade script
+# leads from each to the next.
+DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA = sql/docextract--0.1.0.sql $(wildcard sql/docextract--*--*.sql)
+EXTRA_CLEAN = $(EXTENSION).control tmp_regress
 PGFILEDESC = "docextract - AI document extraction inside PostgreSQL"
 
 REGRESS = models templates documents extractions coercion credits review triggers
-REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/regress.conf \
+REGRESS_OPTS = --inputdir=test --temp-instance=tmp_regress --temp-config=test/regress.conf \
 	--load-extension=docextract
 TAP_TESTS = 1
-EXTRA_CLEAN = tmp_regress
 
 DEPS = libcurl json-c poppler-glib xlsxwriter
 # -Wextra, less unused-parameter: PostgreSQL's own headers trip that one.
-PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter \
+PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter -DEXTVERSION=\"$(EXTVERSION)\" \
 	$(shell pkg-config --cflags $(DEPS) 2>/dev/null)
 SHLIB_LINK = $(shell pkg-config --libs $(DEPS) 2>/dev/null)
 
@@ -27,6 +34,14 @@ else
 all:
 	@echo "pg_config not found: install postgresql-server-dev-15, or run 'make test' (installs it)"
 endif
+
+all: $(EXTENSION).control
+
+$(EXTENSION).control: $(EXTENSION).control.in Makefile
+	sed 's/@EXTVERSION@/$(EXTVERSION)/' $< > $@
+
+sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql
+	cp $< $@
 
 # PGXS tracks no header dependencies; every object shares this one.
 $(OBJS): src/docextract.h

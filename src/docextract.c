@@ -259,6 +259,9 @@ _PG_init(void)
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+	/* pg_upgrade runs the server to move the schema: no worker then. */
+	if (IsBinaryUpgrade)
+		return;
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = docextract_shmem_request;

@@ -100,6 +100,11 @@ extern bool caller_can_act_for(Oid caller, Oid owner);
 extern void check_visible(const char *what, const char *sql, Datum id, Oid caller,
 						  bool null_owner_ok);
 
+/* version.c: the schema the library runs against --------------------------- */
+
+extern char *docextract_installed_version(void);
+extern bool docextract_schema_ready(void);
+
 /* pdf.c: poppler ------------------------------------------------------------ */
 
 extern int	pdf_inspect(const char *data, size_t len, const char *filename, char **text);

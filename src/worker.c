@@ -106,7 +106,7 @@ claim_step(void *arg)
 
 	c->claimed = 0;
 	c->next_due_ms = -1;
-	c->extension_present = OidIsValid(get_extension_oid("docextract", true));
+	c->extension_present = docextract_schema_ready();	/* version.c */
 	if (!c->extension_present)
 		return;
 	if (!orphans_requeued)
@@ -299,7 +299,7 @@ deliver_step(void *arg)
 {
 	DeliverStep *d = arg;
 
-	if (!OidIsValid(get_extension_oid("docextract", true)))
+	if (!docextract_schema_ready())
 		return;
 	if (!leases_reset)
 	{

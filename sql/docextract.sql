@@ -1,0 +1,721 @@
+\echo Use "CREATE EXTENSION docextract" to load this file. \quit
+
+-- Tables are readable through row-level security; every write goes through the
+-- extension's functions, which check the caller and then act as the extension
+-- owner.  Nothing here is writable by PUBLIC directly.
+
+-- Models: where requests go.  API keys live apart, readable by the owner only.
+CREATE TABLE docextract.models (
+    name        text PRIMARY KEY,
+    provider    text NOT NULL CHECK (provider IN ('openai', 'gemini', 'anthropic')),
+    base_url    text NOT NULL,
+    model       text NOT NULL,
+    options     jsonb NOT NULL DEFAULT '{}',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE docextract.model_keys (
+    model_name  text PRIMARY KEY REFERENCES docextract.models (name) ON DELETE CASCADE,
+    api_key     text NOT NULL
+);
+
+-- Templates: what to extract.  owner NULL marks a system template.
+CREATE TABLE docextract.templates (
+    id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    group_id           uuid NOT NULL,
+    version            integer NOT NULL DEFAULT 1,
+    parent_id          uuid REFERENCES docextract.templates (id),
+    name               text NOT NULL,
+    description        text,
+    schema_definition  jsonb NOT NULL,
+    prompt_set         jsonb,
+    validation_rules   jsonb,
+    is_active          boolean NOT NULL DEFAULT true,
+    owner              regrole,
+    created_by         regrole NOT NULL,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (group_id, version)
+);
+CREATE UNIQUE INDEX templates_one_active_per_group
+    ON docextract.templates (group_id) WHERE is_active;
+CREATE INDEX templates_name ON docextract.templates (name) WHERE is_active;
+
+-- Documents: the bytes and what we learnt from them on the way in.
+CREATE TABLE docextract.documents (
+    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    filename      text NOT NULL,
+    content_type  text NOT NULL,
+    size_bytes    bigint NOT NULL,
+    sha256        text NOT NULL,
+    page_count    integer NOT NULL CHECK (page_count > 0),
+    content       bytea,
+    text          text,            -- a PDF's text, read once by poppler on the way in
+    parent_id     uuid REFERENCES docextract.documents (id),
+    page_start    integer,
+    page_end      integer,
+    owner         regrole NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    deleted_at    timestamptz      -- delete_documents(): bytes and results gone, the row kept
+);
+-- PDFs and images are compressed already: don't spend CPU trying again.
+ALTER TABLE docextract.documents ALTER COLUMN content SET STORAGE EXTERNAL;
+CREATE INDEX documents_sha256 ON docextract.documents (sha256);
+
+-- Extractions: the queue and its statuses.
+CREATE TABLE docextract.extractions (
+    id                     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    document_id            uuid NOT NULL REFERENCES docextract.documents (id),
+    template_id            uuid REFERENCES docextract.templates (id),
+    model_name             text NOT NULL REFERENCES docextract.models (name),
+    options                jsonb NOT NULL DEFAULT '{}',
+    status                 text NOT NULL DEFAULT 'pending' CHECK (status IN (
+                               'pending', 'classifying', 'processing', 'retrying',
+                               'awaiting_approval', 'completed', 'failed',
+                               'cancelled', 'insufficient_credits')),
+    owner                  regrole NOT NULL,
+    attempts               integer NOT NULL DEFAULT 0,
+    completion_percentage  integer NOT NULL DEFAULT 0,
+    -- Requests one attempt sends at once: 2 when the general fields and the
+    -- line items are asked for in parallel (option parallel_parts).
+    parts                  smallint NOT NULL DEFAULT 1 CHECK (parts IN (1, 2)),
+    -- Credits held for this extraction until it completes (charged) or
+    -- ends otherwise (released); 0 once settled, so it is settled once.
+    credits_reserved       integer NOT NULL DEFAULT 0,
+    approved_by            regrole,
+    approved_at            timestamptz,
+    credits_used           integer NOT NULL DEFAULT 0,
+    error_message          text,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    started_at             timestamptz,
+    completed_at           timestamptz,
+    next_attempt_at        timestamptz,
+    worker_pid             integer,
+    -- The trigger form: the row this extraction came from (its table and
+    -- primary key) and the columns its result and status are written to.
+    target_table           regclass,
+    target_pk              text[],
+    target_result_column   text,
+    target_status_column   text,
+    writeback_error        text          -- why the last write-back failed, if it did
+);
+-- What the worker claims: per model, oldest first.
+CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
+    WHERE status IN ('pending', 'retrying');
+CREATE INDEX extractions_document ON docextract.extractions (document_id);
+-- Each claim counts a model's requests in flight and finds the next retry:
+-- without these, both would scan the whole table on every wake.
+CREATE INDEX extractions_in_flight ON docextract.extractions (model_name)
+    WHERE status = 'processing';
+CREATE INDEX extractions_retry_due ON docextract.extractions (next_attempt_at)
+    WHERE status = 'retrying';
+
+-- Results: typed data, one row per finished extraction.
+CREATE TABLE docextract.results (
+    extraction_id  uuid PRIMARY KEY REFERENCES docextract.extractions (id) ON DELETE CASCADE,
+    document_id    uuid NOT NULL REFERENCES docextract.documents (id),
+    template_id    uuid REFERENCES docextract.templates (id),
+    owner          regrole NOT NULL,
+    data           jsonb NOT NULL,
+    raw_output     jsonb,
+    validation     jsonb NOT NULL DEFAULT '[]',
+    attributions   jsonb,
+    usage          jsonb NOT NULL DEFAULT '{}',
+    corrections    jsonb,           -- what approve() changed, as given
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Credits: one page, one credit, per owning role.  available = balance -
+-- reserved; the ledger says who, how many, which extraction, when and why.
+CREATE TABLE docextract.credit_accounts (
+    role        regrole PRIMARY KEY,
+    balance     bigint NOT NULL DEFAULT 0,     -- granted minus charged
+    reserved    bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE docextract.credit_ledger (
+    id             bigserial PRIMARY KEY,
+    role           regrole NOT NULL,
+    kind           text NOT NULL CHECK (kind IN ('grant', 'reserve', 'charge', 'release')),
+    credits        bigint NOT NULL,
+    available_after bigint NOT NULL,          -- balance - reserved after this entry
+    extraction_id  uuid,                      -- kept when the extraction is deleted
+    reason         text,
+    created_by     regrole NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- An extraction is reserved, charged and released at most once each.
+CREATE UNIQUE INDEX credit_ledger_once ON docextract.credit_ledger (extraction_id, kind)
+    WHERE extraction_id IS NOT NULL;
+CREATE INDEX credit_ledger_role ON docextract.credit_ledger (role, created_at);
+
+-- Row-level security: a role sees the rows of every role it is a member of.
+-- Superusers (the worker, the extension owner) bypass it.
+ALTER TABLE docextract.templates ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.documents ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.extractions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.results ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.credit_accounts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.credit_ledger ENABLE ROW LEVEL SECURITY;
+CREATE POLICY templates_visible ON docextract.templates FOR SELECT
+    USING (owner IS NULL OR pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY documents_visible ON docextract.documents FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY extractions_visible ON docextract.extractions FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY results_visible ON docextract.results FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY credit_accounts_visible ON docextract.credit_accounts FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
+CREATE POLICY credit_ledger_visible ON docextract.credit_ledger FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
+
+REVOKE ALL ON ALL TABLES IN SCHEMA docextract FROM PUBLIC;
+GRANT USAGE ON SCHEMA docextract TO PUBLIC;
+GRANT SELECT ON docextract.models, docextract.templates, docextract.documents,
+                docextract.extractions, docextract.results,
+                docextract.credit_accounts, docextract.credit_ledger TO PUBLIC;
+
+-- Events: the outbox.  Every status change writes one row here, in the
+-- transaction that makes the change; NOTIFY and webhook deliveries are
+-- driven from that row, so an event is never lost with a crash.
+CREATE TABLE docextract.events (
+    id             bigserial PRIMARY KEY,
+    event          text NOT NULL,
+    extraction_id  uuid NOT NULL,
+    owner          regrole NOT NULL,
+    payload        json NOT NULL,      -- what NOTIFY and webhooks send, as sent: ids, never data
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX events_created ON docextract.events (created_at);
+
+-- Webhooks: a role's endpoint for the events of the rows it can see.  The
+-- secret lives apart, readable by the extension owner only.
+CREATE TABLE docextract.webhooks (
+    id                    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    url                   text NOT NULL,
+    events                text[],      -- NULL: every event
+    owner                 regrole NOT NULL,
+    enabled               boolean NOT NULL DEFAULT true,
+    consecutive_failures  integer NOT NULL DEFAULT 0,
+    disabled_reason       text,
+    created_at            timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE docextract.webhook_secrets (
+    webhook_id  uuid PRIMARY KEY REFERENCES docextract.webhooks (id) ON DELETE CASCADE,
+    secret      text NOT NULL
+);
+
+-- The delivery log: one row per event and webhook.  A 2xx answer is
+-- recorded as delivered in the worker's transaction and never sent again.
+CREATE TABLE docextract.webhook_deliveries (
+    id               bigserial PRIMARY KEY,
+    webhook_id       uuid NOT NULL REFERENCES docextract.webhooks (id) ON DELETE CASCADE,
+    event_id         bigint NOT NULL REFERENCES docextract.events (id) ON DELETE CASCADE,
+    owner            regrole NOT NULL,          -- the webhook's
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         integer NOT NULL DEFAULT 0,
+    in_flight        boolean NOT NULL DEFAULT false,
+    -- When it may be sent next.  While a request is in flight this is its
+    -- lease: a worker that dies mid-request leaves it to be sent again.
+    next_attempt_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    response_status  integer,
+    last_error       text,
+    delivered_at     timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (webhook_id, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON docextract.webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_event ON docextract.webhook_deliveries (event_id);
+
+ALTER TABLE docextract.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.webhooks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+CREATE POLICY events_visible ON docextract.events FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY webhooks_visible ON docextract.webhooks FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY webhook_deliveries_visible ON docextract.webhook_deliveries FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+REVOKE ALL ON docextract.events, docextract.webhooks, docextract.webhook_secrets,
+              docextract.webhook_deliveries FROM PUBLIC;
+GRANT SELECT ON docextract.events, docextract.webhooks, docextract.webhook_deliveries TO PUBLIC;
+
+-- Tell the worker, when the current transaction commits, that webhook
+-- deliveries were queued (it looks at them only when told, or on a poll).
+CREATE FUNCTION docextract.deliveries_queued() RETURNS void
+LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_deliveries_queued';
+
+CREATE FUNCTION docextract.event_name(old_status text, new_status text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'extraction.' || CASE
+        WHEN old_status IS NULL THEN 'queued'
+        WHEN new_status = 'processing' THEN 'started'
+        WHEN new_status = 'completed' AND old_status = 'awaiting_approval' THEN 'approved'
+        WHEN new_status = 'pending' THEN 'requeued'
+        ELSE new_status END
+$$;
+
+-- The one place that announces status changes: an outbox row, the NOTIFY
+-- (sent at commit, with the change), and a delivery per matching webhook of
+-- a role that may see the extraction.
+CREATE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    event text;
+    event_id bigint;
+    payload json;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        event := docextract.event_name(NULL, NEW.status);
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        event := docextract.event_name(OLD.status, NEW.status);
+    ELSIF NEW.status = 'processing'
+          AND NEW.completion_percentage > OLD.completion_percentage THEN
+        -- One request of a multi-request extraction is done.
+        event := 'extraction.progress';
+    ELSE
+        RETURN NULL;
+    END IF;
+    event_id := nextval('docextract.events_id_seq');
+    payload := json_build_object(
+        'event', event,
+        'extraction_id', NEW.id,
+        'document_id', NEW.document_id,
+        'status', NEW.status,
+        'template_id', NEW.template_id,
+        'attempts', NEW.attempts,
+        'completion_percentage', NEW.completion_percentage,
+        'event_id', event_id,
+        'created_at', clock_timestamp());
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+    PERFORM pg_notify('docextract', payload::text);
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER');
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_announce
+    AFTER INSERT OR UPDATE OF status, completion_percentage ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.announce_status();
+
+-- Credits -----------------------------------------------------------------
+
+-- At submit: hold the pages' credits in the owner's account, or refuse.  The
+-- account row's lock serializes a role's submits, so two sessions cannot
+-- both spend the last credits, nor both pass the active-extraction quota.
+CREATE FUNCTION docextract.reserve_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    pages integer;
+    acct docextract.credit_accounts;
+    active bigint;
+    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
+    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
+BEGIN
+    SELECT d.page_count INTO pages FROM docextract.documents d WHERE d.id = NEW.document_id;
+    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
+    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    IF quota > 0 THEN
+        SELECT count(*) INTO active FROM docextract.extractions x
+         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+        IF active >= quota THEN
+            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
+                USING ERRCODE = '53400',
+                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
+        END IF;
+    END IF;
+    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
+                        NEW.owner, pages, pages, acct.balance - acct.reserved
+            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
+    END IF;
+    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
+     WHERE a.role = NEW.owner;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+            'submitted', NEW.owner);
+    NEW.credits_reserved := pages;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER extractions_reserve_credits
+    BEFORE INSERT ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.reserve_credits();
+
+-- When an extraction ends: charge the held credits if it completed, return
+-- them otherwise.  In the transaction of the status change itself, so a
+-- crash before its commit settles nothing and one after it settles once.
+CREATE FUNCTION docextract.settle_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    kind text;
+    after bigint;
+BEGIN
+    IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
+       OR NEW.status NOT IN ('completed', 'failed', 'cancelled', 'insufficient_credits') THEN
+        RETURN NEW;
+    END IF;
+    kind := CASE WHEN NEW.status = 'completed' THEN 'charge' ELSE 'release' END;
+    UPDATE docextract.credit_accounts a
+       SET reserved = a.reserved - OLD.credits_reserved,
+           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE 0 END,
+           updated_at = now()
+     WHERE a.role = OLD.owner
+    RETURNING a.balance - a.reserved INTO after;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (OLD.owner, kind, OLD.credits_reserved, after, OLD.id, NEW.status, OLD.owner);
+    IF kind = 'charge' THEN
+        NEW.credits_used := OLD.credits_reserved;
+    END IF;
+    NEW.credits_reserved := 0;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER extractions_settle_credits
+    BEFORE UPDATE OF status ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.settle_credits();
+
+-- Add (or, negative, take away) credits.  For the extension owner and those
+-- it grants EXECUTE to.
+CREATE FUNCTION docextract.grant_credits(role name, amount bigint, reason text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    r regrole;
+    acct docextract.credit_accounts;
+BEGIN
+    IF role IS NULL OR amount IS NULL OR amount = 0 THEN
+        RAISE EXCEPTION 'grant_credits needs a role and a non-zero amount' USING ERRCODE = '22023';
+    END IF;
+    r := quote_ident(role)::regrole;
+    INSERT INTO docextract.credit_accounts (role) VALUES (r) ON CONFLICT DO NOTHING;
+    UPDATE docextract.credit_accounts a SET balance = a.balance + amount, updated_at = now()
+     WHERE a.role = r RETURNING * INTO acct;
+    IF amount < 0 AND acct.balance - acct.reserved < 0 THEN
+        RAISE EXCEPTION 'cannot take % credits from role %: only % are available',
+                        -amount, r, acct.balance - acct.reserved - amount USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, reason, created_by)
+    VALUES (r, 'grant', amount, acct.balance - acct.reserved, reason, session_user::regrole);
+    RETURN acct.balance - acct.reserved;
+END
+$$;
+
+-- Credits a role can spend now: granted, minus charged, minus held.
+CREATE FUNCTION docextract.credit_balance(role name DEFAULT current_user)
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    r regrole := quote_ident(role)::regrole;
+BEGIN
+    IF NOT pg_has_role(current_user, r, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to read the credit balance of role %', r
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN coalesce((SELECT a.balance - a.reserved FROM docextract.credit_accounts a
+                      WHERE a.role = r), 0);
+END
+$$;
+
+-- Models ------------------------------------------------------------------
+
+CREATE FUNCTION docextract.validate_model_options(options jsonb) RETURNS void
+LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_validate_model_options';
+
+CREATE FUNCTION docextract.add_model(name text, provider text, base_url text, model text,
+                                     api_key text DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, docextract
+-- An error here must not log the statement: it holds the key.
+SET log_min_error_statement = 'panic' AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'model name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF provider IS NULL OR provider NOT IN ('openai', 'gemini', 'anthropic') THEN
+        RAISE EXCEPTION 'unknown provider "%"', provider USING ERRCODE = '22023',
+            HINT = 'provider must be one of openai, gemini, anthropic';
+    END IF;
+    IF base_url IS NULL OR base_url !~ '^https?://[^/]+' THEN
+        RAISE EXCEPTION 'base_url must be an http:// or https:// URL, got "%"', base_url
+            USING ERRCODE = '22023';
+    END IF;
+    IF model IS NULL OR model = '' THEN
+        RAISE EXCEPTION 'model must not be empty' USING ERRCODE = '22023';
+    END IF;
+    PERFORM docextract.validate_model_options(coalesce(options, '{}'));
+
+    INSERT INTO docextract.models AS m (name, provider, base_url, model, options)
+    VALUES (add_model.name, add_model.provider, rtrim(add_model.base_url, '/'),
+            add_model.model, coalesce(add_model.options, '{}'))
+    ON CONFLICT ON CONSTRAINT models_pkey DO UPDATE
+        SET provider = EXCLUDED.provider, base_url = EXCLUDED.base_url,
+            model = EXCLUDED.model, options = EXCLUDED.options;
+    DELETE FROM docextract.model_keys k WHERE k.model_name = add_model.name;
+    IF api_key ~ '^env:' AND api_key !~ '^env:[A-Za-z_][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION 'api_key "env:..." must name an environment variable' USING ERRCODE = '22023';
+    END IF;
+    IF api_key IS NOT NULL THEN
+        INSERT INTO docextract.model_keys (model_name, api_key) VALUES (add_model.name, api_key);
+    END IF;
+    RETURN add_model.name;
+END
+$$;
+REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
+
+-- Templates ---------------------------------------------------------------
+
+CREATE FUNCTION docextract.create_template(name text, schema_definition jsonb,
+                                           prompt_set jsonb DEFAULT NULL,
+                                           validation_rules jsonb DEFAULT NULL,
+                                           description text DEFAULT NULL)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_create_template';
+
+CREATE FUNCTION docextract.update_template(template_id uuid, schema_definition jsonb,
+                                           prompt_set jsonb DEFAULT NULL,
+                                           validation_rules jsonb DEFAULT NULL)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_update_template';
+
+-- A template without an owner: visible to every role, changed only by the
+-- extension owner (and superusers).
+CREATE FUNCTION docextract.create_system_template(name text, schema_definition jsonb,
+                                                  prompt_set jsonb DEFAULT NULL,
+                                                  validation_rules jsonb DEFAULT NULL,
+                                                  description text DEFAULT NULL)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_create_system_template';
+
+-- A template's rules run against data shaped like get_result()'s "data".
+CREATE FUNCTION docextract.validate_data(template_id uuid, data jsonb)
+RETURNS jsonb LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'docextract_validate_data';
+
+-- The JSON Schema a template asks the model to answer with.
+CREATE FUNCTION docextract.template_json_schema(schema_definition jsonb)
+RETURNS jsonb LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_template_json_schema';
+
+-- Documents ---------------------------------------------------------------
+
+CREATE FUNCTION docextract.add_document(filename text, content bytea)
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_add_document';
+
+-- The text poppler finds in a PDF, pages separated by form feeds.
+CREATE FUNCTION docextract.pdf_text(content bytea)
+RETURNS text LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_pdf_text';
+
+-- Extractions -------------------------------------------------------------
+
+CREATE FUNCTION docextract.extract_document(document_id uuid, template_id uuid DEFAULT NULL,
+                                            options jsonb DEFAULT '{}')
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document';
+
+-- The trigger form: AFTER INSERT ... FOR EACH ROW EXECUTE FUNCTION
+-- docextract.extract_document(template, content_column [, result_column [, status_column]]).
+CREATE FUNCTION docextract.extract_document()
+RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document_trigger';
+
+-- At commit of each status change of a trigger-form extraction: the status,
+-- and once completed the data, written back to the row as the role that
+-- inserted it.
+CREATE FUNCTION docextract.write_back()
+RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_write_back';
+
+CREATE CONSTRAINT TRIGGER extractions_write_back
+    AFTER UPDATE OF status ON docextract.extractions
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.target_table IS NOT NULL)
+    EXECUTE FUNCTION docextract.write_back();
+
+-- The same pipeline in the calling backend: stores the document, extracts,
+-- waits (interruptibly) and returns get_result().  Rolled back if cancelled.
+CREATE FUNCTION docextract.extract_sync(content bytea, template_id uuid,
+                                        options jsonb DEFAULT '{}')
+RETURNS jsonb LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_sync';
+
+CREATE FUNCTION docextract.cancel_extraction(extraction_id uuid)
+RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_cancel_extraction';
+
+-- Review: apply corrections to an extraction awaiting approval, re-run the
+-- rules, complete it.  Returns get_result().
+CREATE FUNCTION docextract.approve(extraction_id uuid, corrections jsonb DEFAULT NULL)
+RETURNS jsonb LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_approve';
+
+-- Coerce one model value to a field's format_type (what the worker does to
+-- every value it gets back).
+CREATE FUNCTION docextract.coerce_value(value jsonb, format_type text,
+                                        format_options text[] DEFAULT NULL)
+RETURNS jsonb LANGUAGE C IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_coerce_value';
+
+CREATE FUNCTION docextract.extraction_status(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    e docextract.extractions;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    RETURN jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id, 'status', e.status,
+        'template_id', e.template_id, 'model', e.model_name,
+        'created_at', e.created_at, 'started_at', e.started_at,
+        'completed_at', e.completed_at, 'error_message', e.error_message,
+        'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
+        'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
+        'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'document_id', d.id, 'page_start', d.page_start,
+                       'page_end', d.page_end, 'status', s.status,
+                       'template_id', s.template_id) ORDER BY d.page_start)
+            FROM docextract.documents d
+            LEFT JOIN LATERAL (SELECT x.status, x.template_id FROM docextract.extractions x
+                               WHERE x.document_id = d.id
+                               ORDER BY x.created_at DESC LIMIT 1) s ON true
+            WHERE d.parent_id = e.document_id), '[]'::jsonb));
+END
+$$;
+
+CREATE FUNCTION docextract.get_result(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id,
+        'template_id', e.template_id, 'status', e.status,
+        'error_message', e.error_message,
+        'attributions', r.attributions,
+        'corrections', r.corrections))
+        || jsonb_build_object(
+        'data', r.data,
+        'validation', coalesce(r.validation, '[]'::jsonb),
+        'usage', coalesce(r.usage, '{}'::jsonb));
+END
+$$;
+
+-- Exports -----------------------------------------------------------------
+
+-- The results of completed extractions as json, csv, xlsx or quickbooks_csv.
+CREATE FUNCTION docextract.export(extraction_ids uuid[], format text DEFAULT 'json')
+RETURNS bytea LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'docextract_export';
+
+-- One row per line item (general fields alongside), for plain SQL.  An
+-- extraction without line items gives one row whose item is NULL.
+CREATE FUNCTION docextract.result_rows(extraction_id uuid)
+RETURNS TABLE (document_id uuid, line_number integer, general jsonb, item jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = result_rows.extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', result_rows.extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    IF e.status <> 'completed' OR r.data IS NULL THEN
+        RAISE EXCEPTION 'extraction % has no result: it is %', e.id, e.status USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT e.document_id, t.n::integer, r.data->'general', t.item
+      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.data->'table') = 'array'
+                                          AND jsonb_array_length(r.data->'table') > 0
+                                     THEN r.data->'table' ELSE '[null]' END)
+           WITH ORDINALITY t(item, n);
+END
+$$;
+
+-- Deletion and retention ---------------------------------------------------
+
+-- Soft-delete documents with their sub-documents: bytes, text and results
+-- are removed, active extractions cancelled (credits returned); the rows
+-- stay as a record.  Returns how many documents were deleted.
+CREATE FUNCTION docextract.delete_documents(document_ids uuid[])
+RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_delete_documents';
+
+-- zero_retention: the document's bytes go as soon as its extraction ends
+-- (or waits for review: the model has read it by then).
+CREATE FUNCTION docextract.drop_document_bytes() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+BEGIN
+    UPDATE docextract.documents d SET content = NULL, text = NULL
+     WHERE d.id = NEW.document_id AND d.content IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_zero_retention
+    AFTER UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'cancelled', 'insufficient_credits',
+                                      'awaiting_approval')
+                       AND (NEW.options->>'zero_retention')::boolean)
+    EXECUTE FUNCTION docextract.drop_document_bytes();
+
+-- Webhooks ----------------------------------------------------------------
+
+-- POST every event (or those named) of the caller's rows to url, signed
+-- with secret.  The secret is never readable again, by anyone but the
+-- extension owner.
+CREATE FUNCTION docextract.add_webhook(url text, secret text, events text[] DEFAULT NULL)
+-- Its errors never log the statement, which holds the secret.
+RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_add_webhook';
+
+CREATE FUNCTION docextract.set_webhook_enabled(webhook_id uuid, enabled boolean)
+RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_set_webhook_enabled';
+
+CREATE FUNCTION docextract.drop_webhook(webhook_id uuid)
+RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_drop_webhook';
+
+-- The X-Docextract-Signature a delivery of body at timestamp carries:
+-- 'v1=' || hex(hmac_sha256(secret, timestamp || '.' || body)).
+CREATE FUNCTION docextract.webhook_signature(secret text, "timestamp" bigint, body text)
+RETURNS text LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_webhook_signature';
+
+-- For operators: the queue and its outcomes per model.  security_invoker, so
+-- each role counts the rows it may see; superusers see everything.
+CREATE VIEW docextract.worker_stats WITH (security_invoker = true) AS
+SELECT e.model_name,
+       count(*) FILTER (WHERE e.status = 'processing') AS in_flight,
+       count(*) FILTER (WHERE e.status = 'pending') AS queued,
+       count(*) FILTER (WHERE e.status = 'retrying') AS retrying,
+       count(*) FILTER (WHERE e.status = 'completed') AS completed,
+       count(*) FILTER (WHERE e.status = 'failed') AS failed,
+       count(*) FILTER (WHERE e.status = 'cancelled') AS cancelled,
+       coalesce(sum(greatest(e.attempts - 1, 0)), 0) AS retries,
+       round(avg((r.usage->>'latency_ms')::numeric), 1) AS mean_latency_ms,
+       coalesce(sum((r.usage->>'input_tokens')::bigint), 0) AS input_tokens,
+       coalesce(sum((r.usage->>'output_tokens')::bigint), 0) AS output_tokens,
+       sum((r.usage->>'cost')::numeric) AS cost
+  FROM docextract.extractions e
+  LEFT JOIN docextract.results r ON r.extraction_id = e.id
+ GROUP BY e.model_name;
+GRANT SELECT ON docextract.worker_stats TO PUBLIC;
+
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
+REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.deliveries_queued() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.write_back() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.drop_document_bytes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.grant_credits(name, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.create_system_template(text, jsonb, jsonb, jsonb, text) FROM PUBLIC;
