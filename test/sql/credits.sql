@@ -6,8 +6,8 @@ SET docextract.credits = 'enforce';
 -- start from zero: end what the earlier files queued (in track mode), releasing its credits
 UPDATE docextract.extractions SET status = 'cancelled' WHERE status = 'pending';
 \getenv abs_srcdir PG_ABS_SRCDIR
-\set invoice_pdf :abs_srcdir '/test/fixtures/invoice.pdf'
-\set two_pages_pdf :abs_srcdir '/test/fixtures/two-pages.pdf'
+\set invoice_pdf :abs_srcdir '/fixtures/invoice.pdf'
+\set two_pages_pdf :abs_srcdir '/fixtures/two-pages.pdf'
 SELECT pg_read_binary_file(:'invoice_pdf') AS invoice_bytes,
        pg_read_binary_file(:'two_pages_pdf') AS two_pages_bytes \gset
 SELECT id AS tid FROM docextract.templates WHERE is_active AND name = 'invoice' \gset

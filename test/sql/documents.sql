@@ -1,8 +1,8 @@
 -- Documents: real type from the bytes, pages counted by poppler, sha256 stored.
 \getenv abs_srcdir PG_ABS_SRCDIR
-\set invoice_pdf :abs_srcdir '/test/fixtures/invoice.pdf'
-\set two_pages_pdf :abs_srcdir '/test/fixtures/two-pages.pdf'
-\set receipt_png :abs_srcdir '/test/fixtures/receipt.png'
+\set invoice_pdf :abs_srcdir '/fixtures/invoice.pdf'
+\set two_pages_pdf :abs_srcdir '/fixtures/two-pages.pdf'
+\set receipt_png :abs_srcdir '/fixtures/receipt.png'
 SELECT pg_read_binary_file(:'invoice_pdf') AS invoice_bytes,
        pg_read_binary_file(:'two_pages_pdf') AS two_pages_bytes,
        pg_read_binary_file(:'receipt_png') AS png_bytes \gset

@@ -3,7 +3,7 @@
 -- the superuser makes the status changes the worker would.
 SET docextract.credits = 'track';
 \getenv abs_srcdir PG_ABS_SRCDIR
-\set invoice_pdf :abs_srcdir '/test/fixtures/invoice.pdf'
+\set invoice_pdf :abs_srcdir '/fixtures/invoice.pdf'
 SELECT pg_read_binary_file(:'invoice_pdf') AS pdf \gset
 GRANT CREATE, USAGE ON SCHEMA public TO regress_alice, regress_bob;
 
