@@ -2,3 +2,115 @@
 -- has its step here; TAP test 013_upgrade checks that an upgraded schema and
 -- a fresh 0.2.0 install have the same catalog.
 \echo Use "ALTER EXTENSION docextract UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Backups: every table holds user data (no row is shipped by this script),
+-- so pg_dump keeps their rows and the sequences' positions.  A restore
+-- loads extractions with their state: the INSERT triggers act only on rows
+-- docextract itself enqueues (docextract.submitting), so nothing is
+-- reserved, charged or announced twice.  (One call per statement: each
+-- updates the extension's row.)
+SELECT pg_catalog.pg_extension_config_dump('docextract.models', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.model_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.templates', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.documents', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.extractions', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.results', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.events', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhooks', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_deliveries', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_deliveries_id_seq', '');
+
+-- Rows loaded by a restore carry their own reservation and events.
+CREATE OR REPLACE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    event text;
+    event_id bigint;
+    payload json;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+            RETURN NULL;    -- loaded with its state (a restore): its events come with it
+        END IF;
+        event := docextract.event_name(NULL, NEW.status);
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        event := docextract.event_name(OLD.status, NEW.status);
+    ELSIF NEW.status = 'processing'
+          AND NEW.completion_percentage > OLD.completion_percentage THEN
+        -- One request of a multi-request extraction is done.
+        event := 'extraction.progress';
+    ELSE
+        RETURN NULL;
+    END IF;
+    event_id := nextval('docextract.events_id_seq');
+    payload := json_build_object(
+        'event', event,
+        'extraction_id', NEW.id,
+        'document_id', NEW.document_id,
+        'status', NEW.status,
+        'template_id', NEW.template_id,
+        'attempts', NEW.attempts,
+        'completion_percentage', NEW.completion_percentage,
+        'event_id', event_id,
+        'created_at', clock_timestamp());
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+    PERFORM pg_notify('docextract', payload::text);
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER');
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    pages integer;
+    acct docextract.credit_accounts;
+    active bigint;
+    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
+    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
+BEGIN
+    -- Only what docextract enqueues is reserved for.  A row loaded with its
+    -- state (pg_restore of a dump) carries its reservation, and its
+    -- account and ledger rows are restored with it.
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NEW;
+    END IF;
+    SELECT d.page_count INTO pages FROM docextract.documents d WHERE d.id = NEW.document_id;
+    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
+    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    IF quota > 0 THEN
+        SELECT count(*) INTO active FROM docextract.extractions x
+         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+        IF active >= quota THEN
+            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
+                USING ERRCODE = '53400',
+                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
+        END IF;
+    END IF;
+    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
+                        NEW.owner, pages, pages, acct.balance - acct.reserved
+            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
+    END IF;
+    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
+     WHERE a.role = NEW.owner;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+            'submitted', NEW.owner);
+    NEW.credits_reserved := pages;
+    RETURN NEW;
+END
+$$;

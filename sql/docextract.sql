@@ -244,6 +244,28 @@ REVOKE ALL ON docextract.events, docextract.webhooks, docextract.webhook_secrets
               docextract.webhook_deliveries FROM PUBLIC;
 GRANT SELECT ON docextract.events, docextract.webhooks, docextract.webhook_deliveries TO PUBLIC;
 
+-- Backups: every table holds user data (no row is shipped by this script),
+-- so pg_dump keeps their rows and the sequences' positions.  A restore
+-- loads extractions with their state: the INSERT triggers act only on rows
+-- docextract itself enqueues (docextract.submitting), so nothing is
+-- reserved, charged or announced twice.  (One call per statement: each
+-- updates the extension's row.)
+SELECT pg_catalog.pg_extension_config_dump('docextract.models', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.model_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.templates', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.documents', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.extractions', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.results', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.events', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhooks', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_deliveries', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_deliveries_id_seq', '');
+
 -- Tell the worker, when the current transaction commits, that webhook
 -- deliveries were queued (it looks at them only when told, or on a poll).
 CREATE FUNCTION docextract.deliveries_queued() RETURNS void
@@ -270,6 +292,9 @@ DECLARE
     payload json;
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+            RETURN NULL;    -- loaded with its state (a restore): its events come with it
+        END IF;
         event := docextract.event_name(NULL, NEW.status);
     ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
         event := docextract.event_name(OLD.status, NEW.status);
@@ -323,6 +348,12 @@ DECLARE
     quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
     mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
 BEGIN
+    -- Only what docextract enqueues is reserved for.  A row loaded with its
+    -- state (pg_restore of a dump) carries its reservation, and its
+    -- account and ledger rows are restored with it.
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NEW;
+    END IF;
     SELECT d.page_count INTO pages FROM docextract.documents d WHERE d.id = NEW.document_id;
     INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
     SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;

@@ -34,6 +34,7 @@ int			docextract_webhook_max_attempts = 10;
 int			docextract_webhook_disable_after = 20;
 int			docextract_webhook_backoff_ms = 1000;
 int			docextract_retention_s = 0;
+bool		docextract_submitting = false;
 
 static const struct config_enum_entry credits_modes[] = {
 	{"enforce", CREDITS_ENFORCE, false},
@@ -233,6 +234,16 @@ define_settings(void)
 							"How long ended extractions and delivered events are kept (0: forever).",
 							NULL, &docextract_retention_s, 0, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	/*
+	 * On only while docextract itself inserts an extraction: its INSERT
+	 * triggers reserve credits and announce the row then, and leave rows
+	 * loaded any other way (a restore of a dump) as they come.
+	 */
+	DefineCustomBoolVariable("docextract.submitting",
+							 "Set by docextract while it enqueues an extraction.",
+							 NULL, &docextract_submitting, false,
+							 PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("docextract");
 }
 

@@ -55,6 +55,7 @@ extern int	docextract_webhook_max_attempts;
 extern int	docextract_webhook_disable_after;
 extern int	docextract_webhook_backoff_ms;
 extern int	docextract_retention_s;
+extern bool docextract_submitting;
 
 /* What a commit tells the worker, besides "look at the queue". */
 typedef enum WorkerSignal

@@ -11,6 +11,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "utils/guc.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -128,6 +129,11 @@ static Datum
 insert_extraction(Datum *args, const char *model)
 {
 	bool		isnull;
+	int			nestlevel = NewGUCNestLevel();
+
+	/* The INSERT triggers act on what we enqueue (see docextract.submitting). */
+	(void) set_config_option("docextract.submitting", "on", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 
 	/*
 	 * parts = 2: the general fields and the line items go as two requests
@@ -152,6 +158,7 @@ insert_extraction(Datum *args, const char *model)
 								  CStringGetTextDatum(model)},
 							  NULL, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not enqueue the extraction");
+	AtEOXact_GUC(true, nestlevel);
 	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 										   &isnull), false, UUID_LEN);
 }

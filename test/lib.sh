@@ -18,3 +18,25 @@ install_packages() {
     fi
     export PATH="/usr/lib/postgresql/15/bin:$PATH"
 }
+
+# A PostgreSQL prefix of its own holding a released docextract (built from
+# its git tag commit), for the upgrade test: a copy of the server's binaries
+# (PostgreSQL finds its libraries relative to them) with that release
+# installed.  Prints the prefix's install path (its bin/ parent).
+RELEASE_0_1_0=31bbd5a
+build_release() {
+    local commit=$1 dest=$2
+    local inst="$dest/usr/lib/postgresql/15"
+    if [ -f "$dest/.built-$commit" ]; then echo "$inst"; return; fi
+    rm -rf "$dest"
+    mkdir -p "$dest/usr/lib/postgresql" "$dest/usr/share/postgresql" "$dest/src"
+    cp -a /usr/lib/postgresql/15 "$dest/usr/lib/postgresql/"
+    cp -a /usr/share/postgresql/15 "$dest/usr/share/postgresql/"
+    ln -s /usr/include "$dest/usr/include"
+    git archive "$commit" | tar -x -C "$dest/src"
+    make -s -C "$dest/src" PG_CONFIG="$inst/bin/pg_config" >&2
+    make -s -C "$dest/src" PG_CONFIG="$inst/bin/pg_config" install >&2
+    chmod -R a+rX "$dest"
+    touch "$dest/.built-$commit"
+    echo "$inst"
+}

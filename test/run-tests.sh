@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 install_packages
 make -s
 as_root make -s install
+# The upgrade test starts from the real 0.1.0 library and schema.
+DOCEXTRACT_0_1_0_INSTALL=$(build_release "$RELEASE_0_1_0" /tmp/docextract-release-0.1.0)
+export DOCEXTRACT_0_1_0_INSTALL
 
 if [ "$(id -u)" -ne 0 ]; then
     exec make installcheck "$@"

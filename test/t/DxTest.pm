@@ -16,7 +16,7 @@ use Time::HiRes qw(usleep);
 use Exporter 'import';
 our @EXPORT = qw(start_model_server server_script server_requests server_stats server_reset
   hook_script hooks_received
-  new_node fixture add_invoice_template wait_for_status worker_pid json_of);
+  new_node fixture add_invoice_template wait_for_status wait_for_status_in worker_pid json_of catalog_lines);
 
 our $root = abs_path(dirname(__FILE__) . '/../..');
 my @servers;
@@ -104,7 +104,8 @@ sub server_stats
 sub new_node
 {
 	my ($name, %opt) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	my $node = PostgreSQL::Test::Cluster->new($name,
+		$opt{install_path} ? (install_path => $opt{install_path}) : ());
 	$node->init;
 	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'docextract'
@@ -113,7 +114,7 @@ docextract.max_inflight = 8
 docextract.credits = '} . ($opt{credits} // 'track') . q{'
 } . ($opt{conf} // ''));
 	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION docextract');
+	$node->safe_psql('postgres', 'CREATE EXTENSION docextract') unless $opt{no_extension};
 	return $node;
 }
 
@@ -151,12 +152,25 @@ sub add_invoice_template
 sub wait_for_status
 {
 	my ($node, $id, @statuses) = @_;
+	return wait_for_status_in($node, 'postgres', $id, @statuses);
+}
+
+sub wait_for_status_in
+{
+	my ($node, $db, $id, @statuses) = @_;
 	my $list = join(',', map { "'$_'" } @statuses);
-	$node->poll_query_until('postgres',
+	$node->poll_query_until($db,
 		"SELECT status IN ($list) FROM docextract.extractions WHERE id = '$id'")
 	  or die "extraction $id never reached (@statuses)";
-	return $node->safe_psql('postgres',
+	return $node->safe_psql($db,
 		"SELECT status FROM docextract.extractions WHERE id = '$id'");
+}
+
+# The extension's catalog in database db as sorted lines (test/catalog.sql).
+sub catalog_lines
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql($db, slurp_file("$root/test/catalog.sql"));
 }
 
 sub worker_pid
