@@ -2,3 +2,7 @@
 -- has its step here; TAP test 013_upgrade checks that an upgraded schema and
 -- a fresh 0.2.0 install have the same catalog.
 \echo Use "ALTER EXTENSION docextract UPDATE TO '0.2.0'" to load this file. \quit
+
+-- pdf_text runs the parser helper under settings: not IMMUTABLE (no index,
+-- no ANALYZE may run it).
+ALTER FUNCTION docextract.pdf_text(bytea) STABLE;

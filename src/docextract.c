@@ -233,6 +233,7 @@ define_settings(void)
 							"How long ended extractions and delivered events are kept (0: forever).",
 							NULL, &docextract_retention_s, 0, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	parser_define_settings();
 	MarkGUCPrefixReserved("docextract");
 }
 
