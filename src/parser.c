@@ -174,15 +174,14 @@ helper_start(void)
 static void
 helper_ensure(void)
 {
-	if (helper_pid > 0 &&
-		(helper_memory_mb != docextract_parser_memory_mb ||
-		 waitpid(helper_pid, NULL, WNOHANG) != 0))
+	/* It died between documents (reaped now, or by someone else). */
+	if (helper_pid > 0 && waitpid(helper_pid, NULL, WNOHANG) != 0)
 	{
-		/* Changed settings, or it died between documents. */
-		if (waitpid(helper_pid, NULL, WNOHANG) != 0)
-			helper_pid = 0;		/* reaped already */
+		helper_pid = 0;
 		helper_stop();
 	}
+	if (helper_pid > 0 && helper_memory_mb != docextract_parser_memory_mb)
+		helper_stop();
 	if (helper_pid == 0)
 		helper_start();
 }
@@ -227,21 +226,21 @@ static void
 helper_lost(Exchange *x)
 {
 	int			status = 0;
-	pid_t		pid = helper_pid;
+	pid_t		rc;
 
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+	while ((rc = waitpid(helper_pid, &status, 0)) < 0 && errno == EINTR)
 		;
 	helper_pid = 0;				/* reaped */
 	helper_stop();
-	if (WIFSIGNALED(status))
+	if (rc > 0 && WIFSIGNALED(status))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not parse document \"%s\": the parser was killed by signal %d",
 						x->filename, WTERMSIG(status))));
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("could not parse document \"%s\": the parser exited with code %d",
-					x->filename, WIFEXITED(status) ? WEXITSTATUS(status) : -1)));
+			 errmsg("could not parse document \"%s\": the parser exited unexpectedly (code %d)",
+					x->filename, rc > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1)));
 }
 
 static void

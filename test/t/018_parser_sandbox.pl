@@ -211,7 +211,18 @@ like(session_error('SELECT 1'), qr/22023: could not parse document "killed\.pdf"
 	'the helper killed mid-parse: 22023');
 $s->query_safe('RESET docextract.parser_fault; RESET docextract.parser_timeout');
 like($s->query_safe(add_sql('after-kill.pdf', $invoice)), qr/^[0-9a-f-]{36}$/, 'the session works after that');
+ok(gone($helper), 'the killed helper was reaped');
 $helper = (helpers_of($backend))[0]{pid};
+
+# A new memory limit takes a new helper.
+$s->query_safe("SET docextract.parser_memory_limit = '512MB'");
+$s->query_safe(add_sql('smaller.pdf', $invoice));
+@helpers = helpers_of($backend);
+is(scalar @helpers, 1, 'one helper after parser_memory_limit changed');
+isnt($helpers[0]{pid}, $helper, 'a new one');
+$helper = $helpers[0]{pid};
+like(slurp_file("/proc/$helper/limits"), qr/^Max address space\s+536870912\s+536870912\s/m,
+	'with the new limit');
 
 # The helper dies with its backend.
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($backend)");
