@@ -163,8 +163,13 @@ helper_start(void)
 	(void) fcntl(helper_in, F_SETPIPE_SZ, 1024 * 1024);
 	if (fcntl(helper_in, F_SETFL, O_NONBLOCK) != 0 || fcntl(helper_out, F_SETFL, O_NONBLOCK) != 0)
 	{
+		int			save_errno = errno;
+
 		helper_stop();
-		elog(ERROR, "could not make the parser's pipes non-blocking: %m");
+		errno = save_errno;
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not make the document parser's pipes non-blocking: %m")));
 	}
 	helper_memory_mb = docextract_parser_memory_mb;
 	elog(DEBUG1, "docextract: started the document parser, pid %d", (int) helper_pid);
@@ -348,7 +353,10 @@ exchange(Exchange *x, const ParserRequest *req, const char *data, ParserReply *r
 		send_all(x, data, req->len);
 		receive_all(x, (char *) reply, sizeof(*reply));
 		if (reply->magic != PARSER_MAGIC || reply->len > PARSER_MAX_OUTPUT)
-			elog(ERROR, "docextract's document parser answered out of protocol");
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("could not parse document \"%s\": the parser answered out of protocol",
+							x->filename)));
 		out = palloc(reply->len + 1);
 		receive_all(x, out, reply->len);
 		out[reply->len] = '\0';

@@ -37,7 +37,7 @@ pdf_inspect(const char *data, size_t len, const char *filename, char **text)
 {
 	size_t		out_len;
 	char	   *out = parser_run(data, len, text != NULL, filename, &out_len);
-	int32		pages;
+	int32		pages = 0;
 
 	if (out_len >= 1 && out[0] == 'F')
 		ereport(ERROR,
@@ -48,9 +48,14 @@ pdf_inspect(const char *data, size_t len, const char *filename, char **text)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" is a PDF with no pages", filename)));
-	if (out_len < 1 + sizeof(pages) || out[0] != 'O')
-		elog(ERROR, "docextract's document parser answered out of protocol");
-	memcpy(&pages, out + 1, sizeof(pages));
+	if (out_len >= 1 + sizeof(pages) && out[0] == 'O')
+		memcpy(&pages, out + 1, sizeof(pages));
+	/* The child parsed hostile bytes: believe nothing it says blindly. */
+	if (out_len < 1 + sizeof(pages) || out[0] != 'O' || pages < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not parse document \"%s\": the parser answered out of protocol",
+						filename)));
 	if (text)
 		*text = pg_any_to_server(out + 1 + sizeof(pages), out_len - 1 - sizeof(pages), PG_UTF8);
 	return pages;
