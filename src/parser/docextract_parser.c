@@ -3,9 +3,11 @@
  *
  * A backend starts this program once (posix_spawn, empty environment, only
  * its two pipes) and sends it documents one at a time on stdin; see
- * parser_protocol.h.  Each document is parsed by a child forked for it, so
- * a crash, a CPU or memory limit kills that child only, and the helper
- * reports how it ended.  The helper dies with its backend (PR_SET_PDEATHSIG,
+ * parser_protocol.h.  Each document is parsed by a child of its own, so a
+ * crash, a CPU or memory limit kills that child only, and the helper
+ * reports how it ended.  The child is forked before its document arrives
+ * and reads the request itself: the fork happens while the backend is busy
+ * elsewhere, and the helper never holds a document.  The helper dies with its backend (PR_SET_PDEATHSIG,
  * and EOF on stdin).
  *
  * Usage: docextract_parser <backend pid> <address space limit in bytes>
@@ -163,26 +165,79 @@ warm_up(void)
 		close(devnull);
 }
 
-/* In the child: limits, fault injection, then the parse. */
-static void
-child_main(const ParserRequest *req, const char *data, int out, pid_t helper)
-{
-	int			devnull = open("/dev/null", O_RDWR);
+/* How a child ends before it parses; see child_main. */
+#define CHILD_NO_MORE		100 /* EOF on stdin: the backend is done */
+#define CHILD_NO_MEMORY		102 /* the document does not fit in memory */
 
-	/* The protocol pipes are the helper's alone. */
-	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
-		_exit(5);
+/* A document too big for the memory limit: drain it. */
+static void
+drain(uint64_t len)
+{
+	char		sink[65536];
+
+	while (len > 0)
+	{
+		size_t		n = len < sizeof(sink) ? len : sizeof(sink);
+
+		if (!read_all(0, sink, n))
+			_exit(3);
+		len -= n;
+	}
+}
+
+/*
+ * Read one request from stdin; 'R' to the helper says it was read whole.
+ * Returns the document.
+ */
+static char *
+child_read_request(ParserRequest *req, int out)
+{
+	char	   *data;
+
+	if (!read_all(0, req, sizeof(*req)))
+		_exit(CHILD_NO_MORE);
+	if (req->magic != PARSER_MAGIC || req->len > (uint64_t) 1 << 40)
+		_exit(3);
+	data = malloc(req->len ? req->len : 1);
+	if (data == NULL)
+	{
+		drain(req->len);
+		(void) write_all(out, "R", 1);
+		_exit(CHILD_NO_MEMORY);
+	}
+	if (!read_all(0, data, req->len) || !write_all(out, "R", 1))
+		_exit(3);
+	return data;
+}
+
+/*
+ * A child, forked before its document arrives (so the fork costs no
+ * latency): read the request, give up stdin and stdout, set the limits,
+ * parse.
+ */
+static void
+child_main(int out, pid_t helper)
+{
+	ParserRequest req;
+	char	   *data;
+	int			devnull;
+
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != helper)
 		_exit(6);
+	data = child_read_request(&req, out);
+	/* The protocol pipes are the helper's alone. */
+	devnull = open("/dev/null", O_RDWR);
+	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
+		_exit(5);
 	/* SIGXCPU at the soft limit; the kernel sends SIGKILL at the hard one. */
-	set_limit(RLIMIT_CPU, req->cpu_seconds, req->cpu_seconds + 1);
-	if (req->flags & PARSER_FAULT_CRASH)
+	set_limit(RLIMIT_CPU, req.cpu_seconds, req.cpu_seconds + 1);
+	if (req.flags & PARSER_FAULT_CRASH)
 		raise(SIGSEGV);
-	if (req->flags & PARSER_FAULT_HANG)
+	if (req.flags & PARSER_FAULT_HANG)
 		for (;;)
 			pause();
-	parse_pdf(data, req->len, (req->flags & PARSER_WANT_TEXT) != 0, out);
+	parse_pdf(data, req.len, (req.flags & PARSER_WANT_TEXT) != 0, out);
 }
 
 /* Read the child's output; false if it wrote more than PARSER_MAX_OUTPUT. */
@@ -202,7 +257,7 @@ collect(int in, char **buf, size_t *len, int *err)
 			return false;
 		if (*len == cap)
 		{
-			cap = cap * 2 > PARSER_MAX_OUTPUT ? PARSER_MAX_OUTPUT + 1 : cap * 2;
+			cap = cap * 2 > PARSER_MAX_OUTPUT ? PARSER_MAX_OUTPUT + 2 : cap * 2;
 			if ((bigger = realloc(*buf, cap)) == NULL)
 				break;
 			*buf = bigger;
@@ -218,9 +273,35 @@ collect(int in, char **buf, size_t *len, int *err)
 	return false;
 }
 
-/* Fork a child for one document and tell the backend how it went. */
+/* How the child ended, for the backend. */
 static void
-run_one(const ParserRequest *req, const char *data)
+child_outcome(int status, ParserReply *reply)
+{
+	if (WIFSIGNALED(status))
+	{
+		reply->outcome = PARSER_SIGNALLED;
+		reply->value = WTERMSIG(status);
+	}
+	else if (WEXITSTATUS(status) == CHILD_NO_MEMORY)
+	{
+		reply->outcome = PARSER_FAILED;
+		reply->value = ENOMEM;
+	}
+	else
+	{
+		reply->outcome = PARSER_EXITED;
+		reply->value = WEXITSTATUS(status);
+	}
+}
+
+/*
+ * Fork a child, let it take the next document, tell the backend how it
+ * went.  Returns false when there is nothing more to do: the backend closed
+ * the pipe, or a child died without reading its request whole (the stream
+ * is out of step; the backend starts another helper).
+ */
+static bool
+run_one(void)
 {
 	ParserReply reply = {PARSER_MAGIC, PARSER_EXITED, 0, 0, 0};
 	char	   *out = NULL;
@@ -228,70 +309,42 @@ run_one(const ParserRequest *req, const char *data)
 	int			fds[2];
 	int			status;
 	int			err = 0;
+	bool		whole;
 	pid_t		helper = getpid();
 	pid_t		child;
 
 	if (pipe2(fds, O_CLOEXEC) != 0 || (child = fork()) < 0)
-	{
-		reply.outcome = PARSER_FAILED;
-		reply.value = errno;
-	}
-	else if (child == 0)
+		return false;
+	if (child == 0)
 	{
 		close(fds[0]);
-		child_main(req, data, fds[1], helper);
+		child_main(fds[1], helper);
 		_exit(0);
 	}
-	else
+	close(fds[1]);
+	whole = collect(fds[0], &out, &len, &err);
+	if (!whole)
+		kill(child, SIGKILL);
+	close(fds[0]);
+	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+		;
+	if (out == NULL || len < 1 || out[0] != 'R')
+		return false;			/* CHILD_NO_MORE, or out of step */
+	child_outcome(status, &reply);
+	if (!whole)
 	{
-		close(fds[1]);
-		if (!collect(fds[0], &out, &len, &err))
-		{
-			kill(child, SIGKILL);
-			reply.outcome = err ? PARSER_FAILED : PARSER_TOO_LARGE;
-			reply.value = err;
-			len = 0;
-		}
-		close(fds[0]);
-		while (waitpid(child, &status, 0) < 0 && errno == EINTR)
-			;
-		if (reply.outcome == PARSER_EXITED && WIFSIGNALED(status))
-		{
-			reply.outcome = PARSER_SIGNALLED;
-			reply.value = WTERMSIG(status);
-		}
-		else if (reply.outcome == PARSER_EXITED)
-			reply.value = WEXITSTATUS(status);
+		reply.outcome = err ? PARSER_FAILED : PARSER_TOO_LARGE;
+		reply.value = err;
 	}
-	reply.len = (reply.outcome == PARSER_EXITED && reply.value == 0) ? len : 0;
-	if (!write_all(1, &reply, sizeof(reply)) || !write_all(1, out, reply.len))
-		exit(0);				/* the backend is gone */
+	reply.len = (reply.outcome == PARSER_EXITED && reply.value == 0) ? len - 1 : 0;
+	whole = write_all(1, &reply, sizeof(reply)) && write_all(1, out + 1, reply.len);
 	free(out);
-}
-
-/* A document too big for the memory limit: drain it, say so. */
-static bool
-refuse(uint64_t len)
-{
-	ParserReply reply = {PARSER_MAGIC, PARSER_FAILED, ENOMEM, 0, 0};
-	char		sink[65536];
-
-	while (len > 0)
-	{
-		size_t		n = len < sizeof(sink) ? len : sizeof(sink);
-
-		if (!read_all(0, sink, n))
-			return false;
-		len -= n;
-	}
-	return write_all(1, &reply, sizeof(reply));
+	return whole;				/* false: the backend is gone */
 }
 
 int
 main(int argc, char **argv)
 {
-	ParserRequest req;
-
 	/* Die with the backend that started us, even if it dies right now. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (argc != 3 || getppid() != (pid_t) atol(argv[1]))
@@ -301,23 +354,7 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	warm_up();
 
-	while (read_all(0, &req, sizeof(req)))
-	{
-		char	   *data;
-
-		if (req.magic != PARSER_MAGIC || req.len > (uint64_t) 1 << 40)
-			return 3;
-		data = malloc(req.len ? req.len : 1);
-		if (data == NULL)
-		{
-			if (!refuse(req.len))
-				return 0;
-			continue;
-		}
-		if (!read_all(0, data, req.len))
-			return 0;
-		run_one(&req, data);
-		free(data);
-	}
-	return 0;					/* EOF: the backend closed the pipe or exited */
+	while (run_one())
+		;
+	return 0;
 }
