@@ -18,7 +18,8 @@ REGRESS_OPTS = --inputdir=test --temp-instance=tmp_regress --temp-config=test/re
 	--load-extension=docextract
 TAP_TESTS = 1
 
-DEPS = libcurl json-c poppler-glib xlsxwriter
+# poppler is linked into the parser helper only (below), never the library.
+DEPS = libcurl json-c xlsxwriter
 # -Wextra, less unused-parameter: PostgreSQL's own headers trip that one.
 PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter -DEXTVERSION=\"$(EXTVERSION)\" \
 	$(shell pkg-config --cflags $(DEPS) 2>/dev/null)
@@ -45,6 +46,25 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql
 
 # PGXS tracks no header dependencies; every object shares this one.
 $(OBJS): src/docextract.h
+
+# The parser helper (src/parser.c runs it): poppler parses untrusted bytes
+# there.  PGXS builds no PROGRAM next to MODULE_big, hence these rules.
+ifneq ($(PGXS),)
+PARSER = src/parser/docextract_parser
+all: $(PARSER)
+$(PARSER): $(PARSER).c src/parser/parser_protocol.h
+	$(CC) -std=gnu11 $(CFLAGS) -Wextra -Wno-unused-parameter $(shell pkg-config --cflags poppler-glib) \
+		-o $@ $< $(LDFLAGS) $(shell pkg-config --libs poppler-glib)
+src/parser.o: src/parser/parser_protocol.h
+install: install-parser
+uninstall: uninstall-parser
+.PHONY: install-parser uninstall-parser
+install-parser: $(PARSER) installdirs
+	$(INSTALL_PROGRAM) $(PARSER) '$(DESTDIR)$(pkglibdir)/'
+uninstall-parser:
+	rm -f '$(DESTDIR)$(pkglibdir)/docextract_parser'
+EXTRA_CLEAN += $(PARSER)
+endif
 
 # The two commands of the README.  Both install what they need (as root or via sudo).
 .PHONY: demo test

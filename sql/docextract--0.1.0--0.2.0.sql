@@ -114,3 +114,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
+-- pdf_text runs the parser helper under settings: not IMMUTABLE (no index,
+-- no ANALYZE may run it).
+ALTER FUNCTION docextract.pdf_text(bytea) STABLE;

@@ -541,9 +541,10 @@ RETURNS jsonb LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_temp
 CREATE FUNCTION docextract.add_document(filename text, content bytea)
 RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_add_document';
 
--- The text poppler finds in a PDF, pages separated by form feeds.
+-- The text poppler finds in a PDF, pages separated by form feeds.  STABLE: it
+-- runs a helper process under settings (time, memory), so no index may use it.
 CREATE FUNCTION docextract.pdf_text(content bytea)
-RETURNS text LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_pdf_text';
+RETURNS text LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'docextract_pdf_text';
 
 -- Extractions -------------------------------------------------------------
 

@@ -244,6 +244,7 @@ define_settings(void)
 							 NULL, &docextract_submitting, false,
 							 PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							 NULL, NULL, NULL);
+	parser_define_settings();
 	MarkGUCPrefixReserved("docextract");
 }
 

@@ -106,7 +106,7 @@ extern void check_visible(const char *what, const char *sql, Datum id, Oid calle
 extern char *docextract_installed_version(void);
 extern bool docextract_schema_ready(void);
 
-/* pdf.c: poppler ------------------------------------------------------------ */
+/* pdf.c: a PDF's pages and text, read by the parser helper ------------------ */
 
 extern int	pdf_inspect(const char *data, size_t len, const char *filename, char **text);
 extern char *pdf_text(const char *data, size_t len);
@@ -114,6 +114,7 @@ extern char *pdf_text(const char *data, size_t len);
 /* documents.c ---------------------------------------------------------------- */
 
 extern const char *detect_content_type(const unsigned char *data, size_t len);
+extern void check_document_size(const char *filename, size_t len);
 
 /* templates.c: the parsed, validated form of a template --------------------- */
 
@@ -350,5 +351,22 @@ extern void queue_fail(pg_uuid_t *id, const char *message);
 extern void queue_retry(pg_uuid_t *id, const char *message, long delay_ms);
 extern void queue_progress(pg_uuid_t *id, int percentage);
 extern void queue_find_ended(pg_uuid_t **ids, int n, bool *ended);
+
+/* parser.c: untrusted bytes parsed in a helper process ---------------------- */
+
+typedef enum ParserInject
+{
+	PARSER_INJECT_NONE,
+	PARSER_INJECT_CRASH,		/* the parser's child raises SIGSEGV */
+	PARSER_INJECT_HANG			/* the parser's child never answers */
+} ParserInject;
+
+extern int	docextract_parser_timeout_ms;
+extern int	docextract_parser_memory_mb;
+extern int	docextract_parser_fault;
+
+extern void parser_define_settings(void);
+extern char *parser_run(const char *data, size_t len, bool want_text, const char *filename,
+						size_t *out_len);
 
 #endif							/* DOCEXTRACT_H */

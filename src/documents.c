@@ -101,15 +101,11 @@ first_bytes_hex(const unsigned char *d, size_t len)
 	return hex;
 }
 
-/*
- * Check the bytes; return the content type, set *pages, and for a PDF *text,
- * or raise 22023.
- */
-static const char *
-check_document(const char *filename, const char *data, size_t len, int *pages, char **text)
+/* Not empty, not over docextract.max_document_size, or raise 22023. */
+void
+check_document_size(const char *filename, size_t len)
 {
 	int64		max_bytes = (int64) docextract_max_document_size * 1024;
-	const char *type;
 
 	if (len == 0)
 		ereport(ERROR,
@@ -120,6 +116,18 @@ check_document(const char *filename, const char *data, size_t len, int *pages, c
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" is %zu bytes, more than docextract.max_document_size (%lld bytes)",
 						filename, len, (long long) max_bytes)));
+}
+
+/*
+ * Check the bytes; return the content type, set *pages, and for a PDF *text,
+ * or raise 22023.
+ */
+static const char *
+check_document(const char *filename, const char *data, size_t len, int *pages, char **text)
+{
+	const char *type;
+
+	check_document_size(filename, len);
 	type = detect_content_type((const unsigned char *) data, len);
 	if (type == NULL)
 		ereport(ERROR,

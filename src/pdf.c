@@ -1,86 +1,63 @@
 /*
- * pdf.c: what we need from poppler: can the PDF be opened, how many pages
- * does it have, and what text is on them.
- *
- * glib allocations are freed before any ereport, so an error never leaks
- * them into a long-lived worker.
+ * pdf.c: what we need from a PDF: can it be opened, how many pages does it
+ * have, and what text is on them.  poppler reads it in the parser helper
+ * (parser.c), never in this process; here we only read its answer.
  */
 #include "postgres.h"
 
 #include "docextract.h"	/* first: see the note on json_object */
 
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
-
-#include <poppler.h>
 
 
 PG_FUNCTION_INFO_V1(docextract_pdf_text);
 
-/* Open a PDF; on failure return NULL and a palloc'd reason. */
-static PopplerDocument *
-pdf_open(const char *data, size_t len, char **reason)
-{
-	GBytes	   *bytes = g_bytes_new_static(data, len);
-	GError	   *error = NULL;
-	PopplerDocument *doc = poppler_document_new_from_bytes(bytes, NULL, &error);
-
-	g_bytes_unref(bytes);		/* the document keeps its own reference */
-	if (doc == NULL)
-	{
-		*reason = pstrdup(error && error->message ? error->message : "unknown error");
-		if (error)
-			g_error_free(error);
-	}
-	return doc;
-}
-
-/* The text of the first pages pages, one form feed between pages. */
+/* poppler's reason, as printable ASCII whatever the helper sent. */
 static char *
-document_text(PopplerDocument *doc, int pages)
+clean_reason(const char *s, size_t len)
 {
-	StringInfoData out;
+	char	   *out = pnstrdup(s, Min(len, 200));
 
-	initStringInfo(&out);
-	for (int i = 0; i < pages; i++)
-	{
-		PopplerPage *page = poppler_document_get_page(doc, i);
-		char	   *text = page ? poppler_page_get_text(page) : NULL;
-
-		if (i > 0)
-			appendStringInfoChar(&out, '\f');
-		if (text)
-			appendStringInfoString(&out, text);
-		g_free(text);
-		if (page)
-			g_object_unref(page);
-	}
-	return out.data;
+	for (char *p = out; *p; p++)
+		if ((unsigned char) *p < 0x20 || (unsigned char) *p > 0x7e)
+			*p = '?';
+	return out;
 }
 
 /*
- * Open a PDF once: its page count, and its text (palloc'd) when text is not
- * NULL.  A PDF poppler cannot open, or one without pages, raises 22023.
+ * Open a PDF once: its page count, and its text (palloc'd, in the database
+ * encoding) when text is not NULL.  A PDF the parser cannot open, one
+ * without pages, or one that crashes the parser or takes too long raises
+ * 22023.
  */
 int
 pdf_inspect(const char *data, size_t len, const char *filename, char **text)
 {
-	char	   *reason = NULL;
-	PopplerDocument *doc = pdf_open(data, len, &reason);
-	int			pages;
+	size_t		out_len;
+	char	   *out = parser_run(data, len, text != NULL, filename, &out_len);
+	int32		pages = 0;
 
-	if (doc == NULL)
+	if (out_len >= 1 && out[0] == 'F')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("document \"%s\" is not a readable PDF: %s", filename, reason)));
-	pages = poppler_document_get_n_pages(doc);
-	if (text && pages > 0)
-		*text = document_text(doc, pages);
-	g_object_unref(doc);
-	if (pages < 1)
+				 errmsg("document \"%s\" is not a readable PDF: %s", filename,
+						clean_reason(out + 1, out_len - 1))));
+	if (out_len >= 1 && out[0] == 'N')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" is a PDF with no pages", filename)));
+	if (out_len >= 1 + sizeof(pages) && out[0] == 'O')
+		memcpy(&pages, out + 1, sizeof(pages));
+	/* The child parsed hostile bytes: believe nothing it says blindly. */
+	if (out_len < 1 + sizeof(pages) || out[0] != 'O' || pages < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not parse document \"%s\": the parser answered out of protocol",
+						filename)));
+	if (text)
+		*text = pg_any_to_server(out + 1 + sizeof(pages), out_len - 1 - sizeof(pages), PG_UTF8);
 	return pages;
 }
 
@@ -94,10 +71,12 @@ pdf_text(const char *data, size_t len)
 	return text;
 }
 
+/* SQL: docextract.pdf_text(bytea), within docextract.max_document_size. */
 Datum
 docextract_pdf_text(PG_FUNCTION_ARGS)
 {
 	bytea	   *content = PG_GETARG_BYTEA_PP(0);
 
+	check_document_size("(bytes)", VARSIZE_ANY_EXHDR(content));
 	PG_RETURN_TEXT_P(cstring_to_text(pdf_text(VARDATA_ANY(content), VARSIZE_ANY_EXHDR(content))));
 }

@@ -1,0 +1,360 @@
+/*
+ * docextract_parser: parses untrusted documents outside the server.
+ *
+ * A backend starts this program once (posix_spawn, empty environment, only
+ * its two pipes) and sends it documents one at a time on stdin; see
+ * parser_protocol.h.  Each document is parsed by a child of its own, so a
+ * crash, a CPU or memory limit kills that child only, and the helper
+ * reports how it ended.  The child is forked before its document arrives
+ * and reads the request itself: the fork happens while the backend is busy
+ * elsewhere, and the helper never holds a document.  The helper dies with its backend (PR_SET_PDEATHSIG,
+ * and EOF on stdin).
+ *
+ * Usage: docextract_parser <backend pid> <address space limit in bytes>
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <poppler.h>
+
+#include "parser_protocol.h"
+
+/* Read exactly len bytes; false on EOF or error. */
+static bool
+read_all(int fd, void *buf, size_t len)
+{
+	char	   *p = buf;
+
+	while (len > 0)
+	{
+		ssize_t		n = read(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		p += n;
+		len -= n;
+	}
+	return true;
+}
+
+static bool
+write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0)
+	{
+		ssize_t		n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		p += n;
+		len -= n;
+	}
+	return true;
+}
+
+static void
+set_limit(int resource, rlim_t soft, rlim_t hard)
+{
+	struct rlimit rl = {soft, hard};
+
+	if (setrlimit(resource, &rl) != 0)
+		_exit(4);
+}
+
+/* The child's answer for one PDF: 'O', pages, text; 'F', reason; or 'N'. */
+static void
+parse_pdf(const char *data, size_t len, bool want_text, int out)
+{
+	GBytes	   *bytes = g_bytes_new_static(data, len);
+	GError	   *error = NULL;
+	PopplerDocument *doc = poppler_document_new_from_bytes(bytes, NULL, &error);
+	int32_t		pages;
+
+	if (doc == NULL)
+	{
+		const char *reason = error && error->message ? error->message : "unknown error";
+
+		if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
+			_exit(3);
+		return;
+	}
+	pages = poppler_document_get_n_pages(doc);
+	if (pages < 1)
+	{
+		if (!write_all(out, "N", 1))
+			_exit(3);
+		return;
+	}
+	if (!write_all(out, "O", 1) || !write_all(out, &pages, sizeof(pages)))
+		_exit(3);
+	for (int i = 0; want_text && i < pages; i++)
+	{
+		PopplerPage *page = poppler_document_get_page(doc, i);
+		char	   *text = page ? poppler_page_get_text(page) : NULL;
+
+		if ((i > 0 && !write_all(out, "\f", 1)) ||
+			(text && !write_all(out, text, strlen(text))))
+			_exit(3);
+		g_free(text);
+		if (page)
+			g_object_unref(page);
+	}
+}
+
+/*
+ * A one-page PDF of our own, parsed once before the first fork: poppler's
+ * and fontconfig's start-up then happens once, not in every child.
+ */
+static const char warm_up_pdf[] =
+	"%PDF-1.4\n"
+	"1 0 obj\n"
+	"<</Type/Catalog/Pages 2 0 R>>\n"
+	"endobj\n"
+	"2 0 obj\n"
+	"<</Type/Pages/Kids[3 0 R]/Count 1>>\n"
+	"endobj\n"
+	"3 0 obj\n"
+	"<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 50]/Contents 4 0 R/Resources<</Font<</F1 5 0 R>>>>>>\n"
+	"endobj\n"
+	"4 0 obj\n"
+	"<</Length 34>>stream\n"
+	"BT /F1 12 Tf 10 20 Td (warm) Tj ET\n"
+	"endstream\n"
+	"endobj\n"
+	"5 0 obj\n"
+	"<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>\n"
+	"endobj\n"
+	"xref\n"
+	"0 6\n"
+	"0000000000 65535 f \n"
+	"0000000009 00000 n \n"
+	"0000000054 00000 n \n"
+	"0000000105 00000 n \n"
+	"0000000216 00000 n \n"
+	"0000000297 00000 n \n"
+	"trailer\n"
+	"<</Size 6/Root 1 0 R>>\n"
+	"startxref\n"
+	"360\n"
+	"%%EOF\n";
+
+static void
+warm_up(void)
+{
+	int			devnull = open("/dev/null", O_WRONLY);
+
+	if (devnull >= 0)
+		parse_pdf(warm_up_pdf, sizeof(warm_up_pdf) - 1, true, devnull);
+	if (devnull >= 0)
+		close(devnull);
+}
+
+/* How a child ends before it parses; see child_main. */
+#define CHILD_NO_MORE		100 /* EOF on stdin: the backend is done */
+#define CHILD_NO_MEMORY		102 /* the document does not fit in memory */
+
+/* A document too big for the memory limit: drain it. */
+static void
+drain(uint64_t len)
+{
+	char		sink[65536];
+
+	while (len > 0)
+	{
+		size_t		n = len < sizeof(sink) ? len : sizeof(sink);
+
+		if (!read_all(0, sink, n))
+			_exit(3);
+		len -= n;
+	}
+}
+
+/*
+ * Read one request from stdin; 'R' to the helper says it was read whole.
+ * Returns the document.
+ */
+static char *
+child_read_request(ParserRequest *req, int out)
+{
+	char	   *data;
+
+	if (!read_all(0, req, sizeof(*req)))
+		_exit(CHILD_NO_MORE);
+	if (req->magic != PARSER_MAGIC || req->len > (uint64_t) 1 << 40)
+		_exit(3);
+	data = malloc(req->len ? req->len : 1);
+	if (data == NULL)
+	{
+		drain(req->len);
+		(void) write_all(out, "R", 1);
+		_exit(CHILD_NO_MEMORY);
+	}
+	if (!read_all(0, data, req->len) || !write_all(out, "R", 1))
+		_exit(3);
+	return data;
+}
+
+/*
+ * A child, forked before its document arrives (so the fork costs no
+ * latency): read the request, give up stdin and stdout, set the limits,
+ * parse.
+ */
+static void
+child_main(int out, pid_t helper)
+{
+	ParserRequest req;
+	char	   *data;
+	int			devnull;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != helper)
+		_exit(6);
+	data = child_read_request(&req, out);
+	/* The protocol pipes are the helper's alone. */
+	devnull = open("/dev/null", O_RDWR);
+	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
+		_exit(5);
+	/* SIGXCPU at the soft limit; the kernel sends SIGKILL at the hard one. */
+	set_limit(RLIMIT_CPU, req.cpu_seconds, req.cpu_seconds + 1);
+	if (req.flags & PARSER_FAULT_CRASH)
+		raise(SIGSEGV);
+	if (req.flags & PARSER_FAULT_HANG)
+		for (;;)
+			pause();
+	parse_pdf(data, req.len, (req.flags & PARSER_WANT_TEXT) != 0, out);
+}
+
+/* Read the child's output; false if it wrote more than PARSER_MAX_OUTPUT. */
+static bool
+collect(int in, char **buf, size_t *len, int *err)
+{
+	size_t		cap = 65536;
+
+	*len = 0;
+	*buf = malloc(cap);
+	while (*buf != NULL)
+	{
+		ssize_t		n;
+		char	   *bigger;
+
+		if (*len == cap && cap > PARSER_MAX_OUTPUT)
+			return false;
+		if (*len == cap)
+		{
+			cap = cap * 2 > PARSER_MAX_OUTPUT ? PARSER_MAX_OUTPUT + 2 : cap * 2;
+			if ((bigger = realloc(*buf, cap)) == NULL)
+				break;
+			*buf = bigger;
+		}
+		n = read(in, *buf + *len, cap - *len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return true;
+		*len += n;
+	}
+	*err = ENOMEM;
+	return false;
+}
+
+/* How the child ended, for the backend. */
+static void
+child_outcome(int status, ParserReply *reply)
+{
+	if (WIFSIGNALED(status))
+	{
+		reply->outcome = PARSER_SIGNALLED;
+		reply->value = WTERMSIG(status);
+	}
+	else if (WEXITSTATUS(status) == CHILD_NO_MEMORY)
+	{
+		reply->outcome = PARSER_FAILED;
+		reply->value = ENOMEM;
+	}
+	else
+	{
+		reply->outcome = PARSER_EXITED;
+		reply->value = WEXITSTATUS(status);
+	}
+}
+
+/*
+ * Fork a child, let it take the next document, tell the backend how it
+ * went.  Returns false when there is nothing more to do: the backend closed
+ * the pipe, or a child died without reading its request whole (the stream
+ * is out of step; the backend starts another helper).
+ */
+static bool
+run_one(void)
+{
+	ParserReply reply = {PARSER_MAGIC, PARSER_EXITED, 0, 0, 0};
+	char	   *out = NULL;
+	size_t		len = 0;
+	int			fds[2];
+	int			status;
+	int			err = 0;
+	bool		whole;
+	pid_t		helper = getpid();
+	pid_t		child;
+
+	if (pipe2(fds, O_CLOEXEC) != 0 || (child = fork()) < 0)
+		return false;
+	if (child == 0)
+	{
+		close(fds[0]);
+		child_main(fds[1], helper);
+		_exit(0);
+	}
+	close(fds[1]);
+	whole = collect(fds[0], &out, &len, &err);
+	if (!whole)
+		kill(child, SIGKILL);
+	close(fds[0]);
+	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+		;
+	if (out == NULL || len < 1 || out[0] != 'R')
+		return false;			/* CHILD_NO_MORE, or out of step */
+	child_outcome(status, &reply);
+	if (!whole)
+	{
+		reply.outcome = err ? PARSER_FAILED : PARSER_TOO_LARGE;
+		reply.value = err;
+	}
+	reply.len = (reply.outcome == PARSER_EXITED && reply.value == 0) ? len - 1 : 0;
+	whole = write_all(1, &reply, sizeof(reply)) && write_all(1, out + 1, reply.len);
+	free(out);
+	return whole;				/* false: the backend is gone */
+}
+
+int
+main(int argc, char **argv)
+{
+	/* Die with the backend that started us, even if it dies right now. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (argc != 3 || getppid() != (pid_t) atol(argv[1]))
+		return 2;
+	set_limit(RLIMIT_CORE, 0, 0);
+	set_limit(RLIMIT_AS, strtoull(argv[2], NULL, 10), strtoull(argv[2], NULL, 10));
+	signal(SIGPIPE, SIG_IGN);
+	warm_up();
+
+	while (run_one())
+		;
+	return 0;
+}

@@ -1,0 +1,57 @@
+/*
+ * parser_protocol.h: the pipes between a backend and docextract_parser.
+ *
+ * Both ends run on the same machine, so integers go in native byte order.
+ *
+ *   backend -> helper: ParserRequest, then request.len bytes of document.
+ *   helper -> backend: ParserReply, then reply.len bytes of payload.
+ *
+ * The payload is what the per-document child wrote, relayed only once the
+ * child has ended (so a child that dies half-way never leaves a torn
+ * message): on success 'O', an int32 page count, then the text (pages
+ * separated by form feeds); or 'F' and poppler's reason; or 'N' (no pages).
+ * Closing the request pipe tells the helper to exit.
+ */
+#ifndef PARSER_PROTOCOL_H
+#define PARSER_PROTOCOL_H
+
+#include <stdint.h>
+
+#define PARSER_MAGIC 0x44585031	/* "DXP1" */
+
+/* Request flags. */
+#define PARSER_WANT_TEXT	0x01
+#define PARSER_FAULT_CRASH	0x02	/* fault injection: the child raises SIGSEGV */
+#define PARSER_FAULT_HANG	0x04	/* fault injection: the child never answers */
+
+/* The most text one document may yield (the helper stops the child beyond). */
+#define PARSER_MAX_OUTPUT	(256 * 1024 * 1024)
+
+typedef struct ParserRequest
+{
+	uint32_t	magic;
+	uint32_t	flags;
+	uint32_t	cpu_seconds;	/* RLIMIT_CPU of the child */
+	uint32_t	reserved;
+	uint64_t	len;			/* document bytes that follow */
+} ParserRequest;
+
+/* How the child ended. */
+typedef enum ParserOutcome
+{
+	PARSER_EXITED = 0,			/* value: exit code */
+	PARSER_SIGNALLED = 1,		/* value: signal number */
+	PARSER_TOO_LARGE = 2,		/* the child wrote more than PARSER_MAX_OUTPUT */
+	PARSER_FAILED = 3			/* the helper could not run a child; value: errno */
+} ParserOutcome;
+
+typedef struct ParserReply
+{
+	uint32_t	magic;
+	uint32_t	outcome;		/* ParserOutcome */
+	int32_t		value;
+	uint32_t	reserved;
+	uint64_t	len;			/* payload bytes that follow */
+} ParserReply;
+
+#endif							/* PARSER_PROTOCOL_H */
