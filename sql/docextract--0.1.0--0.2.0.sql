@@ -117,3 +117,26 @@ $$;
 -- pdf_text runs the parser helper under settings: not IMMUTABLE (no index,
 -- no ANALYZE may run it).
 ALTER FUNCTION docextract.pdf_text(bytea) STABLE;
+-- Hardening (issue 11): credit_balance(NULL) is NULL, not 0.
+ALTER FUNCTION docextract.credit_balance(name) STRICT;
+
+-- Every function of the extension searches pg_catalog, its own schema, and
+-- pg_temp last: listed last, so that no role's temporary types or relations
+-- can stand in for the extension's (unlisted, pg_temp is searched first for
+-- those), and without public or "$user", where other roles may create
+-- functions and operators that match a call better than pg_catalog's.  Whoever runs them, superusers and the worker included, they never
+-- resolve a name to a user's object.  Keep this last: CREATE OR REPLACE
+-- FUNCTION above may have replaced a function's SET clauses.
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'docextract'::pg_catalog.regnamespace AND p.prokind = 'f'
+              ORDER BY p.oid LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION docextract.%I(%s) SET search_path = pg_catalog, docextract, pg_temp',
+                                  f.proname, f.args);
+    END LOOP;
+END
+$$;

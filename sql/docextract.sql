@@ -285,7 +285,7 @@ $$;
 -- (sent at commit, with the change), and a delivery per matching webhook of
 -- a role that may see the extraction.
 CREATE FUNCTION docextract.announce_status() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     event text;
     event_id bigint;
@@ -340,7 +340,7 @@ CREATE TRIGGER extractions_announce
 -- account row's lock serializes a role's submits, so two sessions cannot
 -- both spend the last credits, nor both pass the active-extraction quota.
 CREATE FUNCTION docextract.reserve_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     pages integer;
     acct docextract.credit_accounts;
@@ -390,7 +390,7 @@ CREATE TRIGGER extractions_reserve_credits
 -- them otherwise.  In the transaction of the status change itself, so a
 -- crash before its commit settles nothing and one after it settles once.
 CREATE FUNCTION docextract.settle_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     kind text;
     after bigint;
@@ -424,7 +424,7 @@ CREATE TRIGGER extractions_settle_credits
 -- Add (or, negative, take away) credits.  For the extension owner and those
 -- it grants EXECUTE to.
 CREATE FUNCTION docextract.grant_credits(role name, amount bigint, reason text DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     r regrole;
     acct docextract.credit_accounts;
@@ -448,7 +448,7 @@ $$;
 
 -- Credits a role can spend now: granted, minus charged, minus held.
 CREATE FUNCTION docextract.credit_balance(role name DEFAULT current_user)
-RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+RETURNS bigint LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     r regrole := quote_ident(role)::regrole;
 BEGIN
@@ -469,7 +469,7 @@ LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_validate_model_options';
 CREATE FUNCTION docextract.add_model(name text, provider text, base_url text, model text,
                                      api_key text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, docextract
+SET search_path = pg_catalog, docextract, pg_temp
 -- An error here must not log the statement: it holds the key.
 SET log_min_error_statement = 'panic' AS $$
 BEGIN
@@ -590,7 +590,7 @@ CREATE FUNCTION docextract.coerce_value(value jsonb, format_type text,
 RETURNS jsonb LANGUAGE C IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_coerce_value';
 
 CREATE FUNCTION docextract.extraction_status(extraction_id uuid)
-RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     e docextract.extractions;
 BEGIN
@@ -620,7 +620,7 @@ END
 $$;
 
 CREATE FUNCTION docextract.get_result(extraction_id uuid)
-RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     e docextract.extractions;
     r docextract.results;
@@ -653,7 +653,7 @@ RETURNS bytea LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'docextract_export';
 -- extraction without line items gives one row whose item is NULL.
 CREATE FUNCTION docextract.result_rows(extraction_id uuid)
 RETURNS TABLE (document_id uuid, line_number integer, general jsonb, item jsonb)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     e docextract.extractions;
     r docextract.results;
@@ -686,7 +686,7 @@ RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_delete_documents';
 -- zero_retention: the document's bytes go as soon as its extraction ends
 -- (or waits for review: the model has read it by then).
 CREATE FUNCTION docextract.drop_document_bytes() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 BEGIN
     UPDATE docextract.documents d SET content = NULL, text = NULL
      WHERE d.id = NEW.document_id AND d.content IS NOT NULL;
@@ -751,3 +751,24 @@ REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.grant_credits(name, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.create_system_template(text, jsonb, jsonb, jsonb, text) FROM PUBLIC;
+
+-- Every function of the extension searches pg_catalog, its own schema, and
+-- pg_temp last: listed last, so that no role's temporary types or relations
+-- can stand in for the extension's (unlisted, pg_temp is searched first for
+-- those), and without public or "$user", where other roles may create
+-- functions and operators that match a call better than pg_catalog's.  Whoever runs them, superusers and the worker included, they never
+-- resolve a name to a user's object.  Keep this last: it covers every
+-- function created above, including those whose CREATE omits the clause.
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'docextract'::pg_catalog.regnamespace AND p.prokind = 'f'
+              ORDER BY p.oid LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION docextract.%I(%s) SET search_path = pg_catalog, docextract, pg_temp',
+                                  f.proname, f.args);
+    END LOOP;
+END
+$$;

@@ -176,6 +176,26 @@ run_to_end(Datum id)
 	}
 }
 
+/*
+ * extract_document(doc, template, options), template possibly NULL: which
+ * DirectFunctionCall cannot pass, so extract_document says what NULL means.
+ */
+static Datum
+submit(Datum doc, pg_uuid_t *template_id, Datum options)
+{
+	LOCAL_FCINFO(fcinfo, 3);
+	Datum		id;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 3, InvalidOid, NULL, NULL);
+	fcinfo->args[0] = (NullableDatum) {doc, false};
+	fcinfo->args[1] = (NullableDatum) {UUIDPGetDatum(template_id), template_id == NULL};
+	fcinfo->args[2] = (NullableDatum) {options, false};
+	id = docextract_extract_document(fcinfo);
+	if (fcinfo->isnull)
+		elog(ERROR, "extract_document returned NULL");
+	return id;
+}
+
 Datum
 docextract_extract_sync(PG_FUNCTION_ARGS)
 {
@@ -192,10 +212,9 @@ docextract_extract_sync(PG_FUNCTION_ARGS)
 	http_init();
 	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum("document"),
 							  PG_GETARG_DATUM(0));
-	id = DirectFunctionCall3(docextract_extract_document, doc,
-							 PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1),
-							 options ? PointerGetDatum(options)
-							 : DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	id = submit(doc, PG_ARGISNULL(1) ? NULL : DatumGetUUIDP(PG_GETARG_DATUM(1)),
+				options ? PointerGetDatum(options)
+				: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 	run_to_end(id);
 
 	SPI_connect();

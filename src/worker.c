@@ -490,6 +490,8 @@ docextract_worker_main(Datum main_arg)
 	pgstat_report_appname("docextract worker");
 	/* Its statements run on every wake with the same shape: plan them once. */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
+	/* Its SQL runs as superuser: no name may resolve to a role's object. */
+	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	docextract_worker_publish(MyLatch, MyDatabaseId);
 	before_shmem_exit(worker_exit, (Datum) 0);
