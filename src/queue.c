@@ -288,7 +288,8 @@ static const char *claim_sql =
 static const char *next_due_sql =
 "SELECT greatest(0, ceil(1000 * extract(epoch FROM"
 "  min(next_attempt_at) - clock_timestamp())))::bigint"
-" FROM docextract.extractions WHERE status = 'retrying'";
+" FROM docextract.extractions WHERE status = 'retrying'"
+" AND next_attempt_at > clock_timestamp()";	/* due ones wait for room, not time */
 
 static const char *limits_sql =
 "SELECT name, coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
@@ -447,5 +448,39 @@ queue_progress(pg_uuid_t *id, int percentage)
 						  2, (Oid[]) {UUIDOID, INT4OID},
 						  (Datum[]) {UUIDPGetDatum(id), Int32GetDatum(percentage)},
 						  NULL, false, 0);
+	SPI_finish();
+}
+
+/*
+ * The worker's commit of a batch failed: its jobs, still processing, go
+ * back to the queue as retries (a later attempt stores the answer), or
+ * fail after ten such attempts.
+ */
+void
+queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error)
+{
+	StringInfoData list;
+
+	initStringInfo(&list);
+	appendStringInfoChar(&list, '{');
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&list, "%s%s", i ? "," : "", uuid_text(UUIDPGetDatum(&ids[i])));
+	appendStringInfoChar(&list, '}');
+	SPI_connect();
+	if (SPI_execute_with_args("UPDATE docextract.extractions"
+							  " SET status = CASE WHEN attempts >= 10 THEN 'failed' ELSE 'retrying' END,"
+							  "     completed_at = CASE WHEN attempts >= 10 THEN clock_timestamp() END,"
+							  "     worker_pid = NULL, completion_percentage = 0,"
+							  "     error_message = 'the worker could not commit this extraction''s result: ' || $2,"
+							  "     next_attempt_at = CASE WHEN attempts < 10"
+							  "       THEN clock_timestamp() + make_interval(secs => attempts) END"
+							  " WHERE id = ANY ($1::uuid[]) AND status = 'processing'",
+							  2, (Oid[]) {TEXTOID, TEXTOID},
+							  (Datum[]) {CStringGetTextDatum(list.data), CStringGetTextDatum(error)},
+							  NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not requeue extractions");
+	if (SPI_processed > 0)
+		elog(WARNING, "docextract worker: %d extraction(s) of a batch whose commit failed put back in the queue: %s",
+			 (int) SPI_processed, error);
 	SPI_finish();
 }
