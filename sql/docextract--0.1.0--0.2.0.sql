@@ -37,7 +37,7 @@ BEGIN
     VALUES (event_id, event, NEW.id, NEW.owner, payload);
     -- A listener that keeps a transaction open pins the NOTIFY queue; once
     -- full, NOTIFY would fail this commit.  The event stays in the outbox.
-    IF pg_catalog.pg_notification_queue_usage() <= coalesce(pg_catalog.nullif(
+    IF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
            pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
         PERFORM pg_catalog.pg_notify('docextract', payload::text);
     ELSE
