@@ -285,11 +285,15 @@ static const char *claim_sql =
 "     completion_percentage = 0"
 " FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name, least(e.parts, $3)";
 
+/*
+ * NULL when no retry waits (greatest(0, NULL) would be 0: a worker that
+ * never sleeps).  Retries already due wait for room, not for time: a job
+ * that ends makes the worker look again.
+ */
 static const char *next_due_sql =
-"SELECT greatest(0, ceil(1000 * extract(epoch FROM"
-"  min(next_attempt_at) - clock_timestamp())))::bigint"
+"SELECT ceil(1000 * extract(epoch FROM min(next_attempt_at) - clock_timestamp()))::bigint"
 " FROM docextract.extractions WHERE status = 'retrying'"
-" AND next_attempt_at > clock_timestamp()";	/* due ones wait for room, not time */
+" AND next_attempt_at > clock_timestamp()";
 
 static const char *limits_sql =
 "SELECT name, coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
@@ -353,7 +357,7 @@ queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 					  atoi(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2)));
 	SPI_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	*next_due_ms = isnull ? -1 : (long) DatumGetInt64(due);
+	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
 	SPI_finish();
 	return n;
 }

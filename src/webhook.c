@@ -284,13 +284,19 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
 		start_delivery(i);
-	SPI_execute("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
-				"        min(d.next_attempt_at) - clock_timestamp())))::bigint"
+	/*
+	 * NULL if none waits (not greatest(0, NULL), which is 0: a worker that
+	 * never sleeps).  Those due already wait for a slot: a delivery that
+	 * ends makes the worker look again.
+	 */
+	SPI_execute("SELECT ceil(1000 * extract(epoch FROM"
+				"        min(d.next_attempt_at) - clock_timestamp()))::bigint"
 				"  FROM docextract.webhook_deliveries d"
 				"  JOIN docextract.webhooks w ON w.id = d.webhook_id"
-				" WHERE d.status = 'pending' AND w.enabled", true, 1);
+				" WHERE d.status = 'pending' AND w.enabled"
+				"   AND d.next_attempt_at > clock_timestamp()", true, 1);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	*next_due_ms = isnull ? -1 : (long) DatumGetInt64(due);
+	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
 	SPI_finish();
 	return n;
 }

@@ -496,6 +496,28 @@ sleep_ms(TimestampTz next_poll)
 	return (curl_ms >= 0 && curl_ms < poll_ms) ? curl_ms : poll_ms;
 }
 
+/*
+ * Flush the statistics of the commits above: autovacuum must see the
+ * queue's churn.  As in a backend, at most about once a second, and forced
+ * when it had to wait.  Returns in how many ms to call again, -1: no need.
+ */
+static long
+report_stats(void)
+{
+	static TimestampTz force_at = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	long		ms;
+
+	if (force_at != 0 && now >= force_at)
+	{
+		pgstat_report_stat(true);
+		force_at = 0;
+	}
+	else if (force_at == 0 && (ms = pgstat_report_stat(false)) > 0)
+		force_at = TimestampTzPlusMilliseconds(now, Min(ms, 1000));
+	return force_at == 0 ? -1 : sleep_ms(force_at);
+}
+
 void
 docextract_worker_main(Datum main_arg)
 {
@@ -571,9 +593,8 @@ docextract_worker_main(Datum main_arg)
 		if (look && jobs_inflight() < docextract_max_inflight)
 			look = claim_and_start(&next_poll);
 
-		/* The queue's churn, for autovacuum: flushed after the commits above. */
-		stats_ms = pgstat_report_stat(false);
-		n = WaitEventSetWait(set, stats_ms > 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),
+		stats_ms = report_stats();
+		n = WaitEventSetWait(set, stats_ms >= 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),
 							 events, lengthof(events), PG_WAIT_EXTENSION);
 		for (int i = 0; i < n; i++)
 			if (events[i].events & WL_LATCH_SET)
