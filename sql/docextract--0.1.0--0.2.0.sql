@@ -26,8 +26,9 @@ SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_deliveries', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.webhook_deliveries_id_seq', '');
 
 -- Rows loaded by a restore carry their own reservation and events.
+-- Status changes commit even when a listener pins the NOTIFY queue (issue 11).
 CREATE OR REPLACE FUNCTION docextract.announce_status() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     event text;
     event_id bigint;
@@ -60,7 +61,17 @@ BEGIN
         'created_at', clock_timestamp());
     INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
     VALUES (event_id, event, NEW.id, NEW.owner, payload);
-    PERFORM pg_notify('docextract', payload::text);
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The event stays in the outbox.
+    IF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
+        PERFORM pg_catalog.pg_notify('docextract', payload::text);
+    ELSE
+        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
+                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+    END IF;
     INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
     SELECT w.id, event_id, w.owner FROM docextract.webhooks w
      WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
@@ -119,6 +130,11 @@ $$;
 ALTER FUNCTION docextract.pdf_text(bytea) STABLE;
 -- Hardening (issue 11): credit_balance(NULL) is NULL, not 0.
 ALTER FUNCTION docextract.credit_balance(name) STRICT;
+
+-- The webhook egress policy, checked without connecting (issue 11).
+CREATE FUNCTION docextract.egress_allowed(address inet, for_superuser boolean DEFAULT false)
+RETURNS boolean LANGUAGE C STRICT STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'docextract_egress_allowed';
+GRANT EXECUTE ON FUNCTION docextract.egress_allowed(inet, boolean) TO PUBLIC;
 
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations

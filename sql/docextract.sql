@@ -318,7 +318,17 @@ BEGIN
         'created_at', clock_timestamp());
     INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
     VALUES (event_id, event, NEW.id, NEW.owner, payload);
-    PERFORM pg_notify('docextract', payload::text);
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The event stays in the outbox.
+    IF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
+        PERFORM pg_catalog.pg_notify('docextract', payload::text);
+    ELSE
+        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
+                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+    END IF;
     INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
     SELECT w.id, event_id, w.owner FROM docextract.webhooks w
      WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
@@ -720,6 +730,11 @@ RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'docextract_drop_webhook
 -- 'v1=' || hex(hmac_sha256(secret, timestamp || '.' || body)).
 CREATE FUNCTION docextract.webhook_signature(secret text, "timestamp" bigint, body text)
 RETURNS text LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_webhook_signature';
+
+-- Would a webhook of a role (a superuser's, if for_superuser) connect to
+-- address, under docextract.webhook_allowed_destinations?  Sends nothing.
+CREATE FUNCTION docextract.egress_allowed(address inet, for_superuser boolean DEFAULT false)
+RETURNS boolean LANGUAGE C STRICT STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'docextract_egress_allowed';
 
 -- For operators: the queue and its outcomes per model.  security_invoker, so
 -- each role counts the rows it may see; superusers see everything.

@@ -35,6 +35,8 @@ int			docextract_webhook_disable_after = 20;
 int			docextract_webhook_backoff_ms = 1000;
 int			docextract_retention_s = 0;
 bool		docextract_submitting = false;
+int			docextract_max_webhook_inflight = 16;
+double		docextract_notify_queue_limit = 0.9;
 
 static const struct config_enum_entry credits_modes[] = {
 	{"enforce", CREDITS_ENFORCE, false},
@@ -245,6 +247,17 @@ define_settings(void)
 							 PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							 NULL, NULL, NULL);
 	parser_define_settings();
+	DefineCustomIntVariable("docextract.max_webhook_inflight",
+							"Webhook deliveries the worker keeps in flight at once, besides max_inflight model requests.",
+							NULL, &docextract_max_webhook_inflight, 16, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	/* Read by announce_status(); SUSET so that tests can lower it. */
+	DefineCustomRealVariable("docextract.notify_queue_limit",
+							 "Fill of the NOTIFY queue above which status changes are not announced by NOTIFY.",
+							 "A session that LISTENs and keeps a transaction open pins the queue; events stay in docextract.events.",
+							 &docextract_notify_queue_limit, 0.9, 0.0, 1.0,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+	egress_define_settings();
 	MarkGUCPrefixReserved("docextract");
 }
 

@@ -202,6 +202,8 @@ typedef struct HttpRequest
 	long		retry_after_s;	/* Retry-After header, 0 if none */
 	void	   *arg;			/* the caller's */
 	bool		done;
+	bool		egress_checked; /* connect only where egress.c allows */
+	char		egress_refused[48]; /* an address it refused, if any */
 } HttpRequest;
 
 extern void http_init(void);
@@ -351,6 +353,18 @@ extern void queue_fail(pg_uuid_t *id, const char *message);
 extern void queue_retry(pg_uuid_t *id, const char *message, long delay_ms);
 extern void queue_progress(pg_uuid_t *id, int percentage);
 extern void queue_find_ended(pg_uuid_t **ids, int n, bool *ended);
+extern void queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error);
+
+/* egress.c: where webhooks may connect; the worker's separate budgets ------- */
+
+extern int	docextract_max_webhook_inflight;	/* docextract.c */
+extern double docextract_notify_queue_limit;	/* docextract.c */
+
+struct sockaddr;
+extern char *docextract_webhook_allowed_destinations;
+extern void egress_define_settings(void);
+extern bool egress_allowed_sockaddr(const struct sockaddr *sa, bool for_superuser, char *text);
+extern void egress_check_url(const char *url, bool for_superuser);
 
 /* parser.c: untrusted bytes parsed in a helper process ---------------------- */
 

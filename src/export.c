@@ -20,6 +20,7 @@
 #include "utils/builtins.h"
 
 #include <xlsxwriter.h>
+#include <ctype.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -242,7 +243,33 @@ for_each_line(ExportSet *set, EmitFn emit, void *arg)
 
 /* -- csv ------------------------------------------------------------------- */
 
-/* RFC 4180: quote a field holding a comma, quote, CR or LF; double quotes. */
+/* A signed plain number ("-12.5", "+3", "-1e-3"): no spreadsheet runs it as a formula. */
+static bool
+is_signed_number(const char *v)
+{
+	char	   *end;
+
+	if ((v[0] != '-' && v[0] != '+') || !(isdigit((unsigned char) v[1]) || v[1] == '.'))
+		return false;
+	(void) strtod(v, &end);
+	return *end == '\0';
+}
+
+/*
+ * A cell a spreadsheet would run as a formula (=, +, -, @, tab or CR first;
+ * OWASP's CSV injection guidance) gets a leading single quote: the values
+ * come from documents and models, which an attacker can write.
+ */
+static bool
+needs_neutralising(const char *v)
+{
+	return v[0] != '\0' && strchr("=+-@\t\r", v[0]) != NULL && !is_signed_number(v);
+}
+
+/*
+ * RFC 4180: quote a field holding a comma, quote, CR or LF; double quotes.
+ * A formula-like value is neutralised first.
+ */
 static void
 csv_field(StringInfo out, const char *v, bool first)
 {
@@ -250,6 +277,8 @@ csv_field(StringInfo out, const char *v, bool first)
 		appendStringInfoChar(out, ',');
 	if (v == NULL)
 		return;
+	if (needs_neutralising(v))
+		v = psprintf("'%s", v);
 	if (strpbrk(v, ",\"\r\n") == NULL)
 	{
 		appendStringInfoString(out, v);
@@ -334,7 +363,7 @@ xlsx_cell(XlsxOut *o, int col, json_object *v, FormatType f)
 		worksheet_write_datetime(o->sheet, o->line, col, &dt, o->date);
 	}
 	else
-		worksheet_write_string(o->sheet, o->line, col, s, NULL);
+		worksheet_write_string(o->sheet, o->line, col, s, NULL);	/* text, never a formula */
 }
 
 static void

@@ -17,7 +17,9 @@
 
 #include <curl/curl.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 
@@ -77,6 +79,48 @@ on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/*
+ * libcurl is about to connect to an address (after resolving the name):
+ * a webhook's request connects only where egress.c allows.
+ */
+static curl_socket_t
+on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	HttpRequest *req = clientp;
+	char		text[INET6_ADDRSTRLEN];
+
+	if (req->egress_checked && !egress_allowed_sockaddr(&address->addr, false, text))
+	{
+		strlcpy(req->egress_refused, text, sizeof(req->egress_refused));
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+/*
+ * Where a request may go: no proxy taken from the server's environment, no
+ * redirect followed, the address checked at connect; a checked request
+ * never rides on a connection opened by another (unchecked) one.
+ */
+static void
+set_egress_options(CURL *easy, HttpRequest *req)
+{
+	req->egress_refused[0] = '\0';
+	if (curl_easy_setopt(easy, CURLOPT_PROXY, "") != CURLE_OK ||
+		curl_easy_setopt(easy, CURLOPT_NOPROXY, "*") != CURLE_OK ||
+		curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+		curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) != CURLE_OK ||
+		curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, req) != CURLE_OK ||
+		(req->egress_checked &&
+		 (curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L) != CURLE_OK ||
+		  curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L) != CURLE_OK)))
+	{
+		curl_easy_cleanup(easy);
+		req->easy = NULL;
+		elog(ERROR, "could not set libcurl's connection options");
+	}
+}
+
 void
 http_init(void)
 {
@@ -130,6 +174,7 @@ http_start(HttpRequest *req, const char *url, struct curl_slist *headers,
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+	set_egress_options(easy, req);
 	curl_multi_add_handle(multi, easy);
 	inflight++;
 }
@@ -264,6 +309,9 @@ http_next_done(void)
 char *
 http_error_text(HttpRequest *req)
 {
+	if (req->egress_refused[0] && req->curl_code == CURLE_COULDNT_CONNECT)
+		return psprintf("destination %s is not allowed by docextract.webhook_allowed_destinations",
+						req->egress_refused);
 	if (req->errbuf[0])
 		return pstrdup(req->errbuf);
 	return pstrdup(curl_easy_strerror((CURLcode) req->curl_code));

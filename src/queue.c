@@ -292,10 +292,15 @@ static const char *claim_sql =
 "     completion_percentage = 0"
 " FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name, least(e.parts, $3)";
 
+/*
+ * NULL when no retry waits (greatest(0, NULL) would be 0: a worker that
+ * never sleeps).  Retries already due wait for room, not for time: a job
+ * that ends makes the worker look again.
+ */
 static const char *next_due_sql =
-"SELECT greatest(0, ceil(1000 * extract(epoch FROM"
-"  min(next_attempt_at) - clock_timestamp())))::bigint"
-" FROM docextract.extractions WHERE status = 'retrying'";
+"SELECT ceil(1000 * extract(epoch FROM min(next_attempt_at) - clock_timestamp()))::bigint"
+" FROM docextract.extractions WHERE status = 'retrying'"
+" AND next_attempt_at > clock_timestamp()";
 
 static const char *limits_sql =
 "SELECT name, coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
@@ -359,7 +364,7 @@ queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 					  atoi(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2)));
 	SPI_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	*next_due_ms = isnull ? -1 : (long) DatumGetInt64(due);
+	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
 	SPI_finish();
 	return n;
 }
@@ -454,5 +459,39 @@ queue_progress(pg_uuid_t *id, int percentage)
 						  2, (Oid[]) {UUIDOID, INT4OID},
 						  (Datum[]) {UUIDPGetDatum(id), Int32GetDatum(percentage)},
 						  NULL, false, 0);
+	SPI_finish();
+}
+
+/*
+ * The worker's commit of a batch failed: its jobs, still processing, go
+ * back to the queue as retries (a later attempt stores the answer), or
+ * fail after ten such attempts.
+ */
+void
+queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error)
+{
+	StringInfoData list;
+
+	initStringInfo(&list);
+	appendStringInfoChar(&list, '{');
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&list, "%s%s", i ? "," : "", uuid_text(UUIDPGetDatum(&ids[i])));
+	appendStringInfoChar(&list, '}');
+	SPI_connect();
+	if (SPI_execute_with_args("UPDATE docextract.extractions"
+							  " SET status = CASE WHEN attempts >= 10 THEN 'failed' ELSE 'retrying' END,"
+							  "     completed_at = CASE WHEN attempts >= 10 THEN clock_timestamp() END,"
+							  "     worker_pid = NULL, completion_percentage = 0,"
+							  "     error_message = 'the worker could not commit this extraction''s result: ' || $2,"
+							  "     next_attempt_at = CASE WHEN attempts < 10"
+							  "       THEN clock_timestamp() + make_interval(secs => attempts) END"
+							  " WHERE id = ANY ($1::uuid[]) AND status = 'processing'",
+							  2, (Oid[]) {TEXTOID, TEXTOID},
+							  (Datum[]) {CStringGetTextDatum(list.data), CStringGetTextDatum(error)},
+							  NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not requeue extractions");
+	if (SPI_processed > 0)
+		elog(WARNING, "docextract worker: %d extraction(s) of a batch whose commit failed put back in the queue: %s",
+			 (int) SPI_processed, error);
 	SPI_finish();
 }

@@ -141,6 +141,7 @@ docextract_add_webhook(PG_FUNCTION_ARGS)
 				 errhint("For example: SELECT encode(gen_random_bytes(32), 'hex') with pgcrypto, or md5(random()::text) twice.")));
 	if (!PG_ARGISNULL(2))
 		check_events(PG_GETARG_ARRAYTYPE_P(2));
+	egress_check_url(url, superuser());	/* an IP address: refused now */
 
 	SPI_connect();
 	privileged_begin(&priv);
@@ -242,6 +243,8 @@ start_delivery(int i)
 	d->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 	d->req.purpose = HTTP_FOR_WEBHOOK;
 	d->req.arg = d;
+	/* Only a superuser's webhook may go where the egress policy forbids. */
+	d->req.egress_checked = !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	http_start(&d->req, SPI_getvalue(tup, desc, 3),
 			   delivery_headers(d, SPI_getvalue(tup, desc, 6), secret, body),
 			   strdup(body), docextract_webhook_timeout_ms);
@@ -272,7 +275,8 @@ webhook_claim_and_start(int room, long *next_due_ms)
 		"        next_attempt_at = clock_timestamp() + make_interval(secs => $2)"
 		"   FROM due, docextract.webhooks w, docextract.webhook_secrets s, docextract.events e"
 		"  WHERE d.id = due.id AND w.id = d.webhook_id AND s.webhook_id = w.id AND e.id = d.event_id"
-		" RETURNING d.id, d.attempts, w.url, s.secret, e.payload::text, e.event",
+		" RETURNING d.id, d.attempts, w.url, s.secret, e.payload::text, e.event,"
+		"   (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = w.owner)",
 		2, (Oid[]) {INT4OID, FLOAT8OID},
 		(Datum[]) {Int32GetDatum(room),
 			Float8GetDatum(docextract_webhook_timeout_ms / 1000.0 + 60)},
@@ -280,13 +284,19 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
 		start_delivery(i);
-	SPI_execute("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
-				"        min(d.next_attempt_at) - clock_timestamp())))::bigint"
+	/*
+	 * NULL if none waits (not greatest(0, NULL), which is 0: a worker that
+	 * never sleeps).  Those due already wait for a slot: a delivery that
+	 * ends makes the worker look again.
+	 */
+	SPI_execute("SELECT ceil(1000 * extract(epoch FROM"
+				"        min(d.next_attempt_at) - clock_timestamp()))::bigint"
 				"  FROM docextract.webhook_deliveries d"
 				"  JOIN docextract.webhooks w ON w.id = d.webhook_id"
-				" WHERE d.status = 'pending' AND w.enabled", true, 1);
+				" WHERE d.status = 'pending' AND w.enabled"
+				"   AND d.next_attempt_at > clock_timestamp()", true, 1);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	*next_due_ms = isnull ? -1 : (long) DatumGetInt64(due);
+	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
 	SPI_finish();
 	return n;
 }

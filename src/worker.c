@@ -50,6 +50,15 @@ static bool orphans_requeued = false;
 /* Jobs whose requests are in flight, in TopMemoryContext. */
 static List *inflight_jobs = NIL;
 
+/* Deliveries and jobs have budgets of their own: slow receivers starve no job. */
+static int	deliveries_inflight = 0;
+
+static int
+jobs_inflight(void)
+{
+	return http_inflight() - deliveries_inflight;
+}
+
 typedef struct EndedStep
 {
 	pg_uuid_t **ids;
@@ -245,7 +254,7 @@ claim_and_start(TimestampTz *next_poll)
 	ClaimStep	c;
 	char	   *err;
 
-	c.max = docextract_max_inflight - http_inflight();
+	c.max = docextract_max_inflight - jobs_inflight();
 	if (c.max <= 0)
 		return true;
 	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
@@ -281,10 +290,6 @@ claim_and_start(TimestampTz *next_poll)
 	}
 }
 
-/* Webhook deliveries take at most this many of the worker's request slots. */
-#define MAX_DELIVERIES_INFLIGHT 32
-
-static int	deliveries_inflight = 0;
 static bool leases_reset = false;
 
 typedef struct DeliverStep
@@ -319,8 +324,7 @@ deliver_webhooks(TimestampTz *next_poll)
 	DeliverStep d = {0, 0, -1};
 	char	   *err;
 
-	d.room = Min(MAX_DELIVERIES_INFLIGHT - deliveries_inflight,
-				 docextract_max_inflight - http_inflight());
+	d.room = docextract_max_webhook_inflight - deliveries_inflight;
 	if (d.room <= 0)
 		return false;
 	err = in_transaction("docextract: delivering webhooks", deliver_step, &d);
@@ -349,8 +353,11 @@ webhook_done_step(void *arg)
 typedef struct FinishBatch
 {
 	HttpRequest *first;			/* already taken from libcurl */
-	bool		retry;			/* set if a retry was scheduled */
+	bool		retry;			/* set if a job ended or a retry was scheduled */
 	bool		delivered;		/* set if a webhook delivery finished */
+	int			nended;			/* the jobs this batch ended, for a failed commit */
+	pg_uuid_t  *ended;
+	const char *error;			/* why its commit failed */
 } FinishBatch;
 
 /*
@@ -389,33 +396,50 @@ finish_all_step(void *arg)
 			continue;
 		}
 		inflight_jobs = list_delete_ptr(inflight_jobs, job);
+		b->ended = repalloc(b->ended, sizeof(pg_uuid_t) * (b->nended + 1));
+		b->ended[b->nended++] = *job_id(job);
+		b->retry = true;		/* its model has room again */
 		err = in_transaction("docextract: storing a result", finish_step, job);
 
 		if (err)
 			fail_job(job, err);
 		else
-		{
-			b->retry = b->retry || job_will_retry(job);
 			job_release(job);
-		}
 	}
 }
 
+static void
+requeue_step(void *arg)
+{
+	FinishBatch *b = arg;
+
+	queue_requeue_uncommitted(b->ended, b->nended, b->error);
+}
+
 /*
- * Store what is done.  True if a retry was scheduled; *delivered set if a
- * webhook delivery finished (its slot is free, its retry due some time).
+ * Store what is done.  True if a job ended or a retry was scheduled (look
+ * at the queue again); *delivered set if a webhook delivery finished (its
+ * slot is free, its retry due some time).  If the batch's commit failed,
+ * its jobs are put back in the queue rather than left processing.
  */
 static bool
 finish_done(bool *delivered)
 {
-	FinishBatch b = {http_next_done(), false, false};
+	FinishBatch b = {http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL};
 	char	   *err;
 
 	if (b.first == NULL)
 		return false;
 	err = in_transaction("docextract: storing results", finish_all_step, &b);
 	if (err)
+	{
 		elog(WARNING, "docextract worker: could not store results: %s", err);
+		b.error = err;
+		if (b.nended > 0 &&
+			(err = in_transaction("docextract: requeueing a batch", requeue_step, &b)) != NULL)
+			elog(WARNING, "docextract worker: could not requeue %d extraction(s) of a failed batch: %s",
+				 b.nended, err);
+	}
 	*delivered = *delivered || b.delivered;
 	return b.retry;
 }
@@ -472,6 +496,28 @@ sleep_ms(TimestampTz next_poll)
 	return (curl_ms >= 0 && curl_ms < poll_ms) ? curl_ms : poll_ms;
 }
 
+/*
+ * Flush the statistics of the commits above: autovacuum must see the
+ * queue's churn.  As in a backend, at most about once a second, and forced
+ * when it had to wait.  Returns in how many ms to call again, -1: no need.
+ */
+static long
+report_stats(void)
+{
+	static TimestampTz force_at = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	long		ms;
+
+	if (force_at != 0 && now >= force_at)
+	{
+		pgstat_report_stat(true);
+		force_at = 0;
+	}
+	else if (force_at == 0 && (ms = pgstat_report_stat(false)) > 0)
+		force_at = TimestampTzPlusMilliseconds(now, Min(ms, 1000));
+	return force_at == 0 ? -1 : sleep_ms(force_at);
+}
+
 void
 docextract_worker_main(Datum main_arg)
 {
@@ -507,6 +553,7 @@ docextract_worker_main(Datum main_arg)
 	{
 		WaitEvent	events[3];
 		int			n;
+		long		stats_ms;
 
 		MemoryContextSwitchTo(loop_cxt);
 		MemoryContextReset(loop_cxt);
@@ -539,17 +586,18 @@ docextract_worker_main(Datum main_arg)
 				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
 		}
 		/*
-		 * Deliveries first (at most MAX_DELIVERIES_INFLIGHT), so a full queue
-		 * of jobs cannot hold events back; and only when told, when one
-		 * finished, or on a poll: not on every wake.
+		 * Deliveries (at most max_webhook_inflight, apart from the jobs'
+		 * max_inflight): only when told, when one finished, or on a poll, not
+		 * on every wake.
 		 */
 		if (look_deliveries && deliver_webhooks(&next_poll))
 			look_deliveries = false;
-		if (look && http_inflight() < docextract_max_inflight)
+		if (look && jobs_inflight() < docextract_max_inflight)
 			look = claim_and_start(&next_poll);
 
-		n = WaitEventSetWait(set, sleep_ms(next_poll), events, lengthof(events),
-							 PG_WAIT_EXTENSION);
+		stats_ms = report_stats();
+		n = WaitEventSetWait(set, stats_ms >= 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),
+							 events, lengthof(events), PG_WAIT_EXTENSION);
 		for (int i = 0; i < n; i++)
 			if (events[i].events & WL_LATCH_SET)
 			{

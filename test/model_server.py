@@ -12,6 +12,7 @@ fields, structured-output settings, inline document encoding), then answered:
     docextract's typing is exercised.
 
 Control:  POST /_script [actions]   GET /_requests   POST /_reset   GET /_stats
+(_stats: "connections" counts connections whose first request was not a control one)
 
 Webhook receiver: POST /hooks/... is recorded (GET /_hooks lists method, path,
 headers, body) and answered 200, or by the next action of POST /_hook_script
@@ -33,7 +34,7 @@ import time
 import zlib
 
 STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count": 0,
-         "abandoned": 0, "hooks": [], "hook_script": []}
+         "abandoned": 0, "hooks": [], "hook_script": [], "connections": 0}
 ARGS = None
 
 
@@ -387,12 +388,16 @@ async def handle(reader, writer):
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    first = True
     try:
         while True:
             line = await reader.readline()
             if not line:
                 break
             method, path, _ = line.decode().split(" ", 2)
+            if first and not path.startswith("/_"):
+                STATE["connections"] += 1   # connections that asked more than control questions
+            first = False
             headers = {}
             while True:
                 h = await reader.readline()
@@ -431,7 +436,8 @@ async def route(reader, method, path, headers, body):
     if path.startswith("/_requests"):
         return response(200, json.dumps(STATE["requests"]))
     if path.startswith("/_reset"):
-        STATE.update(script=[], requests=[], max_inflight=0, count=0, hooks=[], hook_script=[])
+        STATE.update(script=[], requests=[], max_inflight=0, count=0, hooks=[], hook_script=[],
+                     connections=0)
         return response(200, "{}")
     if path.startswith("/_hook_script") and method == "POST":
         STATE["hook_script"].extend(json.loads(body))
@@ -442,7 +448,7 @@ async def route(reader, method, path, headers, body):
         return await hook_reply(path, headers, body)
     if path.startswith("/_stats"):
         return response(200, json.dumps({k: STATE[k] for k in ("inflight", "max_inflight",
-                                                               "count", "abandoned")}))
+                                                               "count", "abandoned", "connections")}))
     gemini = re.search(r"/models/([^/:]+):generateContent$", path)
     if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/messages")
                              or gemini):

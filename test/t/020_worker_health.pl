@@ -1,0 +1,130 @@
+# The worker stays well: its statistics reach pg_stat (autovacuum sees the
+# queue's churn); it sleeps when idle (an empty "next retry" query read as
+# "due now" kept it spinning) and when a due retry's model has no room;
+# a listener that pins the NOTIFY queue cannot stop status changes from
+# committing; a batch whose commit fails leaves no extraction 'processing'.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DxTest;
+use POSIX ();
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+my $srv = start_model_server();
+my $node = new_node('health');
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL,
+	'{"max_concurrency": 1, "max_retries": 3, "retry_backoff_ms": 100}');
+	CREATE ROLE alice LOGIN;});
+my $tid = add_invoice_template($node);
+my $doc = sq("SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('" . fixture('invoice.pdf') . "'))");
+my $seed = 0;
+sub submit
+{
+	$seed++;
+	return sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": $seed}')");
+}
+sub status_of { return sq("SELECT status FROM docextract.extractions WHERE id = '$_[0]'"); }
+
+# -- the worker's statistics are flushed, not kept until it exits -----------------------
+my $e = submit();
+is(wait_for_status($node, $e, 'completed', 'failed'), 'completed', 'an extraction completes');
+ok($node->poll_query_until('postgres',
+	"SELECT n_tup_upd >= 2 FROM pg_stat_user_tables WHERE relid = 'docextract.extractions'::regclass"),
+	"the worker's updates of the queue (claim, result) show in pg_stat_user_tables while it runs");
+
+# -- the worker sleeps when nothing is due -------------------------------------------------
+my $pid = worker_pid($node);
+sub cpu_seconds
+{
+	my $stat = slurp_file("/proc/$pid/stat");
+	$stat =~ s/^.*\) //s;
+	my @f = split / /, $stat;
+	return ($f[11] + $f[12]) / POSIX::sysconf(POSIX::_SC_CLK_TCK);
+}
+# The share of a CPU the worker uses over 3 s: a spinning worker takes all it
+# can get (a share of a busy machine), a sleeping one nearly nothing.
+sub cpu_share
+{
+	my ($cpu0, $t0) = (cpu_seconds(), time);
+	sleep 3;	# the measurement's window, not a wait for something to happen
+	return (cpu_seconds() - $cpu0) / (time - $t0);
+}
+my $share = cpu_share();
+cmp_ok($share, '<', 0.3, sprintf('idle, the worker used %.0f%% of a CPU over 3 s', 100 * $share));
+
+# -- a due retry whose model is full: the worker sleeps ----------------------------------
+# max_concurrency 1: b waits for a retry, a holds the model's only slot for a
+# minute, then b falls due.  Submitting c wakes the worker to look.
+server_script($srv, { status => 503, headers => { 'Retry-After' => '3600' }, body => '{}' }, { delay_ms => 60000 });
+my $b = submit();
+$node->poll_query_until('postgres', "SELECT status = 'retrying' FROM docextract.extractions WHERE id = '$b'")
+  or die 'b never retrying';
+my $a = submit();
+$node->poll_query_until('postgres', "SELECT status = 'processing' FROM docextract.extractions WHERE id = '$a'")
+  or die 'a never processing';
+sq("UPDATE docextract.extractions SET next_attempt_at = clock_timestamp() WHERE id = '$b'");
+my $c = submit();
+$share = cpu_share();
+cmp_ok($share, '<', 0.3, sprintf('a due retry with no room for it: the worker used %.0f%% of a CPU over 3 s', 100 * $share));
+is(status_of($b) . ' ' . status_of($c), 'retrying pending', '... b and c still wait for the slot');
+sq("SELECT docextract.cancel_extraction('$a')");
+is(wait_for_status($node, $b, 'completed', 'failed'), 'completed', 'the slot freed: b is retried and completes');
+is(wait_for_status($node, $c, 'completed', 'failed'), 'completed', '... and c after it, as soon as b is done');
+
+# -- a listener pinning the NOTIFY queue does not stop status changes --------------------
+# Any role may LISTEN and keep a transaction open: the queue cannot empty.  Filling
+# 8 GB is not a test; docextract.notify_queue_limit (superuser-only) is lowered to 0
+# instead, above which announce_status() skips NOTIFY, with a warning.
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('SET SESSION AUTHORIZATION alice');
+$listener->query_safe('LISTEN docextract');
+$listener->query_safe('BEGIN');
+$listener->query_safe('SELECT 1');
+sq(q{SELECT pg_notify('filler', repeat('x', 7000)) FROM generate_series(1, 10)});
+is(sq('SELECT pg_notification_queue_usage() > 0'), 't', 'the pinned queue holds notifications');
+like(($node->psql('postgres', 'SET ROLE alice; SET docextract.notify_queue_limit = 0'))[2],
+	qr/permission denied to set parameter "docextract.notify_queue_limit"/, 'a role cannot change the limit');
+sq("ALTER SYSTEM SET docextract.notify_queue_limit = 0; SELECT pg_reload_conf()");
+$node->poll_query_until('postgres', "SELECT current_setting('docextract.notify_queue_limit') = '0'")
+  or die 'limit not reloaded';
+my ($ret, $id, $err) = $node->psql('postgres',
+	"SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 999}')");
+is($ret, 0, 'with the queue above the limit, extract_document succeeds');
+like($err, qr/WARNING:  docextract: extraction.queued of extraction $id not sent by NOTIFY: the notification queue is [0-9.]+% full/,
+	'... warning that the NOTIFY was skipped');
+like($err, qr/HINT:  A session that LISTENs on docextract and keeps a transaction open/, '... naming the cause');
+is(wait_for_status($node, $id, 'completed', 'failed'), 'completed', "the worker's status changes commit too");
+is(sq("SELECT string_agg(event, ',' ORDER BY id) FROM docextract.events WHERE extraction_id = '$id'"),
+	'extraction.queued,extraction.started,extraction.completed', '... every event is in the outbox');
+like(slurp_file($node->logfile), qr/WARNING:  docextract: extraction.completed of extraction $id not sent by NOTIFY/,
+	"... and the worker's skipped NOTIFY is in the server log");
+$listener->query_safe('COMMIT');
+$listener->quit;
+sq("ALTER SYSTEM RESET docextract.notify_queue_limit; SELECT pg_reload_conf()");
+
+# -- a batch whose commit fails: its jobs go back to the queue ---------------------------
+# A deferred constraint trigger (a superuser's) fails the commit of the first result.
+sq(q{CREATE SEQUENCE public.commit_failures;
+	CREATE FUNCTION public.fail_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+	    IF NEW.status = 'completed' AND pg_catalog.nextval('public.commit_failures') = 1 THEN
+	        RAISE EXCEPTION 'planted failure at commit';
+	    END IF;
+	    RETURN NULL;
+	END $$;
+	CREATE CONSTRAINT TRIGGER fail_first_commit AFTER UPDATE ON docextract.extractions
+	    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.fail_first_commit();});
+$e = submit();
+is(wait_for_status($node, $e, 'completed', 'failed'), 'completed',
+	'the commit of its result failed once: the extraction is requeued and completes, no restart needed');
+is(sq("SELECT attempts || ' ' || (SELECT count(*) FROM docextract.events v WHERE v.extraction_id = e.id AND v.event = 'extraction.retrying')
+	FROM docextract.extractions e WHERE id = '$e'"), '2 1', '... on a second attempt, announced as a retry');
+like(slurp_file($node->logfile), qr/WARNING:  docextract worker: 1 extraction\(s\) of a batch whose commit failed put back in the queue: planted failure at commit/,
+	'... and the log says why');
+sq('DROP TRIGGER fail_first_commit ON docextract.extractions');
+
+done_testing();
