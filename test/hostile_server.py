@@ -5,11 +5,15 @@ Speaks the URLs of the three providers (OpenAI .../chat/completions, Gemini
 .../models/{m}:generateContent, Anthropic .../messages) and webhooks
 (/hooks/...), and answers each request with the next scripted case:
 
-  POST /_script ["case", {"case": "name", ...}, {"random": 17}, ...]
+  POST /_script ["case", {"case": "name"}, {"random": 17, "provider": "gemini"}, ...]
+                   (an action with "provider" is for that provider's requests only)
+  POST /hooks/<case>  a webhook delivery, answered by that case (else 200)
   GET  /_log       what was served: [{"path", "case", "mutations"}]
   GET  /_paths     every path requested, in order
   POST /_reset
 
+The model a request names can name its case instead: a case's name, or
+random-<seed>; so each of many extractions in flight at once gets its own.
 A named case (CASES below) is raw bytes for the provider of the request:
 JSON null where an object belongs, wrong types, U+0000, invalid UTF-8,
 nesting 100k deep, hundreds of MB, truncation, a garbage status line, a
@@ -126,9 +130,7 @@ CASES = {
     "error_message_null": lambda p: http(400, '{"error": {"message": null, "type": null}}'),
     "error_null": lambda p: http(500, '{"error": null}'),
     "nul_escaped": lambda p: with_answer(p, '{"general": {"invoice_number": "INV\\u0000-1"}, "table": []}'),
-    "nul_escaped_envelope": lambda p: http(200, json.dumps(envelope(p)).replace('"role"', '"ro\\u0000le"', 1)
-                                            .replace('"type"', '"ty\\u0000pe"', 1)
-                                            .replace('"index": 0', '"index": "a\\u0000"', 1)),
+    "nul_escaped_envelope": lambda p: http(200, '{"note": "a\\u0000b", ' + json.dumps(envelope(p))[1:]),
     "nul_raw": lambda p: http(200, json.dumps(envelope(p)).encode().replace(b'"m"', b'"m\x00"', 1)
                               .replace(b'"assistant"', b'"assis\x00tant"', 1)
                               .replace(b'"STOP"', b'"ST\x00OP"', 1)),
@@ -313,6 +315,31 @@ def random_case(provider, seed):
 
 # -- HTTP ----------------------------------------------------------------------
 
+def action_named(path, body):
+    """The case the request's model names: a case's name, or random-<seed>."""
+    m = re.search(r"/models/([^/:]+):generateContent$", path)
+    name = m.group(1) if m else None
+    if name is None:
+        try:
+            name = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            return None
+    if isinstance(name, str) and re.fullmatch(r"random-\d+", name):
+        return {"random": int(name.split("-")[1])}
+    return {"case": name} if name in CASES or name in SPECIAL else None
+
+
+def next_action(provider):
+    """The first scripted action for this provider (or for any)."""
+    for i, action in enumerate(STATE["script"]):
+        if isinstance(action, str):
+            action = {"case": action}
+        if action.get("provider", provider) == provider:
+            del STATE["script"][i]
+            return action
+    return None
+
+
 def provider_of(path):
     if re.search(r"/models/[^/:]+:generateContent$", path):
         return "gemini"
@@ -338,9 +365,12 @@ async def answer(writer, path, body):
         return
     STATE["paths"].append(path)
     provider = provider_of(path)
-    action = STATE["script"].pop(0) if STATE["script"] else None
-    if isinstance(action, str):
-        action = {"case": action}
+    action = None
+    if path.startswith("/hooks/"):
+        name = path.split("/")[2]
+        action = {"case": name} if name in CASES or name in SPECIAL else None
+    else:
+        action = action_named(path, body) or next_action(provider)
     if action is None:
         entry = {"path": path, "case": "valid"}
         out = ok(envelope(provider)) if not path.startswith("/hooks/") else http(200, "{}")
