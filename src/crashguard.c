@@ -107,8 +107,8 @@ crashguard_requeue_orphans(bool after_crash, int *failed)
 							  "      status = CASE WHEN $1 AND crashes + 1 >= $2 THEN 'failed' ELSE 'pending' END,"
 							  "      completed_at = CASE WHEN $1 AND crashes + 1 >= $2 THEN clock_timestamp() END,"
 							  "      error_message = CASE WHEN $1 AND crashes + 1 >= $2 THEN"
-							  "        format('the docextract worker stopped %s times while processing this extraction'"
-							  "               ' (docextract.max_crashes = %s); it is not tried again', crashes + 1, $2)"
+							  "        format('the docextract worker stopped %s times while processing this extraction"
+							  " (docextract.max_crashes = %s); it is not tried again', crashes + 1, $2)"
 							  "        ELSE error_message END"
 							  "  WHERE status = 'processing' RETURNING status)"
 							  " SELECT count(*) FILTER (WHERE status = 'failed') FROM o",
