@@ -136,6 +136,9 @@ CREATE FUNCTION docextract.egress_allowed(address inet, for_superuser boolean DE
 RETURNS boolean LANGUAGE C STRICT STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'docextract_egress_allowed';
 GRANT EXECUTE ON FUNCTION docextract.egress_allowed(inet, boolean) TO PUBLIC;
 
+-- Crash-loop guard: how often the worker stopped while an extraction was in flight.
+ALTER TABLE docextract.extractions ADD COLUMN crashes integer NOT NULL DEFAULT 0;
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

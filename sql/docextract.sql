@@ -96,7 +96,10 @@ CREATE TABLE docextract.extractions (
     target_pk              text[],
     target_result_column   text,
     target_status_column   text,
-    writeback_error        text          -- why the last write-back failed, if it did
+    writeback_error        text,         -- why the last write-back failed, if it did
+    -- Times the worker stopped (crashed) while this extraction was in flight;
+    -- docextract.max_crashes of them, alone in flight, fail it.
+    crashes                integer NOT NULL DEFAULT 0
 );
 -- What the worker claims: per model, oldest first.
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)

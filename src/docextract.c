@@ -79,6 +79,7 @@ docextract_shmem_startup(void)
 		docextract_shared->worker_pid = 0;
 		for (int i = 0; i < NUM_WORKER_SIGNALS; i++)
 			pg_atomic_init_u64(&docextract_shared->generation[i], 0);
+		crashguard_shmem_init(docextract_shared);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -258,6 +259,19 @@ define_settings(void)
 							 &docextract_notify_queue_limit, 0.9, 0.0, 1.0,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
 	egress_define_settings();
+	DefineCustomIntVariable("docextract.max_response_size",
+							"Largest answer read from a model endpoint or a webhook receiver.",
+							NULL, &docextract_max_response_size, 10 * 1024, 1, 512 * 1024,
+							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.max_crashes",
+							"Times the worker may crash with an extraction alone in flight before that extraction is failed.",
+							NULL, &docextract_max_crashes, 3, 1, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	/* SUSET: a fault-injection point for the tests, never for roles. */
+	DefineCustomStringVariable("docextract.debug_crash_on_document",
+							   "Testing only: the worker aborts while preparing the extraction of a document of this filename.",
+							   NULL, &docextract_debug_crash_on_document, "",
+							   PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("docextract");
 }
 

@@ -73,6 +73,8 @@ typedef struct DocextractShared
 	pid_t		worker_pid;
 	/* Bumped at each commit that signalled WorkerSignal i. */
 	pg_atomic_uint64 generation[NUM_WORKER_SIGNALS];
+	/* The last worker did not stop on request (crashguard.c). */
+	bool		worker_stopped_uncleanly;
 } DocextractShared;
 
 extern DocextractShared *docextract_shared;
@@ -204,6 +206,8 @@ typedef struct HttpRequest
 	bool		done;
 	bool		egress_checked; /* connect only where egress.c allows */
 	char		egress_refused[48]; /* an address it refused, if any */
+	bool		too_large;		/* stopped at docextract.max_response_size */
+	char	   *location;		/* a 3xx's redirect target (not followed), or NULL */
 } HttpRequest;
 
 extern void http_init(void);
@@ -216,6 +220,7 @@ extern void http_drive(bool timed_out);
 extern HttpRequest *http_next_done(void);
 extern int	http_inflight(void);
 extern char *http_error_text(HttpRequest *req);
+extern char *http_redirect_text(HttpRequest *req);
 extern long http_retry_delay_ms(const HttpRequest *req, long base_ms, int attempt, long max_ms);
 
 /* provider_openai.c and friends: wire formats -------------------------------- */
@@ -382,5 +387,31 @@ extern int	docextract_parser_fault;
 extern void parser_define_settings(void);
 extern char *parser_run(const char *data, size_t len, bool want_text, const char *filename,
 						size_t *out_len);
+
+/* answer.c: reading untrusted answers (model endpoints, webhook receivers) -- */
+
+extern int	docextract_max_response_size;	/* kB */
+extern json_object *answer_parse(const char *data, size_t len, char **err);
+extern char *answer_failure(const char *what, const char *why);
+extern json_object *json_member(json_object *obj, const char *key, json_type t);
+extern const char *json_member_string(json_object *obj, const char *key);
+extern int64 json_member_count(json_object *obj, const char *key);
+extern char *answer_excerpt(const char *data, ssize_t len, size_t max);
+
+/* How much of an answer's text an error message quotes, in bytes. */
+#define ANSWER_TEXT_MAX 300
+
+/* crashguard.c: a job that keeps stopping the worker is failed, not retried - */
+
+extern int	docextract_max_crashes;
+extern char *docextract_debug_crash_on_document;
+extern void crashguard_shmem_init(DocextractShared *shared);
+extern void crashguard_sigterm(SIGNAL_ARGS);
+extern bool crashguard_last_stop_was_crash(void);
+extern void crashguard_worker_exit(void);
+extern int	crashguard_requeue_orphans(bool after_crash, int *failed);
+extern bool crashguard_single_mode(void);
+extern int	crashguard_claim_suspect(ClaimedJob *out);
+extern void crashguard_fault_point(const char *filename);
 
 #endif							/* DOCEXTRACT_H */

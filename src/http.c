@@ -13,6 +13,7 @@
 
 #include "common/pg_prng.h"
 #include "miscadmin.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include <curl/curl.h>
@@ -22,9 +23,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-
-/* A model's answer is a few kB; refuse to buffer anything absurd. */
-#define MAX_RESPONSE_BYTES (64 * 1024 * 1024)
 
 static CURLM *multi = NULL;
 static int	epoll_fd = -1;
@@ -67,14 +65,28 @@ on_timer(CURLM *m, long timeout_ms, void *userp)
 	return 0;
 }
 
+/* docextract.max_response_size in bytes. */
+static size_t
+max_response_bytes(void)
+{
+	return (size_t) docextract_max_response_size * 1024;
+}
+
+/*
+ * A model's answer is a few kB: refuse to buffer more than the setting
+ * allows (this counts decoded bytes, so a gzip bomb stops here too).
+ */
 static size_t
 on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	HttpRequest *req = userdata;
 	size_t		n = size * nmemb;
 
-	if (req->response.len + n > MAX_RESPONSE_BYTES)
+	if ((size_t) req->response.len + n > max_response_bytes())
+	{
+		req->too_large = true;
 		return 0;				/* curl reports CURLE_WRITE_ERROR */
+	}
 	appendBinaryStringInfo(&req->response, ptr, (int) n);
 	return n;
 }
@@ -158,6 +170,8 @@ http_start(HttpRequest *req, const char *url, struct curl_slist *headers,
 	req->curl_code = CURLE_OK;
 	req->errbuf[0] = '\0';
 	req->done = false;
+	req->too_large = false;
+	req->location = NULL;
 	initStringInfo(&req->response);
 
 	curl_easy_setopt(easy, CURLOPT_URL, url);
@@ -168,6 +182,9 @@ http_start(HttpRequest *req, const char *url, struct curl_slist *headers,
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, Min(timeout_ms, 10000L));
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	/* A redirect is an answer like any other: never followed. */
+	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) max_response_bytes());
 	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "docextract/0.1");
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_data);
@@ -297,6 +314,18 @@ http_next_done(void)
 			if (curl_easy_getinfo(msg->easy_handle, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK)
 				req->retry_after_s = (long) retry_after;
 		}
+		req->location = NULL;
+		{
+			char	   *url = NULL;
+
+			if (curl_easy_getinfo(msg->easy_handle, CURLINFO_REDIRECT_URL, &url) == CURLE_OK && url)
+			{
+				MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(req->response.data));
+
+				req->location = answer_excerpt(url, -1, 200);
+				MemoryContextSwitchTo(old);
+			}
+		}
 		req->elapsed_ms = usecs / 1000.0;
 		req->done = true;
 		release_handle(req);
@@ -312,7 +341,23 @@ http_error_text(HttpRequest *req)
 	if (req->egress_refused[0] && req->curl_code == CURLE_COULDNT_CONNECT)
 		return psprintf("destination %s is not allowed by docextract.webhook_allowed_destinations",
 						req->egress_refused);
+	if (req->too_large || req->curl_code == CURLE_FILESIZE_EXCEEDED)
+		return psprintf("the answer is larger than docextract.max_response_size (%d kB)",
+						docextract_max_response_size);
 	if (req->errbuf[0])
-		return pstrdup(req->errbuf);
+		return answer_excerpt(req->errbuf, -1, sizeof(req->errbuf));
 	return pstrdup(curl_easy_strerror((CURLcode) req->curl_code));
+}
+
+/*
+ * A 3xx: redirects are not followed (a model's base_url or a webhook's url
+ * names the endpoint itself), so say where it pointed.  NULL if not one.
+ */
+char *
+http_redirect_text(HttpRequest *req)
+{
+	if (req->status < 300 || req->status >= 400)
+		return NULL;
+	return psprintf("HTTP %ld redirect to \"%s\" not followed: redirects are never followed",
+					req->status, req->location ? req->location : "");
 }

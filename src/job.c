@@ -280,6 +280,7 @@ job_prepare(Job *job)
 	SPI_connect();
 	load_model(job, &options);
 	load_document(job, outer, &doc);
+	crashguard_fault_point(doc.filename);
 	MemoryContextSwitchTo(scratch);
 	read_json_options(options, &opts, NULL);
 	job->auto_approve = opts.auto_approve;
@@ -319,9 +320,11 @@ transfer_error(Job *job, HttpRequest *req)
 		return psprintf("request to %s failed: %s", job->url, http_error_text(req));
 	if (req->status >= 200 && req->status < 300)
 		return NULL;
+	if ((provider_text = http_redirect_text(req)) != NULL)
+		return psprintf("model endpoint answered %s", provider_text);
 	provider_text = job->provider->error_text(req->response.data, req->response.len);
 	if (provider_text == NULL)
-		provider_text = pnstrdup(req->response.data, Min(req->response.len, 300));
+		provider_text = answer_excerpt(req->response.data, req->response.len, ANSWER_TEXT_MAX);
 	return psprintf("model endpoint answered HTTP %ld: %s", req->status, provider_text);
 }
 

@@ -26,27 +26,22 @@ provider_lookup(const char *name)
 
 /*
  * {"error": {"message": "..."}}: the error body of OpenAI, Gemini and
- * Anthropic alike (and of most compatible servers).  NULL if not that.
+ * Anthropic alike (and of most compatible servers), or {"error": "..."}.
+ * NULL if not that.  Clipped to a message's length.
  */
 char *
 provider_error_message(const char *body, size_t len)
 {
-	json_object *root = json_tokener_parse(body);
-	json_object *error,
-			   *msg;
-	char	   *text = NULL;
+	char	   *err;
+	json_object *root = answer_parse(body, len, &err);
+	const char *text = json_member_string(root, "error");
+	char	   *out;
 
-	if (root && json_object_is_type(root, json_type_object) &&
-		json_object_object_get_ex(root, "error", &error))
-	{
-		if (json_object_is_type(error, json_type_string))
-			text = pstrdup(json_object_get_string(error));
-		else if (json_object_is_type(error, json_type_object) &&
-				 json_object_object_get_ex(error, "message", &msg))
-			text = pstrdup(json_object_get_string(msg));
-	}
+	if (text == NULL)
+		text = json_member_string(json_member(root, "error", json_type_object), "message");
+	out = text ? answer_excerpt(text, -1, ANSWER_TEXT_MAX) : NULL;
 	json_object_put(root);
-	return text;
+	return out;
 }
 
 /* Append "name: secret" to the headers, wiping the temporary copy. */
@@ -89,17 +84,21 @@ document_intro(const DocumentInput *d)
 json_object *
 answer_object(const char *text, char **err)
 {
-	json_object *answer = text ? json_tokener_parse(text) : NULL;
-	json_object *v;
+	json_object *answer;
 
-	if (answer == NULL || !json_object_is_type(answer, json_type_object) ||
-		!((json_object_object_get_ex(answer, "general", &v) &&
-		   json_object_is_type(v, json_type_object)) ||
-		  (json_object_object_get_ex(answer, "table", &v) &&
-		   json_object_is_type(v, json_type_array))))
+	if (text == NULL)
+	{
+		*err = pstrdup("the model's answer has no text");
+		return NULL;
+	}
+	answer = answer_parse(text, strlen(text), err);
+	if (answer == NULL ||
+		(json_member(answer, "general", json_type_object) == NULL &&
+		 json_member(answer, "table", json_type_array) == NULL))
 	{
 		json_object_put(answer);
-		*err = pstrdup("the model's answer is not a JSON object with a \"general\" object, as the schema requires");
+		*err = answer_failure("the model's answer is not a JSON object with a \"general\" object, as the schema requires",
+							  answer ? NULL : *err);
 		return NULL;
 	}
 	return answer;

@@ -95,25 +95,24 @@ anthropic_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 static char *
 tool_input(json_object *root, char **err)
 {
-	json_object *content,
-			   *v;
+	json_object *content = json_member(root, "content", json_type_array);
+	const char *stop = json_member_string(root, "stop_reason");
 
-	if (json_object_object_get_ex(root, "stop_reason", &v) &&
-		strcmp(json_object_get_string(v), "max_tokens") == 0)
+	if (stop && strcmp(stop, "max_tokens") == 0)
 		return *err = pstrdup("the answer was cut off at max_tokens"), NULL;
-	if (!json_object_object_get_ex(root, "content", &content) ||
-		!json_object_is_type(content, json_type_array))
+	if (content == NULL)
 		return *err = pstrdup("the response has no content blocks"), NULL;
 	for (size_t i = 0; i < json_object_array_length(content); i++)
 	{
 		json_object *block = json_object_array_get_idx(content, i);
-		json_object *type,
-				   *input;
+		const char *type = json_member_string(block, "type");
+		json_object *input = json_member(block, "input", json_type_object);
 
-		if (json_object_object_get_ex(block, "type", &type) &&
-			strcmp(json_object_get_string(type), "tool_use") == 0 &&
-			json_object_object_get_ex(block, "input", &input))
-			return pstrdup(json_object_to_json_string_ext(input, JSON_C_TO_STRING_PLAIN));
+		if (type == NULL || strcmp(type, "tool_use") != 0)
+			continue;
+		if (input == NULL)
+			return *err = pstrdup("the " TOOL_NAME " tool's input is not a JSON object"), NULL;
+		return pstrdup(json_object_to_json_string_ext(input, JSON_C_TO_STRING_PLAIN));
 	}
 	return *err = pstrdup("the model did not call the " TOOL_NAME " tool"), NULL;
 }
@@ -121,23 +120,23 @@ tool_input(json_object *root, char **err)
 static char *
 anthropic_parse(const char *body, size_t len, ProviderReply *reply)
 {
-	json_object *root = json_tokener_parse(body);
-	json_object *usage,
-			   *v;
 	char	   *err = NULL;
+	json_object *root = answer_parse(body, len, &err);
+	json_object *usage;
 	char	   *input;
 
 	memset(reply, 0, sizeof(*reply));
-	if (root == NULL || !json_object_is_type(root, json_type_object))
+	if (root == NULL)
+		return answer_failure("the response is not a JSON object", err);
+	if (!json_object_is_type(root, json_type_object))
 		err = pstrdup("the response is not a JSON object");
 	else if ((input = tool_input(root, &err)) != NULL)
 		reply->output = answer_object(input, &err);
-	if (err == NULL && json_object_object_get_ex(root, "usage", &usage))
+	if (err == NULL)
 	{
-		if (json_object_object_get_ex(usage, "input_tokens", &v))
-			reply->input_tokens = json_object_get_int64(v);
-		if (json_object_object_get_ex(usage, "output_tokens", &v))
-			reply->output_tokens = json_object_get_int64(v);
+		usage = json_member(root, "usage", json_type_object);
+		reply->input_tokens = json_member_count(usage, "input_tokens");
+		reply->output_tokens = json_member_count(usage, "output_tokens");
 	}
 	json_object_put(root);
 	return err;

@@ -81,54 +81,52 @@ gemini_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 static char *
 candidate_text(json_object *root, char **err)
 {
-	json_object *cands,
-			   *cand,
-			   *content,
-			   *parts,
-			   *v;
+	json_object *cands = json_member(root, "candidates", json_type_array);
+	json_object *cand;
+	json_object *parts;
+	const char *v;
 	StringInfoData text;
 
-	if (json_object_object_get_ex(root, "promptFeedback", &v) &&
-		json_object_object_get_ex(v, "blockReason", &v))
-		return *err = psprintf("the prompt was blocked: %s", json_object_get_string(v)), NULL;
-	if (!json_object_object_get_ex(root, "candidates", &cands) ||
-		!json_object_is_type(cands, json_type_array) || json_object_array_length(cands) < 1 ||
+	if ((v = json_member_string(json_member(root, "promptFeedback", json_type_object),
+								"blockReason")) != NULL)
+		return *err = psprintf("the prompt was blocked: %s", answer_excerpt(v, -1, ANSWER_TEXT_MAX)), NULL;
+	if (cands == NULL || json_object_array_length(cands) < 1 ||
 		!json_object_is_type(cand = json_object_array_get_idx(cands, 0), json_type_object))
-		return *err = pstrdup("the response has no candidates[0]"), NULL;
-	if (json_object_object_get_ex(cand, "finishReason", &v) &&
-		strcmp(json_object_get_string(v), "STOP") != 0)
-		return *err = psprintf("the model stopped early: %s", json_object_get_string(v)), NULL;
-	if (!json_object_object_get_ex(cand, "content", &content) ||
-		!json_object_object_get_ex(content, "parts", &parts) ||
-		!json_object_is_type(parts, json_type_array))
+		return *err = pstrdup("the response has no candidates[0] object"), NULL;
+	if ((v = json_member_string(cand, "finishReason")) != NULL && strcmp(v, "STOP") != 0)
+		return *err = psprintf("the model stopped early: %s", answer_excerpt(v, -1, ANSWER_TEXT_MAX)), NULL;
+	parts = json_member(json_member(cand, "content", json_type_object), "parts", json_type_array);
+	if (parts == NULL)
 		return *err = pstrdup("the response's candidate has no content parts"), NULL;
 	initStringInfo(&text);
 	for (size_t i = 0; i < json_object_array_length(parts); i++)
-		if (json_object_object_get_ex(json_object_array_get_idx(parts, i), "text", &v))
-			appendStringInfoString(&text, json_object_get_string(v));
+		if ((v = json_member_string(json_object_array_get_idx(parts, i), "text")) != NULL)
+			appendStringInfoString(&text, v);
+	if (text.len == 0)
+		return *err = pstrdup("the response's candidate has no text part"), NULL;
 	return text.data;
 }
 
 static char *
 gemini_parse(const char *body, size_t len, ProviderReply *reply)
 {
-	json_object *root = json_tokener_parse(body);
-	json_object *usage,
-			   *v;
 	char	   *err = NULL;
+	json_object *root = answer_parse(body, len, &err);
+	json_object *usage;
 	char	   *text;
 
 	memset(reply, 0, sizeof(*reply));
-	if (root == NULL || !json_object_is_type(root, json_type_object))
+	if (root == NULL)
+		return answer_failure("the response is not a JSON object", err);
+	if (!json_object_is_type(root, json_type_object))
 		err = pstrdup("the response is not a JSON object");
 	else if ((text = candidate_text(root, &err)) != NULL)
 		reply->output = answer_object(text, &err);
-	if (err == NULL && json_object_object_get_ex(root, "usageMetadata", &usage))
+	if (err == NULL)
 	{
-		if (json_object_object_get_ex(usage, "promptTokenCount", &v))
-			reply->input_tokens = json_object_get_int64(v);
-		if (json_object_object_get_ex(usage, "candidatesTokenCount", &v))
-			reply->output_tokens = json_object_get_int64(v);
+		usage = json_member(root, "usageMetadata", json_type_object);
+		reply->input_tokens = json_member_count(usage, "promptTokenCount");
+		reply->output_tokens = json_member_count(usage, "candidatesTokenCount");
 	}
 	json_object_put(root);
 	return err;

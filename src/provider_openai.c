@@ -117,46 +117,44 @@ openai_build(const ModelConfig *m, const Template *t, const DocumentInput *d,
 	*body = request_body(req);
 }
 
+/* choices[0].message, if the answer has one of that shape. */
+static json_object *
+first_message(json_object *root)
+{
+	json_object *choices = json_member(root, "choices", json_type_array);
+
+	if (choices == NULL || json_object_array_length(choices) < 1)
+		return NULL;
+	return json_member(json_object_array_get_idx(choices, 0), "message", json_type_object);
+}
+
 static char *
 openai_parse(const char *body, size_t len, ProviderReply *reply)
 {
-	json_object *root = json_tokener_parse(body);
-	json_object *choices,
-			   *choice,
-			   *msg,
-			   *content,
-			   *usage,
-			   *v;
 	char	   *err = NULL;
+	json_object *root = answer_parse(body, len, &err);
+	json_object *msg;
+	json_object *usage;
+	const char *text;
 
 	memset(reply, 0, sizeof(*reply));
-	if (root == NULL || !json_object_is_type(root, json_type_object))
-		err = "the response is not a JSON object";
-	else if (!json_object_object_get_ex(root, "choices", &choices) ||
-			 !json_object_is_type(choices, json_type_array) ||
-			 json_object_array_length(choices) < 1 ||
-			 !(choice = json_object_array_get_idx(choices, 0)) ||
-			 !json_object_object_get_ex(choice, "message", &msg))
-		err = "the response has no choices[0].message";
-	else if (json_object_object_get_ex(msg, "refusal", &v) && json_object_is_type(v, json_type_string))
-		err = psprintf("the model refused: %s", json_object_get_string(v));
-	else if (!json_object_object_get_ex(msg, "content", &content) ||
-			 !json_object_is_type(content, json_type_string))
-		err = "the response's message has no text content";
+	if (root == NULL)
+		return answer_failure("the response is not a JSON object", err);
+	if (!json_object_is_type(root, json_type_object))
+		err = pstrdup("the response is not a JSON object");
+	else if ((msg = first_message(root)) == NULL)
+		err = pstrdup("the response has no choices[0].message object");
+	else if ((text = json_member_string(msg, "refusal")) != NULL)
+		err = psprintf("the model refused: %s", answer_excerpt(text, -1, ANSWER_TEXT_MAX));
+	else if ((text = json_member_string(msg, "content")) == NULL)
+		err = pstrdup("the response's message has no text content");
 	else
-		reply->output = answer_object(json_object_get_string(content), &err);
-	if (err == NULL && json_object_object_get_ex(root, "usage", &usage))
+		reply->output = answer_object(text, &err);
+	if (err == NULL)
 	{
-		if (json_object_object_get_ex(usage, "prompt_tokens", &v))
-			reply->input_tokens = json_object_get_int64(v);
-		if (json_object_object_get_ex(usage, "completion_tokens", &v))
-			reply->output_tokens = json_object_get_int64(v);
-	}
-	if (err)
-	{
-		err = pstrdup(err);
-		json_object_put(reply->output);
-		reply->output = NULL;
+		usage = json_member(root, "usage", json_type_object);
+		reply->input_tokens = json_member_count(usage, "prompt_tokens");
+		reply->output_tokens = json_member_count(usage, "completion_tokens");
 	}
 	json_object_put(root);
 	return err;

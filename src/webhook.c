@@ -357,9 +357,11 @@ webhook_done(HttpRequest *req)
 		record_delivered(d);
 	else if (req->curl_code != 0)
 		record_failed(d, http_error_text(req));
+	else if (http_redirect_text(req) != NULL)
+		record_failed(d, http_redirect_text(req));
 	else
 		record_failed(d, psprintf("HTTP %ld: %s", req->status,
-								  pnstrdup(req->response.data, Min(req->response.len, 200))));
+								  answer_excerpt(req->response.data, req->response.len, 200)));
 	SPI_finish();
 }
 

@@ -46,6 +46,7 @@ typedef struct FailStep
 } FailStep;
 
 static bool orphans_requeued = false;
+static bool last_stop_was_crash = false;
 
 /* Jobs whose requests are in flight, in TopMemoryContext. */
 static List *inflight_jobs = NIL;
@@ -120,12 +121,20 @@ claim_step(void *arg)
 		return;
 	if (!orphans_requeued)
 	{
-		int			n = queue_requeue_orphans();
+		int			failed;
+		int			n = crashguard_requeue_orphans(last_stop_was_crash, &failed);
 
 		if (n > 0)
-			elog(LOG, "docextract worker: requeued %d extraction(s) left by a previous worker", n);
+			elog(LOG, "docextract worker: requeued %d extraction(s) left by a previous worker%s", n,
+				 last_stop_was_crash ? ", which crashed; they run one at a time" : "");
+		if (failed > 0)
+			elog(LOG, "docextract worker: failed %d extraction(s) that crashed the worker docextract.max_crashes times",
+				 failed);
 		orphans_requeued = true;
 	}
+	/* Orphans of a crash run alone, so that a crash names its culprit. */
+	if (crashguard_single_mode() && (c->claimed = crashguard_claim_suspect(c->jobs)) > 0)
+		return;
 	c->claimed = queue_claim(c->jobs, c->max, ratelimit_room_json(GetCurrentTimestamp()),
 							 &c->next_due_ms);
 }
@@ -255,7 +264,7 @@ claim_and_start(TimestampTz *next_poll)
 	char	   *err;
 
 	c.max = docextract_max_inflight - jobs_inflight();
-	if (c.max <= 0)
+	if (c.max <= 0 || (crashguard_single_mode() && inflight_jobs != NIL))
 		return true;
 	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
 	err = in_transaction("docextract: claiming", claim_step, &c);
@@ -286,7 +295,7 @@ claim_and_start(TimestampTz *next_poll)
 
 		for (int i = 0; i < c.claimed; i++)
 			requests += c.jobs[i].parts;
-		return requests >= c.max;
+		return requests >= c.max || crashguard_single_mode();
 	}
 }
 
@@ -468,6 +477,7 @@ clean_up(void)
 static void
 worker_exit(int code, Datum arg)
 {
+	crashguard_worker_exit();
 	docextract_worker_unpublish();
 }
 
@@ -530,7 +540,7 @@ docextract_worker_main(Datum main_arg)
 	uint64		deliveries_seen;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, crashguard_sigterm);	/* die(), remembering it was asked */
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
 	pgstat_report_appname("docextract worker");
@@ -539,6 +549,7 @@ docextract_worker_main(Datum main_arg)
 	/* Its SQL runs as superuser: no name may resolve to a role's object. */
 	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
+	last_stop_was_crash = crashguard_last_stop_was_crash();
 	docextract_worker_publish(MyLatch, MyDatabaseId);
 	before_shmem_exit(worker_exit, (Datum) 0);
 	http_init();

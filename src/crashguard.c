@@ -1,0 +1,184 @@
+/*
+ * crashguard.c: a job that keeps crashing the worker is failed, not retried
+ * forever.
+ *
+ * When the worker dies (a signal, an abort, a FATAL error), every extraction
+ * it had in flight stays 'processing'; the next worker requeues them.  If
+ * the worker stopped by crashing rather than by being told to stop (SIGTERM),
+ * each orphan's crashes column is counted up.  One of them killed the worker,
+ * but which one is unknown while several were in flight: so orphans of a
+ * crash (pending with crashes > 0) are then claimed one at a time, nothing
+ * else in flight beside them.  An orphan that was alone in flight when the
+ * worker crashed is the culprit for certain; when that has happened
+ * docextract.max_crashes times, it is failed instead of requeued.
+ *
+ * Whether the last stop was a crash: the postmaster sets shared memory up
+ * again after any crash, and counts (in its own memory) how often it did;
+ * a worker that exits on SIGTERM says so in shared memory.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "tcop/tcopprot.h"
+
+#include <signal.h>
+#include <stdlib.h>
+
+int			docextract_max_crashes = 3;
+char	   *docextract_debug_crash_on_document = NULL;
+
+/* Orphans of a crash wait to be claimed one at a time. */
+static bool suspects_waiting = false;
+
+static volatile sig_atomic_t got_sigterm = false;
+
+/* Postmaster-local: shared memory set up this many times (> 1: after a crash). */
+static int	shmem_setups = 0;
+
+/* Called where shared memory is set up, in the postmaster. */
+void
+crashguard_shmem_init(DocextractShared *shared)
+{
+	shmem_setups++;
+	shared->worker_stopped_uncleanly = shmem_setups > 1;
+}
+
+/* The worker's SIGTERM: a requested stop, not a crash. */
+void
+crashguard_sigterm(SIGNAL_ARGS)
+{
+	got_sigterm = true;
+	die(postgres_signal_arg);
+}
+
+/*
+ * At worker start: was the previous worker's stop a crash?  From now until
+ * a clean exit, assume this one's will be.
+ */
+bool
+crashguard_last_stop_was_crash(void)
+{
+	bool		crashed;
+
+	SpinLockAcquire(&docextract_shared->mutex);
+	crashed = docextract_shared->worker_stopped_uncleanly;
+	docextract_shared->worker_stopped_uncleanly = true;
+	SpinLockRelease(&docextract_shared->mutex);
+	return crashed;
+}
+
+/* At worker exit (not reached on a crash): clean if asked to stop. */
+void
+crashguard_worker_exit(void)
+{
+	if (!got_sigterm)
+		return;
+	SpinLockAcquire(&docextract_shared->mutex);
+	docextract_shared->worker_stopped_uncleanly = false;
+	SpinLockRelease(&docextract_shared->mutex);
+}
+
+/*
+ * Requeue what the previous worker left processing; after a crash, count
+ * the crash against each, and fail one that was alone in flight for the
+ * max_crashes-th time.  Returns how many were requeued; *failed how many
+ * were failed.  In a transaction.
+ */
+int
+crashguard_requeue_orphans(bool after_crash, int *failed)
+{
+	int			n;
+	bool		isnull;
+
+	*failed = 0;
+	suspects_waiting = true;	/* of this crash or an earlier one: look */
+	if (!after_crash)
+		return queue_requeue_orphans();
+	SPI_connect();
+	SPI_execute("SELECT count(*) FROM docextract.extractions WHERE status = 'processing'", true, 1);
+	n = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (n > 0 &&
+		SPI_execute_with_args("WITH o AS (UPDATE docextract.extractions"
+							  "  SET crashes = crashes + 1, worker_pid = NULL,"
+							  "      status = CASE WHEN $1 AND crashes + 1 >= $2 THEN 'failed' ELSE 'pending' END,"
+							  "      completed_at = CASE WHEN $1 AND crashes + 1 >= $2 THEN clock_timestamp() END,"
+							  "      error_message = CASE WHEN $1 AND crashes + 1 >= $2 THEN"
+							  "        format('the docextract worker stopped %s times while processing this extraction"
+							  " (docextract.max_crashes = %s); it is not tried again', crashes + 1, $2)"
+							  "        ELSE error_message END"
+							  "  WHERE status = 'processing' RETURNING status)"
+							  " SELECT count(*) FILTER (WHERE status = 'failed') FROM o",
+							  2, (Oid[]) {BOOLOID, INT4OID},
+							  (Datum[]) {BoolGetDatum(n == 1), Int32GetDatum(docextract_max_crashes)},
+							  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not requeue the extractions of the previous worker");
+	if (n > 0)
+		*failed = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+													&isnull));
+	SPI_finish();
+	return n - *failed;
+}
+
+/* Are orphans of a crash still to be run one at a time? */
+bool
+crashguard_single_mode(void)
+{
+	return suspects_waiting;
+}
+
+/*
+ * Claim the oldest orphan of a crash, alone; 0 when none is left (then
+ * single mode ends).  In a transaction.
+ */
+int
+crashguard_claim_suspect(ClaimedJob *out)
+{
+	bool		isnull;
+	int			n;
+
+	SPI_connect();
+	SPI_execute("UPDATE docextract.extractions e"
+				" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
+				"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
+				"     completion_percentage = 0"
+				" WHERE e.id = (SELECT x.id FROM docextract.extractions x"
+				"               WHERE x.status = 'pending' AND x.crashes > 0"
+				"               ORDER BY x.created_at, x.id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+				" RETURNING e.id, e.attempts, e.model_name, e.parts", false, 1);
+	n = (int) SPI_processed;
+	if (n == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		memcpy(&out->id, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
+		out->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		strlcpy(out->model, SPI_getvalue(tup, desc, 3), sizeof(out->model));
+		out->parts = DatumGetInt16(SPI_getbinval(tup, desc, 4, &isnull));
+	}
+	SPI_finish();
+	suspects_waiting = n == 1;
+	return n;
+}
+
+/*
+ * Fault injection for the tests: the worker aborts while preparing the
+ * extraction of a document of this filename.  docextract.debug_crash_on_document
+ * is superuser-only, and only the worker ever stops here.
+ */
+void
+crashguard_fault_point(const char *filename)
+{
+	if (docextract_debug_crash_on_document == NULL ||
+		docextract_debug_crash_on_document[0] == '\0' ||
+		MyBackendType != B_BG_WORKER || filename == NULL ||
+		strcmp(filename, docextract_debug_crash_on_document) != 0)
+		return;
+	elog(LOG, "docextract worker: aborting on document \"%s\" (docextract.debug_crash_on_document)",
+		 filename);
+	abort();
+}
