@@ -383,6 +383,7 @@ typedef struct SyncTask
 	pg_uuid_t	template_id;
 	char		settings[SYNC_NUM_SETTINGS][SYNC_SETTING_LEN];
 	pg_atomic_uint32 caller_gone;	/* set when the caller stops waiting */
+	pg_atomic_uint32 worker_pid;	/* the worker's, while it submits (then 0) */
 } SyncTask;
 
 #endif							/* DOCEXTRACT_H */

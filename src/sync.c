@@ -38,7 +38,11 @@ const char *const sync_setting_names[SYNC_NUM_SETTINGS] = {
 	"docextract.credits", "docextract.max_active_per_role", "docextract.max_document_size"
 };
 
-/* The caller stopped waiting (an error, a cancel, its exit): tell the worker. */
+/*
+ * The caller stopped waiting (an error, a cancel, its exit): tell the
+ * worker.  A worker still submitting may be waiting on a lock (the role's
+ * credit row): cancel that, so that nothing is stored for a call that ended.
+ */
 static void
 caller_detached(dsm_segment *seg, Datum arg)
 {
@@ -46,8 +50,11 @@ caller_detached(dsm_segment *seg, Datum arg)
 	shm_mq	   *mq = shm_toc_lookup(shm_toc_attach(SYNC_TOC_MAGIC, dsm_segment_address(seg)),
 									SYNC_KEY_QUEUE, false);
 	PGPROC	   *worker = shm_mq_get_sender(mq);
+	pid_t		submitting = (pid_t) pg_atomic_read_u32(&task->worker_pid);
 
 	pg_atomic_write_u32(&task->caller_gone, 1);
+	if (submitting != 0)
+		(void) kill(submitting, SIGINT);
 	if (worker)
 		SetLatch(&worker->procLatch);
 }
@@ -64,6 +71,7 @@ fill_task(SyncTask *task, Datum template_id)
 		strlcpy(task->settings[i], GetConfigOption(sync_setting_names[i], false, false),
 				SYNC_SETTING_LEN);
 	pg_atomic_init_u32(&task->caller_gone, 0);
+	pg_atomic_init_u32(&task->worker_pid, 0);
 }
 
 /* The segment holding the task, the bytes, the options and the reply queue. */

@@ -165,6 +165,7 @@ submit(Run *run)
 	}
 	PG_CATCH();
 	{
+		pg_atomic_write_u32(&task->worker_pid, 0);	/* no cancel while we report */
 		MemoryContextSwitchTo(cxt);
 		EmitErrorReport();
 		FlushErrorState();
@@ -173,6 +174,8 @@ submit(Run *run)
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
+	/* From here a cancel by the caller is the flag, looked at between steps. */
+	pg_atomic_write_u32(&task->worker_pid, 0);
 	return ok;
 }
 
@@ -484,6 +487,7 @@ docextract_sync_worker_main(Datum main_arg)
 	toc = shm_toc_attach(SYNC_TOC_MAGIC, dsm_segment_address(seg));
 	task = shm_toc_lookup(toc, SYNC_KEY_TASK, false);
 	mq = shm_toc_lookup(toc, SYNC_KEY_QUEUE, false);
+	pg_atomic_write_u32(&task->worker_pid, (uint32) MyProcPid);
 	shm_mq_set_sender(mq, MyProc);
 	reply_queue = shm_mq_attach(mq, seg, NULL);
 	pq_redirect_to_shm_mq(seg, reply_queue);

@@ -142,7 +142,11 @@ my $t0 = time;
 like($err, qr/extract_sync would wait for a lock held by its own transaction/,
 	'extract_sync after extract_document in one transaction: a clear error');
 ok(time - $t0 < 30, '... not a hang');
-wait_none_processing();
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'docextract sync worker'")
+  or die 'the sync worker never left';
+is(sq("SELECT count(*) FROM docextract.extractions WHERE status = 'processing'"), '0',
+	'... its worker, cancelled while it waited for the lock, left nothing running');
 is(balance('alice'), '13', '... nothing charged');
 
 # -- statement_timeout while the model works: nothing charged, the session goes on ---
@@ -167,27 +171,29 @@ is(sq("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'docextract sy
 # -- pg_cancel_backend, of the caller and of the call's worker --------------------------
 sub cancel_while_waiting
 {
-	my ($target) = @_;
+	my ($target, $how, $says) = @_;
 	server_reset($srv);
 	server_script($srv, { delay_ms => 10000 });
 	my ($in, $o, $e) = ('', '', '');
 	my $h = IPC::Run::start([ 'psql', '-X', '-U', 'alice', '-d', $node->connstr('postgres'), '-c',
 		"SELECT $sync)" ], '<', \$in, '>', \$o, '2>', \$e);
 	for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
-	is(server_stats($srv)->{inflight}, 1, "$target: the call waits on the model");
-	sq("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE " .
+	is(server_stats($srv)->{inflight}, 1, "$how of the $target: the call waits on the model");
+	sq("SELECT $how(pid) FROM pg_stat_activity WHERE " .
 		($target eq 'caller' ? "query LIKE '%extract_sync%' AND pid <> pg_backend_pid()"
 			: "backend_type = 'docextract sync worker'"));
 	$h->finish;
-	like($e, qr/canceling statement due to user request/, "$target cancelled: the call ends");
+	like($e, $says, "$how of the $target: the call ends");
 	wait_none_processing();
 	my $id = newest();
 	is(sq("SELECT status FROM docextract.extractions WHERE id = '$id'"), 'cancelled',
 		'... its extraction cancelled');
 	is(ledger($id), 'reserve,release', '... its credit released');
 }
-cancel_while_waiting('caller');
-cancel_while_waiting('worker');
+cancel_while_waiting('caller', 'pg_cancel_backend', qr/canceling statement due to user request/);
+cancel_while_waiting('worker', 'pg_cancel_backend', qr/canceling statement due to user request/);
+cancel_while_waiting('caller', 'pg_terminate_backend', qr/terminating connection due to administrator command/);
+cancel_while_waiting('worker', 'pg_terminate_backend', qr/canceling statement due to user request/);
 is(balance('alice'), '13', 'cancelled calls cost nothing');
 server_reset($srv);
 is(json_of(alice("SELECT $sync)"))->{status}, 'completed', 'and the next call works');
