@@ -16,9 +16,7 @@
 
 #include "docextract.h"	/* first: see the note on json_object */
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "libpq/pqformat.h"
 #include "libpq/pqmq.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
