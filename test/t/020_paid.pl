@@ -195,6 +195,27 @@ cancel_while_waiting('worker', 'pg_cancel_backend', qr/canceling statement due t
 cancel_while_waiting('caller', 'pg_terminate_backend', qr/terminating connection due to administrator command/);
 cancel_while_waiting('worker', 'pg_terminate_backend', qr/canceling statement due to user request/);
 is(balance('alice'), '13', 'cancelled calls cost nothing');
+
+# -- a retry wait stays the call's own, and a cancel there costs nothing ----------------
+server_reset($srv);
+server_script($srv, { status => 503, headers => { 'Retry-After' => '30' }, body => '{}' });
+my ($in, $o, $errs) = ('', '', '');
+my $h = IPC::Run::start([ 'psql', '-X', '-U', 'alice', '-d', $node->connstr('postgres'), '-c',
+	"SELECT $sync)" ], '<', \$in, '>', \$o, '2>', \$errs);
+$node->poll_query_until('postgres', "SELECT error_message LIKE 'model endpoint answered HTTP 503%'
+	FROM docextract.extractions ORDER BY created_at DESC LIMIT 1")
+  or die 'the first attempt never failed';
+is(sq("SELECT status || ' ' || (next_attempt_at IS NOT NULL) FROM docextract.extractions
+	ORDER BY created_at DESC LIMIT 1"), 'processing true',
+	"waiting to retry: still processing, so the database's worker can't claim it");
+sq("SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+	WHERE query LIKE '%extract_sync%' AND pid <> pg_backend_pid()");
+$h->finish;
+like($errs, qr/canceling statement due to user request/, 'cancelled while waiting to retry');
+wait_none_processing();
+is(ledger(newest()), 'reserve,release', '... released');
+is(server_stats($srv)->{count}, 1, '... after its one request');
+is(balance('alice'), '13', '... nothing charged');
 server_reset($srv);
 is(json_of(alice("SELECT $sync)"))->{status}, 'completed', 'and the next call works');
 is(balance('alice'), '12', '... charged');
