@@ -139,6 +139,37 @@ GRANT EXECUTE ON FUNCTION docextract.egress_allowed(inet, boolean) TO PUBLIC;
 -- Crash-loop guard: how often the worker stopped while an extraction was in flight.
 ALTER TABLE docextract.extractions ADD COLUMN crashes integer NOT NULL DEFAULT 0;
 
+-- Model work is always paid for: the answer is charged when it is stored,
+-- awaiting approval included, so a later cancel releases nothing.
+CREATE OR REPLACE FUNCTION docextract.settle_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+DECLARE
+    kind text;
+    after bigint;
+BEGIN
+    IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
+       OR NEW.status NOT IN ('completed', 'awaiting_approval', 'failed', 'cancelled',
+                             'insufficient_credits') THEN
+        RETURN NEW;
+    END IF;
+    kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
+    UPDATE docextract.credit_accounts a
+       SET reserved = a.reserved - OLD.credits_reserved,
+           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE 0 END,
+           updated_at = now()
+     WHERE a.role = OLD.owner
+    RETURNING a.balance - a.reserved INTO after;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (OLD.owner, kind, OLD.credits_reserved, after, OLD.id, NEW.status, OLD.owner);
+    IF kind = 'charge' THEN
+        NEW.credits_used := OLD.credits_reserved;
+    END IF;
+    NEW.credits_reserved := 0;
+    RETURN NEW;
+END
+$$;
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

@@ -399,9 +399,11 @@ CREATE TRIGGER extractions_reserve_credits
     BEFORE INSERT ON docextract.extractions
     FOR EACH ROW EXECUTE FUNCTION docextract.reserve_credits();
 
--- When an extraction ends: charge the held credits if it completed, return
--- them otherwise.  In the transaction of the status change itself, so a
--- crash before its commit settles nothing and one after it settles once.
+-- When the model's answer is stored (completed, or awaiting approval):
+-- charge the held credits, whatever happens to the extraction next; when it
+-- ends otherwise: return them.  In the transaction of the status change
+-- itself, so a crash before its commit settles nothing and one after it
+-- settles once.
 CREATE FUNCTION docextract.settle_credits() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
@@ -409,10 +411,11 @@ DECLARE
     after bigint;
 BEGIN
     IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
-       OR NEW.status NOT IN ('completed', 'failed', 'cancelled', 'insufficient_credits') THEN
+       OR NEW.status NOT IN ('completed', 'awaiting_approval', 'failed', 'cancelled',
+                             'insufficient_credits') THEN
         RETURN NEW;
     END IF;
-    kind := CASE WHEN NEW.status = 'completed' THEN 'charge' ELSE 'release' END;
+    kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
     UPDATE docextract.credit_accounts a
        SET reserved = a.reserved - OLD.credits_reserved,
            balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE 0 END,
@@ -582,8 +585,10 @@ CREATE CONSTRAINT TRIGGER extractions_write_back
     FOR EACH ROW WHEN (NEW.target_table IS NOT NULL)
     EXECUTE FUNCTION docextract.write_back();
 
--- The same pipeline in the calling backend: stores the document, extracts,
--- waits (interruptibly) and returns get_result().  Rolled back if cancelled.
+-- Stores the document, extracts, waits (interruptibly) and returns
+-- get_result().  A background worker started for the call does the work in
+-- transactions of its own: what the model answered is charged, whatever the
+-- caller's transaction does next.
 CREATE FUNCTION docextract.extract_sync(content bytea, template_id uuid,
                                         options jsonb DEFAULT '{}')
 RETURNS jsonb LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_sync';

@@ -284,7 +284,8 @@ job_prepare(Job *job)
 	MemoryContextSwitchTo(scratch);
 	read_json_options(options, &opts, NULL);
 	job->auto_approve = opts.auto_approve;
-	job->max_retries = opts.has_max_retries ? opts.max_retries : job->model.max_retries;
+	job->max_retries = Min(opts.has_max_retries ? opts.max_retries : job->model.max_retries,
+						   MAX_RETRIES_CAP);	/* options stored before the cap */
 	job->attributions = opts.per_key_attribution;
 	split_template(job);
 	for (int i = 0; i < job->nparts; i++)

@@ -178,11 +178,15 @@ check_model_option(const char *key, json_object *v)
 		if (!is_int || json_object_get_int64(v) < 1)
 			option_error(key, v, "a positive integer");
 	}
-	else if (strcmp(key, "requests_per_minute") == 0 || strcmp(key, "max_retries") == 0 ||
-			 strcmp(key, "retry_backoff_ms") == 0)
+	else if (strcmp(key, "requests_per_minute") == 0 || strcmp(key, "retry_backoff_ms") == 0)
 	{
 		if (!is_int || json_object_get_int64(v) < 0)
 			option_error(key, v, "an integer >= 0");
+	}
+	else if (strcmp(key, "max_retries") == 0)
+	{
+		if (!is_int || json_object_get_int64(v) < 0 || json_object_get_int64(v) > MAX_RETRIES_CAP)
+			option_error(key, v, "an integer from 0 to " CppAsString2(MAX_RETRIES_CAP));
 	}
 	else if (strcmp(key, "input_price_per_million") == 0 || strcmp(key, "output_price_per_million") == 0)
 	{

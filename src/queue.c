@@ -59,7 +59,7 @@ check_options(json_object *o)
 			ok = t == json_type_int;
 		else if (strcmp(key, "max_retries") == 0)
 			ok = t == json_type_int && json_object_get_int64(val) >= 0 &&
-				json_object_get_int64(val) <= 100;
+				json_object_get_int64(val) <= MAX_RETRIES_CAP;
 		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
 				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0 ||
 				 strcmp(key, "zero_retention") == 0)

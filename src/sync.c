@@ -1,227 +1,243 @@
 /*
- * sync.c: extract_sync(), the whole pipeline in the calling backend.
+ * sync.c: extract_sync(), the caller's side.
  *
- * The document and the extraction are rows of the caller's transaction, so
- * the worker never sees them, and a cancelled or timed-out call leaves
- * nothing behind.  The wait for HTTP is a latch wait on libcurl's epoll
- * descriptor: statement_timeout and pg_cancel_backend() end it at once.
+ * The model's work must be paid for whatever the caller's transaction does
+ * afterwards, so nothing of it happens in that transaction: the document,
+ * the template id and the options go through dynamic shared memory to a
+ * background worker started for this call (sync_worker.c), which connects to
+ * this database as the caller, stores the document and the extraction,
+ * sends the requests and stores the answer (with its charge) in
+ * transactions of its own.  The caller waits on its latch for the answer on
+ * a shm_mq, so statement_timeout and pg_cancel_backend() end the wait at
+ * once; leaving tells the worker (the segment's detach callback), which then
+ * drops the request and cancels the extraction unless the model answered.
  */
 #include "postgres.h"
 
 #include "docextract.h"	/* first: see the note on json_object */
 
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
-#include "fmgr.h"
+#include "libpq/pqmq.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/proc.h"
+#include "storage/shm_mq.h"
+#include "storage/shm_toc.h"
+#include "tcop/utility.h"
+#include "utils/array.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
-#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 PG_FUNCTION_INFO_V1(docextract_extract_sync);
 
-/* Wait, interruptibly, until the job's requests are done. */
+const char *const sync_setting_names[SYNC_NUM_SETTINGS] = {
+	"docextract.credits", "docextract.max_active_per_role", "docextract.max_document_size"
+};
+
+/*
+ * The caller stopped waiting (an error, a cancel, its exit): tell the
+ * worker.  A worker still submitting may be waiting on a lock (the role's
+ * credit row): cancel that, so that nothing is stored for a call that ended.
+ */
 static void
-wait_for_requests(Job *job)
+caller_detached(dsm_segment *seg, Datum arg)
 {
-	bool		ready = false;
+	SyncTask   *task = (SyncTask *) DatumGetPointer(arg);
+	shm_mq	   *mq = shm_toc_lookup(shm_toc_attach(SYNC_TOC_MAGIC, dsm_segment_address(seg)),
+									SYNC_KEY_QUEUE, false);
+	PGPROC	   *worker = shm_mq_get_sender(mq);
+	pid_t		submitting = (pid_t) pg_atomic_read_u32(&task->worker_pid);
 
-	while (!ready)
-	{
-		HttpRequest *req;
-
-		long		timeout = http_timeout_ms();
-		int			rc;
-
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH |
-							   (timeout >= 0 ? WL_TIMEOUT : 0),
-							   http_socket_fd(), timeout >= 0 ? timeout : -1, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		http_drive((rc & WL_TIMEOUT) != 0);
-		while ((req = http_next_done()) != NULL)
-			ready = job_part_done(job, req) || ready;
-	}
+	pg_atomic_write_u32(&task->caller_gone, 1);
+	if (submitting != 0)
+		(void) kill(submitting, SIGINT);
+	if (worker)
+		SetLatch(&worker->procLatch);
 }
 
-/* Sleep until the retry is due, interruptibly. */
 static void
-wait_ms(long ms)
+fill_task(SyncTask *task, Datum template_id)
 {
-	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
-
-	for (;;)
-	{
-		long		secs;
-		int			usecs;
-
-		TimestampDifference(GetCurrentTimestamp(), until, &secs, &usecs);
-		if (secs == 0 && usecs == 0)
-			return;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 secs * 1000 + usecs / 1000 + 1, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
+	memset(task, 0, sizeof(*task));
+	task->dboid = MyDatabaseId;
+	task->login_role = GetAuthenticatedUserId();
+	GetUserIdAndSecContext(&task->role, &task->sec_context);
+	memcpy(&task->template_id, DatumGetUUIDP(template_id), sizeof(pg_uuid_t));
+	for (int i = 0; i < SYNC_NUM_SETTINGS; i++)
+		strlcpy(task->settings[i], GetConfigOption(sync_setting_names[i], false, false),
+				SYNC_SETTING_LEN);
+	pg_atomic_init_u32(&task->caller_gone, 0);
+	pg_atomic_init_u32(&task->worker_pid, 0);
 }
 
-/* One attempt: prepare, send, wait, finish; the key is read as the owner. */
-static void
-attempt_step(void *arg)
+/* The segment holding the task, the bytes, the options and the reply queue. */
+static dsm_segment *
+make_segment(bytea *content, Datum template_id, Jsonb *options, shm_mq **mq)
 {
-	Job		   *job = arg;
-	Privileged	priv;
+	shm_toc_estimator e;
+	dsm_segment *seg;
+	shm_toc    *toc;
+	void	   *p;
 
-	privileged_begin(&priv);
-	job_prepare(job);
-	privileged_end(&priv);
-	wait_for_requests(job);
-	privileged_begin(&priv);
-	job_finish(job);
-	privileged_end(&priv);
+	shm_toc_initialize_estimator(&e);
+	shm_toc_estimate_chunk(&e, sizeof(SyncTask));
+	shm_toc_estimate_chunk(&e, VARSIZE(content));
+	shm_toc_estimate_chunk(&e, VARSIZE(options));
+	shm_toc_estimate_chunk(&e, SYNC_QUEUE_SIZE);
+	shm_toc_estimate_keys(&e, 4);
+	seg = dsm_create(shm_toc_estimate(&e), 0);
+	toc = shm_toc_create(SYNC_TOC_MAGIC, dsm_segment_address(seg), shm_toc_estimate(&e));
+
+	p = shm_toc_allocate(toc, sizeof(SyncTask));
+	fill_task(p, template_id);
+	shm_toc_insert(toc, SYNC_KEY_TASK, p);
+	on_dsm_detach(seg, caller_detached, PointerGetDatum(p));
+	p = shm_toc_allocate(toc, VARSIZE(content));
+	memcpy(p, content, VARSIZE(content));
+	shm_toc_insert(toc, SYNC_KEY_CONTENT, p);
+	p = shm_toc_allocate(toc, VARSIZE(options));
+	memcpy(p, options, VARSIZE(options));
+	shm_toc_insert(toc, SYNC_KEY_OPTIONS, p);
+	*mq = shm_mq_create(shm_toc_allocate(toc, SYNC_QUEUE_SIZE), SYNC_QUEUE_SIZE);
+	shm_toc_insert(toc, SYNC_KEY_QUEUE, *mq);
+	shm_mq_set_receiver(*mq, MyProc);
+	return seg;
+}
+
+static BackgroundWorkerHandle *
+start_worker(dsm_segment *seg)
+{
+	BackgroundWorker w;
+	BackgroundWorkerHandle *handle;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_ConsistentState;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "docextract");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "docextract_sync_worker_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "docextract sync worker for PID %d", MyProcPid);
+	snprintf(w.bgw_type, BGW_MAXLEN, "docextract sync worker");
+	w.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
+	w.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&w, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("extract_sync could not start its background worker: all background worker slots are in use"),
+				 errhint("Raise max_worker_processes, or use extract_document().")));
+	return handle;
 }
 
 /*
- * Mark the extraction processing, as the worker's claim would; its attempt
- * number, and in *parts the requests it sends.
+ * Is the worker waiting for a lock this transaction holds (the caller's
+ * credit row, locked by an extract_document earlier in it)?  Then it would
+ * wait for us while we wait for it: say so instead.
  */
-static int
-start_attempt(Datum id, int *parts)
-{
-	Privileged	priv;
-	bool		isnull;
-	int			attempts;
-
-	SPI_connect();
-	privileged_begin(&priv);
-	SPI_execute_with_args("UPDATE docextract.extractions"
-						  " SET status = 'processing', started_at = coalesce(started_at, clock_timestamp()),"
-						  "     attempts = attempts + 1, next_attempt_at = NULL, worker_pid = pg_backend_pid()"
-						  " WHERE id = $1 RETURNING attempts, parts",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
-	attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	*parts = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	privileged_end(&priv);
-	SPI_finish();
-	return attempts;
-}
-
-static long
-retry_due_ms(Datum id)
-{
-	bool		isnull;
-	Datum		d;
-
-	SPI_connect();
-	SPI_execute_with_args("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
-						  " next_attempt_at - clock_timestamp())))::bigint"
-						  " FROM docextract.extractions WHERE id = $1",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	SPI_finish();
-	return isnull ? 0 : (long) DatumGetInt64(d);
-}
-
 static void
-record_failure(Datum id, const char *message)
+check_not_blocking(BackgroundWorkerHandle *handle)
 {
-	Privileged	priv;
+	pid_t		pid;
+	ArrayType  *blockers;
+	Datum	   *pids;
+	int			n;
 
-	SPI_connect();
-	privileged_begin(&priv);
-	queue_fail(DatumGetUUIDP(id), message);
-	privileged_end(&priv);
-	SPI_finish();
+	if (GetBackgroundWorkerPid(handle, &pid) != BGWH_STARTED)
+		return;
+	blockers = DatumGetArrayTypeP(DirectFunctionCall1(pg_blocking_pids, Int32GetDatum(pid)));
+	deconstruct_array(blockers, INT4OID, sizeof(int32), true, TYPALIGN_INT, &pids, NULL, &n);
+	for (int i = 0; i < n; i++)
+		if (DatumGetInt32(pids[i]) == MyProcPid)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+					 errmsg("extract_sync would wait for a lock held by its own transaction"),
+					 errdetail("extract_sync stores its extraction in a transaction of its own, and this transaction holds a lock it needs (an extract_document or grant_credits earlier in it locks the role's credit account)."),
+					 errhint("Commit first, or call extract_sync in a transaction of its own.")));
 }
 
-/* One attempt of a new Job, which is released however the attempt ends. */
+/* An error or notice the worker sent: raise or emit it here, as it was. */
+static void
+relay_message(char type, const char *data, Size len)
+{
+	StringInfoData msg;
+	ErrorData	edata;
+
+	if (type != 'E' && type != 'N')
+		elog(ERROR, "unexpected message type 0x%02x from the extract_sync worker", type);
+	initStringInfo(&msg);
+	appendBinaryStringInfo(&msg, data, len);
+	pq_parse_errornotice(&msg, &edata);
+	edata.elevel = type == 'E' ? ERROR : Min(edata.elevel, WARNING);
+	ThrowErrorData(&edata);
+}
+
+/* Wait, interruptibly, for get_result()'s text; raise what the worker raised. */
 static char *
-attempt_and_release(Datum id, bool *retry)
-{
-	int			parts;
-	int			attempts = start_attempt(id, &parts);
-	Job		   *job = job_create(DatumGetUUIDP(id), attempts, parts);
-	char	   *err;
-
-	PG_TRY();
-	{
-		err = in_subtransaction(attempt_step, job);
-	}
-	PG_CATCH();
-	{
-		job_release(job);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	*retry = err == NULL && job_will_retry(job);
-	job_release(job);
-	return err;
-}
-
-/* Run the extraction to its end, retries included. */
-static void
-run_to_end(Datum id)
+await_result(shm_mq_handle *mqh, BackgroundWorkerHandle *handle)
 {
 	for (;;)
 	{
-		bool		retry;
-		char	   *err = attempt_and_release(id, &retry);
+		Size		len;
+		void	   *data;
+		shm_mq_result r = shm_mq_receive(mqh, &len, &data, true);
 
-		if (err)
-			record_failure(id, err);
-		if (!retry)
-			return;
-		wait_ms(retry_due_ms(id));
+		if (r == SHM_MQ_SUCCESS && len > 0 && ((char *) data)[0] == SYNC_MSG_RESULT)
+			return pnstrdup((char *) data + 1, len - 1);
+		if (r == SHM_MQ_SUCCESS)
+		{
+			relay_message(len > 0 ? ((char *) data)[0] : 0, (char *) data + 1, len > 0 ? len - 1 : 0);
+			continue;
+		}
+		if (r == SHM_MQ_DETACHED)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("the extract_sync worker stopped without an answer"),
+					 errhint("The server log says why.")));
+		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, DeadlockTimeout,
+					  PG_WAIT_EXTENSION) & WL_TIMEOUT)
+			check_not_blocking(handle);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
 	}
-}
-
-/*
- * extract_document(doc, template, options), template possibly NULL: which
- * DirectFunctionCall cannot pass, so extract_document says what NULL means.
- */
-static Datum
-submit(Datum doc, pg_uuid_t *template_id, Datum options)
-{
-	LOCAL_FCINFO(fcinfo, 3);
-	Datum		id;
-
-	InitFunctionCallInfoData(*fcinfo, NULL, 3, InvalidOid, NULL, NULL);
-	fcinfo->args[0] = (NullableDatum) {doc, false};
-	fcinfo->args[1] = (NullableDatum) {UUIDPGetDatum(template_id), template_id == NULL};
-	fcinfo->args[2] = (NullableDatum) {options, false};
-	id = docextract_extract_document(fcinfo);
-	if (fcinfo->isnull)
-		elog(ERROR, "extract_document returned NULL");
-	return id;
 }
 
 Datum
 docextract_extract_sync(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *options = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
-	Datum		doc;
-	Datum		id;
-	Datum		result;
-	bool		isnull;
+	bytea	   *content;
+	Jsonb	   *options;
+	dsm_segment *seg;
+	shm_mq	   *mq;
+	shm_mq_handle *mqh;
+	BackgroundWorkerHandle *handle;
+	char	   *result;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("extract_sync needs the document's content")));
-	http_init();
-	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum("document"),
-							  PG_GETARG_DATUM(0));
-	id = submit(doc, PG_ARGISNULL(1) ? NULL : DatumGetUUIDP(PG_GETARG_DATUM(1)),
-				options ? PointerGetDatum(options)
-				: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
-	run_to_end(id);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("classification (template_id NULL) is not available in this version of docextract"),
+				 errhint("Pass the id of the template to extract with.")));
+	PreventCommandIfReadOnly("extract_sync()");
+	content = PG_GETARG_BYTEA_P(0);
+	if ((int64) VARSIZE(content) - VARHDRSZ > (int64) docextract_max_document_size * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document \"document\" is %zu bytes, more than docextract.max_document_size (%lld bytes)",
+						(size_t) (VARSIZE(content) - VARHDRSZ),
+						(long long) docextract_max_document_size * 1024)));
+	options = PG_ARGISNULL(2) ? DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")))
+		: PG_GETARG_JSONB_P(2);
 
-	SPI_connect();
-	SPI_execute_with_args("SELECT docextract.get_result($1)", 1, (Oid[]) {UUIDOID}, &id,
-						  NULL, false, 1);
-	result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-											 &isnull), false, -1);
-	SPI_finish();
-	PG_RETURN_DATUM(result);
+	seg = make_segment(content, PG_GETARG_DATUM(1), options, &mq);
+	mqh = shm_mq_attach(mq, seg, NULL);
+	handle = start_worker(seg);
+	shm_mq_set_handle(mqh, handle);
+	result = await_result(mqh, handle);
+	dsm_detach(seg);
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(result)));
 }

@@ -1,6 +1,8 @@
-# extract_sync: the pipeline in the calling backend.  It returns the result;
-# statement_timeout and pg_cancel_backend end it while it waits on HTTP, and
-# then nothing is left behind.
+# extract_sync: the pipeline in a background worker of the call's own, its
+# document and extraction stored by that worker's own transactions.  It
+# returns the result; statement_timeout and pg_cancel_backend end it while it
+# waits on HTTP, and then the extraction is cancelled (020_paid: its credits
+# released).
 use strict;
 use warnings;
 use FindBin;
@@ -57,9 +59,17 @@ my ($ret, $out, $err) = $node->psql('postgres',
 my $took = time - $t0;
 like($err, qr/canceling statement due to statement timeout/, 'statement_timeout ends extract_sync');
 ok($took < 3, sprintf('... promptly (%.1fs for a 0.7s timeout, the model needing 10s)', $took));
-is(counts(), '3/3', '... and leaves no document or job behind');
 for (1 .. 100) { last if server_stats($srv)->{abandoned} >= 1; usleep(50_000); }
 is(server_stats($srv)->{abandoned}, 1, '... and the request was abandoned on the wire');
+# Changed with 020_paid: the document and extraction were committed by the
+# call's worker, which cancels the extraction when its caller leaves.
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM docextract.extractions WHERE status = 'processing'")
+  or die 'the timed-out extraction was never cancelled';
+is(counts(), '4/4', '... its document and extraction stay');
+is($node->safe_psql('postgres', "SELECT status || ': ' || error_message FROM docextract.extractions
+	ORDER BY created_at DESC LIMIT 1"), "cancelled: extract_sync's caller stopped waiting",
+	'... the extraction cancelled, saying why');
 
 # pg_cancel_backend while waiting
 server_script($srv, { delay_ms => 10000 });
@@ -74,7 +84,12 @@ $node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activit
 $h->finish;
 like($e, qr/canceling statement due to user request/, 'pg_cancel_backend ends it');
 ok(time - $t0 < 3, '... promptly');
-is(counts(), '3/3', '... leaving nothing behind');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM docextract.extractions WHERE status = 'processing'")
+  or die 'the cancelled call\'s extraction was never cancelled';
+is($node->safe_psql('postgres', "SELECT string_agg(status, ',' ORDER BY created_at)
+	FROM docextract.extractions WHERE status NOT IN ('completed', 'failed')"), 'cancelled,cancelled',
+	'... its extraction cancelled');
 
 # bad input
 ($ret, $out, $err) = $node->psql('postgres', "SELECT docextract.extract_sync('hello', '$tid')");
@@ -84,7 +99,10 @@ like($err, qr/extract_sync needs the document's content/, 'NULL content: a clear
 ($ret, $out, $err) = $node->psql('postgres',
 	"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '00000000-0000-0000-0000-000000000000')");
 like($err, qr/template 00000000-0000-0000-0000-000000000000 does not exist/, 'unknown template');
-is(counts(), '3/3', 'bad input stores nothing');
+($ret, $out, $err) = $node->psql('postgres',
+	"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '$tid', '{\"max_retries\": 11}')");
+like($err, qr/option "max_retries" has an invalid value 11/, 'max_retries beyond 10: refused');
+is(counts(), '5/5', 'bad input stores nothing');
 
 $node->stop;
 done_testing();

@@ -138,9 +138,9 @@ is($r->{status}, 'completed', 'approve() with corrected line items completes it'
 is($r->{data}{table}[1]{amount}, 40, 'the correction is typed');
 ok($r->{validation}[1]{passed}, 'the rules re-ran and pass now');
 is(sq("SELECT approved_by::text = current_user FROM docextract.extractions WHERE id = '$e'"), 't', 'approved_by recorded');
-is(balance($me), $before, 'charged at approval: the reservation became the charge');
-is(sq("SELECT kind FROM docextract.credit_ledger WHERE extraction_id = '$e' ORDER BY id DESC LIMIT 1"), 'charge',
-	'ledger: charge at approval');
+is(balance($me), $before, 'approval changes no balance: charged when the answer was stored');
+is(sq("SELECT string_agg(kind || ':' || reason, ',' ORDER BY id) FROM docextract.credit_ledger WHERE extraction_id = '$e'"),
+	'reserve:submitted,charge:awaiting_approval', 'ledger: one charge, when the answer went to review');
 
 $e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"auto_approve\": false}')");
 is(wait_for_status($node, $e, 'completed', 'failed', 'awaiting_approval'), 'awaiting_approval',
