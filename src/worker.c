@@ -43,7 +43,17 @@ typedef struct FailStep
 {
 	pg_uuid_t  *id;
 	const char *message;
+	bool		busy;			/* a session held the row or credits: later */
 } FailStep;
+
+/* Finished jobs whose status change waits for a session's lock (nowait.c). */
+typedef struct Deferred
+{
+	Job		   *job;
+	char	   *failure;		/* the failure to record, or NULL: the result */
+} Deferred;
+
+static List *deferred_jobs = NIL;
 
 static bool orphans_requeued = false;
 
@@ -196,18 +206,38 @@ fail_step(void *arg)
 {
 	FailStep   *f = arg;
 
-	queue_fail(f->id, f->message);
+	f->busy = !queue_lock_nowait(f->id);
+	if (!f->busy)
+		queue_fail(f->id, f->message);
+}
+
+/* Keep a finished job, in TopMemoryContext, to store it on a later loop. */
+static void
+defer(Job *job, const char *failure)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	Deferred   *d = palloc(sizeof(Deferred));
+
+	d->job = job;
+	d->failure = failure ? pstrdup(failure) : NULL;
+	deferred_jobs = lappend(deferred_jobs, d);
+	MemoryContextSwitchTo(old);
 }
 
 /* The job failed: say so in its row, and let it go. */
 static void
 fail_job(Job *job, const char *message)
 {
-	FailStep	f = {job_id(job), message};
+	FailStep	f = {job_id(job), message, false};
 	char	   *err;
 
-	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
 	err = in_transaction("docextract: recording a failure", fail_step, &f);
+	if (err == NULL && f.busy)
+	{
+		defer(job, message);
+		return;
+	}
+	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
 	if (err)
 		elog(WARNING, "docextract worker: could not record the failure of extraction %s: %s",
 			 job_id_text(job), err);
@@ -393,6 +423,8 @@ finish_all_step(void *arg)
 
 		if (err)
 			fail_job(job, err);
+		else if (job_busy(job))
+			defer(job, NULL);
 		else
 		{
 			b->retry = b->retry || job_will_retry(job);
@@ -418,6 +450,46 @@ finish_done(bool *delivered)
 		elog(WARNING, "docextract worker: could not store results: %s", err);
 	*delivered = *delivered || b.delivered;
 	return b.retry;
+}
+
+/*
+ * Try again to store the jobs kept because a session held a lock they
+ * need; *next_poll brought forward while some wait.
+ */
+static void
+store_deferred(TimestampTz *next_poll)
+{
+	static TimestampTz due = 0;
+	List	   *jobs = deferred_jobs;
+	ListCell   *lc;
+
+	if (GetCurrentTimestamp() < due)
+	{
+		*next_poll = Min(*next_poll, due);
+		return;
+	}
+	deferred_jobs = NIL;
+	foreach(lc, jobs)
+	{
+		Deferred   *d = lfirst(lc);
+		char	   *err = NULL;
+
+		if (d->failure == NULL)
+			err = in_transaction("docextract: storing a result", finish_step, d->job);
+		if (d->failure || err)
+			fail_job(d->job, d->failure ? d->failure : err);
+		else if (job_busy(d->job))
+			defer(d->job, NULL);
+		else
+			job_release(d->job);
+		if (d->failure)
+			pfree(d->failure);
+		pfree(d);
+	}
+	list_free(jobs);
+	due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
+	if (deferred_jobs != NIL)
+		*next_poll = Min(*next_poll, due);
 }
 
 static void
@@ -490,6 +562,7 @@ docextract_worker_main(Datum main_arg)
 	pgstat_report_appname("docextract worker");
 	/* Its statements run on every wake with the same shape: plan them once. */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
+	docextract_never_wait = true;	/* nowait.c */
 
 	docextract_worker_publish(MyLatch, MyDatabaseId);
 	before_shmem_exit(worker_exit, (Datum) 0);
@@ -536,6 +609,8 @@ docextract_worker_main(Datum main_arg)
 			if (clean_up())
 				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
 		}
+		if (deferred_jobs != NIL)
+			store_deferred(&next_poll);
 		/*
 		 * Deliveries first (at most MAX_DELIVERIES_INFLIGHT), so a full queue
 		 * of jobs cannot hold events back; and only when told, when one
