@@ -213,10 +213,16 @@ fail_step(void *arg)
 
 /* Keep a finished job, in TopMemoryContext, to store it on a later loop. */
 static void
-defer(Job *job, const char *failure)
+defer(Job *job, const char *failure, bool first)
 {
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-	Deferred   *d = palloc(sizeof(Deferred));
+	MemoryContext old;
+	Deferred   *d;
+
+	if (first)
+		elog(LOG, "docextract worker: extraction %s waits for a lock a session holds; it is stored later",
+			 job_id_text(job));
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	d = palloc(sizeof(Deferred));
 
 	d->job = job;
 	d->failure = failure ? pstrdup(failure) : NULL;
@@ -234,7 +240,7 @@ fail_job(Job *job, const char *message)
 	err = in_transaction("docextract: recording a failure", fail_step, &f);
 	if (err == NULL && f.busy)
 	{
-		defer(job, message);
+		defer(job, message, true);
 		return;
 	}
 	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
@@ -424,7 +430,7 @@ finish_all_step(void *arg)
 		if (err)
 			fail_job(job, err);
 		else if (job_busy(job))
-			defer(job, NULL);
+			defer(job, NULL, true);
 		else
 		{
 			b->retry = b->retry || job_will_retry(job);
@@ -479,7 +485,7 @@ store_deferred(TimestampTz *next_poll)
 		if (d->failure || err)
 			fail_job(d->job, d->failure ? d->failure : err);
 		else if (job_busy(d->job))
-			defer(d->job, NULL);
+			defer(d->job, NULL, false);
 		else
 			job_release(d->job);
 		if (d->failure)
