@@ -202,6 +202,26 @@ write_back_step(WriteBack *w)
 	restricted_end(&as_role);
 }
 
+/*
+ * PostgreSQL refuses temporary tables and types in a security-restricted
+ * operation, but not functions or operators in pg_temp, which would stay in
+ * the worker's session for its later statements to resolve: a write-back
+ * that made the session's temporary schema fails, which rolls the schema
+ * back with it.
+ */
+static void
+check_no_temp_schema(const char *message)
+{
+	Oid			temp_ns;
+	Oid			temp_toast_ns;
+
+	GetTempNamespaceState(&temp_ns, &temp_toast_ns);
+	if (OidIsValid(temp_ns))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s", message)));
+}
+
 /* Stop the statement timeout; if it fired after the step ended, forget it. */
 static void
 disarm(bool bounded)
@@ -234,6 +254,7 @@ attempt(WriteBack *w, int *sqlstate)
 			enable_timeout_after(STATEMENT_TIMEOUT, docextract_writeback_timeout_ms);
 		write_back_step(w);
 		disarm(w->bounded);
+		check_no_temp_schema("a write-back may not create temporary objects");
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -291,12 +312,24 @@ load_write_back(Datum id, WriteBack *w)
 	return true;
 }
 
+/* Is the extraction, still due as read, locked by a session? */
+static bool
+row_locked(Datum id, Datum due)
+{
+	if (SPI_execute_with_args("SELECT 1 FROM docextract.extractions e"
+							  " WHERE e.id = $1 AND e.writeback_due = $2",
+							  2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, (Datum[]) {id, due},
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read extraction %s", uuid_text(id));
+	return SPI_processed == 1;
+}
+
 /*
  * Record the outcome, unless the extraction changed since it was read (a
  * newer status is due: the next write-back writes it) or is locked (being
  * changed now): the worker never waits on a row a session holds.
  */
-static void
+static bool
 record_outcome(Datum id, Datum due, const char *err, bool retry)
 {
 	SPI_execute_with_args("WITH mine AS (SELECT e.id FROM docextract.extractions e"
@@ -310,12 +343,16 @@ record_outcome(Datum id, Datum due, const char *err, bool retry)
 						  (Datum[]) {id, due, err ? CStringGetTextDatum(err) : (Datum) 0,
 							  BoolGetDatum(retry), Int32GetDatum(WRITEBACK_RETRY_MS)},
 						  err ? "     " : "  n  ", false, 0);
+	if (SPI_processed == 1)
+		return true;
+	/* Not recorded: changed since (a newer write-back is due), or held. */
+	return !row_locked(id, due);
 }
 
 /*
- * Whatever the users' code left in this session goes: a temporary schema
- * (a security-restricted operation cannot make one, but be sure) and
- * session-level advisory locks.
+ * Whatever the users' code left in this session goes: session-level
+ * advisory locks.  A temporary schema cannot be left (check_no_temp_schema);
+ * if one were, the process ends rather than run another statement with it.
  */
 static void
 clean_session(void)
@@ -325,18 +362,16 @@ clean_session(void)
 
 	GetTempNamespaceState(&temp_ns, &temp_toast_ns);
 	if (OidIsValid(temp_ns))
-	{
-		ereport(WARNING,
-				(errmsg("docextract: a write-back left temporary objects in the worker's session: dropped")));
-		ResetTempTableNamespace();
-	}
+		ereport(FATAL,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("docextract: a write-back left a temporary schema in the write-back worker's session")));
 	LockReleaseSession(USER_LOCKMETHOD);
 }
 
 /*
  * The write-back of extraction id, in the current transaction; bounded in
- * the worker.  True if it was done (or failed for good); false if it waits
- * for a lock and is tried again later.
+ * the worker.  False if its outcome could not be recorded because a
+ * session holds the extraction's row: the caller leaves it for a while.
  */
 bool
 writeback_run(Datum id, bool bounded)
@@ -345,6 +380,7 @@ writeback_run(Datum id, bool bounded)
 	char	   *err = NULL;
 	int			sqlstate = 0;
 	bool		retry;
+	bool		recorded;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -359,7 +395,7 @@ writeback_run(Datum id, bool bounded)
 	else
 		err = attempt(&w, &sqlstate);
 	retry = err != NULL && sqlstate == ERRCODE_LOCK_NOT_AVAILABLE;
-	record_outcome(id, w.due, err, retry);
+	recorded = record_outcome(id, w.due, err, retry);
 	if (err && !retry)
 		ereport(WARNING,
 				(errmsg("docextract: could not write extraction %s back to its row: %s",
@@ -367,7 +403,7 @@ writeback_run(Datum id, bool bounded)
 	SPI_finish();
 	if (bounded)
 		clean_session();
-	return !retry;
+	return recorded;
 }
 
 /* SQL: docextract.run_write_backs(), for installations without the worker. */
@@ -380,6 +416,8 @@ docextract_run_write_backs(PG_FUNCTION_ARGS)
 	Datum	   *ids;
 	bool		isnull;
 
+	/* Users' triggers run here: nothing of theirs may stay in this session. */
+	check_no_temp_schema("run_write_backs() runs users' triggers: not in a session that has temporary objects");
 	SPI_connect();
 	SPI_execute("SELECT id FROM docextract.extractions WHERE writeback_due <= clock_timestamp()"
 				" ORDER BY writeback_due, id", true, 0);
@@ -390,6 +428,6 @@ docextract_run_write_backs(PG_FUNCTION_ARGS)
 												 1, &isnull), false, UUID_LEN);
 	SPI_finish();
 	for (uint64 i = 0; i < n; i++)
-		done += writeback_run(ids[i], false) ? 1 : 0;
+		done += writeback_run(ids[i], false) ? 1 : 0;	/* recorded */
 	PG_RETURN_INT32(done);
 }

@@ -64,11 +64,66 @@ writeback_worker_register(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* The next due write-back, owners in turn: those after last_owner first. */
+/*
+ * The next due write-back, owners in turn: those after last_owner first,
+ * except those whose outcome could not be recorded lately ($2).
+ */
 static const char *pick_sql =
 "SELECT e.id, e.owner::oid FROM docextract.extractions e"
-" WHERE e.writeback_due <= clock_timestamp()"
+" WHERE e.writeback_due <= clock_timestamp() AND e.id <> ALL ($2::uuid[])"
 " ORDER BY e.owner::oid <= $1, e.owner::oid, e.writeback_due LIMIT 1";
+
+/*
+ * Write-backs whose extraction row a session held when the outcome was to
+ * be recorded (cancel_extraction or approve in an open transaction): left
+ * alone for WRITEBACK_RETRY_MS, so as not to run them over and over.
+ */
+typedef struct Skipped
+{
+	pg_uuid_t	id;
+	TimestampTz until;
+} Skipped;
+
+static List *skipped = NIL;
+
+static void
+skip_for_a_while(Datum id)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	Skipped    *s = palloc(sizeof(Skipped));
+
+	s->id = *DatumGetUUIDP(id);
+	s->until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
+	skipped = lappend(skipped, s);
+	MemoryContextSwitchTo(old);
+}
+
+/* The ids still skipped, as a uuid[] text; expired ones forgotten. */
+static char *
+skipped_ids(void)
+{
+	StringInfoData list;
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	initStringInfo(&list);
+	appendStringInfoChar(&list, '{');
+	foreach(lc, skipped)
+	{
+		Skipped    *s = lfirst(lc);
+
+		if (s->until <= now)
+		{
+			skipped = foreach_delete_current(skipped, lc);
+			pfree(s);
+			continue;
+		}
+		appendStringInfo(&list, "%s%s", list.len > 1 ? "," : "",
+						 uuid_text(UUIDPGetDatum(&s->id)));
+	}
+	appendStringInfoChar(&list, '}');
+	return list.data;
+}
 
 static const char *next_due_sql =
 "SELECT greatest(0, ceil(1000 * extract(epoch FROM"
@@ -82,11 +137,13 @@ pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
 	MemoryContext outer = CurrentMemoryContext;
 	bool		isnull;
 	bool		found;
+	char	   *skip = skipped_ids();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(pick_sql, 1, (Oid[]) {OIDOID},
-							  (Datum[]) {ObjectIdGetDatum(last_owner)}, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args(pick_sql, 2, (Oid[]) {OIDOID, TEXTOID},
+							  (Datum[]) {ObjectIdGetDatum(last_owner), CStringGetTextDatum(skip)},
+							  NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for due write-backs");
 	found = SPI_processed == 1;
 	if (found)
@@ -103,8 +160,11 @@ pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
 	{
 		Datum		ms = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
-		if (!isnull && DatumGetInt64(ms) < *next_ms)
-			*next_ms = Max(DatumGetInt64(ms), 10);
+		/* Due now, yet not picked: skipped for a while.  No busy loop. */
+		long		wait = isnull ? *next_ms : DatumGetInt64(ms) == 0 ? WRITEBACK_RETRY_MS
+			: Max(DatumGetInt64(ms), 10);
+
+		*next_ms = Min(*next_ms, wait);
 	}
 	SPI_finish();
 	return found;
@@ -128,7 +188,8 @@ run_one(Oid *last_owner, long *next_ms)
 		{
 			found = true;
 			*last_owner = owner;
-			(void) writeback_run(id, true);
+			if (!writeback_run(id, true))
+				skip_for_a_while(id);
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();

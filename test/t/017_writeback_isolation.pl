@@ -20,7 +20,7 @@ my $node = new_node('wbiso', conf => "docextract.max_inflight = 16\n"
 	  . "docextract.writeback_timeout = '60s'\ndocextract.writeback_lock_timeout = '200ms'\n");
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 my $pdf = fixture('invoice.pdf');
-my @roles = qw(evil good sleepy raiser locker holder slow);
+my @roles = qw(evil planter good sleepy raiser locker holder slow);
 sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{"max_retries": 0}');
 	CREATE TABLE public.fixture AS SELECT pg_read_binary_file('$pdf') AS pdf;
 	GRANT SELECT ON public.fixture TO PUBLIC;}
@@ -71,6 +71,22 @@ my $job_worker = pid_of('docextract worker');
 my $wb_worker = pid_of('docextract write-back worker');
 
 # -- escalation: a trigger that tries everything from inside the write-back --------
+# PostgreSQL refuses temporary tables and types in a security-restricted
+# operation, not functions in pg_temp: such a write-back fails, and leaves nothing.
+make_table('planter', q{
+	CREATE FUNCTION public.planter_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  CREATE FUNCTION pg_temp.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1';
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER planter AFTER UPDATE ON public.planter_docs FOR EACH ROW EXECUTE FUNCTION public.planter_trigger();});
+my $p1 = insert_row('planter');
+$node->poll_query_until('postgres', qq{SELECT status = 'completed' AND writeback_due IS NULL
+	FROM docextract.extractions WHERE id = '$p1'}) or die 'planter: never completed';
+is(sq(qq{SELECT writeback_error FROM docextract.extractions WHERE id = '$p1'}),
+	'a write-back may not create temporary objects', 'a trigger planting pg_temp functions: that write-back fails');
+is(sq(q{SELECT count(*) FROM public.planter_docs WHERE state IS NOT NULL}), '0', '... and writes nothing');
+
 make_table('evil', q{
 	CREATE TABLE public.evil_log (n serial, what text, result text);
 	CREATE FUNCTION public.evil_try(what text, cmd text) RETURNS void LANGUAGE plpgsql AS $f$
@@ -93,8 +109,6 @@ make_table('evil', q{
 	    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
 	    current_setting('search_path')));
 	  PERFORM public.evil_try('temp table', 'CREATE TEMP TABLE planted (x int)');
-	  PERFORM public.evil_try('temp function',
-	    'CREATE FUNCTION pg_temp.lower(text) RETURNS text LANGUAGE sql AS $q$SELECT $1$q$');
 	  PERFORM public.evil_try('temp type', 'CREATE DOMAIN pg_temp.text AS pg_catalog.text');
 	  PERFORM public.evil_try('superuser', 'ALTER ROLE evil SUPERUSER');
 	  PERFORM public.evil_try('reset role', 'RESET ROLE');
@@ -118,14 +132,12 @@ my %tries = map { split /\|/, $_, 2 } split /\n/,
   sq(q{SELECT DISTINCT ON (what) what || '|' || result FROM public.evil_log WHERE what <> 'seen' ORDER BY what, n});
 like($tries{'temp table'}, qr/^42501: cannot create temporary table within security-restricted operation/,
 	'a temporary table: refused, security-restricted operation');
-like($tries{'temp function'}, qr/^42501: cannot create temporary table within security-restricted operation/,
-	'a pg_temp function the worker could resolve: refused');
-like($tries{'temp type'}, qr/^42501: cannot create temporary table within security-restricted operation/,
-	'a pg_temp type: refused');
+like($tries{'temp type'}, qr/^42501: .*within security-restricted operation/, 'a pg_temp type: refused');
 like($tries{superuser}, qr/^42501: /, 'ALTER ROLE SUPERUSER: refused');
-like($tries{'reset role'}, qr/^42501: cannot set parameter "role" within security-restricted operation/,
+like($tries{'reset role'}, qr/^42501: cannot set parameter "role" within security-definer function/,
 	'RESET ROLE: refused');
-like($tries{'session authorization'}, qr/^42501: .*security-restricted operation/, 'SET SESSION AUTHORIZATION: refused');
+like($tries{'session authorization'}, qr/^42501: cannot set parameter "session_authorization" within security-definer function/,
+	'SET SESSION AUTHORIZATION: refused');
 like($tries{listen}, qr/^42501: cannot execute LISTEN within security-restricted operation/, 'LISTEN: refused');
 is($tries{set}, 'ok', 'SET runs ... (rolled back: the next firing saw work_mem=4MB)');
 is($tries{advisory}, 'ok', 'a session advisory lock is taken ... (released: the next firing saw none)');
@@ -133,7 +145,7 @@ is(sq(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'evil'}), 'f', 'evil is no
 is(sq(q{SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 'pg_temp%'})
 	  + sq(q{SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname LIKE 'pg_temp%'})
 	  + sq(q{SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname LIKE 'pg_temp%'}),
-	0, 'no temporary object anywhere');
+	0, 'no temporary object anywhere (the planted ones included)');
 is(sq("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), '0', 'no advisory lock held by any worker');
 unlike(sq(q{SELECT string_agg(result, ',') FROM public.evil_log WHERE what = 'seen'}), qr/pid=$job_worker /,
 	'the job worker never ran the trigger');
@@ -271,8 +283,10 @@ print $fh "\\\\x$hex\n" for 1 .. 1000;
 close $fh;
 chmod 0644, $copy;
 sq("SET ROLE slow; COPY public.slow_docs (pdf) FROM '$copy'");
+note('COPY committed');
 $node->poll_query_until('postgres', q{SELECT count(*) = 1000 FROM docextract.extractions
 	WHERE owner = 'slow'::regrole AND status = 'completed'}) or die 'the COPY did not complete';
+note('1,000 extractions completed');
 my $g4 = insert_row('good');
 $node->poll_query_until('postgres', q{SELECT state = 'completed' FROM public.good_docs WHERE id = 3})
   or die "good's row never written back";
