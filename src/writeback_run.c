@@ -394,7 +394,9 @@ writeback_run(Datum id, bool bounded)
 		err = pstrdup("the table no longer exists");
 	else
 		err = attempt(&w, &sqlstate);
-	retry = err != NULL && sqlstate == ERRCODE_LOCK_NOT_AVAILABLE;
+	/* A lock it could not get, or lost to a deadlock: try again later. */
+	retry = err != NULL && (sqlstate == ERRCODE_LOCK_NOT_AVAILABLE ||
+							sqlstate == ERRCODE_T_R_DEADLOCK_DETECTED);
 	recorded = record_outcome(id, w.due, err, retry);
 	if (err && !retry)
 		ereport(WARNING,
