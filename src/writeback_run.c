@@ -351,8 +351,9 @@ record_outcome(Datum id, Datum due, const char *err, bool retry)
 
 /*
  * Whatever the users' code left in this session goes: session-level
- * advisory locks.  A temporary schema cannot be left (check_no_temp_schema);
- * if one were, the process ends rather than run another statement with it.
+ * advisory locks (PREPARE, cursors WITH HOLD and LISTEN are refused).  A
+ * temporary schema cannot be left (check_no_temp_schema); if one were, the
+ * process ends rather than run another statement with it.
  */
 static void
 clean_session(void)

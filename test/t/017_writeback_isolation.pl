@@ -102,12 +102,12 @@ make_table('evil', q{
 	BEGIN
 	  -- what this firing finds: its rights, and what earlier firings left
 	  INSERT INTO public.evil_log (what, result) VALUES ('seen', format(
-	    'user=%s super=%s pid=%s temp=%s listening=%s work_mem=%s advisory=%s path=%s',
+	    'user=%s super=%s pid=%s temp=%s listening=%s work_mem=%s advisory=%s prepared=%s path=%s',
 	    current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_backend_pid(),
 	    pg_my_temp_schema() <> 0, (SELECT count(*) FROM pg_listening_channels()),
 	    current_setting('work_mem'),
 	    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
-	    current_setting('search_path')));
+	    (SELECT count(*) FROM pg_prepared_statements), current_setting('search_path')));
 	  PERFORM public.evil_try('temp table', 'CREATE TEMP TABLE planted (x int)');
 	  PERFORM public.evil_try('temp type', 'CREATE DOMAIN pg_temp.text AS pg_catalog.text');
 	  PERFORM public.evil_try('superuser', 'ALTER ROLE evil SUPERUSER');
@@ -117,6 +117,7 @@ make_table('evil', q{
 	  PERFORM public.evil_try('set', 'SET work_mem = ''1234kB''');
 	  PERFORM public.evil_try('set search_path', 'SELECT set_config(''search_path'', ''public'', false)');
 	  PERFORM public.evil_try('advisory', 'SELECT pg_advisory_lock(4242)');
+	  PERFORM public.evil_try('prepare', 'PREPARE planted AS SELECT 1');
 	  RETURN NULL;
 	END $f$;
 	CREATE TRIGGER evil AFTER UPDATE ON public.evil_docs FOR EACH ROW EXECUTE FUNCTION public.evil_trigger();});
@@ -126,7 +127,7 @@ $node->poll_query_until('postgres', q{SELECT count(*) = 2 FROM public.evil_docs 
   or die 'evil rows not written back';
 my @seen = split /\n/, sq(q{SELECT result FROM public.evil_log WHERE what = 'seen' ORDER BY n});
 cmp_ok(scalar @seen, '>=', 2, 'the trigger fired at each write-back (' . scalar(@seen) . ' times)');
-is_deeply([ grep { $_ ne "user=evil super=f pid=$wb_worker temp=f listening=0 work_mem=4MB advisory=0 path=pg_catalog, docextract, pg_temp" } @seen ],
+is_deeply([ grep { $_ ne "user=evil super=f pid=$wb_worker temp=f listening=0 work_mem=4MB advisory=0 prepared=0 path=pg_catalog, docextract, pg_temp" } @seen ],
 	[], 'every firing: as the role, not superuser, in the write-back worker, nothing left by the one before, path pinned');
 my %tries = map { split /\|/, $_, 2 } split /\n/,
   sq(q{SELECT DISTINCT ON (what) what || '|' || result FROM public.evil_log WHERE what <> 'seen' ORDER BY what, n});
@@ -141,6 +142,7 @@ like($tries{'session authorization'}, qr/^42501: cannot set parameter "session_a
 like($tries{listen}, qr/^42501: cannot execute LISTEN within security-restricted operation/, 'LISTEN: refused');
 is($tries{set}, 'ok', 'SET runs ... (rolled back: the next firing saw work_mem=4MB)');
 is($tries{advisory}, 'ok', 'a session advisory lock is taken ... (released: the next firing saw none)');
+like($tries{prepare}, qr/^42501: cannot execute PREPARE within security-restricted operation/, 'PREPARE: refused');
 is(sq(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'evil'}), 'f', 'evil is not superuser');
 is(sq(q{SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 'pg_temp%'})
 	  + sq(q{SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname LIKE 'pg_temp%'})
