@@ -230,9 +230,9 @@ defer(Job *job, const char *failure, bool first)
 	MemoryContextSwitchTo(old);
 }
 
-/* The job failed: say so in its row, and let it go. */
+/* The job failed: say so in its row, and let it go (first: not deferred yet). */
 static void
-fail_job(Job *job, const char *message)
+record_failure(Job *job, const char *message, bool first)
 {
 	FailStep	f = {job_id(job), message, false};
 	char	   *err;
@@ -240,7 +240,7 @@ fail_job(Job *job, const char *message)
 	err = in_transaction("docextract: recording a failure", fail_step, &f);
 	if (err == NULL && f.busy)
 	{
-		defer(job, message, true);
+		defer(job, message, first);
 		return;
 	}
 	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
@@ -248,6 +248,12 @@ fail_job(Job *job, const char *message)
 		elog(WARNING, "docextract worker: could not record the failure of extraction %s: %s",
 			 job_id_text(job), err);
 	job_release(job);
+}
+
+static void
+fail_job(Job *job, const char *message)
+{
+	record_failure(job, message, true);
 }
 
 /* Start every claimed job's request, each in a subtransaction of one transaction. */
@@ -483,11 +489,15 @@ store_deferred(TimestampTz *next_poll)
 		if (d->failure == NULL)
 			err = in_transaction("docextract: storing a result", finish_step, d->job);
 		if (d->failure || err)
-			fail_job(d->job, d->failure ? d->failure : err);
+			record_failure(d->job, d->failure ? d->failure : err, d->failure == NULL);
 		else if (job_busy(d->job))
 			defer(d->job, NULL, false);
 		else
+		{
+			if (job_will_retry(d->job))
+				*next_poll = GetCurrentTimestamp();	/* learn when it falls due */
 			job_release(d->job);
+		}
 		if (d->failure)
 			pfree(d->failure);
 		pfree(d);
