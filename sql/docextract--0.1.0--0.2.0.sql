@@ -170,6 +170,20 @@ BEGIN
 END
 $$;
 
+-- Write-backs of the trigger form leave the worker's transactions: each
+-- status change queues one (writeback_due), the write-back worker does it.
+ALTER TABLE docextract.extractions ADD COLUMN writeback_due timestamptz;
+CREATE INDEX extractions_writeback_due ON docextract.extractions (writeback_due)
+    WHERE writeback_due IS NOT NULL;
+DROP TRIGGER extractions_write_back ON docextract.extractions;
+CREATE TRIGGER extractions_write_back
+    BEFORE UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.target_table IS NOT NULL)
+    EXECUTE FUNCTION docextract.write_back();
+CREATE FUNCTION docextract.run_write_backs()
+RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_run_write_backs';
+REVOKE ALL ON FUNCTION docextract.run_write_backs() FROM PUBLIC;
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

@@ -99,7 +99,10 @@ CREATE TABLE docextract.extractions (
     writeback_error        text,         -- why the last write-back failed, if it did
     -- Times the worker stopped (crashed) while this extraction was in flight;
     -- docextract.max_crashes of them, alone in flight, fail it.
-    crashes                integer NOT NULL DEFAULT 0
+    crashes                integer NOT NULL DEFAULT 0,
+    -- The trigger form: when the row's write-back falls due (set by each
+    -- status change, cleared once written), for the write-back worker.
+    writeback_due          timestamptz
 );
 -- What the worker claims: per model, oldest first.
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
@@ -111,6 +114,8 @@ CREATE INDEX extractions_in_flight ON docextract.extractions (model_name)
     WHERE status = 'processing';
 CREATE INDEX extractions_retry_due ON docextract.extractions (next_attempt_at)
     WHERE status = 'retrying';
+CREATE INDEX extractions_writeback_due ON docextract.extractions (writeback_due)
+    WHERE writeback_due IS NOT NULL;
 
 -- Results: typed data, one row per finished extraction.
 CREATE TABLE docextract.results (
@@ -573,17 +578,23 @@ RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document';
 CREATE FUNCTION docextract.extract_document()
 RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_extract_document_trigger';
 
--- At commit of each status change of a trigger-form extraction: the status,
--- and once completed the data, written back to the row as the role that
--- inserted it.
+-- Each status change of a trigger-form extraction queues the write-back of
+-- its row (writeback_due): the write-back worker does it later, in a short
+-- transaction of its own, as the inserting role in a security-restricted
+-- operation.  Users' triggers on that table never run in the transactions
+-- that claim jobs or store results.
 CREATE FUNCTION docextract.write_back()
 RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_write_back';
 
-CREATE CONSTRAINT TRIGGER extractions_write_back
-    AFTER UPDATE OF status ON docextract.extractions
-    DEFERRABLE INITIALLY DEFERRED
+CREATE TRIGGER extractions_write_back
+    BEFORE UPDATE OF status ON docextract.extractions
     FOR EACH ROW WHEN (NEW.target_table IS NOT NULL)
     EXECUTE FUNCTION docextract.write_back();
+
+-- Without the worker (no preload): the write-backs that are due, now, in
+-- this session, each in a subtransaction.  Returns how many were done.
+CREATE FUNCTION docextract.run_write_backs()
+RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_run_write_backs';
 
 -- Stores the document, extracts, waits (interruptibly) and returns
 -- get_result().  A background worker started for the call does the work in
@@ -769,6 +780,7 @@ REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb)
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.deliveries_queued() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.write_back() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.run_write_backs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.drop_document_bytes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;

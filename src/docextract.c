@@ -52,6 +52,54 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_pending = false;
 static bool signal_pending[NUM_WORKER_SIGNALS];
 static bool xact_callback_registered = false;
+static bool writeback_wake_pending = false;
+
+/* At commit of a status change of the trigger form: wake the write-back worker. */
+static void
+writeback_xact_callback(XactEvent event, void *arg)
+{
+	Latch	   *latch = NULL;
+
+	if (!writeback_wake_pending)
+		return;
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		writeback_wake_pending = false;
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT)
+		return;
+	writeback_wake_pending = false;
+	SpinLockAcquire(&docextract_shared->mutex);
+	if (docextract_shared->writeback_dboid == MyDatabaseId)
+		latch = docextract_shared->writeback_latch;
+	SpinLockRelease(&docextract_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+void
+writeback_wake_at_commit(void)
+{
+	static bool registered = false;
+
+	if (docextract_shared == NULL)
+		return;
+	if (!registered)
+	{
+		RegisterXactCallback(writeback_xact_callback, NULL);
+		registered = true;
+	}
+	writeback_wake_pending = true;
+}
+
+/* The write-back worker's latch, for committing backends; NULL latch: gone. */
+void
+writeback_worker_publish(Latch *latch, Oid dboid)
+{
+	SpinLockAcquire(&docextract_shared->mutex);
+	docextract_shared->writeback_latch = latch;
+	docextract_shared->writeback_dboid = dboid;
+	docextract_shared->writeback_pid = latch ? MyProcPid : 0;
+	SpinLockRelease(&docextract_shared->mutex);
+}
 
 static void
 docextract_shmem_request(void)
@@ -80,6 +128,9 @@ docextract_shmem_startup(void)
 		for (int i = 0; i < NUM_WORKER_SIGNALS; i++)
 			pg_atomic_init_u64(&docextract_shared->generation[i], 0);
 		crashguard_shmem_init(docextract_shared);
+		docextract_shared->writeback_latch = NULL;
+		docextract_shared->writeback_dboid = InvalidOid;
+		docextract_shared->writeback_pid = 0;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -272,6 +323,7 @@ define_settings(void)
 							   "Testing only: the worker aborts while preparing the extraction of a document of this filename.",
 							   NULL, &docextract_debug_crash_on_document, "",
 							   PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	writeback_define_settings();
 	MarkGUCPrefixReserved("docextract");
 }
 
@@ -307,4 +359,5 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = docextract_shmem_startup;
 	register_worker();
+	writeback_worker_register();
 }

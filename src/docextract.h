@@ -75,6 +75,10 @@ typedef struct DocextractShared
 	pg_atomic_uint64 generation[NUM_WORKER_SIGNALS];
 	/* The last worker did not stop on request (crashguard.c). */
 	bool		worker_stopped_uncleanly;
+	/* The write-back worker's (writeback_worker.c), under mutex. */
+	Latch	   *writeback_latch;
+	Oid			writeback_dboid;
+	pid_t		writeback_pid;
 } DocextractShared;
 
 extern DocextractShared *docextract_shared;
@@ -449,5 +453,25 @@ typedef struct SyncTask
 	pg_atomic_uint32 caller_gone;	/* set when the caller stops waiting */
 	pg_atomic_uint32 worker_pid;	/* the worker's, while it submits (then 0) */
 } SyncTask;
+
+/* nowait.c: the job worker never waits on a session's lock ---------------- */
+
+extern bool docextract_never_wait;
+extern bool queue_lock_nowait(pg_uuid_t *id);
+extern bool job_busy(Job *job);	/* job.c: its status change waits for a lock */
+
+/* writeback_run.c, writeback_worker.c: write-backs of the trigger form ----- */
+
+/* A write-back that met a lock is tried again this much later. */
+#define WRITEBACK_RETRY_MS 1000
+
+extern int	docextract_writeback_timeout_ms;
+extern int	docextract_writeback_lock_timeout_ms;
+
+extern bool writeback_run(Datum id, bool bounded);
+extern void writeback_define_settings(void);
+extern void writeback_worker_register(void);
+extern void writeback_wake_at_commit(void);	/* docextract.c */
+extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c */
 
 #endif							/* DOCEXTRACT_H */

@@ -63,6 +63,7 @@ struct Job
 	int			max_retries;
 	bool		attributions;	/* per_key_attribution asked */
 	bool		will_retry;
+	bool		busy;			/* a session held what finishing needs: later */
 };
 
 /* Read as the worker: the model and its key, which no submitter may read. */
@@ -508,6 +509,8 @@ job_record_progress(Job *job)
 
 	for (int i = 0; i < job->nparts; i++)
 		answered += job->part[i].answered;
+	if (docextract_never_wait && !queue_lock_nowait(&job->id))
+		return;					/* a session holds the row: no progress event */
 	queue_progress(&job->id, 100 * answered / job->nparts);
 }
 
@@ -563,6 +566,10 @@ job_finish(Job *job)
 	StoredResult r;
 	bool		passed;
 
+	/* The worker does not wait for a session's locks: it keeps the job. */
+	job->busy = docextract_never_wait && !queue_lock_nowait(&job->id);
+	if (job->busy)
+		return;
 	if (job->failed)
 	{
 		handle_failure(job);
@@ -578,6 +585,12 @@ job_finish(Job *job)
 	r.raw = pstrdup(json_object_to_json_string_ext(answer, JSON_C_TO_STRING_PLAIN));
 	r.usage = usage_json(job);
 	store_result(job, &r);
+}
+
+bool
+job_busy(Job *job)
+{
+	return job->busy;
 }
 
 bool

@@ -43,7 +43,17 @@ typedef struct FailStep
 {
 	pg_uuid_t  *id;
 	const char *message;
+	bool		busy;			/* a session held the row or credits: later */
 } FailStep;
+
+/* Finished jobs whose status change waits for a session's lock (nowait.c). */
+typedef struct Deferred
+{
+	Job		   *job;
+	char	   *failure;		/* the failure to record, or NULL: the result */
+} Deferred;
+
+static List *deferred_jobs = NIL;
 
 static bool orphans_requeued = false;
 static bool last_stop_was_crash = false;
@@ -214,22 +224,54 @@ fail_step(void *arg)
 {
 	FailStep   *f = arg;
 
-	queue_fail(f->id, f->message);
+	f->busy = !queue_lock_nowait(f->id);
+	if (!f->busy)
+		queue_fail(f->id, f->message);
 }
 
-/* The job failed: say so in its row, and let it go. */
+/* Keep a finished job, in TopMemoryContext, to store it on a later loop. */
 static void
-fail_job(Job *job, const char *message)
+defer(Job *job, const char *failure, bool first)
 {
-	FailStep	f = {job_id(job), message};
+	MemoryContext old;
+	Deferred   *d;
+
+	if (first)
+		elog(LOG, "docextract worker: extraction %s waits for a lock a session holds; it is stored later",
+			 job_id_text(job));
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	d = palloc(sizeof(Deferred));
+
+	d->job = job;
+	d->failure = failure ? pstrdup(failure) : NULL;
+	deferred_jobs = lappend(deferred_jobs, d);
+	MemoryContextSwitchTo(old);
+}
+
+/* The job failed: say so in its row, and let it go (first: not deferred yet). */
+static void
+record_failure(Job *job, const char *message, bool first)
+{
+	FailStep	f = {job_id(job), message, false};
 	char	   *err;
 
-	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
 	err = in_transaction("docextract: recording a failure", fail_step, &f);
+	if (err == NULL && f.busy)
+	{
+		defer(job, message, first);
+		return;
+	}
+	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
 	if (err)
 		elog(WARNING, "docextract worker: could not record the failure of extraction %s: %s",
 			 job_id_text(job), err);
 	job_release(job);
+}
+
+static void
+fail_job(Job *job, const char *message)
+{
+	record_failure(job, message, true);
 }
 
 /* Start every claimed job's request, each in a subtransaction of one transaction. */
@@ -412,6 +454,8 @@ finish_all_step(void *arg)
 
 		if (err)
 			fail_job(job, err);
+		else if (job_busy(job))
+			defer(job, NULL, true);
 		else
 			job_release(job);
 	}
@@ -451,6 +495,50 @@ finish_done(bool *delivered)
 	}
 	*delivered = *delivered || b.delivered;
 	return b.retry;
+}
+
+/*
+ * Try again to store the jobs kept because a session held a lock they
+ * need; *next_poll brought forward while some wait.
+ */
+static void
+store_deferred(TimestampTz *next_poll)
+{
+	static TimestampTz due = 0;
+	List	   *jobs = deferred_jobs;
+	ListCell   *lc;
+
+	if (GetCurrentTimestamp() < due)
+	{
+		*next_poll = Min(*next_poll, due);
+		return;
+	}
+	deferred_jobs = NIL;
+	foreach(lc, jobs)
+	{
+		Deferred   *d = lfirst(lc);
+		char	   *err = NULL;
+
+		if (d->failure == NULL)
+			err = in_transaction("docextract: storing a result", finish_step, d->job);
+		if (d->failure || err)
+			record_failure(d->job, d->failure ? d->failure : err, d->failure == NULL);
+		else if (job_busy(d->job))
+			defer(d->job, NULL, false);
+		else
+		{
+			if (job_will_retry(d->job))
+				*next_poll = GetCurrentTimestamp();	/* learn when it falls due */
+			job_release(d->job);
+		}
+		if (d->failure)
+			pfree(d->failure);
+		pfree(d);
+	}
+	list_free(jobs);
+	due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
+	if (deferred_jobs != NIL)
+		*next_poll = Min(*next_poll, due);
 }
 
 static void
@@ -548,6 +636,7 @@ docextract_worker_main(Datum main_arg)
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
 	/* Its SQL runs as superuser: no name may resolve to a role's object. */
 	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	docextract_never_wait = true;	/* nowait.c */
 
 	last_stop_was_crash = crashguard_last_stop_was_crash();
 	docextract_worker_publish(MyLatch, MyDatabaseId);
@@ -596,6 +685,8 @@ docextract_worker_main(Datum main_arg)
 			if (clean_up())
 				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
 		}
+		if (deferred_jobs != NIL)
+			store_deferred(&next_poll);
 		/*
 		 * Deliveries (at most max_webhook_inflight, apart from the jobs'
 		 * max_inflight): only when told, when one finished, or on a poll, not

@@ -5,10 +5,9 @@
  *     EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'status');
  *
  * Each inserted row becomes a document and an extraction that remembers the
- * row (table and primary key).  A deferred trigger on the extraction writes
- * its status, and once completed its data, back into that row at commit of
- * each status change, acting as the role that inserted the row: the worker
- * can write nothing there that this role could not.
+ * row (table and primary key).  Each status change of that extraction
+ * queues the write-back of its status, and once completed its data, into
+ * that row; writeback_run.c does it.
  */
 #include "postgres.h"
 
@@ -29,10 +28,6 @@
 #include "utils/relcache.h"
 
 PG_FUNCTION_INFO_V1(docextract_extract_document_trigger);
-PG_FUNCTION_INFO_V1(docextract_write_back);
-
-/* A primary key has at most INDEX_MAX_KEYS columns: all of them are matched. */
-#define MAX_KEY_COLUMNS INDEX_MAX_KEYS
 
 /* What a firing of the trigger needs, resolved from its arguments. */
 typedef struct TriggerTarget
@@ -158,9 +153,10 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 	nulls[4] = t->status_col ? ' ' : 'n';
 	SPI_connect();
 	privileged_begin(&priv);
-	/* status = status: fires the write-back trigger, which mirrors 'pending'. */
+	/* Due now: the write-back worker mirrors 'pending' (or what follows). */
 	SPI_execute_with_args("UPDATE docextract.extractions SET target_table = $2, target_pk = $3,"
-						  " target_result_column = $4, target_status_column = $5, status = status"
+						  " target_result_column = $4, target_status_column = $5,"
+						  " writeback_due = clock_timestamp()"
 						  " WHERE id = $1",
 						  5, (Oid[]) {UUIDOID, OIDOID, TEXTARRAYOID, TEXTOID, TEXTOID},
 						  (Datum[]) {extraction, ObjectIdGetDatum(RelationGetRelid(t->rel)), key,
@@ -169,6 +165,7 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 						  nulls, false, 0);
 	privileged_end(&priv);
 	SPI_finish();
+	writeback_wake_at_commit();
 }
 
 /* AFTER INSERT FOR EACH ROW: one document and one extraction per row. */
@@ -205,155 +202,3 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
-/* -- write-back ----------------------------------------------------------- */
-
-/* UPDATE the row: status, and the data once completed ($1 data, $2 status, $3.. key). */
-static char *
-update_sql(Oid table, const char *result_col, const char *status_col, Oid *types, int *nargs)
-{
-	Relation	rel = relation_open(table, AccessShareLock);
-	Relation	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
-	StringInfoData sql;
-
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE %s SET ",
-					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												RelationGetRelationName(rel)));
-	if (result_col)
-		appendStringInfo(&sql, "%s = CASE WHEN $2 = 'completed' THEN $1 ELSE %s END%s",
-						 quote_identifier(result_col), quote_identifier(result_col),
-						 status_col ? ", " : "");
-	if (status_col)
-		appendStringInfo(&sql, "%s = $2", quote_identifier(status_col));
-	types[0] = JSONBOID;
-	types[1] = TEXTOID;
-	*nargs = 2 + index->rd_index->indnkeyatts;
-	for (int i = 0; i < *nargs - 2; i++)
-	{
-		AttrNumber att = index->rd_index->indkey.values[i];
-		Form_pg_attribute a = TupleDescAttr(RelationGetDescr(rel), att - 1);
-
-		appendStringInfo(&sql, " %s %s = $%d::%s", i == 0 ? "WHERE" : "AND",
-						 quote_identifier(NameStr(a->attname)), i + 3,
-						 format_type_be(a->atttypid));
-		types[i + 2] = TEXTOID;
-	}
-	index_close(index, AccessShareLock);
-	relation_close(rel, AccessShareLock);
-	return sql.data;
-}
-
-typedef struct WriteBack
-{
-	Oid			owner;
-	Oid			table;
-	char	   *result_col;
-	char	   *status_col;
-	Datum		data;
-	bool		data_null;
-	char	   *status;
-	Datum	   *key;
-	int			nkey;
-} WriteBack;
-
-/* The update itself, as the role that inserted the row. */
-static void
-write_back_step(void *arg)
-{
-	WriteBack  *w = arg;
-	Oid			types[2 + MAX_KEY_COLUMNS];
-	Datum		values[2 + MAX_KEY_COLUMNS];
-	char		nulls[2 + MAX_KEY_COLUMNS + 1];
-	int			nargs;
-	char	   *sql;
-	Privileged	as_role;
-
-	act_as_begin(&as_role, w->owner);
-	sql = update_sql(w->table, w->result_col, w->status_col, types, &nargs);
-	if (nargs - 2 != w->nkey)
-		elog(ERROR, "the table's primary key has %d column(s), the row was remembered by %d",
-			 nargs - 2, w->nkey);
-	memset(nulls, ' ', sizeof(nulls));
-	nulls[nargs] = '\0';
-	values[0] = w->data;
-	nulls[0] = w->data_null ? 'n' : ' ';
-	values[1] = CStringGetTextDatum(w->status);
-	for (int i = 0; i < w->nkey; i++)
-		values[i + 2] = w->key[i];
-	SPI_connect();
-	SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-	SPI_finish();
-	act_as_end(&as_role);
-}
-
-/* Read the extraction as it is now (it may have moved on since the event). */
-static bool
-load_write_back(Datum id, WriteBack *w)
-{
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	ArrayType  *key;
-
-	SPI_execute_with_args("SELECT e.owner::oid, e.target_table::oid, e.target_result_column,"
-						  "       e.target_status_column, e.status, r.data, e.target_pk"
-						  "  FROM docextract.extractions e"
-						  "  LEFT JOIN docextract.results r ON r.extraction_id = e.id"
-						  " WHERE e.id = $1 AND e.target_table IS NOT NULL",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
-	if (SPI_processed != 1)
-		return false;
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	w->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-	w->table = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-	w->result_col = SPI_getvalue(tup, desc, 3);
-	w->status_col = SPI_getvalue(tup, desc, 4);
-	w->status = SPI_getvalue(tup, desc, 5);
-	/* Used before SPI_finish(): no copies needed. */
-	w->data = SPI_getbinval(tup, desc, 6, &w->data_null);
-	key = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull));
-	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &w->key, NULL, &w->nkey);
-	return true;
-}
-
-/*
- * Deferred: at commit of a status change of an extraction that came from the
- * trigger form.  A failure (the role may not update the table, the table is
- * gone) is recorded on the extraction, and never undoes the status change.
- */
-Datum
-docextract_write_back(PG_FUNCTION_ARGS)
-{
-	TriggerData *td = (TriggerData *) fcinfo->context;
-	bool		isnull;
-	Datum		id;
-	WriteBack	w;
-	char	   *err = NULL;
-	Privileged	priv;
-
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "docextract.write_back() is a trigger function");
-	id = heap_getattr(td->tg_newtuple ? td->tg_newtuple : td->tg_trigtuple, 1,
-					  RelationGetDescr(td->tg_relation), &isnull);
-	SPI_connect();
-	privileged_begin(&priv);
-	if (load_write_back(id, &w))
-	{
-		if (get_rel_name(w.table) == NULL)
-			err = pstrdup("the table no longer exists");
-		else
-			err = in_subtransaction(write_back_step, &w);
-		SPI_execute_with_args("UPDATE docextract.extractions SET writeback_error = $2 WHERE id = $1",
-							  2, (Oid[]) {UUIDOID, TEXTOID},
-							  (Datum[]) {id, err ? CStringGetTextDatum(err) : (Datum) 0},
-							  err ? NULL : " n", false, 0);
-		if (err)
-			ereport(WARNING,
-					(errmsg("docextract: could not write extraction %s back to its row: %s",
-							uuid_text(id), err)));
-	}
-	privileged_end(&priv);
-	SPI_finish();
-	return PointerGetDatum(NULL);
-}

@@ -18,7 +18,9 @@ Webhook receiver: POST /hooks/... is recorded (GET /_hooks lists method, path,
 headers, body) and answered 200, or by the next action of POST /_hook_script
 ({"status": 500, "delay_ms": 0}).
 An action: {"status": 500, "body": "...", "headers": {"Retry-After": "1"},
-            "delay_ms": 0, "answer": {...}, "raw_content": "not json", "drop": true}
+            "delay_ms": 0, "answer": {...}, "raw_content": "not json", "drop": true,
+            "hold": "name"}
+"hold" keeps the answer until POST /_release/name (a test decides when it comes).
 
 Usage: model_server.py --port-file F [--port N] [--api-key K] [--delay-ms N]
 """
@@ -34,7 +36,7 @@ import time
 import zlib
 
 STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count": 0,
-         "abandoned": 0, "hooks": [], "hook_script": [], "connections": 0}
+         "abandoned": 0, "hooks": [], "hook_script": [], "connections": 0, "holds": {}}
 ARGS = None
 
 
@@ -245,6 +247,8 @@ async def model_reply(reader, headers, body):
     if delay and await client_gone_within(reader, delay / 1000.0):
         STATE["abandoned"] += 1
         return None
+    if action.get("hold"):
+        await STATE["holds"].setdefault(action["hold"], asyncio.Event()).wait()
     if action.get("drop"):
         return None
     if "status" in action and action["status"] != 200:
@@ -433,6 +437,9 @@ async def route(reader, method, path, headers, body):
     if path.startswith("/_script") and method == "POST":
         STATE["script"].extend(json.loads(body))
         return response(200, json.dumps({"queued": len(STATE["script"])}))
+    if path.startswith("/_release/") and method == "POST":
+        STATE["holds"].setdefault(path[len("/_release/"):], asyncio.Event()).set()
+        return response(200, "{}")
     if path.startswith("/_requests"):
         return response(200, json.dumps(STATE["requests"]))
     if path.startswith("/_reset"):

@@ -20,7 +20,14 @@ SELECT d.filename, d.page_count, x.status, x.template_id = :'tid' AS right_templ
        x.target_table, x.target_pk, x.target_result_column, x.target_status_column
   FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
  WHERE x.target_table = 'public.inbox'::regclass ORDER BY d.filename;
--- the status column mirrors the status from the start
+-- the status column mirrors the status from the start, once the write-back
+-- worker (here: run_write_backs(), superuser only) has written it
+SELECT count(*) AS queued FROM docextract.extractions WHERE writeback_due IS NOT NULL;
+SELECT id, state, extracted FROM public.inbox ORDER BY id;
+SELECT sqlstate_of($$SELECT docextract.run_write_backs()$$);
+RESET ROLE;
+SELECT docextract.run_write_backs() AS written;
+SET ROLE regress_alice;
 SELECT id, state, extracted FROM public.inbox ORDER BY id;
 -- a NULL content is nothing to extract
 INSERT INTO public.inbox (id, pdf) VALUES (3, NULL);
@@ -41,6 +48,7 @@ SELECT x.id AS e1 FROM docextract.extractions x JOIN docextract.documents d ON d
 SELECT x.id AS e2 FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
  WHERE d.filename = 'inbox/2' \gset
 UPDATE docextract.extractions SET status = 'processing' WHERE id IN (:'e1', :'e2');
+SELECT docextract.run_write_backs() AS written;
 SELECT id, state, extracted FROM public.inbox ORDER BY id;
 BEGIN;
 INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, data)
@@ -49,12 +57,14 @@ INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, 
 UPDATE docextract.extractions SET status = 'completed' WHERE id = :'e1';
 UPDATE docextract.extractions SET status = 'failed', error_message = 'boom' WHERE id = :'e2';
 COMMIT;
+SELECT docextract.run_write_backs() AS written;
 SELECT id, state, extracted FROM public.inbox ORDER BY id;
 SELECT writeback_error FROM docextract.extractions WHERE id IN (:'e1', :'e2');
 
 -- a row deleted before completion is not an error
 DELETE FROM public.inbox WHERE id = 2;
 UPDATE docextract.extractions SET status = 'processing' WHERE id = :'e2';
+SELECT docextract.run_write_backs() AS written;
 SELECT writeback_error FROM docextract.extractions WHERE id = :'e2';
 
 -- the write-back acts as the inserting role: bob may insert, not update.
@@ -67,6 +77,9 @@ SELECT docextract.create_template('trigger invoice', '{"general_part": {
   "invoice_number": {"name": "Invoice Number", "format_type": "text"}}}') IS NOT NULL AS bob_template;
 SET client_min_messages = error;  -- the WARNING names a random extraction id
 INSERT INTO public.inbox (id, pdf) VALUES (6, :'pdf');
+RESET ROLE;
+SELECT docextract.run_write_backs() AS written;
+SET ROLE regress_bob;
 RESET client_min_messages;
 SELECT x.owner, x.template_id = :'tid' AS alices_template FROM docextract.extractions x
   JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'inbox/6';
@@ -75,6 +88,16 @@ SELECT x.id AS e6, x.writeback_error FROM docextract.extractions x
   JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'inbox/6' \gset
 SELECT :'writeback_error' AS writeback_error;
 SELECT id, state FROM public.inbox WHERE id = 6;
+
+-- a status change while the write-back waits: coalesced, the latest is written
+BEGIN;
+UPDATE docextract.extractions SET status = 'pending' WHERE id = :'e2';
+UPDATE docextract.extractions SET status = 'cancelled' WHERE id = :'e2';
+COMMIT;
+INSERT INTO public.inbox (id, state) VALUES (2, 'old');
+SELECT docextract.run_write_backs() AS written;
+SELECT id, state FROM public.inbox WHERE id = 2;
+DELETE FROM public.inbox WHERE id = 2;
 
 -- a composite primary key: only the row inserted is written back
 SET ROLE regress_alice;
@@ -93,6 +116,7 @@ INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, 
     FROM docextract.extractions WHERE id = :'el';
 UPDATE docextract.extractions SET status = 'completed' WHERE id = :'el';
 COMMIT;
+SELECT docextract.run_write_backs() AS written;
 SELECT tenant, n, out FROM public.ledger ORDER BY tenant;
 -- the key changed shape since the insert: nothing written, and why
 ALTER TABLE public.ledger DROP CONSTRAINT ledger_pkey, ADD PRIMARY KEY (tenant);
@@ -100,6 +124,7 @@ SELECT x.id AS ea FROM docextract.extractions x
   JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'ledger/a,1' \gset
 SET client_min_messages = error;
 UPDATE docextract.extractions SET status = 'failed' WHERE id = :'ea';
+SELECT docextract.run_write_backs() AS written;
 RESET client_min_messages;
 SELECT writeback_error FROM docextract.extractions WHERE id = :'ea';
 SELECT tenant, n, out FROM public.ledger ORDER BY tenant;

@@ -1,0 +1,64 @@
+/*
+ * nowait.c: the worker never waits on a lock a session can hold.
+ *
+ * Sessions lock what the worker's status changes need: cancel_extraction,
+ * approve and delete_documents lock the extraction's row, extract_document
+ * its owner's credit account (which settling finished work updates, trigger
+ * settle_credits).  A session may keep those locks as long as it likes
+ * (BEGIN; SELECT docextract.extract_document(...); and nothing more).  So
+ * before a status change the worker takes both locks with SKIP LOCKED; if
+ * one is held, it keeps the finished result and tries again later.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+
+/* Set by the job worker: this process takes its locks with queue_lock_nowait(). */
+bool		docextract_never_wait = false;
+
+/* Does the row sql (by $1) exist, whoever holds it? */
+static bool
+row_exists(const char *sql, Oid type, Datum arg)
+{
+	if (SPI_execute_with_args(sql, 1, &type, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for a docextract row");
+	return SPI_processed == 1;
+}
+
+/*
+ * Lock extraction id's row and its owner's credit account, without waiting.
+ * False if a session holds either: the caller changes nothing now.
+ */
+bool
+queue_lock_nowait(pg_uuid_t *id)
+{
+	Datum		idd = UUIDPGetDatum(id);
+	bool		free = true;
+	bool		isnull;
+	Datum		owner;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT x.owner::oid FROM docextract.extractions x"
+							  " WHERE x.id = $1 FOR UPDATE SKIP LOCKED",
+							  1, (Oid[]) {UUIDOID}, &idd, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock extraction %s", uuid_text(idd));
+	if (SPI_processed == 0)
+		free = !row_exists("SELECT 1 FROM docextract.extractions x WHERE x.id = $1", UUIDOID, idd);
+	else
+	{
+		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (SPI_execute_with_args("SELECT 1 FROM docextract.credit_accounts a"
+								  " WHERE a.role = $1::pg_catalog.regrole FOR UPDATE SKIP LOCKED",
+								  1, (Oid[]) {OIDOID}, &owner, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not lock a credit account");
+		if (SPI_processed == 0)
+			free = !row_exists("SELECT 1 FROM docextract.credit_accounts a"
+							   " WHERE a.role = $1::pg_catalog.regrole", OIDOID, owner);
+	}
+	SPI_finish();
+	return free;
+}

@@ -1,0 +1,436 @@
+/*
+ * writeback_run.c: writing a trigger-form extraction back into its row.
+ *
+ * A status change only queues the write-back (extractions.writeback_due);
+ * the write-back worker (writeback_worker.c) does it later in a short
+ * transaction of its own, so the users' code it runs (triggers on their
+ * tables) never runs inside the transactions that claim jobs or store
+ * results.  The UPDATE runs as the role that inserted the row, as a
+ * security-restricted operation (as PostgreSQL runs index expressions and
+ * maintenance commands): no SET ROLE, no temporary objects, no LISTEN,
+ * settings rolled back.  In the worker it is bounded by
+ * docextract.writeback_timeout and docextract.writeback_lock_timeout; any
+ * error of the users' code fails that write-back only (writeback_error),
+ * and a lock it could not get makes it wait for a later try.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+
+PG_FUNCTION_INFO_V1(docextract_write_back);
+PG_FUNCTION_INFO_V1(docextract_run_write_backs);
+
+/* A primary key has at most INDEX_MAX_KEYS columns: all of them are matched. */
+#define MAX_KEY_COLUMNS INDEX_MAX_KEYS
+
+/*
+ * BEFORE UPDATE OF status (trigger extractions_write_back): a changed status
+ * makes the row's write-back due.  Nothing of the user's runs here.
+ */
+Datum
+docextract_write_back(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		old_status;
+	Datum		new_status;
+	int			att;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("docextract.write_back() is a trigger function")));
+	/* The 0.1.0 schema fires it AFTER, deferred: it waits for the upgrade. */
+	if (!TRIGGER_FIRED_BEFORE(td->tg_event) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		return PointerGetDatum(NULL);
+	desc = RelationGetDescr(td->tg_relation);
+	att = SPI_fnumber(desc, "writeback_due");
+	old_status = heap_getattr(td->tg_trigtuple, SPI_fnumber(desc, "status"), desc, &isnull);
+	new_status = heap_getattr(td->tg_newtuple, SPI_fnumber(desc, "status"), desc, &isnull);
+	if (att <= 0 || strcmp(TextDatumGetCString(old_status), TextDatumGetCString(new_status)) == 0)
+		return PointerGetDatum(td->tg_newtuple);
+	writeback_wake_at_commit();
+	return PointerGetDatum(heap_modify_tuple_by_cols(td->tg_newtuple, desc, 1, &att,
+													 (Datum[]) {TimestampTzGetDatum(GetCurrentTimestamp())},
+													 (bool[]) {false}));
+}
+
+/* UPDATE the row: status, and the data once completed ($1 data, $2 status, $3.. key). */
+static char *
+update_sql(Oid table, const char *result_col, const char *status_col, Oid *types, int *nargs)
+{
+	Relation	rel = relation_open(table, AccessShareLock);
+	Relation	index;
+	StringInfoData sql;
+
+	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the table no longer has a primary key")));
+	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s SET ",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	if (result_col)
+		appendStringInfo(&sql, "%s = CASE WHEN $2 = 'completed' THEN $1 ELSE %s END%s",
+						 quote_identifier(result_col), quote_identifier(result_col),
+						 status_col ? ", " : "");
+	if (status_col)
+		appendStringInfo(&sql, "%s = $2", quote_identifier(status_col));
+	types[0] = JSONBOID;
+	types[1] = TEXTOID;
+	*nargs = 2 + index->rd_index->indnkeyatts;
+	for (int i = 0; i < *nargs - 2; i++)
+	{
+		AttrNumber	att = index->rd_index->indkey.values[i];
+		Form_pg_attribute a = TupleDescAttr(RelationGetDescr(rel), att - 1);
+
+		appendStringInfo(&sql, " %s %s = $%d::%s", i == 0 ? "WHERE" : "AND",
+						 quote_identifier(NameStr(a->attname)), i + 3,
+						 format_type_be_qualified(a->atttypid));
+		types[i + 2] = TEXTOID;
+	}
+	index_close(index, AccessShareLock);
+	relation_close(rel, AccessShareLock);
+	return sql.data;
+}
+
+typedef struct WriteBack
+{
+	Oid			owner;
+	Oid			table;
+	char	   *result_col;
+	char	   *status_col;
+	Datum		data;
+	bool		data_null;
+	char	   *status;
+	Datum	   *key;
+	int			nkey;
+	Datum		due;			/* writeback_due as read: cleared only if unchanged */
+	bool		bounded;		/* in the worker: arm the statement timeout */
+} WriteBack;
+
+/* What the users' code may change, saved to be put back. */
+typedef struct Restricted
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} Restricted;
+
+/*
+ * Act as role in a security-restricted operation, with the locked
+ * search_path and the lock timeout, as PostgreSQL does for index expressions.
+ */
+static void
+restricted_begin(Restricted *r, Oid role)
+{
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role with OID %u no longer exists", role)));
+	GetUserIdAndSecContext(&r->save_userid, &r->save_sec_context);
+	SetUserIdAndSecContext(role, r->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	r->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, docextract, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("lock_timeout", psprintf("%d", docextract_writeback_lock_timeout_ms),
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+static void
+restricted_end(Restricted *r)
+{
+	AtEOXact_GUC(false, r->save_nestlevel);
+	SetUserIdAndSecContext(r->save_userid, r->save_sec_context);
+}
+
+/* The update itself, as the role that inserted the row. */
+static void
+write_back_step(WriteBack *w)
+{
+	Oid			types[2 + MAX_KEY_COLUMNS];
+	Datum		values[2 + MAX_KEY_COLUMNS];
+	char		nulls[2 + MAX_KEY_COLUMNS + 1];
+	int			nargs;
+	char	   *sql;
+	Restricted	as_role;
+
+	restricted_begin(&as_role, w->owner);
+	sql = update_sql(w->table, w->result_col, w->status_col, types, &nargs);
+	if (nargs - 2 != w->nkey)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the table's primary key has %d column(s), the row was remembered by %d",
+						nargs - 2, w->nkey)));
+	memset(nulls, ' ', sizeof(nulls));
+	nulls[nargs] = '\0';
+	values[0] = w->data;
+	nulls[0] = w->data_null ? 'n' : ' ';
+	values[1] = CStringGetTextDatum(w->status);
+	for (int i = 0; i < w->nkey; i++)
+		values[i + 2] = w->key[i];
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0) < 0)
+		elog(ERROR, "the write-back statement failed");
+	SPI_finish();
+	restricted_end(&as_role);
+}
+
+/*
+ * PostgreSQL refuses temporary tables and types in a security-restricted
+ * operation, but not functions or operators in pg_temp, which would stay in
+ * the worker's session for its later statements to resolve: a write-back
+ * that made the session's temporary schema fails, which rolls the schema
+ * back with it.
+ */
+static void
+check_no_temp_schema(const char *message)
+{
+	Oid			temp_ns;
+	Oid			temp_toast_ns;
+
+	GetTempNamespaceState(&temp_ns, &temp_toast_ns);
+	if (OidIsValid(temp_ns))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s", message)));
+}
+
+/* Stop the statement timeout; if it fired after the step ended, forget it. */
+static void
+disarm(bool bounded)
+{
+	if (!bounded)
+		return;
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	if (get_timeout_indicator(STATEMENT_TIMEOUT, true))
+		QueryCancelPending = false;
+}
+
+/*
+ * Run the step in a subtransaction.  NULL on success, else the error
+ * message; *sqlstate its code.  In the worker every ERROR is the users'
+ * code's (57014 included: the timeout armed here); in a session a cancel
+ * is the session's own and propagates.
+ */
+static char *
+attempt(WriteBack *w, int *sqlstate)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *volatile err = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		if (w->bounded)
+			enable_timeout_after(STATEMENT_TIMEOUT, docextract_writeback_timeout_ms);
+		write_back_step(w);
+		disarm(w->bounded);
+		check_no_temp_schema("a write-back may not create temporary objects");
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		disarm(w->bounded);
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->elevel > ERROR || edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+			(!w->bounded && edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		*sqlstate = edata->sqlerrcode;
+		err = pstrdup(edata->message ? edata->message : "unknown error");
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return err;
+}
+
+/* Read the extraction as it is now: the latest status is what is written. */
+static bool
+load_write_back(Datum id, WriteBack *w)
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	ArrayType  *key;
+
+	SPI_execute_with_args("SELECT e.owner::oid, e.target_table::oid, e.target_result_column,"
+						  "       e.target_status_column, e.status, r.data, e.target_pk,"
+						  "       e.writeback_due"
+						  "  FROM docextract.extractions e"
+						  "  LEFT JOIN docextract.results r ON r.extraction_id = e.id"
+						  " WHERE e.id = $1 AND e.target_table IS NOT NULL"
+						  "   AND e.writeback_due IS NOT NULL",
+						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
+	if (SPI_processed != 1)
+		return false;
+	tup = SPI_copytuple(SPI_tuptable->vals[0]);
+	desc = SPI_tuptable->tupdesc;
+	w->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+	w->table = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	w->result_col = SPI_getvalue(tup, desc, 3);
+	w->status_col = SPI_getvalue(tup, desc, 4);
+	w->status = SPI_getvalue(tup, desc, 5);
+	w->data = SPI_getbinval(tup, desc, 6, &w->data_null);
+	key = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull));
+	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &w->key, NULL, &w->nkey);
+	w->due = SPI_getbinval(tup, desc, 8, &isnull);
+	return true;
+}
+
+/* Is the extraction, still due as read, locked by a session? */
+static bool
+row_locked(Datum id, Datum due)
+{
+	if (SPI_execute_with_args("SELECT 1 FROM docextract.extractions e"
+							  " WHERE e.id = $1 AND e.writeback_due = $2",
+							  2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, (Datum[]) {id, due},
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read extraction %s", uuid_text(id));
+	return SPI_processed == 1;
+}
+
+/*
+ * Record the outcome, unless the extraction changed since it was read (a
+ * newer status is due: the next write-back writes it) or is locked (being
+ * changed now): the worker never waits on a row a session holds.
+ */
+static bool
+record_outcome(Datum id, Datum due, const char *err, bool retry)
+{
+	SPI_execute_with_args("WITH mine AS (SELECT e.id FROM docextract.extractions e"
+						  "  WHERE e.id = $1 AND e.writeback_due = $2 FOR UPDATE SKIP LOCKED)"
+						  " UPDATE docextract.extractions e"
+						  " SET writeback_due = CASE WHEN $4 THEN clock_timestamp()"
+						  "       + $5 * interval '1 millisecond' END,"
+						  "     writeback_error = CASE WHEN $4 THEN e.writeback_error ELSE $3 END"
+						  " FROM mine WHERE e.id = mine.id",
+						  5, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, INT4OID},
+						  (Datum[]) {id, due, err ? CStringGetTextDatum(err) : (Datum) 0,
+							  BoolGetDatum(retry), Int32GetDatum(WRITEBACK_RETRY_MS)},
+						  err ? "     " : "  n  ", false, 0);
+	if (SPI_processed == 1)
+		return true;
+	/* Not recorded: changed since (a newer write-back is due), or held. */
+	return !row_locked(id, due);
+}
+
+/*
+ * Whatever the users' code left in this session goes: session-level
+ * advisory locks (PREPARE, cursors WITH HOLD and LISTEN are refused).  A
+ * temporary schema cannot be left (check_no_temp_schema); if one were, the
+ * process ends rather than run another statement with it.
+ */
+static void
+clean_session(void)
+{
+	Oid			temp_ns;
+	Oid			temp_toast_ns;
+
+	GetTempNamespaceState(&temp_ns, &temp_toast_ns);
+	if (OidIsValid(temp_ns))
+		ereport(FATAL,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("docextract: a write-back left a temporary schema in the write-back worker's session")));
+	LockReleaseSession(USER_LOCKMETHOD);
+}
+
+/*
+ * The write-back of extraction id, in the current transaction; bounded in
+ * the worker.  False if its outcome could not be recorded because a
+ * session holds the extraction's row: the caller leaves it for a while.
+ */
+bool
+writeback_run(Datum id, bool bounded)
+{
+	WriteBack	w;
+	char	   *err = NULL;
+	int			sqlstate = 0;
+	bool		retry;
+	bool		recorded;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!load_write_back(id, &w))
+	{
+		SPI_finish();
+		return true;
+	}
+	w.bounded = bounded;
+	if (get_rel_name(w.table) == NULL)
+		err = pstrdup("the table no longer exists");
+	else
+		err = attempt(&w, &sqlstate);
+	/* A lock it could not get, or lost to a deadlock: try again later. */
+	retry = err != NULL && (sqlstate == ERRCODE_LOCK_NOT_AVAILABLE ||
+							sqlstate == ERRCODE_T_R_DEADLOCK_DETECTED);
+	recorded = record_outcome(id, w.due, err, retry);
+	if (err && !retry)
+		ereport(WARNING,
+				(errmsg("docextract: could not write extraction %s back to its row: %s",
+						uuid_text(id), err)));
+	SPI_finish();
+	if (bounded)
+		clean_session();
+	return recorded;
+}
+
+/* SQL: docextract.run_write_backs(), for installations without the worker. */
+Datum
+docextract_run_write_backs(PG_FUNCTION_ARGS)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	int			done = 0;
+	uint64		n;
+	Datum	   *ids;
+	bool		isnull;
+
+	/* Users' triggers run here: nothing of theirs may stay in this session. */
+	check_no_temp_schema("run_write_backs() runs users' triggers: not in a session that has temporary objects");
+	SPI_connect();
+	SPI_execute("SELECT id FROM docextract.extractions WHERE writeback_due <= clock_timestamp()"
+				" ORDER BY writeback_due, id", true, 0);
+	n = SPI_processed;
+	ids = MemoryContextAlloc(outer, sizeof(Datum) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+		ids[i] = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+												 1, &isnull), false, UUID_LEN);
+	SPI_finish();
+	for (uint64 i = 0; i < n; i++)
+		done += writeback_run(ids[i], false) ? 1 : 0;	/* recorded */
+	PG_RETURN_INT32(done);
+}

@@ -1,0 +1,260 @@
+/*
+ * writeback_worker.c: the process that does the trigger form's write-backs.
+ *
+ * Writing a result back runs the users' code (triggers on their tables), so
+ * it has a background worker of its own: the worker that calls models never
+ * runs users' code, and a trigger that sleeps or waits on a lock slows only
+ * write-backs.  Among those, owners take turns (one write-back each, round
+ * robin), so a role whose triggers are slow slows only its own.  Each
+ * write-back is one short transaction (writeback_run.c).
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+PGDLLEXPORT void docextract_writeback_main(Datum main_arg);
+
+int			docextract_writeback_timeout_ms = 5000;
+int			docextract_writeback_lock_timeout_ms = 1000;
+
+/* Write-backs done between two looks at the latch and the settings. */
+#define WRITEBACKS_PER_ROUND 100
+
+void
+writeback_define_settings(void)
+{
+	DefineCustomIntVariable("docextract.writeback_timeout",
+							"Longest one write-back of the trigger form (the UPDATE and the triggers it fires) may run.",
+							NULL, &docextract_writeback_timeout_ms, 5000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.writeback_lock_timeout",
+							"Longest a write-back waits for a lock; then it is tried again later.",
+							NULL, &docextract_writeback_lock_timeout_ms, 1000, 1, 600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+}
+
+void
+writeback_worker_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "docextract");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "docextract_writeback_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "docextract write-back worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "docextract write-back worker");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * The next due write-back, owners in turn: those after last_owner first,
+ * except those whose outcome could not be recorded lately ($2).
+ */
+static const char *pick_sql =
+"SELECT e.id, e.owner::oid FROM docextract.extractions e"
+" WHERE e.writeback_due <= clock_timestamp() AND e.id <> ALL ($2::uuid[])"
+" ORDER BY e.owner::oid <= $1, e.owner::oid, e.writeback_due LIMIT 1";
+
+/*
+ * Write-backs whose extraction row a session held when the outcome was to
+ * be recorded (cancel_extraction or approve in an open transaction): left
+ * alone for WRITEBACK_RETRY_MS, so as not to run them over and over.
+ */
+typedef struct Skipped
+{
+	pg_uuid_t	id;
+	TimestampTz until;
+} Skipped;
+
+static List *skipped = NIL;
+
+static void
+skip_for_a_while(Datum id)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	Skipped    *s = palloc(sizeof(Skipped));
+
+	s->id = *DatumGetUUIDP(id);
+	s->until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
+	skipped = lappend(skipped, s);
+	MemoryContextSwitchTo(old);
+}
+
+/* The ids still skipped, as a uuid[] text; expired ones forgotten. */
+static char *
+skipped_ids(void)
+{
+	StringInfoData list;
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	initStringInfo(&list);
+	appendStringInfoChar(&list, '{');
+	foreach(lc, skipped)
+	{
+		Skipped    *s = lfirst(lc);
+
+		if (s->until <= now)
+		{
+			skipped = foreach_delete_current(skipped, lc);
+			pfree(s);
+			continue;
+		}
+		appendStringInfo(&list, "%s%s", list.len > 1 ? "," : "",
+						 uuid_text(UUIDPGetDatum(&s->id)));
+	}
+	appendStringInfoChar(&list, '}');
+	return list.data;
+}
+
+static const char *next_due_sql =
+"SELECT greatest(0, ceil(1000 * extract(epoch FROM"
+"  min(writeback_due) - clock_timestamp())))::bigint"
+" FROM docextract.extractions WHERE writeback_due IS NOT NULL";
+
+/* Pick the next write-back; none due: *next_ms brought forward to the next. */
+static bool
+pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	bool		isnull;
+	bool		found;
+	char	   *skip = skipped_ids();
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(pick_sql, 2, (Oid[]) {OIDOID, TEXTOID},
+							  (Datum[]) {ObjectIdGetDatum(last_owner), CStringGetTextDatum(skip)},
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for due write-backs");
+	found = SPI_processed == 1;
+	if (found)
+	{
+		MemoryContext spi = MemoryContextSwitchTo(outer);
+
+		*id = datumCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+						false, UUID_LEN);
+		MemoryContextSwitchTo(spi);
+		*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+												2, &isnull));
+	}
+	else if (SPI_execute(next_due_sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		Datum		ms = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		/* Due now, yet not picked: skipped for a while.  No busy loop. */
+		long		wait = isnull ? *next_ms : DatumGetInt64(ms) == 0 ? WRITEBACK_RETRY_MS
+			: Max(DatumGetInt64(ms), 10);
+
+		*next_ms = Min(*next_ms, wait);
+	}
+	SPI_finish();
+	return found;
+}
+
+/* One write-back in a transaction of its own.  True if one was due. */
+static bool
+run_one(Oid *last_owner, long *next_ms)
+{
+	volatile bool found = false;
+	Datum		id;
+	Oid			owner;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "docextract: writing a result back");
+	PG_TRY();
+	{
+		if (docextract_schema_ready() && pick(*last_owner, &id, &owner, next_ms))
+		{
+			found = true;
+			*last_owner = owner;
+			if (!writeback_run(id, true))
+				skip_for_a_while(id);
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		/* Our own statements failed: say so, and look again a little later. */
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		found = false;
+		*next_ms = Min(*next_ms, WRITEBACK_RETRY_MS);
+	}
+	PG_END_TRY();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return found;
+}
+
+static void
+writeback_worker_exit(int code, Datum arg)
+{
+	writeback_worker_publish(NULL, InvalidOid);
+}
+
+void
+docextract_writeback_main(Datum main_arg)
+{
+	MemoryContext loop_cxt;
+	Oid			last_owner = InvalidOid;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
+	pgstat_report_appname("docextract write-back worker");
+	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_SESSION);
+	writeback_worker_publish(MyLatch, MyDatabaseId);
+	before_shmem_exit(writeback_worker_exit, (Datum) 0);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract write-back loop",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		long		next_ms = docextract_poll_interval_ms;
+		int			done = 0;
+
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		while (done < WRITEBACKS_PER_ROUND && run_one(&last_owner, &next_ms))
+		{
+			done++;
+			MemoryContextReset(loop_cxt);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (done == WRITEBACKS_PER_ROUND)
+			next_ms = 0;		/* more may be due */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 next_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

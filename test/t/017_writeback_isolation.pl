@@ -1,0 +1,299 @@
+# Users' code never runs with the worker's rights, and cannot stop it.
+# The trigger form writes results back into a role's own table, which fires
+# that role's own triggers: each attack here is such a trigger.  It runs in
+# the write-back worker as its role, in a security-restricted operation,
+# bounded by docextract.writeback_timeout / writeback_lock_timeout, and
+# leaves nothing behind; locks sessions hold (the role's table, its credit
+# row after extract_document or approve, an extraction after
+# cancel_extraction) never hold up other roles' work.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DxTest;
+use HTTP::Tiny;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $srv = start_model_server(delay_ms => 0);
+my $node = new_node('wbiso', conf => "docextract.max_inflight = 16\n"
+	  . "docextract.writeback_timeout = '60s'\ndocextract.writeback_lock_timeout = '200ms'\n");
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+my $pdf = fixture('invoice.pdf');
+my @roles = qw(evil planter good sleepy raiser locker holder slow);
+sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{"max_retries": 0}');
+	CREATE TABLE public.fixture AS SELECT pg_read_binary_file('$pdf') AS pdf;
+	GRANT SELECT ON public.fixture TO PUBLIC;}
+	. join('', map { "CREATE ROLE $_ LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO $_;" } @roles));
+my $tid = sq(qq{SELECT docextract.create_system_template('invoice', '$DxTest::INVOICE_SCHEMA')});
+
+# Each role's own table with the trigger form, and its own extra triggers.
+sub make_table
+{
+	my ($role, $extra) = @_;
+	sq(qq{SET ROLE $role;
+		CREATE TABLE public.${role}_docs (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
+		CREATE TRIGGER extract AFTER INSERT ON public.${role}_docs FOR EACH ROW
+		  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');
+		$extra});
+}
+
+sub insert_row
+{
+	my ($role) = @_;
+	my $id = sq("SET ROLE $role; INSERT INTO public.${role}_docs (pdf) SELECT pdf FROM public.fixture RETURNING id");
+	return sq(qq{SELECT id FROM docextract.extractions
+		WHERE target_table = 'public.${role}_docs'::regclass AND target_pk = ARRAY['$id']});
+}
+
+sub submit
+{
+	my ($role, $options) = @_;
+	$options //= '{}';
+	return sq(qq{SET ROLE $role; SELECT docextract.extract_document(
+		docextract.add_document('$role.pdf', pdf), '$tid', '$options') FROM public.fixture});
+}
+
+# The model's answer to a held request comes when the test says so.
+sub release
+{
+	HTTP::Tiny->new->post("$srv->{url}/_release/$_[0]")->{success} or die "release $_[0] failed";
+}
+
+sub pid_of
+{
+	my ($type) = @_;
+	$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = '$type'")
+	  or die "no $type";
+	return sq("SELECT pid FROM pg_stat_activity WHERE backend_type = '$type'");
+}
+my $job_worker = pid_of('docextract worker');
+my $wb_worker = pid_of('docextract write-back worker');
+
+# -- escalation: a trigger that tries everything from inside the write-back --------
+# PostgreSQL refuses temporary tables and types in a security-restricted
+# operation, not functions in pg_temp: such a write-back fails, and leaves nothing.
+make_table('planter', q{
+	CREATE FUNCTION public.planter_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  CREATE FUNCTION pg_temp.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1';
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER planter AFTER UPDATE ON public.planter_docs FOR EACH ROW EXECUTE FUNCTION public.planter_trigger();});
+my $p1 = insert_row('planter');
+$node->poll_query_until('postgres', qq{SELECT status = 'completed' AND writeback_due IS NULL
+	FROM docextract.extractions WHERE id = '$p1'}) or die 'planter: never completed';
+is(sq(qq{SELECT writeback_error FROM docextract.extractions WHERE id = '$p1'}),
+	'a write-back may not create temporary objects', 'a trigger planting pg_temp functions: that write-back fails');
+is(sq(q{SELECT count(*) FROM public.planter_docs WHERE state IS NOT NULL}), '0', '... and writes nothing');
+
+make_table('evil', q{
+	CREATE TABLE public.evil_log (n serial, what text, result text);
+	CREATE FUNCTION public.evil_try(what text, cmd text) RETURNS void LANGUAGE plpgsql AS $f$
+	BEGIN
+	  BEGIN
+	    EXECUTE cmd;
+	    INSERT INTO public.evil_log (what, result) VALUES (what, 'ok');
+	  EXCEPTION WHEN OTHERS THEN
+	    INSERT INTO public.evil_log (what, result) VALUES (what, SQLSTATE || ': ' || SQLERRM);
+	  END;
+	END $f$;
+	CREATE FUNCTION public.evil_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  -- what this firing finds: its rights, and what earlier firings left
+	  INSERT INTO public.evil_log (what, result) VALUES ('seen', format(
+	    'user=%s super=%s pid=%s temp=%s listening=%s work_mem=%s advisory=%s prepared=%s path=%s',
+	    current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_backend_pid(),
+	    pg_my_temp_schema() <> 0, (SELECT count(*) FROM pg_listening_channels()),
+	    current_setting('work_mem'),
+	    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+	    (SELECT count(*) FROM pg_prepared_statements), current_setting('search_path')));
+	  PERFORM public.evil_try('temp table', 'CREATE TEMP TABLE planted (x int)');
+	  PERFORM public.evil_try('temp type', 'CREATE DOMAIN pg_temp.text AS pg_catalog.text');
+	  PERFORM public.evil_try('superuser', 'ALTER ROLE evil SUPERUSER');
+	  PERFORM public.evil_try('reset role', 'RESET ROLE');
+	  PERFORM public.evil_try('session authorization', 'SET SESSION AUTHORIZATION DEFAULT');
+	  PERFORM public.evil_try('listen', 'LISTEN evil');
+	  PERFORM public.evil_try('set', 'SET work_mem = ''1234kB''');
+	  PERFORM public.evil_try('set search_path', 'SELECT set_config(''search_path'', ''public'', false)');
+	  PERFORM public.evil_try('advisory', 'SELECT pg_advisory_lock(4242)');
+	  PERFORM public.evil_try('prepare', 'PREPARE planted AS SELECT 1');
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER evil AFTER UPDATE ON public.evil_docs FOR EACH ROW EXECUTE FUNCTION public.evil_trigger();});
+insert_row('evil');
+insert_row('evil');
+$node->poll_query_until('postgres', q{SELECT count(*) = 2 FROM public.evil_docs WHERE state = 'completed'})
+  or die 'evil rows not written back';
+my @seen = split /\n/, sq(q{SELECT result FROM public.evil_log WHERE what = 'seen' ORDER BY n});
+cmp_ok(scalar @seen, '>=', 2, 'the trigger fired at each write-back (' . scalar(@seen) . ' times)');
+is_deeply([ grep { $_ ne "user=evil super=f pid=$wb_worker temp=f listening=0 work_mem=4MB advisory=0 prepared=0 path=pg_catalog, docextract, pg_temp" } @seen ],
+	[], 'every firing: as the role, not superuser, in the write-back worker, nothing left by the one before, path pinned');
+my %tries = map { split /\|/, $_, 2 } split /\n/,
+  sq(q{SELECT DISTINCT ON (what) what || '|' || result FROM public.evil_log WHERE what <> 'seen' ORDER BY what, n});
+like($tries{'temp table'}, qr/^42501: cannot create temporary table within security-restricted operation/,
+	'a temporary table: refused, security-restricted operation');
+like($tries{'temp type'}, qr/^42501: .*within security-restricted operation/, 'a pg_temp type: refused');
+like($tries{superuser}, qr/^42501: /, 'ALTER ROLE SUPERUSER: refused');
+like($tries{'reset role'}, qr/^42501: cannot set parameter "role" within security-definer function/,
+	'RESET ROLE: refused');
+like($tries{'session authorization'}, qr/^42501: cannot set parameter "session_authorization" within security-definer function/,
+	'SET SESSION AUTHORIZATION: refused');
+like($tries{listen}, qr/^42501: cannot execute LISTEN within security-restricted operation/, 'LISTEN: refused');
+is($tries{set}, 'ok', 'SET runs ... (rolled back: the next firing saw work_mem=4MB)');
+is($tries{advisory}, 'ok', 'a session advisory lock is taken ... (released: the next firing saw none)');
+like($tries{prepare}, qr/^42501: cannot execute PREPARE within security-restricted operation/, 'PREPARE: refused');
+is(sq(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'evil'}), 'f', 'evil is not superuser');
+is(sq(q{SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 'pg_temp%'})
+	  + sq(q{SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname LIKE 'pg_temp%'})
+	  + sq(q{SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname LIKE 'pg_temp%'}),
+	0, 'no temporary object anywhere (the planted ones included)');
+is(sq("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), '0', 'no advisory lock held by any worker');
+unlike(sq(q{SELECT string_agg(result, ',') FROM public.evil_log WHERE what = 'seen'}), qr/pid=$job_worker /,
+	'the job worker never ran the trigger');
+
+# -- a trigger that sleeps: other roles' work goes on; a cancel fails only it ----------
+make_table('good');
+make_table('sleepy', q{
+	CREATE FUNCTION public.sleepy_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  IF NEW.state = 'completed' THEN PERFORM pg_sleep(3600); END IF;
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER sleepy AFTER UPDATE ON public.sleepy_docs FOR EACH ROW EXECUTE FUNCTION public.sleepy_trigger();});
+my $s1 = insert_row('sleepy');
+$node->poll_query_until('postgres', qq{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE pid = $wb_worker AND wait_event = 'PgSleep'}) or die 'the sleepy trigger never slept';
+my $g1 = submit('good');
+is(wait_for_status($node, $g1, 'completed'), 'completed', "another role's extraction completes while the trigger sleeps");
+is(sq(qq{SELECT count(*) FROM pg_stat_activity WHERE pid = $wb_worker AND wait_event = 'PgSleep'}), '1',
+	'... the trigger is still asleep then');
+is(sq(qq{SELECT status FROM docextract.extractions WHERE id = '$s1'}), 'completed',
+	"the sleeping role's own extraction completed too: only its write-back waits");
+sq("SELECT pg_cancel_backend($wb_worker)");
+$node->poll_query_until('postgres', qq{SELECT writeback_error IS NOT NULL FROM docextract.extractions WHERE id = '$s1'})
+  or die 'no writeback_error after the cancel';
+is(sq(qq{SELECT status || ': ' || writeback_error FROM docextract.extractions WHERE id = '$s1'}),
+	'completed: canceling statement due to user request', 'a cancel (57014) fails that write-back only');
+is(pid_of('docextract write-back worker') . '/' . pid_of('docextract worker'), "$wb_worker/$job_worker",
+	'... neither worker restarted');
+
+# bounded by docextract.writeback_timeout
+sq("ALTER SYSTEM SET docextract.writeback_timeout = '1s'; SELECT pg_reload_conf()");
+my $s2 = insert_row('sleepy');
+$node->poll_query_until('postgres', qq{SELECT writeback_error IS NOT NULL FROM docextract.extractions WHERE id = '$s2'})
+  or die 'the sleeping write-back was never stopped';
+is(sq(qq{SELECT writeback_error FROM docextract.extractions WHERE id = '$s2'}),
+	'canceling statement due to statement timeout', 'a trigger sleeping forever: stopped by writeback_timeout');
+is(sq(qq{SELECT state IS DISTINCT FROM 'completed' FROM public.sleepy_docs WHERE id = 2}), 't',
+	'... its update rolled back');
+
+# a trigger raising 57014 itself, or anything else
+make_table('raiser', q{
+	CREATE FUNCTION public.raiser_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  IF NEW.state = 'completed' THEN RAISE EXCEPTION 'raiser says stop' USING ERRCODE = '57014'; END IF;
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER raiser AFTER UPDATE ON public.raiser_docs FOR EACH ROW EXECUTE FUNCTION public.raiser_trigger();});
+my $r1 = insert_row('raiser');
+my $g2 = insert_row('good');
+$node->poll_query_until('postgres', qq{SELECT writeback_error IS NOT NULL FROM docextract.extractions WHERE id = '$r1'})
+  or die 'raiser: no writeback_error';
+is(sq(qq{SELECT status || ': ' || writeback_error FROM docextract.extractions WHERE id = '$r1'}),
+	'completed: raiser says stop', "a trigger raising 57014: that write-back fails, the extraction stands");
+$node->poll_query_until('postgres', q{SELECT state = 'completed' FROM public.good_docs WHERE id = 1})
+  or die "good's row never written back";
+pass("another role's row is written back meanwhile");
+is(pid_of('docextract write-back worker') . '/' . pid_of('docextract worker'), "$wb_worker/$job_worker",
+	'... no worker took the 57014 for its own cancel');
+
+# -- locks a session holds ----------------------------------------------------------
+# a role's own table locked by that role: others' work goes on, its write-back waits
+make_table('locker');
+server_script($srv, { hold => 'l1' });
+my $l1 = insert_row('locker');
+wait_for_status($node, $l1, 'processing');
+my $lock = $node->background_psql('postgres');
+$lock->query_safe('SET ROLE locker; BEGIN; LOCK TABLE public.locker_docs');
+release('l1');
+is(wait_for_status($node, $l1, 'completed'), 'completed', 'a locked table: the extraction still completes');
+my $g3 = insert_row('good');
+$node->poll_query_until('postgres', q{SELECT state = 'completed' FROM public.good_docs WHERE id = 2})
+  or die "good's row never written back";
+is(sq(qq{SELECT writeback_due IS NOT NULL AND writeback_error IS NULL FROM docextract.extractions WHERE id = '$l1'}), 't',
+	"another role's row is written back while the table is locked; this write-back waits");
+$lock->query_safe('COMMIT');
+$node->poll_query_until('postgres', q{SELECT state = 'completed' FROM public.locker_docs WHERE id = 1})
+  or die 'locker: never written back';
+is(sq(qq{SELECT writeback_due IS NULL AND writeback_error IS NULL FROM docextract.extractions WHERE id = '$l1'}), 't',
+	'... and is written once the lock is released');
+
+# a session left open after extract_document holds its role's credit row
+my $sess = $node->background_psql('postgres');
+sub held_up
+{
+	my ($what, $open, $close, $id, $hold) = @_;
+	my $offset = -s $node->logfile;
+	$sess->query_safe("SET ROLE holder; BEGIN; $open");
+	release($hold);
+	$node->wait_for_log(qr/extraction $id waits for a lock a session holds/, $offset);
+	my $g = submit('good');
+	is(wait_for_status($node, $g, 'completed'), 'completed', "$what: another role's extraction completes");
+	is(sq(qq{SELECT status FROM docextract.extractions WHERE id = '$id'}), 'processing',
+		"... the answered one waits for the lock");
+	$sess->query_safe($close);
+	is(wait_for_status($node, $id, 'completed'), 'completed', "... and is stored once the session ends");
+}
+server_script($srv, { hold => 'h1' });
+my $h1 = submit('holder');
+wait_for_status($node, $h1, 'processing');
+held_up('an open transaction after extract_document',
+	qq{SELECT docextract.extract_document(docextract.add_document('h2.pdf', pdf), '$tid') FROM public.fixture},
+	'COMMIT', $h1, 'h1');
+is(sq(qq{SELECT count(*) FROM docextract.credit_ledger WHERE extraction_id = '$h1' AND kind = 'charge'}), '1',
+	'... its credits settled (charged once)');
+
+# ... after cancel_extraction (the extraction's row), rolled back
+server_script($srv, { hold => 'h3' });
+my $h3 = submit('holder');
+wait_for_status($node, $h3, 'processing');
+held_up('an open transaction after cancel_extraction', "SELECT docextract.cancel_extraction('$h3')",
+	'ROLLBACK', $h3, 'h3');
+
+# ... after approve (the approved extraction and the role's credit row)
+my $h4 = submit('holder', '{"auto_approve": false}');
+wait_for_status($node, $h4, 'awaiting_approval');
+server_script($srv, { hold => 'h5' });
+my $h5 = submit('holder');
+wait_for_status($node, $h5, 'processing');
+held_up('an open transaction after approve', "SELECT docextract.approve('$h4')", 'COMMIT', $h5, 'h5');
+is(sq(qq{SELECT status FROM docextract.extractions WHERE id = '$h4'}), 'completed', '... the approval stands');
+$sess->quit;
+$lock->quit;
+
+# -- 1,000 rows whose trigger sleeps just under the timeout: only that role waits -------
+sq("ALTER SYSTEM SET docextract.writeback_timeout = '250ms'; SELECT pg_reload_conf(); GRANT pg_read_server_files TO slow");
+make_table('slow', q{
+	CREATE FUNCTION public.slow_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $f$;
+	CREATE TRIGGER slow AFTER UPDATE ON public.slow_docs FOR EACH ROW EXECUTE FUNCTION public.slow_trigger();});
+my $hex = unpack('H*', slurp_file($pdf));
+my $copy = "$PostgreSQL::Test::Utils::tmp_check/slow.copy";
+open(my $fh, '>', $copy) or die;
+print $fh "\\\\x$hex\n" for 1 .. 1000;
+close $fh;
+chmod 0644, $copy;
+sq("SET ROLE slow; COPY public.slow_docs (pdf) FROM '$copy'");
+note('COPY committed');
+$node->poll_query_until('postgres', q{SELECT count(*) = 1000 FROM docextract.extractions
+	WHERE owner = 'slow'::regrole AND status = 'completed'}) or die 'the COPY did not complete';
+note('1,000 extractions completed');
+my $g4 = insert_row('good');
+$node->poll_query_until('postgres', q{SELECT state = 'completed' FROM public.good_docs WHERE id = 3})
+  or die "good's row never written back";
+cmp_ok(sq(q{SELECT count(*) FROM docextract.extractions WHERE owner = 'slow'::regrole AND writeback_due IS NOT NULL}),
+	'>', 0, "another role's row is written back before the slow role's 1,000 write-backs are through");
+
+$node->stop;
+done_testing();
