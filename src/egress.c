@@ -64,7 +64,26 @@ static const char *const special_v6[] = {
 	"2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20", NULL
 };
 
-/* Parse "a.b.c.d[/n]" or "x:y::z[/n]"; false if it is neither. */
+/*
+ * An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is its IPv4 address: the
+ * kernel connects to that.  Rewrites *len and addr in place.
+ */
+static void
+unmap(int *len, unsigned char *addr)
+{
+	static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+
+	if (*len == 16 && memcmp(addr, mapped, 12) == 0)
+	{
+		memmove(addr, addr + 12, 4);
+		*len = 4;
+	}
+}
+
+/*
+ * Parse "a.b.c.d[/n]" or "x:y::z[/n]"; false if it is neither.  A range of
+ * IPv4-mapped addresses is the IPv4 range, as addresses are matched.
+ */
 static bool
 parse_range(const char *text, EgressRange *r)
 {
@@ -94,6 +113,12 @@ parse_range(const char *text, EgressRange *r)
 			return false;
 		r->bits = (int) bits;
 	}
+	if (r->len == 16 && r->bits >= 96)
+	{
+		unmap(&r->len, r->addr);
+		if (r->len == 4)
+			r->bits -= 96;
+	}
 	return true;
 }
 
@@ -119,22 +144,6 @@ in_any(const char *const *list, int len, const unsigned char *addr)
 			return true;
 	}
 	return false;
-}
-
-/*
- * An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is its IPv4 address: the
- * kernel connects to that.  Rewrites *len and addr in place.
- */
-static void
-unmap(int *len, unsigned char *addr)
-{
-	static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
-
-	if (*len == 16 && memcmp(addr, mapped, 12) == 0)
-	{
-		memmove(addr, addr + 12, 4);
-		*len = 4;
-	}
 }
 
 static bool

@@ -147,10 +147,13 @@ like(err_of('bob', "SELECT docextract.set_webhook_enabled('$hook_b', true)"), qr
 	"bob cannot enable alice's webhook");
 
 # -- a queue full of slow jobs does not hold events back -------------------------
-# max_inflight 8, twelve jobs whose model answers take 2 s: the job slots are
-# full, yet the queued events go out at once (deliveries are claimed first).
+# max_inflight 8, twelve jobs whose model answers take 5 s: the job slots are
+# full, yet the queued events go out at once: deliveries have slots of their
+# own (max_webhook_inflight).  When they shared max_inflight, a worker that
+# claimed the jobs before it saw the deliveries' signal (it spun, so it was
+# usually mid-loop) left the events waiting for the jobs: "8 completed".
 server_reset($srv);
-server_script($srv, map { { delay_ms => 2000 } } 1 .. 12);
+server_script($srv, map { { delay_ms => 5000 } } 1 .. 12);
 my $hook_q = as('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/queued', '$secret', '{extraction.queued}')");
 my $t0 = time();
 sq('SET ROLE alice; BEGIN;' . join('', map { "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}');" } 1 .. 12) . 'COMMIT;');

@@ -117,7 +117,11 @@ is(scalar @{ hooks_received($recv) }, 0, '... and the receiver got nothing');
 is(server_stats($recv)->{connections}, 0, '... not even a connection');
 
 # -- the policy widened: delivered ------------------------------------------------------
-set_policy('public, 127.0.0.0/8');
+set_policy('public, 127.0.0.0/8, ::ffff:192.168.7.0/120');
+is(as('alice', q{SELECT string_agg(a || '=' || docextract.egress_allowed(a::inet), ' ') FROM
+	unnest('{127.0.0.1,::ffff:127.0.0.2,::1,10.0.0.1,192.168.7.9,192.168.8.1}'::text[]) a}),
+	'127.0.0.1=true ::ffff:127.0.0.2=true ::1=false 10.0.0.1=false 192.168.7.9=true 192.168.8.1=false',
+	'a widened policy: its ranges (a mapped range as its IPv4 range), still nothing else');
 my $hook_ip = as('alice', "SELECT docextract.add_webhook('$recv->{url}/hooks/ip', '$secret', '{extraction.completed}')");
 $e = extract_as_alice();
 wait_for_status($node, $e, 'completed');
