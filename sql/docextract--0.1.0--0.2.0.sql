@@ -188,8 +188,9 @@ REVOKE ALL ON FUNCTION docextract.run_write_backs() FROM PUBLIC;
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for
 -- those), and without public or "$user", where other roles may create
--- functions and operators that match a call better than pg_catalog's.  Whoever runs them, superusers and the worker included, they never
--- resolve a name to a user's object.  Keep this last: CREATE OR REPLACE
+-- functions and operators that match a call better than pg_catalog's.
+-- Whoever runs them, superusers and the worker included, they never resolve
+-- a name to a user's object.  Keep this last: CREATE OR REPLACE
 -- FUNCTION above may have replaced a function's SET clauses.
 DO $$
 DECLARE

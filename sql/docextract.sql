@@ -791,8 +791,9 @@ REVOKE ALL ON FUNCTION docextract.create_system_template(text, jsonb, jsonb, jso
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for
 -- those), and without public or "$user", where other roles may create
--- functions and operators that match a call better than pg_catalog's.  Whoever runs them, superusers and the worker included, they never
--- resolve a name to a user's object.  Keep this last: it covers every
+-- functions and operators that match a call better than pg_catalog's.
+-- Whoever runs them, superusers and the worker included, they never resolve
+-- a name to a user's object.  Keep this last: it covers every
 -- function created above, including those whose CREATE omits the clause.
 DO $$
 DECLARE

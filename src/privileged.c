@@ -52,13 +52,26 @@ docextract_extension_owner(void)
 }
 
 /*
- * Switch to the extension owner.  An error before privileged_end() is fine:
+ * Become role, with a search_path that no role's objects can shadow (the
+ * locked path, pg_temp last).  An error before the matching end is fine:
  * transaction abort restores the user id and the GUC nest level.
  */
+static void
+switch_user(Privileged *p, Oid role, int sec_context)
+{
+	GetUserIdAndSecContext(&p->save_userid, &p->save_sec_context);
+	SetUserIdAndSecContext(role, p->save_sec_context | SECURITY_LOCAL_USERID_CHANGE | sec_context);
+	p->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, docextract, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+/* Switch to the extension owner, to write what the caller may not write itself. */
 void
 privileged_begin(Privileged *p)
 {
-	act_as_begin(p, docextract_extension_owner());
+	switch_user(p, docextract_extension_owner(), 0);
 }
 
 void
@@ -68,9 +81,13 @@ privileged_end(Privileged *p)
 }
 
 /*
- * Act as role, as SET ROLE would, with the locked search_path: the worker
- * does a job's reads (and, later, writes into user tables) with the rights
- * of the role that submitted it, row-level security included.
+ * Act as role, as SET ROLE would: the worker does a job's reads and the
+ * write-back into a user's table with the rights of the role that submitted
+ * it, row-level security included.  The user's code that this can run (its
+ * triggers, index expressions, defaults) runs as a security-restricted
+ * operation, as PostgreSQL runs it for maintenance commands: it cannot
+ * create temporary objects in the worker's session, nor queue deferred
+ * triggers, which would fire at commit with the worker's rights.
  */
 void
 act_as_begin(Privileged *p, Oid role)
@@ -79,12 +96,7 @@ act_as_begin(Privileged *p, Oid role)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("role with OID %u no longer exists", role)));
-	GetUserIdAndSecContext(&p->save_userid, &p->save_sec_context);
-	SetUserIdAndSecContext(role, p->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	p->save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, docextract, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
+	switch_user(p, role, SECURITY_RESTRICTED_OPERATION);
 }
 
 void
