@@ -12,8 +12,10 @@ Speaks the URLs of the three providers (OpenAI .../chat/completions, Gemini
   GET  /_paths     every path requested, in order
   POST /_reset
 
-The model a request names can name its case instead: a case's name, or
-random-<seed>; so each of many extractions in flight at once gets its own.
+The model a request names can name its case instead: a case's name, so each
+of many extractions in flight at once gets its own; or random-<base>: the
+provider's next random case (seeds base, base+3, ... for OpenAI, +1 for
+Gemini, +2 for Anthropic).
 A named case (CASES below) is raw bytes for the provider of the request:
 JSON null where an object belongs, wrong types, U+0000, invalid UTF-8,
 nesting 100k deep, hundreds of MB, truncation, a garbage status line, a
@@ -34,7 +36,7 @@ import random
 import re
 import sys
 
-STATE = {"script": [], "log": [], "paths": []}
+STATE = {"script": [], "log": [], "paths": [], "random_count": {}}
 
 ANSWER = {
     "general": {"invoice_number": "INV-1", "invoice_date": "2026-03-14", "due_date": "April 13, 2026",
@@ -325,7 +327,11 @@ def action_named(path, body):
         except (ValueError, AttributeError):
             return None
     if isinstance(name, str) and re.fullmatch(r"random-\d+", name):
-        return {"random": int(name.split("-")[1])}
+        # seeds base, base+3, base+6... for openai; +1 for gemini, +2 for anthropic
+        provider = provider_of(path)
+        n = STATE["random_count"].get(provider, 0)
+        STATE["random_count"][provider] = n + 1
+        return {"random": int(name.split("-")[1]) + 3 * n + ["openai", "gemini", "anthropic"].index(provider)}
     return {"case": name} if name in CASES or name in SPECIAL else None
 
 
@@ -360,7 +366,7 @@ async def answer(writer, path, body):
         writer.write(http(200, json.dumps(STATE["paths"])))
         return
     if path.startswith("/_reset"):
-        STATE.update(script=[], log=[], paths=[])
+        STATE.update(script=[], log=[], paths=[], random_count={})
         writer.write(http(200, "{}"))
         return
     STATE["paths"].append(path)
