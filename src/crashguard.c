@@ -99,7 +99,7 @@ crashguard_requeue_orphans(bool after_crash, int *failed)
 	if (!after_crash)
 		return queue_requeue_orphans();
 	SPI_connect();
-	SPI_execute("SELECT count(*) FROM docextract.extractions WHERE status = 'processing'", true, 1);
+	SPI_execute("SELECT count(*) FROM docextract.extractions WHERE " ORPHANED_PROCESSING, true, 1);
 	n = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (n > 0 &&
 		SPI_execute_with_args("WITH o AS (UPDATE docextract.extractions"
@@ -110,7 +110,7 @@ crashguard_requeue_orphans(bool after_crash, int *failed)
 							  "        format('the docextract worker stopped %s times while processing this extraction"
 							  " (docextract.max_crashes = %s); it is not tried again', crashes + 1, $2)"
 							  "        ELSE error_message END"
-							  "  WHERE status = 'processing' RETURNING status)"
+							  "  WHERE " ORPHANED_PROCESSING " RETURNING status)"
 							  " SELECT count(*) FILTER (WHERE status = 'failed') FROM o",
 							  2, (Oid[]) {BOOLOID, INT4OID},
 							  (Datum[]) {BoolGetDatum(n == 1), Int32GetDatum(docextract_max_crashes)},

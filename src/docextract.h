@@ -357,6 +357,15 @@ typedef struct ClaimedJob
 } ClaimedJob;
 
 extern int	queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms);
+/*
+ * Rows a previous worker left processing, less those an extract_sync call's
+ * own worker is running (it outlives a restart of the database's worker).
+ */
+#define ORPHANED_PROCESSING \
+	"status = 'processing' AND (worker_pid IS NULL OR worker_pid NOT IN" \
+	" (SELECT a.pid FROM pg_catalog.pg_stat_activity a" \
+	"   WHERE a.backend_type = 'docextract sync worker'))"
+
 extern int	queue_requeue_orphans(void);
 extern void queue_fail(pg_uuid_t *id, const char *message);
 extern void queue_retry(pg_uuid_t *id, const char *message, long delay_ms);

@@ -380,8 +380,11 @@ queue_requeue_orphans(void)
 	int			n;
 
 	SPI_connect();
-	SPI_execute("UPDATE docextract.extractions SET status = 'pending', worker_pid = NULL"
-				" WHERE status = 'processing'", false, 0);
+	if (SPI_execute("UPDATE docextract.extractions SET status = 'pending', worker_pid = NULL"
+					" WHERE " ORPHANED_PROCESSING, false, 0) != SPI_OK_UPDATE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not requeue the extractions of the previous worker")));
 	n = (int) SPI_processed;
 	SPI_finish();
 	return n;

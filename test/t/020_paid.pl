@@ -219,6 +219,32 @@ is(balance('alice'), '13', '... nothing charged');
 server_reset($srv);
 is(json_of(alice("SELECT $sync)"))->{status}, 'completed', 'and the next call works');
 is(balance('alice'), '12', '... charged');
+
+# -- the database's worker restarting mid-call leaves the call's row alone -------------
+# (Its start requeues what a previous worker left processing: not what a
+# call's own worker is running, which would send a second, paid request.)
+server_reset($srv);
+server_script($srv, { delay_ms => 60000 });
+($in, $o, $errs) = ('', '', '');
+$h = IPC::Run::start([ 'psql', '-X', '-U', 'alice', '-d', $node->connstr('postgres'), '-c',
+	"SELECT $sync)" ], '<', \$in, '>', \$o, '2>', \$errs);
+for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+is(server_stats($srv)->{inflight}, 1, 'a call waits on the model');
+my $old_worker = worker_pid($node);
+sq("SELECT pg_terminate_backend($old_worker)");
+# The new worker's first wait comes after its first look at the queue.
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract worker' AND pid <> $old_worker AND wait_event = 'Extension'")
+  or die 'no new worker waiting';
+is(sq("SELECT status || ' ' || (worker_pid = (SELECT pid FROM pg_stat_activity
+	WHERE backend_type = 'docextract sync worker')) FROM docextract.extractions
+	ORDER BY created_at DESC LIMIT 1"), 'processing true',
+	"a new database worker leaves the call's row to the call's worker");
+sq("SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+	WHERE query LIKE '%extract_sync%' AND pid <> pg_backend_pid()");
+$h->finish;
+wait_none_processing();
+is(server_stats($srv)->{count}, 1, '... and the model got one request');
 $node->stop;
 
 # -- without the preload: a dynamic worker all the same -------------------------------
