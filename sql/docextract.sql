@@ -340,7 +340,11 @@ BEGIN
     INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
     SELECT w.id, event_id, w.owner FROM docextract.webhooks w
      WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
-       AND pg_has_role(w.owner, NEW.owner, 'MEMBER');
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
+    -- A webhook a session is dropping (its row held until that session
+    -- ends) gets no delivery: the worker, whose status changes land
+    -- here, never waits for a role's open transaction.
+       FOR KEY SHARE OF w SKIP LOCKED;
     IF FOUND THEN
         PERFORM docextract.deliveries_queued();
     END IF;

@@ -301,15 +301,28 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	return n;
 }
 
+/*
+ * A session that drops or changes a webhook (drop_webhook cascades to its
+ * deliveries) holds those rows until it ends: the worker must not wait for
+ * it.  A delivery whose row is held is left to its lease; a webhook whose
+ * row is held keeps its failure count this time.
+ */
+#define DELIVERY_UNLOCKED \
+	"(SELECT x.id FROM docextract.webhook_deliveries x WHERE x.id = $1 FOR UPDATE SKIP LOCKED)"
+#define WEBHOOK_UNLOCKED \
+	" wl AS (SELECT h.id FROM docextract.webhooks h WHERE h.id IN (SELECT webhook_id FROM d)" \
+	"        FOR NO KEY UPDATE SKIP LOCKED)"
+
 static void
 record_delivered(Delivery *d)
 {
 	SPI_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
 						  "   SET status = 'delivered', in_flight = false, delivered_at = clock_timestamp(),"
 						  "       response_status = $2, last_error = NULL"
-						  "  WHERE id = $1 RETURNING webhook_id)"
+						  "  WHERE id = " DELIVERY_UNLOCKED " RETURNING webhook_id),"
+						  WEBHOOK_UNLOCKED
 						  " UPDATE docextract.webhooks w SET consecutive_failures = 0"
-						  "   FROM d WHERE w.id = d.webhook_id",
+						  "   FROM wl WHERE w.id = wl.id",
 						  2, (Oid[]) {INT8OID, INT4OID},
 						  (Datum[]) {Int64GetDatum(d->id), Int32GetDatum((int32) d->req.status)},
 						  NULL, false, 0);
@@ -327,7 +340,8 @@ record_failed(Delivery *d, const char *error)
 						  "   SET in_flight = false, response_status = $2, last_error = $3,"
 						  "       status = CASE WHEN attempts >= $4 THEN 'failed' ELSE 'pending' END,"
 						  "       next_attempt_at = clock_timestamp() + make_interval(secs => $5)"
-						  "  WHERE id = $1 RETURNING webhook_id)"
+						  "  WHERE id = " DELIVERY_UNLOCKED " RETURNING webhook_id),"
+						  WEBHOOK_UNLOCKED
 						  " UPDATE docextract.webhooks w"
 						  "    SET consecutive_failures = w.consecutive_failures + 1,"
 						  "        enabled = w.enabled AND w.consecutive_failures + 1 < $6,"
@@ -335,7 +349,7 @@ record_failed(Delivery *d, const char *error)
 						  "          THEN format('disabled after %s consecutive failed deliveries; the last: %s',"
 						  "                      w.consecutive_failures + 1, $3)"
 						  "          ELSE w.disabled_reason END"
-						  "   FROM d WHERE w.id = d.webhook_id",
+						  "   FROM wl WHERE w.id = wl.id",
 						  6, (Oid[]) {INT8OID, INT4OID, TEXTOID, INT4OID, FLOAT8OID, INT4OID},
 						  (Datum[]) {Int64GetDatum(d->id), Int32GetDatum((int32) d->req.status),
 							  CStringGetTextDatum(error),

@@ -267,8 +267,31 @@ wait_for_status($node, $h4, 'awaiting_approval');
 server_script($srv, { hold => 'h5' });
 my $h5 = submit('holder');
 wait_for_status($node, $h5, 'processing');
-held_up('an open transaction after approve', "SELECT docextract.approve('$h4')", 'COMMIT', $h5, 'h5');
+# (approve charges nothing: the answer was charged when it was stored, so it
+# holds only the approved extraction, and the role's other work goes on.)
+$sess->query_safe("SET ROLE holder; BEGIN; SELECT docextract.approve('$h4')");
+release('h5');
+is(wait_for_status($node, $h5, 'completed'), 'completed',
+	"an open transaction after approve: the role's answered extraction is stored");
+is(wait_for_status($node, submit('good'), 'completed'), 'completed', "... and another role's completes");
+$sess->query_safe('COMMIT');
 is(sq(qq{SELECT status FROM docextract.extractions WHERE id = '$h4'}), 'completed', '... the approval stands');
+
+# ... after drop_webhook (the webhook's row and its deliveries', which every
+# status change of that role's extractions would otherwise wait on)
+my $hook = sq(q{SET ROLE holder;
+	SELECT docextract.add_webhook('http://localhost:1/hooks', 'a-long-shared-secret-for-holder')});
+server_script($srv, { hold => 'h6' });
+my $h6 = submit('holder');
+wait_for_status($node, $h6, 'processing');
+$sess->query_safe("SET ROLE holder; BEGIN; SELECT docextract.drop_webhook('$hook')");
+release('h6');
+my $g = submit('good');
+is(wait_for_status($node, $g, 'completed'), 'completed',
+	"an open transaction after drop_webhook: another role's extraction completes");
+is(wait_for_status($node, $h6, 'completed'), 'completed',
+	'... and so does the answered one, its event not queued for the webhook being dropped');
+$sess->query_safe('ROLLBACK');
 $sess->quit;
 $lock->quit;
 
