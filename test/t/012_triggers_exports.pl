@@ -38,8 +38,10 @@ is(sq(q{SELECT x.owner FROM docextract.extractions x WHERE x.target_table = 'pub
 sq('GRANT SELECT, INSERT ON public.invoices TO other; GRANT USAGE ON SEQUENCE public.invoices_id_seq TO other;
 	GRANT SELECT ON public.fixture TO other');
 $node->safe_psql('postgres', 'SET ROLE other; INSERT INTO public.invoices (pdf) SELECT pdf FROM public.fixture');
+# (Each status change has its write-back: wait for the last one, of 'completed'.)
 $node->poll_query_until('postgres',
-	q{SELECT writeback_error IS NOT NULL FROM docextract.extractions WHERE owner = 'other'::regrole})
+	q{SELECT status = 'completed' AND writeback_due IS NULL AND writeback_error IS NOT NULL
+	    FROM docextract.extractions WHERE owner = 'other'::regrole})
   or die 'no write-back attempt';
 is(sq(q{SELECT status || ': ' || writeback_error FROM docextract.extractions WHERE owner = 'other'::regrole}),
 	'completed: permission denied for table invoices', 'no UPDATE right: completed, nothing written, and why');

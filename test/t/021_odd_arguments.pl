@@ -58,7 +58,8 @@ my %good_by_name = (
 	value => q{'"1,234.50"'::jsonb}, format_type => "'number'", format => "'csv'",
 	options => q{'{}'::jsonb}, url => "'$srv->{url}/hooks/odd'",
 	secret => "'0123456789abcdef0123456789abcdef'", enabled => 'true', timestamp => '1::bigint',
-	body => "'{}'", amount => '1::bigint', old_status => "'pending'", new_status => "'completed'");
+	body => "'{}'", amount => '1::bigint', old_status => "'pending'", new_status => "'completed'",
+	address => "'192.0.2.1'::inet", for_superuser => 'false');
 my %good_by_type = (uuid => 'gen_random_uuid()', text => "'x'", jsonb => "'{}'::jsonb",
 	bytea => '(SELECT f.pdf FROM public.fixture f)', bigint => '1::bigint', integer => '1', boolean => 'true',
 	'uuid[]' => "ARRAY['$done']::uuid[]", 'text[]' => 'NULL::text[]', name => 'current_user');
@@ -67,6 +68,8 @@ my %good_by_type = (uuid => 'gen_random_uuid()', text => "'x'", jsonb => "'{}'::
 my $deep = '[' x 5000 . ']' x 5000;
 my $deep_obj = '{"a":' x 3000 . '1' . '}' x 3000;
 my %odd_by_type = (
+	inet => [ "'0.0.0.0/0'::inet", "'::'::inet", "'::ffff:127.0.0.1/128'::inet", "'255.255.255.255'::inet",
+		"'fe80::1%eth0'::inet" ],
 	uuid => [ "'00000000-0000-0000-0000-000000000000'::uuid", "'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid",
 		'gen_random_uuid()' ],
 	text => [ "''", "' '", "'%s%s%s%n%x'", "repeat('x', 100000)", "E'line\\nbreak\\ttab'", "'ünï ☃'",
