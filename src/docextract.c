@@ -327,8 +327,9 @@ define_settings(void)
 	MarkGUCPrefixReserved("docextract");
 }
 
-static void
-register_worker(void)
+/* A worker started with the server, restarted a second after it stops. */
+void
+register_static_worker(const char *function, const char *name)
 {
 	BackgroundWorker worker;
 
@@ -337,9 +338,9 @@ register_worker(void)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = 1;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "docextract");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "docextract_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "docextract worker");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "docextract worker");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", name);
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -358,6 +359,6 @@ _PG_init(void)
 	shmem_request_hook = docextract_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = docextract_shmem_startup;
-	register_worker();
-	writeback_worker_register();
+	register_static_worker("docextract_worker_main", "docextract worker");
+	register_static_worker("docextract_writeback_main", "docextract write-back worker");
 }

@@ -88,6 +88,7 @@ extern void docextract_signal_at_commit(WorkerSignal signal);
 extern uint64 docextract_signal_generation(WorkerSignal signal);
 extern void docextract_worker_publish(Latch *latch, Oid dboid);
 extern void docextract_worker_unpublish(void);
+extern void register_static_worker(const char *function, const char *name);
 
 /* privileged.c: acting as the extension owner on behalf of a caller -------- */
 
@@ -109,6 +110,7 @@ extern void check_visible(const char *what, const char *sql, Datum id, Oid calle
 
 /* version.c: the schema the library runs against --------------------------- */
 
+extern bool docextract_extension_row(Oid *owner, char **version);
 extern char *docextract_installed_version(void);
 extern bool docextract_schema_ready(void);
 
@@ -479,7 +481,6 @@ extern int	docextract_writeback_lock_timeout_ms;
 
 extern bool writeback_run(Datum id, bool bounded);
 extern void writeback_define_settings(void);
-extern void writeback_worker_register(void);
 extern void writeback_wake_at_commit(void);	/* docextract.c */
 extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c */
 

@@ -22,35 +22,46 @@
 #include "utils/rel.h"
 
 /*
- * The installed version of the extension in this database, or NULL if it is
- * not installed.  Palloc'd in the current memory context.
+ * The extension's row in this database: its owner and installed version
+ * (palloc'd).  False if it is not installed.
  */
-char *
-docextract_installed_version(void)
+bool
+docextract_extension_row(Oid *owner, char **version)
 {
 	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tup;
-	char	   *version = NULL;
+	bool		found;
 
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
 				F_NAMEEQ, CStringGetDatum("docextract"));
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
+	found = HeapTupleIsValid(tup);
+	if (found)
 	{
 		bool		isnull;
 		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
 									 RelationGetDescr(rel), &isnull);
 
-		if (!isnull)
-			version = text_to_cstring(DatumGetTextPP(d));
+		*owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+		*version = isnull ? NULL : text_to_cstring(DatumGetTextPP(d));
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	return version;
+	return found;
+}
+
+/* The installed version, or NULL if the extension is not installed. */
+char *
+docextract_installed_version(void)
+{
+	Oid			owner;
+	char	   *version;
+
+	return docextract_extension_row(&owner, &version) ? version : NULL;
 }
 
 /*

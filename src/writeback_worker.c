@@ -48,22 +48,6 @@ writeback_define_settings(void)
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 }
 
-void
-writeback_worker_register(void)
-{
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "docextract");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "docextract_writeback_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "docextract write-back worker");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "docextract write-back worker");
-	RegisterBackgroundWorker(&worker);
-}
-
 /*
  * The next due write-back, owners in turn: those after last_owner first,
  * except those whose outcome could not be recorded lately ($2).
