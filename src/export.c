@@ -178,7 +178,9 @@ load_set(Datum ids, ExportFormat format, ExportSet *set)
 	schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	err = template_parse(schema, NULL, NULL, &set->tmpl);
 	if (err)
-		elog(ERROR, "template no longer valid: %s", err);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("template no longer valid: %s", err)));
 	choose_columns(set, format);
 	SPI_finish();
 }
@@ -407,7 +409,9 @@ xlsx_write(ExportSet *set, const char *path, char *tmpdir)
 	lxw_error	rc;
 
 	if (wb == NULL)
-		elog(ERROR, "could not create workbook \"%s\"", path);
+		ereport(ERROR,
+				(errcode(ERRCODE_IO_ERROR),
+				 errmsg("could not create workbook \"%s\"", path)));
 	o.sheet = workbook_add_worksheet(wb, "extractions");
 	bold = workbook_add_format(wb);
 	format_set_bold(bold);
@@ -419,7 +423,9 @@ xlsx_write(ExportSet *set, const char *path, char *tmpdir)
 		worksheet_write_string(o.sheet, 0, c + 2, set->columns[c].header, bold);
 	for_each_line(set, xlsx_line, &o);
 	if ((rc = workbook_close(wb)) != LXW_NO_ERROR)
-		elog(ERROR, "could not write workbook: %s", lxw_strerror(rc));
+		ereport(ERROR,
+				(errcode(ERRCODE_IO_ERROR),
+				 errmsg("could not write workbook: %s", lxw_strerror(rc))));
 }
 
 static bytea *

@@ -170,8 +170,10 @@ resolve_api_key(char *stored)
 		return stored;
 	value = getenv(stored + 4);
 	if (value == NULL || value[0] == '\0')
-		elog(ERROR, "the model's api_key names environment variable %s, which is not set in the server's environment",
-			 stored + 4);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the model's api_key names environment variable %s, which is not set in the server's environment",
+						stored + 4)));
 	return pstrdup(value);
 }
 
@@ -184,9 +186,13 @@ load_model(Job *job, char **options)
 	if (SPI_execute_with_args(model_query, 1, (Oid[]) {UUIDOID},
 							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
-		elog(ERROR, "extraction %s no longer exists", job_id_text(job));
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extraction %s no longer exists", job_id_text(job))));
 	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3) == NULL)
-		elog(ERROR, "the extraction's model no longer exists");
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the extraction's model no longer exists")));
 	*options = col_text(2);
 
 	/* What outlives this transaction goes into the job's context. */
@@ -201,7 +207,9 @@ load_model(Job *job, char **options)
 	read_json_options(col_text(7), NULL, &job->model);
 	job->provider = provider_lookup(job->model.provider);
 	if (job->provider == NULL)
-		elog(ERROR, "provider \"%s\" is not available", job->model.provider);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("provider \"%s\" is not available", job->model.provider)));
 }
 
 /*
@@ -222,8 +230,10 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 						  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1);
 	act_as_end(&as_owner);
 	if (SPI_processed != 1)
-		elog(ERROR, "the document or template of extraction %s is not visible to role %s, which submitted it",
-			 job_id_text(job), GetUserNameFromId(job->owner, false));
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the document or template of extraction %s is not visible to role %s, which submitted it",
+						job_id_text(job), GetUserNameFromId(job->owner, false))));
 
 	MemoryContextSwitchTo(call_cxt);
 	doc->filename = col_text(1);
@@ -233,7 +243,9 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 		bytea	   *content;
 
 		if (isnull)
-			elog(ERROR, "document \"%s\" has no content any more", doc->filename);
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("document \"%s\" has no content any more", doc->filename)));
 		content = DatumGetByteaPP(d);
 		doc->data = VARDATA_ANY(content);
 		doc->len = VARSIZE_ANY_EXHDR(content);
@@ -245,7 +257,9 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 	job->rules = col_text(8);
 	err = template_parse(col_text(6), col_text(7), job->rules, &job->tmpl);
 	if (err)
-		elog(ERROR, "template no longer valid: %s", err);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("template no longer valid: %s", err)));
 }
 
 /* The parts' templates: the whole, or the general fields and the line items apart. */

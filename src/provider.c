@@ -64,7 +64,9 @@ request_body(json_object *req)
 
 	json_object_put(req);
 	if (body == NULL)
-		elog(ERROR, "out of memory building a request");
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory building a request")));
 	return body;
 }
 

@@ -221,12 +221,16 @@ docextract_approve(PG_FUNCTION_ARGS)
 						  " WHERE r.extraction_id = $1",
 						  1, (Oid[]) {UUIDOID}, &id, NULL, true, 1);
 	if (SPI_processed == 0)
-		elog(ERROR, "extraction %s awaits approval but has no result", uuid_text(id));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extraction %s awaits approval but has no result", uuid_text(id))));
 	rules = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 	err = template_parse(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2),
 						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), rules, &t);
 	if (err)
-		elog(ERROR, "the extraction's template is no longer valid: %s", err);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the extraction's template is no longer valid: %s", err)));
 	review_data(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
 				PG_ARGISNULL(1) ? NULL : jsonb_text(PG_GETARG_DATUM(1)), &t, rules,
 				&data_text, &validation_text);

@@ -108,6 +108,7 @@ sub new_node
 		$opt{install_path} ? (install_path => $opt{install_path}) : ());
 	$node->init;
 	$node->append_conf('postgresql.conf', qq{
+log_line_prefix = '%m [%p] %e %q%a '
 shared_preload_libraries = 'docextract'
 docextract.poll_interval = '60s'
 docextract.max_inflight = 8
@@ -184,9 +185,32 @@ sub worker_pid
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract worker'");
 }
 
+# No error of docextract's may reach anyone as XX000 (internal_error): each
+# node's log names every error's SQLSTATE (log_line_prefix %e), and a test
+# file whose servers logged one fails here, listing them.
+sub internal_errors
+{
+	my @found;
+	for my $log (glob("$PostgreSQL::Test::Utils::log_path/*.log"))
+	{
+		open(my $fh, '<', $log) or next;
+		while (my $line = <$fh>)
+		{
+			push @found, "$log: $line" if $line =~ /\] XX000 .*(ERROR|FATAL|PANIC):/;
+		}
+		close $fh;
+	}
+	return @found;
+}
+
 END
 {
 	kill 'TERM', @servers if @servers;
+	if (my @found = internal_errors())
+	{
+		diag("errors logged as XX000 (internal_error):\n" . join('', @found[0 .. ($#found < 19 ? $#found : 19)]));
+		$? = 1 if $? == 0;
+	}
 }
 
 1;
