@@ -34,21 +34,22 @@ static json_object *
 user_content(const ModelConfig *m, const DocumentInput *d)
 {
 	bool		is_pdf = strcmp(d->content_type, "application/pdf") == 0;
-	json_object *parts = json_object_new_array();
-	json_object *part = json_object_new_object();
-	json_object *inner = json_object_new_object();
+	json_object *parts;
+	json_object *part;
+	json_object *inner;
 
 	if (is_pdf && !m->send_file)
 	{
+		/* Before any json-c allocation: parsing may raise an error. */
 		const char *text = d->text ? d->text : pdf_text(d->data, d->len);
 
-		json_object_put(parts);
-		json_object_put(part);
-		json_object_put(inner);
 		return json_object_new_string(psprintf("Document \"%s\" (%d pages). Its text, pages "
 											   "separated by form feeds:\n\n%s",
 											   d->filename, d->page_count, text));
 	}
+	parts = json_object_new_array();
+	part = json_object_new_object();
+	inner = json_object_new_object();
 	json_object_array_add(parts, text_part(document_intro(d)));
 	if (is_pdf)
 	{
