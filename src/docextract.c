@@ -131,6 +131,7 @@ docextract_shmem_startup(void)
 		docextract_shared->writeback_latch = NULL;
 		docextract_shared->writeback_dboid = InvalidOid;
 		docextract_shared->writeback_pid = 0;
+		docextract_shared->writeback_running_set = false;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

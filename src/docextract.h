@@ -79,6 +79,9 @@ typedef struct DocextractShared
 	Latch	   *writeback_latch;
 	Oid			writeback_dboid;
 	pid_t		writeback_pid;
+	/* The write-back whose user code runs now, and whether it overran (writeback_worker.c). */
+	volatile bool writeback_running_set;
+	pg_uuid_t	writeback_running;
 } DocextractShared;
 
 extern DocextractShared *docextract_shared;
@@ -475,6 +478,14 @@ extern bool job_busy(Job *job);	/* job.c: its status change waits for a lock */
 
 /* A write-back that met a lock is tried again this much later. */
 #define WRITEBACK_RETRY_MS 1000
+/*
+ * A write-back's user code that outlives docextract.writeback_timeout by
+ * this much (it caught the cancel) stops the write-back worker: a FATAL no
+ * trigger can catch.  Its row was leased first, so it waits its turn again.
+ */
+#define WRITEBACK_GRACE_MS 1000
+extern int	writeback_deadline_timeout;	/* a TimeoutId, -1 outside the worker */
+extern bool writeback_lease(Datum id);
 
 extern int	docextract_writeback_timeout_ms;
 extern int	docextract_writeback_lock_timeout_ms;

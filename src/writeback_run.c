@@ -37,6 +37,7 @@
 #include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
+#include "utils/timeout.h"
 
 PG_FUNCTION_INFO_V1(docextract_write_back);
 PG_FUNCTION_INFO_V1(docextract_run_write_backs);
@@ -229,6 +230,8 @@ disarm(bool bounded)
 	if (!bounded)
 		return;
 	disable_timeout(STATEMENT_TIMEOUT, false);
+	if (writeback_deadline_timeout >= 0)
+		disable_timeout((TimeoutId) writeback_deadline_timeout, false);
 	if (get_timeout_indicator(STATEMENT_TIMEOUT, true))
 		QueryCancelPending = false;
 }
@@ -251,7 +254,12 @@ attempt(WriteBack *w, int *sqlstate)
 	PG_TRY();
 	{
 		if (w->bounded)
+		{
 			enable_timeout_after(STATEMENT_TIMEOUT, docextract_writeback_timeout_ms);
+			if (writeback_deadline_timeout >= 0)
+				enable_timeout_after((TimeoutId) writeback_deadline_timeout,
+									 docextract_writeback_timeout_ms + WRITEBACK_GRACE_MS);
+		}
 		write_back_step(w);
 		disarm(w->bounded);
 		check_no_temp_schema("a write-back may not create temporary objects");
@@ -367,6 +375,34 @@ clean_session(void)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("docextract: a write-back left a temporary schema in the write-back worker's session")));
 	LockReleaseSession(USER_LOCKMETHOD);
+}
+
+/*
+ * Before the worker runs a write-back's user code: push its due time past
+ * one attempt, committed apart.  If that code stops the worker
+ * (WRITEBACK_GRACE_MS), the row waits its turn like any other instead of
+ * being run first again; a finished attempt records its own outcome.
+ * False if a session holds the row: leave it for a while.  In a
+ * transaction.
+ */
+bool
+writeback_lease(Datum id)
+{
+	bool		leased;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("UPDATE docextract.extractions"
+							  " SET writeback_due = clock_timestamp() + $2 * interval '1 millisecond'"
+							  " WHERE id = (SELECT x.id FROM docextract.extractions x WHERE x.id = $1"
+							  "             AND x.writeback_due IS NOT NULL FOR UPDATE SKIP LOCKED)",
+							  2, (Oid[]) {UUIDOID, INT4OID},
+							  (Datum[]) {id, Int32GetDatum(docextract_writeback_timeout_ms + 60 * 1000)},
+							  NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not lease a write-back");
+	leased = SPI_processed == 1;
+	SPI_finish();
+	return leased;
 }
 
 /*

@@ -26,6 +26,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 
 PGDLLEXPORT void docextract_writeback_main(Datum main_arg);
 
@@ -154,7 +155,72 @@ pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
 	return found;
 }
 
-/* One write-back in a transaction of its own.  True if one was due. */
+int			writeback_deadline_timeout = -1;
+
+/* Past the grace after writeback_timeout: stop, as SIGTERM would. */
+static void
+writeback_deadline_reached(void)
+{
+	docextract_shared->writeback_running_set = true;	/* a byte: safe here */
+	ProcDiePending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+/*
+ * Which write-back's user code runs now, in shared memory so that it
+ * outlives a stop; the deadline's handler marks it as the reason.
+ */
+static void
+set_running(Datum id)
+{
+	SpinLockAcquire(&docextract_shared->mutex);
+	docextract_shared->writeback_running_set = false;
+	if (id != (Datum) 0)
+		docextract_shared->writeback_running = *DatumGetUUIDP(id);
+	SpinLockRelease(&docextract_shared->mutex);
+}
+
+/*
+ * At start: a write-back that was running when the previous worker stopped
+ * stopped it (its triggers ignored the cancel).  Say so on its row; its
+ * lease keeps it from running again at once.
+ */
+static void
+record_stopped_write_back(void)
+{
+	pg_uuid_t	id;
+	bool		was_set;
+
+	SpinLockAcquire(&docextract_shared->mutex);
+	was_set = docextract_shared->writeback_running_set;
+	id = docextract_shared->writeback_running;
+	docextract_shared->writeback_running_set = false;
+	SpinLockRelease(&docextract_shared->mutex);
+	if (!was_set)
+		return;
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (docextract_schema_ready() && SPI_connect() == SPI_OK_CONNECT)
+	{
+		SPI_execute_with_args("UPDATE docextract.extractions SET writeback_error ="
+							  " 'the write-back did not finish: its triggers ran past"
+							  " docextract.writeback_timeout and ignored the cancel, so the"
+							  " write-back worker was stopped' WHERE id = $1",
+							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&id)}, NULL, false, 0);
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	ereport(WARNING,
+			(errmsg("docextract: the write-back of extraction %s stopped the write-back worker: its triggers ignored docextract.writeback_timeout",
+					uuid_text(UUIDPGetDatum(&id)))));
+}
+
+/*
+ * One write-back: picked and leased in a transaction, run in another.  True
+ * if one was due.
+ */
 static bool
 run_one(Oid *last_owner, long *next_ms)
 {
@@ -172,14 +238,26 @@ run_one(Oid *last_owner, long *next_ms)
 		{
 			found = true;
 			*last_owner = owner;
-			if (!writeback_run(id, true))
+			if (!writeback_lease(id))
 				skip_for_a_while(id);
+			else
+			{
+				PopActiveSnapshot();
+				CommitTransactionCommand();
+				StartTransactionCommand();
+				PushActiveSnapshot(GetTransactionSnapshot());
+				set_running(id);
+				if (!writeback_run(id, true))
+					skip_for_a_while(id);
+				set_running((Datum) 0);
+			}
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
 	{
+		set_running((Datum) 0);
 		/* Our own statements failed: say so, and look again a little later. */
 		EmitErrorReport();
 		FlushErrorState();
@@ -209,12 +287,14 @@ docextract_writeback_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
+	writeback_deadline_timeout = (int) RegisterTimeout(USER_TIMEOUT, writeback_deadline_reached);
 	pgstat_report_appname("docextract write-back worker");
 	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	writeback_worker_publish(MyLatch, MyDatabaseId);
 	before_shmem_exit(writeback_worker_exit, (Datum) 0);
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract write-back loop",
 									 ALLOCSET_DEFAULT_SIZES);
+	record_stopped_write_back();
 
 	for (;;)
 	{

@@ -318,5 +318,34 @@ $node->poll_query_until('postgres', q{SELECT state = 'completed' FROM public.goo
 cmp_ok(sq(q{SELECT count(*) FROM docextract.extractions WHERE owner = 'slow'::regrole AND writeback_due IS NOT NULL}),
 	'>', 0, "another role's row is written back before the slow role's 1,000 write-backs are through");
 
+# -- a trigger that catches the cancel and goes on: the write-back worker is
+# stopped (a FATAL it cannot catch) and the row waits its turn again ----------------
+my $wb_worker = pid_of('docextract write-back worker');
+my $started = sq('SELECT pg_postmaster_start_time()');
+sq('CREATE ROLE stubborn LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO stubborn');
+make_table('stubborn', q{
+	CREATE FUNCTION public.stubborn_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	    LOOP
+	        BEGIN PERFORM pg_sleep(100); EXCEPTION WHEN query_canceled THEN NULL; END;
+	    END LOOP;
+	END $f$;
+	CREATE TRIGGER stubborn AFTER UPDATE ON public.stubborn_docs FOR EACH ROW
+	    EXECUTE FUNCTION public.stubborn_trigger();});
+my $st = insert_row('stubborn');
+my $g5 = insert_row('good');
+$node->poll_query_until('postgres', qq{SELECT status = 'completed' AND writeback_due IS NULL
+	AND writeback_error IS NULL FROM docextract.extractions WHERE id = '$g5'})
+  or die "good's row never written back";
+pass("a trigger that catches the cancel holds up no other role's write-back");
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract write-back worker' AND pid <> $wb_worker")
+  or die 'the write-back worker was not stopped';
+pass('... its write-back stopped the write-back worker, which started again');
+$node->poll_query_until('postgres', qq{SELECT writeback_error LIKE '%ignored the cancel%'
+	FROM docextract.extractions WHERE id = '$st'}) or die 'the stubborn row does not say why';
+pass('... and the row says why');
+is(sq('SELECT pg_postmaster_start_time()'), $started, '... without restarting the server');
+
 $node->stop;
 done_testing();
