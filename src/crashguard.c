@@ -168,14 +168,15 @@ crashguard_claim_suspect(ClaimedJob *out)
 /*
  * Fault injection for the tests: the worker aborts while preparing the
  * extraction of a document of this filename.  docextract.debug_crash_on_document
- * is superuser-only, and only the worker ever stops here.
+ * is superuser-only, and only the database's job worker ever stops here
+ * (not extract_sync's workers, whose documents any role names).
  */
 void
 crashguard_fault_point(const char *filename)
 {
 	if (docextract_debug_crash_on_document == NULL ||
 		docextract_debug_crash_on_document[0] == '\0' ||
-		MyBackendType != B_BG_WORKER || filename == NULL ||
+		!docextract_is_job_worker || filename == NULL ||
 		strcmp(filename, docextract_debug_crash_on_document) != 0)
 		return;
 	elog(LOG, "docextract worker: aborting on document \"%s\" (docextract.debug_crash_on_document)",

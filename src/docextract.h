@@ -423,6 +423,7 @@ extern char *answer_excerpt(const char *data, ssize_t len, size_t max);
 
 extern int	docextract_max_crashes;
 extern char *docextract_debug_crash_on_document;
+extern bool docextract_is_job_worker;	/* worker.c: this process is the job worker */
 extern void crashguard_shmem_init(DocextractShared *shared);
 extern void crashguard_sigterm(SIGNAL_ARGS);
 extern bool crashguard_last_stop_was_crash(void);

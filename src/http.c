@@ -338,9 +338,12 @@ http_next_done(void)
 char *
 http_error_text(HttpRequest *req)
 {
+	/*
+	 * Not naming the address: a role would learn what internal names
+	 * resolve to through the server's resolver.
+	 */
 	if (req->egress_refused[0] && req->curl_code == CURLE_COULDNT_CONNECT)
-		return psprintf("destination %s is not allowed by docextract.webhook_allowed_destinations",
-						req->egress_refused);
+		return pstrdup("the destination's address is not allowed by docextract.webhook_allowed_destinations");
 	if (req->too_large || req->curl_code == CURLE_FILESIZE_EXCEEDED)
 		return psprintf("the answer is larger than docextract.max_response_size (%d kB)",
 						docextract_max_response_size);

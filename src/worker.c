@@ -30,6 +30,8 @@
 
 PGDLLEXPORT void docextract_worker_main(Datum main_arg);
 
+bool		docextract_is_job_worker = false;
+
 typedef struct ClaimStep
 {
 	ClaimedJob *jobs;
@@ -630,6 +632,7 @@ docextract_worker_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, crashguard_sigterm);	/* die(), remembering it was asked */
 	BackgroundWorkerUnblockSignals();
+	docextract_is_job_worker = true;
 	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
 	pgstat_report_appname("docextract worker");
 	/* Its statements run on every wake with the same shape: plan them once. */

@@ -21,6 +21,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/guc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -129,6 +130,19 @@ key_of(TriggerTarget *t, HeapTuple row, char **label)
 	Datum	   *values = palloc(sizeof(Datum) * n);
 	StringInfoData l;
 
+	int			nestlevel = NewGUCNestLevel();
+
+	/*
+	 * The key is read back by the write-back worker under its own settings:
+	 * write it in forms every setting reads the same (ISO dates, exact
+	 * floats), not in the inserting session's DateStyle.
+	 */
+	(void) set_config_option("datestyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	initStringInfo(&l);
 	appendStringInfoString(&l, RelationGetRelationName(t->rel));
 	for (int i = 0; i < n; i++)
@@ -138,6 +152,7 @@ key_of(TriggerTarget *t, HeapTuple row, char **label)
 		values[i] = CStringGetTextDatum(v);
 		appendStringInfo(&l, "%c%s", i == 0 ? '/' : ',', v);
 	}
+	AtEOXact_GUC(true, nestlevel);
 	index_close(index, AccessShareLock);
 	*label = l.data;
 	return PointerGetDatum(construct_array(values, n, TEXTOID, -1, false, TYPALIGN_INT));

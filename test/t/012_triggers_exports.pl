@@ -45,6 +45,22 @@ $node->poll_query_until('postgres',
   or die 'no write-back attempt';
 is(sq(q{SELECT status || ': ' || writeback_error FROM docextract.extractions WHERE owner = 'other'::regrole}),
 	'completed: permission denied for table invoices', 'no UPDATE right: completed, nothing written, and why');
+
+# a key written in the inserting session's DateStyle (04/03/2024, DMY) must
+# not be read back by the worker as another date (April 3, in MDY): the
+# result goes to its own row, never to the decoy
+sq(q{CREATE TABLE public.dated (d date PRIMARY KEY, pdf bytea, extracted jsonb, state text);
+	GRANT SELECT, INSERT, UPDATE ON public.dated TO app;
+	INSERT INTO public.dated (d) VALUES ('2024-04-03');
+	CREATE TRIGGER dated_extract AFTER INSERT ON public.dated FOR EACH ROW
+	  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');});
+$node->safe_psql('postgres', q{SET ROLE app; SET DateStyle = 'SQL, DMY';
+	INSERT INTO public.dated (d, pdf) SELECT '2024-03-04'::date, pdf FROM public.fixture});
+$node->poll_query_until('postgres', q{SELECT status = 'completed' AND writeback_due IS NULL
+	FROM docextract.extractions WHERE target_table = 'public.dated'::regclass})
+  or die 'the dated row was never written back';
+is(sq(q{SELECT string_agg(d || ':' || coalesce(state, '-'), ' ' ORDER BY d) FROM public.dated}),
+	'2024-03-04:completed 2024-04-03:-', 'a date key from a DMY session is written back to its own row');
 is(sq('SELECT count(*) FROM public.invoices WHERE id = 2 AND extracted IS NULL AND state IS NULL'), '1',
 	"... the row is untouched: the worker cannot write where the submitter cannot");
 

@@ -111,8 +111,8 @@ $node->poll_query_until('postgres',
 	"SELECT status = 'failed' FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_name'")
   or die 'the delivery did not fail';
 like(sq("SELECT last_error FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_name'"),
-	qr/^destination (127\.0\.0\.1|::1) is not allowed by docextract.webhook_allowed_destinations$/,
-	'a webhook whose name resolves to loopback: each attempt fails at connect, naming the policy');
+	qr/^the destination's address is not allowed by docextract.webhook_allowed_destinations$/,
+	'a webhook whose name resolves to loopback: each attempt fails at connect, naming the policy (not the address)');
 is(scalar @{ hooks_received($recv) }, 0, '... and the receiver got nothing');
 is(server_stats($recv)->{connections}, 0, '... not even a connection');
 
@@ -146,7 +146,7 @@ is_deeply([ map { $_->{path} } @{ hooks_received($recv) } ], [ '/hooks/super' ],
 	"default policy: the superuser's webhook is delivered to loopback, the role's two are not");
 like(sq("SELECT string_agg(DISTINCT d.last_error, '; ') FROM docextract.webhook_deliveries d JOIN docextract.events v ON v.id = d.event_id
 	  WHERE v.extraction_id = '$e' AND d.webhook_id IN ('$hook_ip', '$hook_name')"),
-	qr/^destination [0-9a-f:.]+ is not allowed by docextract.webhook_allowed_destinations(; destination [0-9a-f:.]+ is not allowed by docextract.webhook_allowed_destinations)?$/,
+	qr/^the destination's address is not allowed by docextract.webhook_allowed_destinations$/,
 	'... an IP webhook added while allowed is refused at connect once the policy changes');
 
 # -- no redirects, no proxies, model URLs superuser-only ---------------------------------
