@@ -457,6 +457,17 @@ run_and_reply(Run *run)
 	PG_END_TRY();
 }
 
+/*
+ * When this process leaves the segment (at any exit, a FATAL while
+ * connecting included): unpublish its pid, so that a caller leaving later
+ * signals no process that has since taken that pid.
+ */
+static void
+unpublish_pid(dsm_segment *seg, Datum arg)
+{
+	pg_atomic_write_u32(&((SyncTask *) DatumGetPointer(arg))->worker_pid, 0);
+}
+
 /* Take over the caller's identity and its superuser-only docextract settings. */
 static void
 become_caller(void)
@@ -488,6 +499,7 @@ docextract_sync_worker_main(Datum main_arg)
 	task = shm_toc_lookup(toc, SYNC_KEY_TASK, false);
 	mq = shm_toc_lookup(toc, SYNC_KEY_QUEUE, false);
 	pg_atomic_write_u32(&task->worker_pid, (uint32) MyProcPid);
+	on_dsm_detach(seg, unpublish_pid, PointerGetDatum(task));
 	shm_mq_set_sender(mq, MyProc);
 	reply_queue = shm_mq_attach(mq, seg, NULL);
 	pq_redirect_to_shm_mq(seg, reply_queue);
