@@ -88,7 +88,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     pages integer;
     acct docextract.credit_accounts;
@@ -146,7 +146,7 @@ ALTER TABLE docextract.extractions ADD COLUMN crashes integer NOT NULL DEFAULT 0
 -- Model work is always paid for: the answer is charged when it is stored,
 -- awaiting approval included, so a later cancel releases nothing.
 CREATE OR REPLACE FUNCTION docextract.settle_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     kind text;
     after bigint;

@@ -320,7 +320,7 @@ cmp_ok(sq(q{SELECT count(*) FROM docextract.extractions WHERE owner = 'slow'::re
 
 # -- a trigger that catches the cancel and goes on: the write-back worker is
 # stopped (a FATAL it cannot catch) and the row waits its turn again ----------------
-my $wb_worker = pid_of('docextract write-back worker');
+my $wb_before = pid_of('docextract write-back worker');
 my $started = sq('SELECT pg_postmaster_start_time()');
 sq('CREATE ROLE stubborn LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO stubborn');
 make_table('stubborn', q{
@@ -339,7 +339,7 @@ $node->poll_query_until('postgres', qq{SELECT status = 'completed' AND writeback
   or die "good's row never written back";
 pass("a trigger that catches the cancel holds up no other role's write-back");
 $node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
-	WHERE backend_type = 'docextract write-back worker' AND pid <> $wb_worker")
+	WHERE backend_type = 'docextract write-back worker' AND pid <> $wb_before")
   or die 'the write-back worker was not stopped';
 pass('... its write-back stopped the write-back worker, which started again');
 $node->poll_query_until('postgres', qq{SELECT writeback_error LIKE '%ignored the cancel%'
