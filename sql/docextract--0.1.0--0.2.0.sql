@@ -188,6 +188,12 @@ CREATE FUNCTION docextract.run_write_backs()
 RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_run_write_backs';
 REVOKE ALL ON FUNCTION docextract.run_write_backs() FROM PUBLIC;
 
+-- Deactivate a template (offered to no new extraction) or make this version
+-- its group's active one.
+CREATE FUNCTION docextract.set_template_active(template_id uuid, active boolean)
+RETURNS boolean LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_set_template_active';
+GRANT EXECUTE ON FUNCTION docextract.set_template_active(uuid, boolean) TO PUBLIC;
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

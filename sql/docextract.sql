@@ -545,6 +545,11 @@ CREATE FUNCTION docextract.update_template(template_id uuid, schema_definition j
                                            validation_rules jsonb DEFAULT NULL)
 RETURNS uuid LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_update_template';
 
+-- Deactivate a template (offered to no new extraction) or make this version
+-- its group's active one.
+CREATE FUNCTION docextract.set_template_active(template_id uuid, active boolean)
+RETURNS boolean LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_set_template_active';
+
 -- A template without an owner: visible to every role, changed only by the
 -- extension owner (and superusers).
 CREATE FUNCTION docextract.create_system_template(name text, schema_definition jsonb,

@@ -149,6 +149,7 @@ typedef struct TemplateField
 	int			position;
 	bool		editable;		/* is_editable: may approve() correct it? */
 	char	   *qbo_mapping;	/* QuickBooks column, for quickbooks_csv; may be NULL */
+	int			char_limit;		/* text values longer are cut (charlimit.c); 0: none */
 } TemplateField;
 
 typedef struct Template
@@ -177,6 +178,7 @@ typedef enum SchemaDialect
 
 extern json_object *template_schema(const Template *t, SchemaDialect dialect, bool attributions);
 extern json_object *template_json_schema(const Template *t, bool attributions);
+extern void check_template_usable(Datum template_id);
 extern char *template_system_prompt(const Template *t, const char *additional, bool attributions);
 
 /* coerce.c: typing the model's answer --------------------------------------- */
@@ -190,6 +192,10 @@ extern json_object *json_number_from_double(double d);
 /* validation.c: a template's rules against typed data ------------------------ */
 
 extern json_object *validation_run(const char *rules_json, json_object *data, bool *all_passed);
+
+/* charlimit.c: a field's char_limit applied to typed data -------------------- */
+
+extern int	charlimit_apply(json_object *data, const Template *t, json_object *validation);
 
 /* http.c: one libcurl multi handle, driven from a latch loop ----------------- */
 

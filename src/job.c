@@ -577,6 +577,7 @@ job_finish(Job *job)
 {
 	json_object *answer;
 	json_object *data;
+	json_object *validation;
 	StoredResult r;
 	bool		passed;
 
@@ -591,7 +592,10 @@ job_finish(Job *job)
 	}
 	answer = merged_answer(job);
 	data = coerce_output(answer, &job->tmpl);
-	r.validation = json_text_of(validation_run(job->rules, data, &passed));
+	validation = validation_run(job->rules, data, &passed);
+	if (charlimit_apply(data, &job->tmpl, validation) > 0)
+		passed = false;			/* a value was cut: a reviewer should see it */
+	r.validation = json_text_of(validation);
 	r.needs_review = !passed || !job->auto_approve;
 	r.data = json_text_of(data);
 	r.attributions = job->attributions

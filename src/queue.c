@@ -213,6 +213,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	check_not_deleted(args[0]);
 	check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
 				  args[1], caller, true);
+	check_template_usable(args[1]);
 	check_model(model);
 	if (!find_duplicate(args, &id) || force)
 	{

@@ -181,6 +181,7 @@ review_data(const char *stored, const char *corrections, const Template *t, cons
 		if (corr)
 			apply_corrections(data, corr, t);
 		validation = validation_run(rules, data, &passed);
+		(void) charlimit_apply(data, t, validation);
 		*data_text = pstrdup(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN));
 		*validation_text = pstrdup(json_object_to_json_string_ext(validation, JSON_C_TO_STRING_PLAIN));
 	}

@@ -25,6 +25,7 @@ PG_FUNCTION_INFO_V1(docextract_create_template);
 PG_FUNCTION_INFO_V1(docextract_create_system_template);
 PG_FUNCTION_INFO_V1(docextract_update_template);
 PG_FUNCTION_INFO_V1(docextract_template_json_schema);
+PG_FUNCTION_INFO_V1(docextract_set_template_active);
 
 static const char *const format_names[] = {"text", "number", "date", "boolean", "multiple_choice"};
 
@@ -172,6 +173,9 @@ parse_field(const char *part, const char *key, json_object *spec, TemplateField 
 	f->position = json_object_object_get_ex(spec, "position", &v) && !is_null(v)
 		? json_object_get_int(v) : INT_MAX;
 	f->qbo_mapping = opt_string(spec, "qbo_mapping", where, &err);
+	if (json_object_object_get_ex(spec, "char_limit", &v) && !is_null(v) &&
+		(f->char_limit = json_object_get_int(v)) <= 0)
+		return psprintf("%s.char_limit must be a positive integer", where);
 	/* Correctable at review unless the template says otherwise. */
 	f->editable = !(json_object_object_get_ex(spec, "is_editable", &v) && !is_null(v) &&
 					!json_object_get_boolean(v));
@@ -555,22 +559,28 @@ docextract_create_system_template(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(create_template(fcinfo, true));
 }
 
-/* Lock the template and check the caller may make a new version of it. */
+/*
+ * Lock the template and check the caller may change it: someone else's is,
+ * to the caller, no template at all; a system one is the owner's to change.
+ * Leaves the row (is_active, owner, name, version, the group's last
+ * version) in SPI_tuptable.
+ */
 static void
-lock_template_for_update(Datum id, Oid caller)
+lock_template(Datum id, Oid caller, const char *action)
 {
 	bool		isnull;
 	bool		owner_null;
 	HeapTuple	row;
 	TupleDesc	desc;
-	char	   *name;
 
 	if (SPI_execute_with_args("SELECT is_active, owner::oid, name, version,"
 							  "  (SELECT max(version) FROM docextract.templates g"
 							  "    WHERE g.group_id = t.group_id)"
 							  " FROM docextract.templates t WHERE id = $1 FOR UPDATE",
 							  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read template");
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not read template %s", uuid_text(id))));
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -578,9 +588,7 @@ lock_template_for_update(Datum id, Oid caller)
 						uuid_text(id))));
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	name = SPI_getvalue(row, desc, 3);
 	(void) SPI_getbinval(row, desc, 2, &owner_null);
-	/* Someone else's template is, to this caller, no template at all. */
 	if (!owner_null &&
 		!caller_can_act_for(caller, DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull))))
 		ereport(ERROR,
@@ -590,12 +598,26 @@ lock_template_for_update(Datum id, Oid caller)
 	if (owner_null && !superuser_arg(caller) && caller != docextract_extension_owner())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to update template \"%s\"", name)));
+				 errmsg("permission denied to %s template \"%s\"", action,
+						SPI_getvalue(row, desc, 3))));
+}
+
+/* Lock the template and check the caller may make a new version of it. */
+static void
+lock_template_for_update(Datum id, Oid caller)
+{
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+
+	lock_template(id, caller, "update");
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
 	if (!DatumGetBool(SPI_getbinval(row, desc, 1, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("template \"%s\" version %s is not the active version",
-						name, SPI_getvalue(row, desc, 4)),
+						SPI_getvalue(row, desc, 3), SPI_getvalue(row, desc, 4)),
 				 errhint("Update the active version (version %s) instead.",
 						 SPI_getvalue(row, desc, 5))));
 }
@@ -672,4 +694,67 @@ docextract_template_json_schema(PG_FUNCTION_ARGS)
 	json_text = pstrdup(json_object_to_json_string_ext(schema, JSON_C_TO_STRING_PLAIN));
 	json_object_put(schema);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json_text)));
+}
+
+/*
+ * set_template_active(template_id, active): deactivate a template (its
+ * group then has no active version: it is offered to no new extraction),
+ * or make this version the group's active one.  True if anything changed.
+ */
+Datum
+docextract_set_template_active(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Datum		id;
+	bool		active;
+	bool		was_active;
+	bool		isnull;
+	Privileged	priv;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("set_template_active needs a template_id and true or false")));
+	id = PG_GETARG_DATUM(0);
+	active = PG_GETARG_BOOL(1);
+	SPI_connect();
+	privileged_begin(&priv);
+	lock_template(id, caller, active ? "activate" : "deactivate");
+	was_active = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+											&isnull));
+	/* One active version per group: the other steps down first. */
+	if (active && !was_active)
+		SPI_execute_with_args("UPDATE docextract.templates SET is_active = false"
+							  " WHERE is_active AND group_id ="
+							  "  (SELECT group_id FROM docextract.templates WHERE id = $1)",
+							  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
+	if (active != was_active &&
+		SPI_execute_with_args("UPDATE docextract.templates SET is_active = $2 WHERE id = $1",
+							  2, (Oid[]) {UUIDOID, BOOLOID}, (Datum[]) {id, BoolGetDatum(active)},
+							  NULL, false, 0) != SPI_OK_UPDATE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not change template %s", uuid_text(id))));
+	privileged_end(&priv);
+	SPI_finish();
+	PG_RETURN_BOOL(active != was_active);
+}
+
+/*
+ * A template may be used for a new extraction while its group has an
+ * active version (an older version of an active template still may).
+ */
+void
+check_template_usable(Datum id)
+{
+	SPI_execute_with_args("SELECT t.name FROM docextract.templates t WHERE t.id = $1"
+						  " AND NOT EXISTS (SELECT 1 FROM docextract.templates g"
+						  "                  WHERE g.group_id = t.group_id AND g.is_active)",
+						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
+	if (SPI_processed == 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("template \"%s\" is deactivated",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errhint("Reactivate it with docextract.set_template_active(template_id, true).")));
 }
