@@ -102,7 +102,9 @@ BEGIN
     IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
         RETURN NEW;
     END IF;
-    SELECT d.page_count INTO pages FROM docextract.documents d WHERE d.id = NEW.document_id;
+    -- options.pages: only the pages asked for are charged.
+    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+      FROM docextract.documents d WHERE d.id = NEW.document_id;
     INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
     SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
     IF quota > 0 THEN
@@ -177,6 +179,7 @@ $$;
 -- Write-backs of the trigger form leave the worker's transactions: each
 -- status change queues one (writeback_due), the write-back worker does it.
 ALTER TABLE docextract.extractions ADD COLUMN writeback_due timestamptz;
+ALTER TABLE docextract.extractions ADD COLUMN page_numbers integer[];
 CREATE INDEX extractions_writeback_due ON docextract.extractions (writeback_due)
     WHERE writeback_due IS NOT NULL;
 DROP TRIGGER extractions_write_back ON docextract.extractions;

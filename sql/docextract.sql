@@ -102,7 +102,9 @@ CREATE TABLE docextract.extractions (
     crashes                integer NOT NULL DEFAULT 0,
     -- The trigger form: when the row's write-back falls due (set by each
     -- status change, cleared once written), for the write-back worker.
-    writeback_due          timestamptz
+    writeback_due          timestamptz,
+    -- options.pages: the pages sent and charged, ascending; NULL: all.
+    page_numbers           integer[]
 );
 -- What the worker claims: per model, oldest first.
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
@@ -376,7 +378,9 @@ BEGIN
     IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
         RETURN NEW;
     END IF;
-    SELECT d.page_count INTO pages FROM docextract.documents d WHERE d.id = NEW.document_id;
+    -- options.pages: only the pages asked for are charged.
+    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+      FROM docextract.documents d WHERE d.id = NEW.document_id;
     INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
     SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
     IF quota > 0 THEN

@@ -411,6 +411,8 @@ extern int	docextract_parser_fault;
 extern void parser_define_settings(void);
 extern char *parser_run(const char *data, size_t len, bool want_text, const char *filename,
 						size_t *out_len);
+extern char *parser_select_pages(const char *data, size_t len, const int32 *pages, int npages,
+								 const char *filename, size_t *out_len);
 
 /* answer.c: reading untrusted answers (model endpoints, webhook receivers) -- */
 
@@ -501,5 +503,10 @@ extern bool writeback_run(Datum id, bool bounded);
 extern void writeback_define_settings(void);
 extern void writeback_wake_at_commit(void);	/* docextract.c */
 extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c */
+
+/* pages.c: options.pages --------------------------------------------------- */
+
+extern int32 *pages_parse(const char *spec, int page_count, int *n);
+extern void document_select_pages(DocumentInput *doc, const int32 *pages, int n);
 
 #endif							/* DOCEXTRACT_H */

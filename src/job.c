@@ -18,6 +18,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -69,7 +70,7 @@ struct Job
 /* Read as the worker: the model and its key, which no submitter may read. */
 static const char *model_query =
 "SELECT e.owner::oid, e.options::text,"
-"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key"
+"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key, e.page_numbers"
 "  FROM docextract.extractions e"
 "  LEFT JOIN docextract.models m ON m.name = e.model_name"
 "  LEFT JOIN docextract.model_keys k ON k.model_name = m.name"
@@ -177,9 +178,32 @@ resolve_api_key(char *stored)
 	return pstrdup(value);
 }
 
-/* The model (and key) into the job; the extraction's options text into *options. */
+/* options.pages, as stored at submit: *n page numbers, or 0 for all. */
+static int32 *
+page_numbers(int col, int *n)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+	Datum	   *elems;
+	int32	   *pages;
+
+	*n = 0;
+	if (isnull)
+		return NULL;
+	deconstruct_array(DatumGetArrayTypeP(d), INT4OID, sizeof(int32), true, TYPALIGN_INT,
+					  &elems, NULL, n);
+	pages = palloc(sizeof(int32) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		pages[i] = DatumGetInt32(elems[i]);
+	return pages;
+}
+
+/*
+ * The model (and key) into the job; the extraction's options text into
+ * *options, its page numbers into *pages (*npages of them, 0: all).
+ */
 static void
-load_model(Job *job, char **options)
+load_model(Job *job, char **options, int32 **pages, int *npages)
 {
 	bool		isnull;
 
@@ -194,6 +218,7 @@ load_model(Job *job, char **options)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the extraction's model no longer exists")));
 	*options = col_text(2);
+	*pages = page_numbers(9, npages);
 
 	/* What outlives this transaction goes into the job's context. */
 	MemoryContextSwitchTo(job->cxt);
@@ -291,10 +316,19 @@ job_prepare(Job *job)
 	DocumentInput doc;
 	ExtractOptions opts;
 	char	   *options;
+	int32	   *pages;
+	int			npages;
 
 	SPI_connect();
-	load_model(job, &options);
+	load_model(job, &options, &pages, &npages);
 	load_document(job, outer, &doc);
+	if (npages > 0)
+	{
+		MemoryContext prev = MemoryContextSwitchTo(outer);
+
+		document_select_pages(&doc, pages, npages);
+		MemoryContextSwitchTo(prev);
+	}
 	crashguard_fault_point(doc.filename);
 	MemoryContextSwitchTo(scratch);
 	read_json_options(options, &opts, NULL);

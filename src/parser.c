@@ -343,7 +343,8 @@ request_flags(bool want_text)
 
 /* Send one document, read the reply; on any error the helper is killed. */
 static char *
-exchange(Exchange *x, const ParserRequest *req, const char *data, ParserReply *reply)
+exchange(Exchange *x, const ParserRequest *req, const char *data, const int32 *pages,
+		 ParserReply *reply)
 {
 	char	   *out = NULL;
 
@@ -351,6 +352,8 @@ exchange(Exchange *x, const ParserRequest *req, const char *data, ParserReply *r
 	{
 		send_all(x, (const char *) req, sizeof(*req));
 		send_all(x, data, req->len);
+		if (req->npages > 0)
+			send_all(x, (const char *) pages, sizeof(int32) * req->npages);
 		receive_all(x, (char *) reply, sizeof(*reply));
 		if (reply->magic != PARSER_MAGIC || reply->len > PARSER_MAX_OUTPUT)
 			ereport(ERROR,
@@ -372,32 +375,56 @@ exchange(Exchange *x, const ParserRequest *req, const char *data, ParserReply *r
 }
 
 /*
- * Parse one document in the helper.  Returns what the child wrote
- * (palloc'd, NUL-terminated, *len bytes) when it ended well; raises 22023
- * when it crashed, hit a limit or ran out of time, 57014 when cancelled.
+ * One request to the helper.  Returns what the child wrote (palloc'd,
+ * NUL-terminated, *len bytes) when it ended well; raises 22023 when it
+ * crashed, hit a limit or ran out of time, 57014 when cancelled.
  */
-char *
-parser_run(const char *data, size_t len, bool want_text, const char *filename, size_t *out_len)
+static char *
+run_request(ParserRequest *req, const char *data, const int32 *pages, const char *filename,
+			size_t *out_len)
 {
 	Exchange	x;
-	ParserRequest req;
 	ParserReply reply;
 	char	   *out;
 
-	memset(&req, 0, sizeof(req));
-	req.magic = PARSER_MAGIC;
-	req.flags = request_flags(want_text);
-	req.cpu_seconds = docextract_parser_timeout_ms / 1000 + 2;
-	req.len = len;
+	req->magic = PARSER_MAGIC;
+	req->cpu_seconds = docextract_parser_timeout_ms / 1000 + 2;
 	x.filename = filename;
 	x.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), docextract_parser_timeout_ms);
 	x.latch_was_set = false;
 
 	helper_ensure();
-	out = exchange(&x, &req, data, &reply);
+	out = exchange(&x, req, data, pages, &reply);
 	if (x.latch_was_set)
 		SetLatch(MyLatch);		/* someone else's wake-up: pass it on */
 	check_outcome(&reply, filename);
 	*out_len = reply.len;
 	return out;
+}
+
+/* Parse one document: 'O', its page count and (want_text) its text. */
+char *
+parser_run(const char *data, size_t len, bool want_text, const char *filename, size_t *out_len)
+{
+	ParserRequest req;
+
+	memset(&req, 0, sizeof(req));
+	req.flags = request_flags(want_text);
+	req.len = len;
+	return run_request(&req, data, NULL, filename, out_len);
+}
+
+/* A PDF of only these pages (ascending, 1-based): 'P' and its bytes. */
+char *
+parser_select_pages(const char *data, size_t len, const int32 *pages, int npages,
+					const char *filename, size_t *out_len)
+{
+	ParserRequest req;
+
+	Assert(npages > 0 && npages <= PARSER_MAX_PAGES);
+	memset(&req, 0, sizeof(req));
+	req.flags = request_flags(false) | PARSER_SELECT_PAGES;
+	req.npages = npages;
+	req.len = len;
+	return run_request(&req, data, pages, filename, out_len);
 }

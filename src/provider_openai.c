@@ -43,9 +43,10 @@ user_content(const ModelConfig *m, const DocumentInput *d)
 		/* Before any json-c allocation: parsing may raise an error. */
 		const char *text = d->text ? d->text : pdf_text(d->data, d->len);
 
-		return json_object_new_string(psprintf("Document \"%s\" (%d pages). Its text, pages "
+		return json_object_new_string(psprintf("Document \"%s\" (%d page%s). Its text, pages "
 											   "separated by form feeds:\n\n%s",
-											   d->filename, d->page_count, text));
+											   d->filename, d->page_count,
+											   d->page_count == 1 ? "" : "s", text));
 	}
 	parts = json_object_new_array();
 	part = json_object_new_object();

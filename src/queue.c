@@ -14,6 +14,7 @@
 #include "utils/guc.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
@@ -50,7 +51,8 @@ check_options(json_object *o)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("option \"%s\" is not available in this version of docextract", key)));
-		if (strcmp(key, "model") == 0 || strcmp(key, "additional_instructions") == 0)
+		if (strcmp(key, "model") == 0 || strcmp(key, "additional_instructions") == 0 ||
+			strcmp(key, "pages") == 0)
 			ok = t == json_type_string;
 		else if (strcmp(key, "temperature") == 0)
 			ok = (t == json_type_double || t == json_type_int) &&
@@ -68,7 +70,7 @@ check_options(json_object *o)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, parallel_parts, auto_approve, zero_retention, force.")));
+					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, parallel_parts, auto_approve, zero_retention, force, pages.")));
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -103,6 +105,31 @@ check_model(const char *model)
 				 errhint("Add it with docextract.add_model(); the model named \"default\" is used when options name none.")));
 }
 
+/*
+ * options.pages checked against the document: its pages as an int4[], or 0
+ * (NULL) when the option is absent.
+ */
+static Datum
+selected_pages(Datum document, const char *spec)
+{
+	bool		isnull;
+	int			n;
+	int32	   *pages;
+	Datum	   *elems;
+
+	if (spec == NULL)
+		return (Datum) 0;
+	SPI_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
+						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
+	pages = pages_parse(spec, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull)),
+						&n);
+	elems = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		elems[i] = Int32GetDatum(pages[i]);
+	return PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+}
+
 /* The earlier extraction of the same document, template and options, if any. */
 static bool
 find_duplicate(Datum *args, Datum *found)
@@ -126,7 +153,7 @@ find_duplicate(Datum *args, Datum *found)
 }
 
 static Datum
-insert_extraction(Datum *args, const char *model)
+insert_extraction(Datum *args, const char *model, Datum page_numbers)
 {
 	bool		isnull;
 	int			nestlevel = NewGUCNestLevel();
@@ -141,7 +168,7 @@ insert_extraction(Datum *args, const char *model)
 	 * the template has both.
 	 */
 	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
-							  " (document_id, template_id, options, owner, model_name, parts)"
+							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
 							  " SELECT $1, $2, $3, $4::regrole, $5,"
 							  "   CASE WHEN coalesce(($3->>'parallel_parts')::boolean,"
 							  "                      (m.options->>'parallel_parts')::boolean, false)"
@@ -150,13 +177,13 @@ insert_extraction(Datum *args, const char *model)
 							  "         AND jsonb_typeof(t.schema_definition->'general_part') = 'object'"
 							  "         AND t.schema_definition->'general_part' <> '{}'"
 							  "         AND coalesce((m.options->>'max_concurrency')::int, 2) >= 2"
-							  "        THEN 2 ELSE 1 END"
+							  "        THEN 2 ELSE 1 END, $6"
 							  "   FROM docextract.templates t, docextract.models m"
 							  "  WHERE t.id = $2 AND m.name = $5 RETURNING id",
-							  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID},
+							  6, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
 							  (Datum[]) {args[0], args[1], args[2], args[3],
-								  CStringGetTextDatum(model)},
-							  NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+								  CStringGetTextDatum(model), page_numbers},
+							  page_numbers ? NULL : "     n", false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not enqueue the extraction");
 	AtEOXact_GUC(true, nestlevel);
 	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -171,6 +198,8 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	json_object *parsed;
 	volatile bool force = false;
 	char	   *volatile model = NULL;
+	char	   *volatile pages = NULL;
+	Datum		page_numbers;
 	Datum		args[4];
 	Datum		id;
 	Privileged	priv;
@@ -193,6 +222,8 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 
 		model = check_options(parsed);
 		force = json_object_object_get_ex(parsed, "force", &v) && json_object_get_boolean(v);
+		if (json_object_object_get_ex(parsed, "pages", &v))
+			pages = pstrdup(json_object_get_string(v));
 	}
 	PG_FINALLY();
 	{
@@ -215,9 +246,10 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 				  args[1], caller, true);
 	check_template_usable(args[1]);
 	check_model(model);
+	page_numbers = selected_pages(args[0], pages);
 	if (!find_duplicate(args, &id) || force)
 	{
-		id = insert_extraction(args, model);
+		id = insert_extraction(args, model, page_numbers);
 		docextract_wake_worker_at_commit();
 	}
 	privileged_end(&priv);

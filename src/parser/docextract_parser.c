@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <poppler.h>
+#include <qpdf/qpdf-c.h>
 
 #include "parser_protocol.h"
 
@@ -185,12 +186,81 @@ drain(uint64_t len)
 	}
 }
 
+/* The page numbers after the document: ascending, 1-based. */
+static bool
+read_page_list(const ParserRequest *req, int32_t **pages)
+{
+	if (req->npages < 1 || req->npages > PARSER_MAX_PAGES)
+		return false;
+	*pages = malloc(sizeof(int32_t) * req->npages);
+	if (*pages == NULL || !read_all(0, *pages, sizeof(int32_t) * req->npages))
+		return false;
+	for (uint32_t i = 0; i < req->npages; i++)
+		if ((*pages)[i] < 1 || (i > 0 && (*pages)[i] <= (*pages)[i - 1]))
+			return false;
+	return true;
+}
+
+/* 'F' and qpdf's reason for the last error. */
+static void
+qpdf_failed(qpdf_data q, int out)
+{
+	const char *reason = qpdf_has_error(q)
+		? qpdf_get_error_full_text(q, qpdf_get_error(q)) : "unknown error";
+
+	if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
+		_exit(3);
+	_exit(0);
+}
+
+/*
+ * A PDF of only the listed pages: every other page is removed, and the
+ * writer keeps only what the remaining pages still reach.
+ */
+static void
+select_pages(const char *data, size_t len, const int32_t *pages, uint32_t npages, int out)
+{
+	qpdf_data	q = qpdf_init();
+	int			n;
+	uint32_t	next = npages;
+
+	qpdf_silence_errors(q);
+	qpdf_set_suppress_warnings(q, QPDF_TRUE);
+	if (qpdf_read_memory(q, "document", data, len, NULL) & QPDF_ERRORS)
+		qpdf_failed(q, out);
+	n = qpdf_get_num_pages(q);
+	if (n < 1 || pages[npages - 1] > n)
+		qpdf_failed(q, out);
+	/* From the last page down, so the numbers still to come stay valid. */
+	for (int i = n; i >= 1; i--)
+	{
+		if (next > 0 && pages[next - 1] == i)
+		{
+			next--;
+			continue;
+		}
+		if (qpdf_remove_page(q, qpdf_get_page_n(q, i - 1)) & QPDF_ERRORS)
+			qpdf_failed(q, out);
+	}
+	if (qpdf_init_write_memory(q) & QPDF_ERRORS)
+		qpdf_failed(q, out);
+	/* Streams go out as they came: not decoded, not recompressed. */
+	qpdf_set_decode_level(q, qpdf_dl_none);
+	qpdf_set_compress_streams(q, QPDF_FALSE);
+	if (qpdf_write(q) & QPDF_ERRORS)
+		qpdf_failed(q, out);
+	if (!write_all(out, "P", 1) ||
+		!write_all(out, qpdf_get_buffer(q), qpdf_get_buffer_length(q)))
+		_exit(3);
+	qpdf_cleanup(&q);
+}
+
 /*
  * Read one request from stdin; 'R' to the helper says it was read whole.
- * Returns the document.
+ * Returns the document; *pages gets its page list, if it has one.
  */
 static char *
-child_read_request(ParserRequest *req, int out)
+child_read_request(ParserRequest *req, int32_t **pages, int out)
 {
 	char	   *data;
 
@@ -205,7 +275,11 @@ child_read_request(ParserRequest *req, int out)
 		(void) write_all(out, "R", 1);
 		_exit(CHILD_NO_MEMORY);
 	}
-	if (!read_all(0, data, req->len) || !write_all(out, "R", 1))
+	if (!read_all(0, data, req->len))
+		_exit(3);
+	if ((req->flags & PARSER_SELECT_PAGES) && !read_page_list(req, pages))
+		_exit(3);
+	if (!write_all(out, "R", 1))
 		_exit(3);
 	return data;
 }
@@ -220,12 +294,13 @@ child_main(int out, pid_t helper)
 {
 	ParserRequest req;
 	char	   *data;
+	int32_t    *pages = NULL;
 	int			devnull;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != helper)
 		_exit(6);
-	data = child_read_request(&req, out);
+	data = child_read_request(&req, &pages, out);
 	/* The protocol pipes are the helper's alone. */
 	devnull = open("/dev/null", O_RDWR);
 	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0)
@@ -237,7 +312,10 @@ child_main(int out, pid_t helper)
 	if (req.flags & PARSER_FAULT_HANG)
 		for (;;)
 			pause();
-	parse_pdf(data, req.len, (req.flags & PARSER_WANT_TEXT) != 0, out);
+	if (req.flags & PARSER_SELECT_PAGES)
+		select_pages(data, req.len, pages, req.npages, out);
+	else
+		parse_pdf(data, req.len, (req.flags & PARSER_WANT_TEXT) != 0, out);
 }
 
 /* Read the child's output; false if it wrote more than PARSER_MAX_OUTPUT. */

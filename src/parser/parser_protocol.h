@@ -10,6 +10,11 @@
  * child has ended (so a child that dies half-way never leaves a torn
  * message): on success 'O', an int32 page count, then the text (pages
  * separated by form feeds); or 'F' and poppler's reason; or 'N' (no pages).
+ *
+ * With PARSER_SELECT_PAGES the document is followed by npages int32 page
+ * numbers (1-based, ascending, each within the document), and the answer
+ * is 'P' then a new PDF holding only those pages (written by libqpdf), or
+ * 'F' and qpdf's reason.
  * Closing the request pipe tells the helper to exit.
  */
 #ifndef PARSER_PROTOCOL_H
@@ -23,6 +28,10 @@
 #define PARSER_WANT_TEXT	0x01
 #define PARSER_FAULT_CRASH	0x02	/* fault injection: the child raises SIGSEGV */
 #define PARSER_FAULT_HANG	0x04	/* fault injection: the child never answers */
+#define PARSER_SELECT_PAGES	0x08	/* a PDF of only the listed pages */
+
+/* The most page numbers one request may list. */
+#define PARSER_MAX_PAGES	100000
 
 /* The most text one document may yield (the helper stops the child beyond). */
 #define PARSER_MAX_OUTPUT	(256 * 1024 * 1024)
@@ -32,7 +41,7 @@ typedef struct ParserRequest
 	uint32_t	magic;
 	uint32_t	flags;
 	uint32_t	cpu_seconds;	/* RLIMIT_CPU of the child */
-	uint32_t	reserved;
+	uint32_t	npages;			/* page numbers after the document (SELECT_PAGES) */
 	uint64_t	len;			/* document bytes that follow */
 } ParserRequest;
 
