@@ -180,6 +180,35 @@ $$;
 -- status change queues one (writeback_due), the write-back worker does it.
 ALTER TABLE docextract.extractions ADD COLUMN writeback_due timestamptz;
 ALTER TABLE docextract.extractions ADD COLUMN page_numbers integer[];
+ALTER TABLE docextract.results ADD COLUMN table_attributions jsonb;
+ALTER TABLE docextract.results ADD COLUMN citations jsonb;
+CREATE OR REPLACE FUNCTION docextract.get_result(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id,
+        'template_id', e.template_id, 'status', e.status,
+        'error_message', e.error_message,
+        'attributions', r.attributions,
+        'table_attributions', r.table_attributions,
+        'corrections', r.corrections))
+        -- citations keep their nulls: "bbox": null says no box was found
+        || CASE WHEN r.citations IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('citations', r.citations) END
+        || jsonb_build_object(
+        'data', r.data,
+        'validation', coalesce(r.validation, '[]'::jsonb),
+        'usage', coalesce(r.usage, '{}'::jsonb));
+END
+$$;
 CREATE INDEX extractions_writeback_due ON docextract.extractions (writeback_due)
     WHERE writeback_due IS NOT NULL;
 DROP TRIGGER extractions_write_back ON docextract.extractions;

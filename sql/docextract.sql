@@ -131,7 +131,9 @@ CREATE TABLE docextract.results (
     attributions   jsonb,
     usage          jsonb NOT NULL DEFAULT '{}',
     corrections    jsonb,           -- what approve() changed, as given
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    table_attributions jsonb,       -- per line item, when attributions are asked
+    citations      jsonb            -- options.citations: where each value is on its page
 );
 
 -- Credits: one page, one credit, per owning role.  available = balance -
@@ -677,7 +679,11 @@ BEGIN
         'template_id', e.template_id, 'status', e.status,
         'error_message', e.error_message,
         'attributions', r.attributions,
+        'table_attributions', r.table_attributions,
         'corrections', r.corrections))
+        -- citations keep their nulls: "bbox": null says no box was found
+        || CASE WHEN r.citations IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('citations', r.citations) END
         || jsonb_build_object(
         'data', r.data,
         'validation', coalesce(r.validation, '[]'::jsonb),

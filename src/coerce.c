@@ -452,6 +452,42 @@ coerce_attributions(json_object *output, const Template *t)
 	return out;
 }
 
+/* [{"<column>": attribution, ...}, ...] per line item, from "table_attributions". */
+json_object *
+coerce_table_attributions(json_object *output, const Template *t)
+{
+	json_object *in = NULL;
+	json_object *rows = NULL;
+	json_object *out = json_object_new_array();
+
+	if (output && json_object_is_type(output, json_type_object))
+	{
+		json_object_object_get_ex(output, "table", &rows);
+		json_object_object_get_ex(output, "table_attributions", &in);
+	}
+	if (!rows || !json_object_is_type(rows, json_type_array))
+		return out;
+	for (size_t r = 0; r < json_object_array_length(rows); r++)
+	{
+		json_object *row = NULL;
+		json_object *cells = json_object_new_object();
+
+		if (in && json_object_is_type(in, json_type_array) && r < json_object_array_length(in))
+			row = json_object_array_get_idx(in, r);
+		for (int i = 0; i < t->ntable; i++)
+		{
+			json_object *a = NULL;
+
+			if (row && json_object_is_type(row, json_type_object))
+				json_object_object_get_ex(row, t->table[i].key, &a);
+			json_object_object_add(cells, t->table[i].key,
+								   coerce_attribution(a && json_object_is_type(a, json_type_object) ? a : NULL));
+		}
+		json_object_array_add(out, cells);
+	}
+	return out;
+}
+
 Datum
 docextract_coerce_value(PG_FUNCTION_ARGS)
 {

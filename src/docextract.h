@@ -187,6 +187,7 @@ extern json_object *coerce_value(json_object *v, FormatType f,
 								 int noptions, char **options);
 extern json_object *coerce_output(json_object *output, const Template *t);
 extern json_object *coerce_attributions(json_object *output, const Template *t);
+extern json_object *coerce_table_attributions(json_object *output, const Template *t);
 extern json_object *json_number_from_double(double d);
 
 /* validation.c: a template's rules against typed data ------------------------ */
@@ -276,7 +277,8 @@ typedef struct ExtractOptions
 	int64		seed;
 	bool		has_max_retries;
 	int			max_retries;
-	bool		per_key_attribution;
+	bool		per_key_attribution;	/* evidence for every value is asked */
+	bool		citations;		/* ... and located on its page (citations.c) */
 	bool		auto_approve;
 	char	   *additional_instructions;
 } ExtractOptions;
@@ -411,8 +413,8 @@ extern int	docextract_parser_fault;
 extern void parser_define_settings(void);
 extern char *parser_run(const char *data, size_t len, bool want_text, const char *filename,
 						size_t *out_len);
-extern char *parser_select_pages(const char *data, size_t len, const int32 *pages, int npages,
-								 const char *filename, size_t *out_len);
+extern char *parser_pages_request(uint32 what, const char *data, size_t len, const int32 *pages,
+								  int npages, const char *filename, size_t *out_len);
 
 /* answer.c: reading untrusted answers (model endpoints, webhook receivers) -- */
 
@@ -508,5 +510,10 @@ extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c *
 
 extern int32 *pages_parse(const char *spec, int page_count, int *n);
 extern void document_select_pages(DocumentInput *doc, const int32 *pages, int n);
+
+/* citations.c: where on the page each value was found ---------------------- */
+
+extern json_object *citations_build(json_object *answer, json_object *data, const Template *t,
+									const pg_uuid_t *extraction, Oid owner);
 
 #endif							/* DOCEXTRACT_H */

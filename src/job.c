@@ -63,6 +63,7 @@ struct Job
 	bool		auto_approve;
 	int			max_retries;
 	bool		attributions;	/* per_key_attribution asked */
+	bool		citations;		/* citations asked */
 	bool		will_retry;
 	bool		busy;			/* a session held what finishing needs: later */
 };
@@ -128,6 +129,8 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 			o->temperature = json_object_get_double(v);
 		if ((o->has_seed = json_object_object_get_ex(j, "seed", &v)))
 			o->seed = json_object_get_int64(v);
+		o->citations = json_object_object_get_ex(j, "citations", &v) &&
+			json_object_get_boolean(v);
 		o->per_key_attribution = json_object_object_get_ex(j, "per_key_attribution", &v) &&
 			json_object_get_boolean(v);
 		if ((o->has_max_retries = json_object_object_get_ex(j, "max_retries", &v)))
@@ -336,6 +339,7 @@ job_prepare(Job *job)
 	job->max_retries = Min(opts.has_max_retries ? opts.max_retries : job->model.max_retries,
 						   MAX_RETRIES_CAP);	/* options stored before the cap */
 	job->attributions = opts.per_key_attribution;
+	job->citations = opts.citations;
 	split_template(job);
 	for (int i = 0; i < job->nparts; i++)
 	{
@@ -345,8 +349,8 @@ job_prepare(Job *job)
 		char	   *url;
 		ExtractOptions part_opts = opts;
 
-		/* Attributions are asked for the general fields, so of that part. */
-		part_opts.per_key_attribution = opts.per_key_attribution && part->tmpl.ngeneral > 0;
+		/* Evidence for every value of each part: citations locate it. */
+		part_opts.per_key_attribution = opts.per_key_attribution || opts.citations;
 		job->provider->build(&job->model, &part->tmpl, &doc, &part_opts, &url, &headers, &body);
 		MemoryContextSwitchTo(job->cxt);
 		if (job->url == NULL)
@@ -419,9 +423,17 @@ typedef struct StoredResult
 	char	   *raw;
 	char	   *usage;
 	char	   *attributions;
+	char	   *table_attributions;	/* per line item, when attributions are */
+	char	   *citations;
 	char	   *validation;
 	bool		needs_review;	/* a rule failed, or auto_approve is false */
 } StoredResult;
+
+static Datum
+optional_text(const char *s)
+{
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
+}
 
 /*
  * Complete the extraction (or send it to review) and store its result,
@@ -444,15 +456,18 @@ store_result(Job *job, StoredResult *r)
 	if (SPI_processed == 1)
 		SPI_execute_with_args("INSERT INTO docextract.results"
 							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage,"
-							  "  attributions, validation)"
+							  "  attributions, validation, table_attributions, citations)"
 							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb,"
-							  "  $5::jsonb, $6::jsonb FROM docextract.extractions WHERE id = $1",
-							  6, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+							  "  $5::jsonb, $6::jsonb, $7::jsonb, $8::jsonb"
+							  "  FROM docextract.extractions WHERE id = $1",
+							  8, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 							  (Datum[]) {id, CStringGetTextDatum(r->data), CStringGetTextDatum(r->raw),
-								  CStringGetTextDatum(r->usage),
-								  r->attributions ? CStringGetTextDatum(r->attributions) : (Datum) 0,
-								  CStringGetTextDatum(r->validation)},
-							  r->attributions ? "      " : "    n ", false, 0);
+								  CStringGetTextDatum(r->usage), optional_text(r->attributions),
+								  CStringGetTextDatum(r->validation), optional_text(r->table_attributions),
+								  optional_text(r->citations)},
+							  (char[]) {' ', ' ', ' ', ' ', r->attributions ? ' ' : 'n', ' ',
+								  r->table_attributions ? ' ' : 'n', r->citations ? ' ' : 'n'},
+							  false, 0);
 	SPI_finish();
 }
 
@@ -599,6 +614,9 @@ merged_answer(Job *job)
 	if (job->nparts == 2 &&
 		json_object_object_get_ex(job->part[1].reply.output, "table", &table))
 		json_object_object_add(answer, "table", json_object_get(table));
+	if (job->nparts == 2 &&
+		json_object_object_get_ex(job->part[1].reply.output, "table_attributions", &table))
+		json_object_object_add(answer, "table_attributions", json_object_get(table));
 	return answer;
 }
 
@@ -631,9 +649,13 @@ job_finish(Job *job)
 		passed = false;			/* a value was cut: a reviewer should see it */
 	r.validation = json_text_of(validation);
 	r.needs_review = !passed || !job->auto_approve;
+	r.citations = job->citations
+		? json_text_of(citations_build(answer, data, &job->tmpl, &job->id, job->owner)) : NULL;
 	r.data = json_text_of(data);
 	r.attributions = job->attributions
 		? json_text_of(coerce_attributions(answer, &job->tmpl)) : NULL;
+	r.table_attributions = job->attributions && job->tmpl.has_table
+		? json_text_of(coerce_table_attributions(answer, &job->tmpl)) : NULL;
 	r.raw = pstrdup(json_object_to_json_string_ext(answer, JSON_C_TO_STRING_PLAIN));
 	r.usage = usage_json(job);
 	store_result(job, &r);

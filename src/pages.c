@@ -12,6 +12,7 @@
 #include "docextract.h"	/* first: see the note on json_object */
 
 #include "lib/stringinfo.h"
+#include "parser/parser_protocol.h"
 #include "utils/builtins.h"
 
 
@@ -134,7 +135,7 @@ document_select_pages(DocumentInput *doc, const int32 *pages, int n)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" has %d page(s); the extraction asks for page %d",
 						doc->filename, doc->page_count, n > 0 ? pages[n - 1] : 0)));
-	out = parser_select_pages(doc->data, doc->len, pages, n, doc->filename, &len);
+	out = parser_pages_request(PARSER_SELECT_PAGES, doc->data, doc->len, pages, n, doc->filename, &len);
 	if (len < 1 || out[0] != 'P')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

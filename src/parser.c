@@ -414,16 +414,20 @@ parser_run(const char *data, size_t len, bool want_text, const char *filename, s
 	return run_request(&req, data, NULL, filename, out_len);
 }
 
-/* A PDF of only these pages (ascending, 1-based): 'P' and its bytes. */
+/*
+ * A request about these pages (ascending, 1-based): PARSER_SELECT_PAGES, a
+ * PDF of only them ('P' and its bytes); PARSER_WANT_WORDS, their words
+ * with boxes ('W' and lines, see parser_protocol.h).
+ */
 char *
-parser_select_pages(const char *data, size_t len, const int32 *pages, int npages,
-					const char *filename, size_t *out_len)
+parser_pages_request(uint32 what, const char *data, size_t len, const int32 *pages, int npages,
+					 const char *filename, size_t *out_len)
 {
 	ParserRequest req;
 
 	Assert(npages > 0 && npages <= PARSER_MAX_PAGES);
 	memset(&req, 0, sizeof(req));
-	req.flags = request_flags(false) | PARSER_SELECT_PAGES;
+	req.flags = request_flags(false) | what;
 	req.npages = npages;
 	req.len = len;
 	return run_request(&req, data, pages, filename, out_len);

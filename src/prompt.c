@@ -158,9 +158,9 @@ attribution_schema(SchemaDialect dialect)
 	return a;
 }
 
-/* {"<general field>": attribution, ...} */
+/* {"<field>": attribution, ...} for these fields */
 static json_object *
-attributions_schema(const Template *t, SchemaDialect dialect)
+attributions_schema(const TemplateField *fields, int n, SchemaDialect dialect)
 {
 	bool		json = dialect == SCHEMA_JSON;
 	json_object *obj = json_object_new_object();
@@ -168,10 +168,10 @@ attributions_schema(const Template *t, SchemaDialect dialect)
 	json_object *req = json_object_new_array();
 
 	json_object_object_add(obj, "type", json_object_new_string(json ? "object" : "OBJECT"));
-	for (int i = 0; i < t->ngeneral; i++)
+	for (int i = 0; i < n; i++)
 	{
-		json_object_object_add(props, t->general[i].key, attribution_schema(dialect));
-		json_object_array_add(req, json_object_new_string(t->general[i].key));
+		json_object_object_add(props, fields[i].key, attribution_schema(dialect));
+		json_object_array_add(req, json_object_new_string(fields[i].key));
 	}
 	json_object_object_add(obj, "properties", props);
 	json_object_object_add(obj, "required", req);
@@ -180,15 +180,28 @@ attributions_schema(const Template *t, SchemaDialect dialect)
 	return obj;
 }
 
+/* [{"<column>": attribution, ...}]: one entry per line item, in order. */
+static json_object *
+table_attributions_schema(const Template *t, SchemaDialect dialect)
+{
+	json_object *arr = json_object_new_object();
+
+	json_object_object_add(arr, "type", json_object_new_string(dialect == SCHEMA_JSON ? "array" : "ARRAY"));
+	json_object_object_add(arr, "items", attributions_schema(t->table, t->ntable, dialect));
+	return arr;
+}
+
 /*
  * {"general": {...}, "table": [{...}]}: the shape of every answer, with
- * "attributions" for the general fields when asked.  The table-only part
- * of a split extraction asks for {"table": [...]}.
+ * "attributions" for the general fields and "table_attributions" for each
+ * line item when asked.  The table-only part of a split extraction asks
+ * for {"table": [...]}.
  */
 json_object *
 template_schema(const Template *t, SchemaDialect dialect, bool attributions)
 {
-	const char *const top[3] = {"general", "table", "attributions"};
+	const char *const top[4] = {"general", "table", "attributions", "table_attributions"};
+	bool		has_general = t->ngeneral > 0 || !t->has_table;
 	json_object *root = json_object_new_object();
 	json_object *props = json_object_new_object();
 	json_object *req = json_object_new_array();
@@ -196,7 +209,7 @@ template_schema(const Template *t, SchemaDialect dialect, bool attributions)
 
 	json_object_object_add(root, "type", json_object_new_string(json ? "object" : "OBJECT"));
 	/* A part that asks only for the line items has no "general". */
-	if (t->ngeneral > 0 || !t->has_table)
+	if (has_general)
 	{
 		json_object_object_add(props, "general", object_schema(t->general, t->ngeneral, dialect));
 		json_object_array_add(req, json_object_new_string("general"));
@@ -210,10 +223,16 @@ template_schema(const Template *t, SchemaDialect dialect, bool attributions)
 		json_object_object_add(props, "table", table);
 		json_object_array_add(req, json_object_new_string("table"));
 	}
-	if (attributions)
+	if (attributions && has_general)
 	{
-		json_object_object_add(props, "attributions", attributions_schema(t, dialect));
+		json_object_object_add(props, "attributions",
+							   attributions_schema(t->general, t->ngeneral, dialect));
 		json_object_array_add(req, json_object_new_string("attributions"));
+	}
+	if (attributions && t->has_table)
+	{
+		json_object_object_add(props, "table_attributions", table_attributions_schema(t, dialect));
+		json_object_array_add(req, json_object_new_string("table_attributions"));
 	}
 	json_object_object_add(root, "properties", props);
 	json_object_object_add(root, "required", req);
@@ -223,9 +242,9 @@ template_schema(const Template *t, SchemaDialect dialect, bool attributions)
 	{
 		json_object *order = json_object_new_array();
 
-		for (int i = 0; i < 3; i++)
-			if ((i == 0 && (t->ngeneral > 0 || !t->has_table)) ||
-				(i == 1 && t->has_table) || (i == 2 && attributions))
+		for (int i = 0; i < 4; i++)
+			if ((i == 0 && has_general) || (i == 1 && t->has_table) ||
+				(i == 2 && attributions && has_general) || (i == 3 && attributions && t->has_table))
 				json_object_array_add(order, json_object_new_string(top[i]));
 		json_object_object_add(root, "propertyOrdering", order);
 	}
@@ -285,10 +304,14 @@ template_system_prompt(const Template *t, const char *additional, bool attributi
 						 : "Extract every line item of the document's table, one row each, in order.");
 		append_fields(&s, t->table, t->ntable);
 	}
-	if (attributions)
+	if (attributions && (t->ngeneral > 0 || !t->has_table))
 		appendStringInfoString(&s, "\nFor every field of \"general\", also give in \"attributions\" "
 							   "your confidence in the value (0 to 1) and its evidence: the text of "
 							   "the document it comes from, quoted exactly, and its page.\n");
+	if (attributions && t->has_table)
+		appendStringInfoString(&s, "\nFor every row of \"table\", give in \"table_attributions\" "
+							   "(one entry per row, in the same order) the same for each column: "
+							   "your confidence and the quoted text with its page.\n");
 	if (additional && additional[0])
 		appendStringInfo(&s, "\nAdditional instructions: %s\n", additional);
 	return s.data;

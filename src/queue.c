@@ -64,13 +64,14 @@ check_options(json_object *o)
 				json_object_get_int64(val) <= MAX_RETRIES_CAP;
 		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
 				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0 ||
+				 strcmp(key, "citations") == 0 ||
 				 strcmp(key, "zero_retention") == 0)
 			ok = t == json_type_boolean;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, parallel_parts, auto_approve, zero_retention, force, pages.")));
+					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, citations, parallel_parts, auto_approve, zero_retention, force, pages.")));
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -166,6 +166,15 @@ def answer_for(schema, text):
                   "evidence": {"quote": evidence[key][0] if key in evidence else None,
                                "page": evidence[key][1] if key in evidence else None}}
             for key in schema["properties"]["attributions"]["properties"]}
+    if "table_attributions" in schema["properties"]:
+        pages = text.split("\f")
+
+        def cell(value):
+            page = next((i for i, p in enumerate(pages, 1) if value and value in p), None)
+            return {"confidence": 0.9 if page else 0.0,
+                    "evidence": {"quote": value if page else None, "page": page}}
+        ans["table_attributions"] = [{key: cell(value) for key, value in row.items()}
+                                     for row in ans.get("table", [])]
     return ans
 
 

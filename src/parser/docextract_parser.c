@@ -118,6 +118,96 @@ parse_pdf(const char *data, size_t len, bool want_text, int out)
 	}
 }
 
+/* One word: its box, the union of its characters' boxes. */
+static bool
+write_word(int out, const GString *word, const PopplerRectangle *box, bool eol)
+{
+	char		line[160];
+	int			n = snprintf(line, sizeof(line), "W %.3f %.3f %.3f %.3f %d ",
+							 box->x1, box->y1, box->x2, box->y2, eol ? 1 : 0);
+
+	return write_all(out, line, n) && write_all(out, word->str, word->len) &&
+		write_all(out, "\n", 1);
+}
+
+/*
+ * A page's words: poppler gives one box per character of the page's text
+ * (in the page's displayed orientation, origin top left); a word is a run
+ * of characters between white space.
+ */
+static void
+write_page_words(PopplerPage *page, int number, int out)
+{
+	char	   *text = poppler_page_get_text(page);
+	PopplerRectangle *rects = NULL;
+	guint		nrects = 0;
+	GString    *word = g_string_new(NULL);
+	PopplerRectangle box = {0, 0, 0, 0};
+	char		head[32];
+	guint		i = 0;
+
+	if (text == NULL || !poppler_page_get_text_layout(page, &rects, &nrects))
+		nrects = 0;
+	snprintf(head, sizeof(head), "P %d\n", number);
+	if (!write_all(out, head, strlen(head)))
+		_exit(3);
+	for (const char *c = text; c && *c && i < nrects; c = g_utf8_next_char(c), i++)
+	{
+		gunichar	u = g_utf8_get_char(c);
+
+		if (g_unichar_isspace(u))
+		{
+			if (word->len > 0 && !write_word(out, word, &box, u == '\n'))
+				_exit(3);
+			g_string_truncate(word, 0);
+			continue;
+		}
+		if (word->len == 0)
+			box = rects[i];
+		box.x1 = MIN(box.x1, rects[i].x1);
+		box.y1 = MIN(box.y1, rects[i].y1);
+		box.x2 = MAX(box.x2, rects[i].x2);
+		box.y2 = MAX(box.y2, rects[i].y2);
+		g_string_append_len(word, c, g_utf8_next_char(c) - c);
+	}
+	if (word->len > 0 && !write_word(out, word, &box, true))
+		_exit(3);
+	g_string_free(word, TRUE);
+	g_free(rects);
+	g_free(text);
+}
+
+/* 'W' and the words of each listed page that the document has. */
+static void
+page_words(const char *data, size_t len, const int32_t *pages, uint32_t npages, int out)
+{
+	GBytes	   *bytes = g_bytes_new_static(data, len);
+	GError	   *error = NULL;
+	PopplerDocument *doc = poppler_document_new_from_bytes(bytes, NULL, &error);
+
+	if (doc == NULL)
+	{
+		const char *reason = error && error->message ? error->message : "unknown error";
+
+		if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
+			_exit(3);
+		return;
+	}
+	if (!write_all(out, "W", 1))
+		_exit(3);
+	for (uint32_t k = 0; k < npages; k++)
+	{
+		PopplerPage *page = pages[k] <= poppler_document_get_n_pages(doc)
+			? poppler_document_get_page(doc, pages[k] - 1) : NULL;
+
+		if (page)
+		{
+			write_page_words(page, pages[k], out);
+			g_object_unref(page);
+		}
+	}
+}
+
 /*
  * A one-page PDF of our own, parsed once before the first fork: poppler's
  * and fontconfig's start-up then happens once, not in every child.
@@ -277,7 +367,7 @@ child_read_request(ParserRequest *req, int32_t **pages, int out)
 	}
 	if (!read_all(0, data, req->len))
 		_exit(3);
-	if ((req->flags & PARSER_SELECT_PAGES) && !read_page_list(req, pages))
+	if ((req->flags & (PARSER_SELECT_PAGES | PARSER_WANT_WORDS)) && !read_page_list(req, pages))
 		_exit(3);
 	if (!write_all(out, "R", 1))
 		_exit(3);
@@ -314,6 +404,8 @@ child_main(int out, pid_t helper)
 			pause();
 	if (req.flags & PARSER_SELECT_PAGES)
 		select_pages(data, req.len, pages, req.npages, out);
+	else if (req.flags & PARSER_WANT_WORDS)
+		page_words(data, req.len, pages, req.npages, out);
 	else
 		parse_pdf(data, req.len, (req.flags & PARSER_WANT_TEXT) != 0, out);
 }

@@ -15,6 +15,12 @@
  * numbers (1-based, ascending, each within the document), and the answer
  * is 'P' then a new PDF holding only those pages (written by libqpdf), or
  * 'F' and qpdf's reason.
+ *
+ * With PARSER_WANT_WORDS (and the same page list) the answer is 'W' then,
+ * per listed page that exists, a line "P <page>", then a line
+ * "W <x0> <y0> <x1> <y1> <eol> <word>" per word: its box in points, origin
+ * at the top left of the page as displayed (crop box, after /Rotate), and
+ * eol 1 when a line break follows it.
  * Closing the request pipe tells the helper to exit.
  */
 #ifndef PARSER_PROTOCOL_H
@@ -29,6 +35,7 @@
 #define PARSER_FAULT_CRASH	0x02	/* fault injection: the child raises SIGSEGV */
 #define PARSER_FAULT_HANG	0x04	/* fault injection: the child never answers */
 #define PARSER_SELECT_PAGES	0x08	/* a PDF of only the listed pages */
+#define PARSER_WANT_WORDS	0x10	/* the words of the listed pages, with boxes */
 
 /* The most page numbers one request may list. */
 #define PARSER_MAX_PAGES	100000
