@@ -18,7 +18,8 @@ REGRESS_OPTS = --inputdir=test --temp-instance=tmp_regress --temp-config=test/re
 	--load-extension=docextract
 TAP_TESTS = 1
 
-# poppler and qpdf are linked into the parser helper only (below), never the library.
+# poppler, cairo, qpdf and libheif are linked into the parser helper only
+# (below), never the library.
 DEPS = libcurl json-c xlsxwriter
 # -Wextra, less unused-parameter: PostgreSQL's own headers trip that one.
 PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter -DEXTVERSION=\"$(EXTVERSION)\" \
@@ -53,8 +54,8 @@ ifneq ($(PGXS),)
 PARSER = src/parser/docextract_parser
 all: $(PARSER)
 $(PARSER): $(PARSER).c src/parser/parser_protocol.h
-	$(CC) -std=gnu11 $(CFLAGS) -Wextra -Wno-unused-parameter $(shell pkg-config --cflags poppler-glib libqpdf) \
-		-o $@ $< $(LDFLAGS) $(shell pkg-config --libs poppler-glib libqpdf)
+	$(CC) -std=gnu11 $(CFLAGS) -Wextra -Wno-unused-parameter $(shell pkg-config --cflags poppler-glib cairo libqpdf libheif) \
+		-o $@ $< $(LDFLAGS) $(shell pkg-config --libs poppler-glib cairo libqpdf libheif)
 src/parser.o: src/parser/parser_protocol.h
 install: install-parser
 uninstall: uninstall-parser

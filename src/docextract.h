@@ -267,7 +267,16 @@ typedef struct DocumentInput
 	size_t		len;
 	int			page_count;
 	const char *text;			/* a PDF's stored text, or NULL */
+	int			nscans;			/* pages without text, sent as images (media.c) */
+	struct PageImage *scans;
 } DocumentInput;
+
+typedef struct PageImage
+{
+	int			page;			/* of the pages sent, from 1 */
+	const char *png;
+	size_t		len;
+} PageImage;
 
 typedef struct ExtractOptions
 {
@@ -415,6 +424,10 @@ extern char *parser_run(const char *data, size_t len, bool want_text, const char
 						size_t *out_len);
 extern char *parser_pages_request(uint32 what, const char *data, size_t len, const int32 *pages,
 								  int npages, const char *filename, size_t *out_len);
+extern char *parser_render_pages(const char *data, size_t len, const int32 *pages, int npages,
+								 int dpi, const char *filename, size_t *out_len);
+extern char *parser_heif_to_png(const char *data, size_t len, const char *filename, size_t *out_len);
+extern int	docextract_render_dpi;
 
 /* answer.c: reading untrusted answers (model endpoints, webhook receivers) -- */
 
@@ -510,6 +523,10 @@ extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c *
 
 extern int32 *pages_parse(const char *spec, int page_count, int *n);
 extern void document_select_pages(DocumentInput *doc, const int32 *pages, int n);
+
+/* media.c: the document as the provider can take it ------------------------ */
+
+extern void document_prepare_media(DocumentInput *doc, const char *provider, bool send_file);
 
 /* citations.c: where on the page each value was found ---------------------- */
 

@@ -325,11 +325,12 @@ job_prepare(Job *job)
 	SPI_connect();
 	load_model(job, &options, &pages, &npages);
 	load_document(job, outer, &doc);
-	if (npages > 0)
 	{
 		MemoryContext prev = MemoryContextSwitchTo(outer);
 
-		document_select_pages(&doc, pages, npages);
+		if (npages > 0)
+			document_select_pages(&doc, pages, npages);
+		document_prepare_media(&doc, job->model.provider, job->model.send_file);
 		MemoryContextSwitchTo(prev);
 	}
 	crashguard_fault_point(doc.filename);

@@ -40,6 +40,8 @@ static const struct config_enum_entry parser_faults[] = {
 	{NULL, 0, false}
 };
 
+int			docextract_render_dpi = 150;
+
 /* The helper of this process, if one runs. */
 static pid_t helper_pid = 0;
 static int	helper_in = -1;		/* we write requests here */
@@ -58,6 +60,10 @@ parser_define_settings(void)
 							"Address space the document parser may use.",
 							NULL, &docextract_parser_memory_mb, 1024, 64, 1024 * 1024,
 							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomIntVariable("docextract.render_dpi",
+							"Resolution at which a PDF page without text is rendered to be sent as an image.",
+							NULL, &docextract_render_dpi, 150, 36, 600,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomEnumVariable("docextract.parser_fault",
 							 "Fault injection for tests: the parser's child crashes or hangs.",
 							 NULL, &docextract_parser_fault, PARSER_INJECT_NONE, parser_faults,
@@ -431,4 +437,32 @@ parser_pages_request(uint32 what, const char *data, size_t len, const int32 *pag
 	req.npages = npages;
 	req.len = len;
 	return run_request(&req, data, pages, filename, out_len);
+}
+
+/* These pages (ascending, 1-based) as PNG images at dpi: 'R' and the pages. */
+char *
+parser_render_pages(const char *data, size_t len, const int32 *pages, int npages, int dpi,
+					const char *filename, size_t *out_len)
+{
+	ParserRequest req;
+
+	Assert(npages > 0 && npages <= PARSER_MAX_PAGES);
+	memset(&req, 0, sizeof(req));
+	req.flags = request_flags(false) | PARSER_RENDER_PAGES;
+	req.npages = npages;
+	req.dpi = dpi;
+	req.len = len;
+	return run_request(&req, data, pages, filename, out_len);
+}
+
+/* A HEIC/HEIF image as PNG: 'I' and its bytes, or 'F' and libheif's reason. */
+char *
+parser_heif_to_png(const char *data, size_t len, const char *filename, size_t *out_len)
+{
+	ParserRequest req;
+
+	memset(&req, 0, sizeof(req));
+	req.flags = request_flags(false) | PARSER_HEIF_TO_PNG;
+	req.len = len;
+	return run_request(&req, data, NULL, filename, out_len);
 }

@@ -29,6 +29,46 @@ data_url(const DocumentInput *d)
 	return psprintf("data:%s;base64,%s", d->content_type, base64_encode(d->data, d->len));
 }
 
+/* Which pages have no text and follow as images, for the prompt. */
+static char *
+scans_note(const DocumentInput *d)
+{
+	StringInfoData s;
+
+	if (d->nscans == 0)
+		return "";
+	initStringInfo(&s);
+	appendStringInfo(&s, " (page%s ", d->nscans == 1 ? "" : "s");
+	for (int i = 0; i < d->nscans; i++)
+		appendStringInfo(&s, "%s%d", i == 0 ? "" : ", ", d->scans[i].page);
+	appendStringInfo(&s, " %s no text layer: %s, in page order, after the text)",
+					 d->nscans == 1 ? "has" : "have",
+					 d->nscans == 1 ? "it follows as an image" : "they follow as images");
+	return s.data;
+}
+
+/* The text, then an image part per page without text. */
+static json_object *
+with_scans(const char *text, const DocumentInput *d)
+{
+	json_object *parts = json_object_new_array();
+
+	json_object_array_add(parts, text_part(text));
+	for (int i = 0; i < d->nscans; i++)
+	{
+		json_object *part = json_object_new_object();
+		json_object *inner = json_object_new_object();
+
+		json_object_object_add(part, "type", json_object_new_string("image_url"));
+		json_object_object_add(inner, "url", json_object_new_string(
+								   psprintf("data:image/png;base64,%s",
+											base64_encode(d->scans[i].png, d->scans[i].len))));
+		json_object_object_add(part, "image_url", inner);
+		json_object_array_add(parts, part);
+	}
+	return parts;
+}
+
 /* The user message: the document, as text or as a file/image part. */
 static json_object *
 user_content(const ModelConfig *m, const DocumentInput *d)
@@ -42,11 +82,12 @@ user_content(const ModelConfig *m, const DocumentInput *d)
 	{
 		/* Before any json-c allocation: parsing may raise an error. */
 		const char *text = d->text ? d->text : pdf_text(d->data, d->len);
+		char	   *intro = psprintf("Document \"%s\" (%d page%s). Its text, pages "
+									 "separated by form feeds%s:\n\n%s",
+									 d->filename, d->page_count, d->page_count == 1 ? "" : "s",
+									 scans_note(d), text);
 
-		return json_object_new_string(psprintf("Document \"%s\" (%d page%s). Its text, pages "
-											   "separated by form feeds:\n\n%s",
-											   d->filename, d->page_count,
-											   d->page_count == 1 ? "" : "s", text));
+		return d->nscans == 0 ? json_object_new_string(intro) : with_scans(intro, d);
 	}
 	parts = json_object_new_array();
 	part = json_object_new_object();

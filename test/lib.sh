@@ -1,6 +1,6 @@
 # Shared by test/run-tests.sh and test/demo.sh: package installation.
 PACKAGES="make gcc pkg-config postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev
-libjson-c-dev libpoppler-glib-dev libqpdf-dev libxlsxwriter-dev libipc-run-perl python3 bc curl poppler-utils"
+libjson-c-dev libpoppler-glib-dev libqpdf-dev libheif-dev libxlsxwriter-dev libipc-run-perl python3 bc curl poppler-utils"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -204,6 +204,11 @@ def check_request(headers, body):
     problem = check_strict_schema(js["schema"], "schema")
     if problem:
         return error(400, "Invalid schema for response_format 'extraction': " + problem)
+    for m in msgs:
+        for part in m["content"] if isinstance(m["content"], list) else []:
+            url = part.get("image_url", {}).get("url", "") if part.get("type") == "image_url" else ""
+            if url and not re.match(r"data:image/(png|jpeg|gif|webp);base64,", url):
+                return error(400, "Invalid image_url: the image must be png, jpeg, gif or webp")
     return req
 
 

@@ -25,6 +25,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cairo.h>
+#include <libheif/heif.h>
 #include <poppler.h>
 #include <qpdf/qpdf-c.h>
 
@@ -208,6 +210,164 @@ page_words(const char *data, size_t len, const int32_t *pages, uint32_t npages, 
 	}
 }
 
+/* cairo's PNG writer, straight to the output pipe. */
+static cairo_status_t
+write_png_chunk(void *closure, const unsigned char *data, unsigned int len)
+{
+	return write_all(*(int *) closure, data, len) ? CAIRO_STATUS_SUCCESS : CAIRO_STATUS_WRITE_ERROR;
+}
+
+/* A surface's PNG into a malloc'd buffer (so its length can go first). */
+typedef struct PngBuffer
+{
+	unsigned char *data;
+	size_t		len;
+	size_t		cap;
+} PngBuffer;
+
+static cairo_status_t
+buffer_png_chunk(void *closure, const unsigned char *data, unsigned int len)
+{
+	PngBuffer  *b = closure;
+
+	if (b->len + len > b->cap)
+	{
+		size_t		cap = (b->len + len) * 2;
+		unsigned char *bigger = realloc(b->data, cap);
+
+		if (bigger == NULL)
+			return CAIRO_STATUS_NO_MEMORY;
+		b->data = bigger;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, data, len);
+	b->len += len;
+	return CAIRO_STATUS_SUCCESS;
+}
+
+/* One page as PNG: white paper, the page drawn at dpi, as displayed. */
+static void
+render_page(PopplerPage *page, int number, uint32_t dpi, int out)
+{
+	double		w_pt,
+				h_pt;
+	double		scale = dpi / 72.0;
+	cairo_surface_t *surface;
+	cairo_t    *cr;
+	PngBuffer	png = {NULL, 0, 0};
+	int32_t		n = number;
+	uint32_t	len;
+
+	poppler_page_get_size(page, &w_pt, &h_pt);
+	if (w_pt * scale < 1 || h_pt * scale < 1 ||
+		w_pt * scale > PARSER_MAX_PIXELS || h_pt * scale > PARSER_MAX_PIXELS)
+		_exit(7);
+	surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, (int) (w_pt * scale), (int) (h_pt * scale));
+	cr = cairo_create(surface);
+	cairo_set_source_rgb(cr, 1, 1, 1);
+	cairo_paint(cr);
+	cairo_scale(cr, scale, scale);
+	poppler_page_render(page, cr);
+	cairo_destroy(cr);
+	if (cairo_surface_write_to_png_stream(surface, buffer_png_chunk, &png) != CAIRO_STATUS_SUCCESS)
+		_exit(7);
+	cairo_surface_destroy(surface);
+	len = (uint32_t) png.len;
+	if (!write_all(out, &n, sizeof(n)) || !write_all(out, &len, sizeof(len)) ||
+		!write_all(out, png.data, png.len))
+		_exit(3);
+	free(png.data);
+}
+
+/* 'R' and each listed page that the document has, rendered. */
+static void
+render_pages(const char *data, size_t len, const int32_t *pages, uint32_t npages, uint32_t dpi,
+			 int out)
+{
+	GBytes	   *bytes = g_bytes_new_static(data, len);
+	GError	   *error = NULL;
+	PopplerDocument *doc = poppler_document_new_from_bytes(bytes, NULL, &error);
+
+	if (doc == NULL)
+	{
+		const char *reason = error && error->message ? error->message : "unknown error";
+
+		if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
+			_exit(3);
+		return;
+	}
+	if (!write_all(out, "R", 1))
+		_exit(3);
+	for (uint32_t k = 0; k < npages; k++)
+	{
+		PopplerPage *page = pages[k] <= poppler_document_get_n_pages(doc)
+			? poppler_document_get_page(doc, pages[k] - 1) : NULL;
+
+		if (page)
+		{
+			render_page(page, pages[k], dpi, out);
+			g_object_unref(page);
+		}
+	}
+}
+
+static void
+heif_failed(struct heif_error err, int out)
+{
+	const char *reason = err.message ? err.message : "unknown error";
+
+	if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
+		_exit(3);
+	_exit(0);
+}
+
+/* 'I' and a HEIC/HEIF image's primary image as PNG. */
+static void
+heif_to_png(const char *data, size_t len, int out)
+{
+	struct heif_context *ctx = heif_context_alloc();
+	struct heif_image_handle *handle;
+	struct heif_image *img;
+	struct heif_error err;
+	const uint8_t *rgba;
+	int			stride;
+	int			w,
+				h;
+	cairo_surface_t *surface;
+
+	heif_context_set_maximum_image_size_limit(ctx, PARSER_MAX_PIXELS);
+	if ((err = heif_context_read_from_memory_without_copy(ctx, data, len, NULL)).code != heif_error_Ok ||
+		(err = heif_context_get_primary_image_handle(ctx, &handle)).code != heif_error_Ok ||
+		(err = heif_decode_image(handle, &img, heif_colorspace_RGB, heif_chroma_interleaved_RGBA,
+								 NULL)).code != heif_error_Ok)
+		heif_failed(err, out);
+	w = heif_image_get_width(img, heif_channel_interleaved);
+	h = heif_image_get_height(img, heif_channel_interleaved);
+	rgba = heif_image_get_plane_readonly(img, heif_channel_interleaved, &stride);
+	if (rgba == NULL || w < 1 || h < 1 || w > PARSER_MAX_PIXELS || h > PARSER_MAX_PIXELS)
+		_exit(7);
+	surface = cairo_image_surface_create(CAIRO_FORMAT_ARGB32, w, h);
+	cairo_surface_flush(surface);
+	for (int y = 0; y < h; y++)
+	{
+		uint32_t   *row = (uint32_t *) (cairo_image_surface_get_data(surface) +
+										 y * cairo_image_surface_get_stride(surface));
+
+		/* cairo's pixels are premultiplied, native-endian ARGB words. */
+		for (int x = 0; x < w; x++)
+		{
+			const uint8_t *p = rgba + y * stride + 4 * x;
+			uint32_t	a = p[3];
+
+			row[x] = a << 24 | (p[0] * a / 255) << 16 | (p[1] * a / 255) << 8 | (p[2] * a / 255);
+		}
+	}
+	cairo_surface_mark_dirty(surface);
+	if (!write_all(out, "I", 1) ||
+		cairo_surface_write_to_png_stream(surface, write_png_chunk, &out) != CAIRO_STATUS_SUCCESS)
+		_exit(3);
+}
+
 /*
  * A one-page PDF of our own, parsed once before the first fork: poppler's
  * and fontconfig's start-up then happens once, not in every child.
@@ -367,7 +527,8 @@ child_read_request(ParserRequest *req, int32_t **pages, int out)
 	}
 	if (!read_all(0, data, req->len))
 		_exit(3);
-	if ((req->flags & (PARSER_SELECT_PAGES | PARSER_WANT_WORDS)) && !read_page_list(req, pages))
+	if ((req->flags & (PARSER_SELECT_PAGES | PARSER_WANT_WORDS | PARSER_RENDER_PAGES)) &&
+		!read_page_list(req, pages))
 		_exit(3);
 	if (!write_all(out, "R", 1))
 		_exit(3);
@@ -406,6 +567,10 @@ child_main(int out, pid_t helper)
 		select_pages(data, req.len, pages, req.npages, out);
 	else if (req.flags & PARSER_WANT_WORDS)
 		page_words(data, req.len, pages, req.npages, out);
+	else if (req.flags & PARSER_RENDER_PAGES)
+		render_pages(data, req.len, pages, req.npages, req.dpi, out);
+	else if (req.flags & PARSER_HEIF_TO_PNG)
+		heif_to_png(data, req.len, out);
 	else
 		parse_pdf(data, req.len, (req.flags & PARSER_WANT_TEXT) != 0, out);
 }

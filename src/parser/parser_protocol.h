@@ -21,6 +21,13 @@
  * "W <x0> <y0> <x1> <y1> <eol> <word>" per word: its box in points, origin
  * at the top left of the page as displayed (crop box, after /Rotate), and
  * eol 1 when a line break follows it.
+ *
+ * With PARSER_RENDER_PAGES (and the same page list) the answer is 'R' then,
+ * per listed page that exists, an int32 page number, a uint32 length and
+ * that many bytes of PNG: the page rendered at request.dpi.
+ *
+ * With PARSER_HEIF_TO_PNG the document is a HEIC/HEIF image, and the
+ * answer is 'I' then its primary image as PNG, or 'F' and libheif's reason.
  * Closing the request pipe tells the helper to exit.
  */
 #ifndef PARSER_PROTOCOL_H
@@ -36,6 +43,11 @@
 #define PARSER_FAULT_HANG	0x04	/* fault injection: the child never answers */
 #define PARSER_SELECT_PAGES	0x08	/* a PDF of only the listed pages */
 #define PARSER_WANT_WORDS	0x10	/* the words of the listed pages, with boxes */
+#define PARSER_RENDER_PAGES	0x20	/* the listed pages as PNG images */
+#define PARSER_HEIF_TO_PNG	0x40	/* a HEIC/HEIF image as PNG */
+
+/* The largest image side the helper decodes or renders, in pixels. */
+#define PARSER_MAX_PIXELS	16384
 
 /* The most page numbers one request may list. */
 #define PARSER_MAX_PAGES	100000
@@ -50,6 +62,8 @@ typedef struct ParserRequest
 	uint32_t	cpu_seconds;	/* RLIMIT_CPU of the child */
 	uint32_t	npages;			/* page numbers after the document (SELECT_PAGES) */
 	uint64_t	len;			/* document bytes that follow */
+	uint32_t	dpi;			/* RENDER_PAGES: resolution */
+	uint32_t	reserved;
 } ParserRequest;
 
 /* How the child ended. */
