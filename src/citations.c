@@ -435,7 +435,7 @@ load_words(CitedDocument *doc, json_object *answer, const Template *t, int nrows
 	if (nasked == 0 || isnull)
 		return;
 	out = parser_pages_request(PARSER_WANT_WORDS, VARDATA_ANY(DatumGetByteaPP(d)),
-							   VARSIZE_ANY_EXHDR(DatumGetByteaPP(d)), asked, nasked,
+							   VARSIZE_ANY_EXHDR(DatumGetByteaPP(d)), asked, nasked, 0,
 							   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), &len);
 	if (len >= 1 && out[0] == 'W')
 		read_words(out, len, doc, asked, nasked);

@@ -431,25 +431,33 @@ coerce_attribution(json_object *a)
 	return out;
 }
 
+/* {"<field>": attribution, ...} for these fields, from in (any JSON, or NULL). */
+static json_object *
+coerce_attribution_object(json_object *in, const TemplateField *fields, int n)
+{
+	json_object *out = json_object_new_object();
+
+	for (int i = 0; i < n; i++)
+	{
+		json_object *a = NULL;
+
+		if (in && json_object_is_type(in, json_type_object))
+			json_object_object_get_ex(in, fields[i].key, &a);
+		json_object_object_add(out, fields[i].key,
+							   coerce_attribution(a && json_object_is_type(a, json_type_object) ? a : NULL));
+	}
+	return out;
+}
+
 /* {"<general field>": {"confidence", "evidence": {"quote", "page"}}} from the answer. */
 json_object *
 coerce_attributions(json_object *output, const Template *t)
 {
 	json_object *in = NULL;
-	json_object *out = json_object_new_object();
 
 	if (output && json_object_is_type(output, json_type_object))
 		json_object_object_get_ex(output, "attributions", &in);
-	for (int i = 0; i < t->ngeneral; i++)
-	{
-		json_object *a = NULL;
-
-		if (in && json_object_is_type(in, json_type_object))
-			json_object_object_get_ex(in, t->general[i].key, &a);
-		json_object_object_add(out, t->general[i].key,
-							   coerce_attribution(a && json_object_is_type(a, json_type_object) ? a : NULL));
-	}
-	return out;
+	return coerce_attribution_object(in, t->general, t->ngeneral);
 }
 
 /* [{"<column>": attribution, ...}, ...] per line item, from "table_attributions". */
@@ -468,23 +476,11 @@ coerce_table_attributions(json_object *output, const Template *t)
 	if (!rows || !json_object_is_type(rows, json_type_array))
 		return out;
 	for (size_t r = 0; r < json_object_array_length(rows); r++)
-	{
-		json_object *row = NULL;
-		json_object *cells = json_object_new_object();
-
-		if (in && json_object_is_type(in, json_type_array) && r < json_object_array_length(in))
-			row = json_object_array_get_idx(in, r);
-		for (int i = 0; i < t->ntable; i++)
-		{
-			json_object *a = NULL;
-
-			if (row && json_object_is_type(row, json_type_object))
-				json_object_object_get_ex(row, t->table[i].key, &a);
-			json_object_object_add(cells, t->table[i].key,
-								   coerce_attribution(a && json_object_is_type(a, json_type_object) ? a : NULL));
-		}
-		json_object_array_add(out, cells);
-	}
+		json_object_array_add(out, coerce_attribution_object(
+								  in && json_object_is_type(in, json_type_array) &&
+								  r < json_object_array_length(in)
+								  ? json_object_array_get_idx(in, r) : NULL,
+								  t->table, t->ntable));
 	return out;
 }
 

@@ -423,9 +423,8 @@ extern void parser_define_settings(void);
 extern char *parser_run(const char *data, size_t len, bool want_text, const char *filename,
 						size_t *out_len);
 extern char *parser_pages_request(uint32 what, const char *data, size_t len, const int32 *pages,
-								  int npages, const char *filename, size_t *out_len);
-extern char *parser_render_pages(const char *data, size_t len, const int32 *pages, int npages,
-								 int dpi, const char *filename, size_t *out_len);
+								  int npages, int dpi, const char *filename, size_t *out_len);
+extern char *parser_reason(const char *out, size_t len);
 extern char *parser_heif_to_png(const char *data, size_t len, const char *filename, size_t *out_len);
 extern int	docextract_render_dpi;
 

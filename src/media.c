@@ -80,8 +80,8 @@ render_scans(DocumentInput *doc)
 	doc->text = text;
 	if (n == 0)
 		return;
-	out = parser_render_pages(doc->data, doc->len, pages, n, docextract_render_dpi,
-							  doc->filename, &len);
+	out = parser_pages_request(PARSER_RENDER_PAGES, doc->data, doc->len, pages, n,
+							   docextract_render_dpi, doc->filename, &len);
 	read_renders(doc, out, len, pages, n);
 }
 
@@ -95,8 +95,7 @@ heif_as_png(DocumentInput *doc)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not convert image \"%s\" to PNG: %s", doc->filename,
-						len > 1 && out[0] == 'F' ? pnstrdup(out + 1, Min(len - 1, 200))
-						: "the parser answered out of protocol")));
+						parser_reason(out, len))));
 	doc->data = out + 1;
 	doc->len = len - 1;
 	doc->content_type = "image/png";

@@ -135,13 +135,13 @@ document_select_pages(DocumentInput *doc, const int32 *pages, int n)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" has %d page(s); the extraction asks for page %d",
 						doc->filename, doc->page_count, n > 0 ? pages[n - 1] : 0)));
-	out = parser_pages_request(PARSER_SELECT_PAGES, doc->data, doc->len, pages, n, doc->filename, &len);
+	out = parser_pages_request(PARSER_SELECT_PAGES, doc->data, doc->len, pages, n, 0,
+							   doc->filename, &len);
 	if (len < 1 || out[0] != 'P')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not take pages out of document \"%s\": %s", doc->filename,
-						len > 1 && out[0] == 'F' ? pnstrdup(out + 1, Min(len - 1, 200))
-						: "the parser answered out of protocol")));
+						parser_reason(out, len))));
 	doc->data = out + 1;
 	doc->len = len - 1;
 	if (doc->text)

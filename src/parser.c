@@ -423,32 +423,18 @@ parser_run(const char *data, size_t len, bool want_text, const char *filename, s
 /*
  * A request about these pages (ascending, 1-based): PARSER_SELECT_PAGES, a
  * PDF of only them ('P' and its bytes); PARSER_WANT_WORDS, their words
- * with boxes ('W' and lines, see parser_protocol.h).
+ * with boxes ('W' and lines); PARSER_RENDER_PAGES, each as a PNG at dpi
+ * ('R' and the pages).  See parser_protocol.h.
  */
 char *
 parser_pages_request(uint32 what, const char *data, size_t len, const int32 *pages, int npages,
-					 const char *filename, size_t *out_len)
+					 int dpi, const char *filename, size_t *out_len)
 {
 	ParserRequest req;
 
 	Assert(npages > 0 && npages <= PARSER_MAX_PAGES);
 	memset(&req, 0, sizeof(req));
 	req.flags = request_flags(false) | what;
-	req.npages = npages;
-	req.len = len;
-	return run_request(&req, data, pages, filename, out_len);
-}
-
-/* These pages (ascending, 1-based) as PNG images at dpi: 'R' and the pages. */
-char *
-parser_render_pages(const char *data, size_t len, const int32 *pages, int npages, int dpi,
-					const char *filename, size_t *out_len)
-{
-	ParserRequest req;
-
-	Assert(npages > 0 && npages <= PARSER_MAX_PAGES);
-	memset(&req, 0, sizeof(req));
-	req.flags = request_flags(false) | PARSER_RENDER_PAGES;
 	req.npages = npages;
 	req.dpi = dpi;
 	req.len = len;
@@ -465,4 +451,19 @@ parser_heif_to_png(const char *data, size_t len, const char *filename, size_t *o
 	req.flags = request_flags(false) | PARSER_HEIF_TO_PNG;
 	req.len = len;
 	return run_request(&req, data, NULL, filename, out_len);
+}
+
+/* Why the child said 'F' (its library's reason, printable), or that it spoke out of protocol. */
+char *
+parser_reason(const char *out, size_t len)
+{
+	char	   *reason;
+
+	if (len < 2 || out[0] != 'F')
+		return "the parser answered out of protocol";
+	reason = pnstrdup(out + 1, Min(len - 1, 200));
+	for (char *p = reason; *p; p++)
+		if ((unsigned char) *p < 0x20 || (unsigned char) *p > 0x7e)
+			*p = '?';
+	return reason;
 }

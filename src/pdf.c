@@ -14,18 +14,6 @@
 
 PG_FUNCTION_INFO_V1(docextract_pdf_text);
 
-/* poppler's reason, as printable ASCII whatever the helper sent. */
-static char *
-clean_reason(const char *s, size_t len)
-{
-	char	   *out = pnstrdup(s, Min(len, 200));
-
-	for (char *p = out; *p; p++)
-		if ((unsigned char) *p < 0x20 || (unsigned char) *p > 0x7e)
-			*p = '?';
-	return out;
-}
-
 /*
  * Open a PDF once: its page count, and its text (palloc'd, in the database
  * encoding) when text is not NULL.  A PDF the parser cannot open, one
@@ -43,7 +31,7 @@ pdf_inspect(const char *data, size_t len, const char *filename, char **text)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" is not a readable PDF: %s", filename,
-						clean_reason(out + 1, out_len - 1))));
+						parser_reason(out, out_len))));
 	if (out_len >= 1 && out[0] == 'N')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -80,14 +80,13 @@ set_limit(int resource, rlim_t soft, rlim_t hard)
 		_exit(4);
 }
 
-/* The child's answer for one PDF: 'O', pages, text; 'F', reason; or 'N'. */
-static void
-parse_pdf(const char *data, size_t len, bool want_text, int out)
+/* poppler's document, or NULL once 'F' and poppler's reason are written. */
+static PopplerDocument *
+open_document(const char *data, size_t len, int out)
 {
 	GBytes	   *bytes = g_bytes_new_static(data, len);
 	GError	   *error = NULL;
 	PopplerDocument *doc = poppler_document_new_from_bytes(bytes, NULL, &error);
-	int32_t		pages;
 
 	if (doc == NULL)
 	{
@@ -95,8 +94,27 @@ parse_pdf(const char *data, size_t len, bool want_text, int out)
 
 		if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
 			_exit(3);
-		return;
 	}
+	return doc;
+}
+
+/* A listed page (from 1), or NULL if the document has no such page. */
+static PopplerPage *
+listed_page(PopplerDocument *doc, int32_t number)
+{
+	return number >= 1 && number <= poppler_document_get_n_pages(doc)
+		? poppler_document_get_page(doc, number - 1) : NULL;
+}
+
+/* The child's answer for one PDF: 'O', pages, text; 'F', reason; or 'N'. */
+static void
+parse_pdf(const char *data, size_t len, bool want_text, int out)
+{
+	PopplerDocument *doc = open_document(data, len, out);
+	int32_t		pages;
+
+	if (doc == NULL)
+		return;
 	pages = poppler_document_get_n_pages(doc);
 	if (pages < 1)
 	{
@@ -183,24 +201,15 @@ write_page_words(PopplerPage *page, int number, int out)
 static void
 page_words(const char *data, size_t len, const int32_t *pages, uint32_t npages, int out)
 {
-	GBytes	   *bytes = g_bytes_new_static(data, len);
-	GError	   *error = NULL;
-	PopplerDocument *doc = poppler_document_new_from_bytes(bytes, NULL, &error);
+	PopplerDocument *doc = open_document(data, len, out);
 
 	if (doc == NULL)
-	{
-		const char *reason = error && error->message ? error->message : "unknown error";
-
-		if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
-			_exit(3);
 		return;
-	}
 	if (!write_all(out, "W", 1))
 		_exit(3);
 	for (uint32_t k = 0; k < npages; k++)
 	{
-		PopplerPage *page = pages[k] <= poppler_document_get_n_pages(doc)
-			? poppler_document_get_page(doc, pages[k] - 1) : NULL;
+		PopplerPage *page = listed_page(doc, pages[k]);
 
 		if (page)
 		{
@@ -284,24 +293,15 @@ static void
 render_pages(const char *data, size_t len, const int32_t *pages, uint32_t npages, uint32_t dpi,
 			 int out)
 {
-	GBytes	   *bytes = g_bytes_new_static(data, len);
-	GError	   *error = NULL;
-	PopplerDocument *doc = poppler_document_new_from_bytes(bytes, NULL, &error);
+	PopplerDocument *doc = open_document(data, len, out);
 
 	if (doc == NULL)
-	{
-		const char *reason = error && error->message ? error->message : "unknown error";
-
-		if (!write_all(out, "F", 1) || !write_all(out, reason, strlen(reason)))
-			_exit(3);
 		return;
-	}
 	if (!write_all(out, "R", 1))
 		_exit(3);
 	for (uint32_t k = 0; k < npages; k++)
 	{
-		PopplerPage *page = pages[k] <= poppler_document_get_n_pages(doc)
-			? poppler_document_get_page(doc, pages[k] - 1) : NULL;
+		PopplerPage *page = listed_page(doc, pages[k]);
 
 		if (page)
 		{
