@@ -20,6 +20,7 @@ cut_point(const char *s, int limit, int *chars)
 	size_t		keep = 0;
 	size_t		pos = 0;
 	size_t		last_space = 0;
+	size_t		hard;
 	int			n = 0;
 
 	for (; s[pos] != '\0'; n++)
@@ -33,12 +34,13 @@ cut_point(const char *s, int limit, int *chars)
 	*chars = n;
 	if (n <= limit)
 		return pos;
+	hard = keep;
 	/* Inside a word: back to the space before it, unless there is none. */
 	if (!isspace((unsigned char) s[keep]) && last_space > 0)
 		keep = last_space;
 	while (keep > 0 && isspace((unsigned char) s[keep - 1]))
 		keep--;
-	return keep;
+	return keep > 0 ? keep : hard;	/* only spaces before: cut mid-word */
 }
 
 static json_object *

@@ -17,13 +17,24 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "access/xact.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "mb/pg_wchar.h"
 #include "parser/parser_protocol.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 
 #include <math.h>
+
+/*
+ * The child parsed a hostile document: what it says is bounded before it
+ * costs memory or time here.  Words past these are ignored (their quotes
+ * are then not found), quotes past this are not looked for.
+ */
+#define MAX_WORDS_PER_PAGE	50000
+#define MAX_WORDS			500000
+#define MAX_QUOTES			20000
 
 
 typedef struct Word
@@ -33,13 +44,20 @@ typedef struct Word
 	bool		eol;			/* a line break follows */
 } Word;
 
+/* The words as one normalised string, and which word each byte is of. */
+typedef struct FlatText
+{
+	StringInfoData text;
+	int		   *owner;			/* per byte: its word, -1 for a space */
+} FlatText;
+
 typedef struct PageText
 {
 	int			page;			/* the document's page number */
 	int			nwords;
 	Word	   *words;
-	StringInfoData flat;		/* the words as one normalised string */
-	int		   *owner;			/* per byte of flat: its word, -1 for a space */
+	FlatText	joined;			/* a hyphen at a line end dropped: "inter-national" */
+	FlatText	kept;			/* ... or kept: "well-known" */
 } PageText;
 
 typedef struct CitedDocument
@@ -48,7 +66,19 @@ typedef struct CitedDocument
 	PageText   *pages;
 	int32	   *page_numbers;	/* options.pages, or NULL: model page = page */
 	int			nnumbers;
+	int			located;		/* quotes looked for so far */
 } CitedDocument;
+
+/* What load_words needs, for in_subtransaction. */
+typedef struct WordsStep
+{
+	CitedDocument *doc;
+	json_object *answer;
+	const Template *t;
+	int			nrows;
+	const pg_uuid_t *extraction;
+	Oid			owner;
+} WordsStep;
 
 /* Ligatures spelt out, odd spaces as spaces, soft hyphens dropped. */
 static void
@@ -65,15 +95,25 @@ append_normalised_char(StringInfo out, const char *c, int len)
 		appendBinaryStringInfo(out, c, len);
 }
 
+/* Never longer than s: a ligature's letters take no more bytes than it. */
 static char *
 normalise_word(const char *s)
 {
 	StringInfoData out;
 
-	initStringInfo(&out);
+	out.maxlen = strlen(s) + 1;
+	out.data = palloc(out.maxlen);
+	resetStringInfo(&out);
 	for (; *s; s += pg_utf_mblen((const unsigned char *) s))
 		append_normalised_char(&out, s, pg_utf_mblen((const unsigned char *) s));
 	return out.data;
+}
+
+/* A letter or digit, or part of a multibyte character. */
+static bool
+is_word_char(char c)
+{
+	return isalnum((unsigned char) c) || (unsigned char) c >= 0x80;
 }
 
 /*
@@ -91,13 +131,11 @@ normalise_quote(const char *quote)
 	{
 		if (*p == ' ' && (out.len == 0 || out.data[out.len - 1] == ' '))
 			continue;
+		/* "inter- national": the line break the model copied; the page's
+		 * two readings (hyphen dropped, hyphen kept) are both tried. */
 		if (*p == ' ' && out.len >= 2 && out.data[out.len - 1] == '-' &&
-			isalnum((unsigned char) out.data[out.len - 2]))
-		{
-			if (islower((unsigned char) p[1]))
-				out.data[--out.len] = '\0';
+			is_word_char(out.data[out.len - 2]))
 			continue;
-		}
 		appendStringInfoChar(&out, *p);
 	}
 	while (out.len > 0 && out.data[out.len - 1] == ' ')
@@ -105,62 +143,53 @@ normalise_quote(const char *quote)
 	return out.data;
 }
 
-/* Append text to the page string, each byte owned by word w. */
+/* Append text to the flat string, each byte owned by word w. */
 static void
-append_owned(PageText *pt, const char *text, int w)
+append_owned(FlatText *f, const char *text, int w)
 {
 	int			len = strlen(text);
 
-	pt->owner = repalloc(pt->owner, sizeof(int) * (pt->flat.len + len + 1));
+	f->owner = repalloc(f->owner, sizeof(int) * (f->text.len + len + 1));
 	for (int i = 0; i < len; i++)
-		pt->owner[pt->flat.len + i] = w;
-	appendBinaryStringInfo(&pt->flat, text, len);
+		f->owner[f->text.len + i] = w;
+	appendBinaryStringInfo(&f->text, text, len);
 }
 
 /*
- * The page's words as one string: a space between words, except after a
- * hyphen at a line end, where the hyphen goes too when the next word goes
- * on in lower case ("inter-" "national": "international").
+ * The page's words as one string: a space between words, but none after a
+ * hyphen at a line end, where the hyphen itself goes too when drop_hyphen
+ * ("inter-" "national": "international"; kept: "well-" "known":
+ * "well-known").
  */
 static void
-flatten_page(PageText *pt)
+flatten_page(const PageText *pt, FlatText *f, bool drop_hyphen)
 {
-	initStringInfo(&pt->flat);
-	pt->owner = palloc(sizeof(int));
+	initStringInfo(&f->text);
+	f->owner = palloc(sizeof(int));
 	for (int i = 0; i < pt->nwords; i++)
 	{
 		const Word *prev = i > 0 ? &pt->words[i - 1] : NULL;
-		bool		hyphen_break = prev && prev->eol && pt->flat.len > 0 &&
-			pt->flat.data[pt->flat.len - 1] == '-';
+		bool		hyphen_break = prev && prev->eol && f->text.len > 0 &&
+			f->text.data[f->text.len - 1] == '-';
 
-		if (hyphen_break && islower((unsigned char) pt->words[i].text[0]))
-			pt->flat.data[--pt->flat.len] = '\0';
+		if (hyphen_break && drop_hyphen)
+			f->text.data[--f->text.len] = '\0';
 		else if (prev && !hyphen_break)
-			append_owned(pt, " ", -1);
-		append_owned(pt, pt->words[i].text, i);
+			append_owned(f, " ", -1);
+		append_owned(f, pt->words[i].text, i);
 	}
 }
 
-static bool
-is_word_char(char c)
-{
-	return isalnum((unsigned char) c) || (unsigned char) c >= 0x80;
-}
-
 /*
- * Where the quote is on the page: true, with the union of the covered
- * words' boxes, when it is there exactly once.
+ * Where the quote is in a flat text: how many times (whole words), and in
+ * *at the start of the last.
  */
-static bool
-locate(const PageText *pt, const char *quote, double *box)
+static int
+occurrences(const FlatText *f, const char *quote, int qlen, int *at)
 {
-	const char *flat = pt->flat.data;
-	int			qlen = strlen(quote);
+	const char *flat = f->text.data;
 	int			found = 0;
-	int			at = -1;
 
-	if (qlen == 0)
-		return false;
 	for (const char *p = strstr(flat, quote); p; p = strstr(p + 1, quote))
 	{
 		int			start = p - flat;
@@ -170,15 +199,37 @@ locate(const PageText *pt, const char *quote, double *box)
 			(is_word_char(flat[start + qlen]) && is_word_char(quote[qlen - 1])))
 			continue;
 		found++;
-		at = start;
+		*at = start;
+		CHECK_FOR_INTERRUPTS();
 	}
+	return found;
+}
+
+/*
+ * Where the quote is on the page: true, with the union of the covered
+ * words' boxes, when it is there exactly once (read with a hyphen at a
+ * line end dropped, or else kept).
+ */
+static bool
+locate(const PageText *pt, const char *quote, double *box)
+{
+	const FlatText *f = &pt->joined;
+	int			qlen = strlen(quote);
+	int			at = -1;
+	int			found;
+
+	if (qlen == 0)
+		return false;
+	found = occurrences(f, quote, qlen, &at);
+	if (found == 0)
+		found = occurrences(f = &pt->kept, quote, qlen, &at);
 	if (found != 1)
 		return false;
 	box[0] = box[1] = INFINITY;
 	box[2] = box[3] = -INFINITY;
 	for (int i = at; i < at + qlen; i++)
 	{
-		const Word *w = pt->owner[i] >= 0 ? &pt->words[pt->owner[i]] : NULL;
+		const Word *w = f->owner[i] >= 0 ? &pt->words[f->owner[i]] : NULL;
 
 		if (w == NULL)
 			continue;
@@ -199,21 +250,27 @@ read_word_line(const char *line, int len, Word *w)
 	char	   *word;
 	int			eol;
 
-	if (len < 2 || strncmp(copy, "W ", 2) != 0)
-		return false;
-	for (int i = 0; i < 4; i++)
+	bool		ok = len >= 2 && strncmp(copy, "W ", 2) == 0;
+
+	for (int i = 0; ok && i < 4; i++)
 	{
 		w->box[i] = strtod(end, &end);
-		if (!isfinite(w->box[i]) || fabs(w->box[i]) > 1e6)
-			return false;
+		ok = isfinite(w->box[i]) && fabs(w->box[i]) <= 1e6;
 	}
-	eol = (int) strtol(end, &word, 10);
-	if (word == end || *word != ' ' || word[1] == '\0' ||
-		!pg_verify_mbstr(PG_UTF8, word + 1, strlen(word + 1), true))
-		return false;
-	w->eol = eol == 1;
-	w->text = normalise_word(word + 1);
-	return w->text[0] != '\0';
+	if (ok)
+	{
+		eol = (int) strtol(end, &word, 10);
+		ok = word != end && *word == ' ' && word[1] != '\0' &&
+			pg_verify_mbstr(PG_UTF8, word + 1, strlen(word + 1), true);
+	}
+	if (ok)
+	{
+		w->eol = eol == 1;
+		w->text = normalise_word(word + 1);
+		ok = w->text[0] != '\0';
+	}
+	pfree(copy);
+	return ok;
 }
 
 /*
@@ -227,6 +284,7 @@ read_words(const char *out, size_t len, CitedDocument *doc, const int32 *asked, 
 	PageText   *pt = NULL;
 	const char *p = out + 1;
 	const char *end = out + len;
+	int			total = 0;
 
 	doc->pages = palloc0(sizeof(PageText) * nasked);
 	doc->npages = 0;
@@ -244,16 +302,21 @@ read_words(const char *out, size_t len, CitedDocument *doc, const int32 *asked, 
 			pt->page = (int) page;
 			pt->words = palloc(sizeof(Word) * 64);
 		}
-		else if (pt && l > 0 && memchr(p, '\0', l) == NULL &&
-				 read_word_line(p, l, &pt->words[pt->nwords]))
+		else if (pt && l > 0 && pt->nwords < MAX_WORDS_PER_PAGE && total < MAX_WORDS &&
+				 memchr(p, '\0', l) == NULL && read_word_line(p, l, &pt->words[pt->nwords]))
 		{
+			total++;
 			if (++pt->nwords % 64 == 0)
 				pt->words = repalloc(pt->words, sizeof(Word) * (pt->nwords + 64));
 		}
+		CHECK_FOR_INTERRUPTS();
 		p += l + 1;
 	}
 	for (int i = 0; i < doc->npages; i++)
-		flatten_page(&doc->pages[i]);
+	{
+		flatten_page(&doc->pages[i], &doc->pages[i].joined, true);
+		flatten_page(&doc->pages[i], &doc->pages[i].kept, false);
+	}
 }
 
 static const PageText *
@@ -303,7 +366,7 @@ rounded(double d)
 
 /* {"page", "bbox", "quote", "verified"} for one value's evidence. */
 static json_object *
-citation(const CitedDocument *doc, json_object *attribution)
+citation(CitedDocument *doc, json_object *attribution)
 {
 	const char *quote;
 	int			page = document_page(doc, evidence_of(attribution, &quote));
@@ -312,7 +375,8 @@ citation(const CitedDocument *doc, json_object *attribution)
 	json_object *q = raw ? coerce_value(raw, FORMAT_TEXT, 0, NULL) : NULL;
 	const PageText *pt = page ? page_text(doc, page) : NULL;
 	double		box[4];
-	bool		verified = pt && q && locate(pt, normalise_quote(json_object_get_string(q)), box);
+	bool		verified = pt && q && doc->located++ < MAX_QUOTES &&
+		locate(pt, normalise_quote(json_object_get_string(q)), box);
 
 	json_object_put(raw);
 	json_object_object_add(c, "page", page ? json_object_new_int(page) : NULL);
@@ -441,8 +505,16 @@ load_words(CitedDocument *doc, json_object *answer, const Template *t, int nrows
 		read_words(out, len, doc, asked, nasked);
 }
 
+static void
+words_step(void *arg)
+{
+	WordsStep  *s = arg;
+
+	load_words(s->doc, s->answer, s->t, s->nrows, s->extraction, s->owner);
+}
+
 static json_object *
-cite_fields(const CitedDocument *doc, json_object *evidence, const TemplateField *f, int n)
+cite_fields(CitedDocument *doc, json_object *evidence, const TemplateField *f, int n)
 {
 	json_object *out = json_object_new_object();
 
@@ -466,9 +538,19 @@ citations_build(json_object *answer, json_object *data, const Template *t,
 	json_object *out = json_object_new_object();
 	json_object *table = json_object_new_array();
 
+	WordsStep	step = {&doc, answer, t, nrows, extraction, owner};
+	char	   *err;
+
 	memset(&doc, 0, sizeof(doc));
 	SPI_connect();
-	load_words(&doc, answer, t, nrows, extraction, owner);
+	/* No words (the role is gone, the parser gave up): nothing is verified,
+	 * but the answer the model gave is kept. */
+	if ((err = in_subtransaction(words_step, &step)) != NULL)
+	{
+		elog(LOG, "docextract: citations of extraction %s are not verified: %s",
+			 uuid_text(UUIDPGetDatum(extraction)), err);
+		memset(&doc, 0, sizeof(doc));
+	}
 	json_object_object_add(out, "general",
 						   cite_fields(&doc, general_evidence(answer), t->general, t->ngeneral));
 	for (int r = 0; r < nrows && t->has_table; r++)

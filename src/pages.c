@@ -87,6 +87,8 @@ pages_parse(const char *spec, int page_count, int *n)
 	for (int p = 1; p <= page_count; p++)
 		if (wanted[p])
 			pages[count++] = p;
+	if (count > PARSER_MAX_PAGES)
+		bad_range(spec, page_count, psprintf("names %d pages; at most %d can be sent", count, PARSER_MAX_PAGES));
 	*n = count;
 	return pages;
 }

@@ -314,7 +314,7 @@ check_outcome(const ParserReply *reply, const char *filename)
 	if (reply->outcome == PARSER_TOO_LARGE)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("could not parse document \"%s\": its text is longer than %d MB",
+				 errmsg("could not parse document \"%s\": what the parser made of it (text, pages or images) is larger than %d MB",
 						filename, PARSER_MAX_OUTPUT / (1024 * 1024))));
 	if (reply->outcome == PARSER_FAILED && reply->value == ENOMEM)
 		ereport(ERROR,

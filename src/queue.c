@@ -108,7 +108,7 @@ check_model(const char *model)
 
 /*
  * options.pages checked against the document: its pages as an int4[], or 0
- * (NULL) when the option is absent.
+ * (NULL) when the option is absent or names every page (the same work).
  */
 static Datum
 selected_pages(Datum document, const char *spec)
@@ -116,15 +116,17 @@ selected_pages(Datum document, const char *spec)
 	bool		isnull;
 	int			n;
 	int32	   *pages;
+	int			page_count;
 	Datum	   *elems;
 
 	if (spec == NULL)
 		return (Datum) 0;
 	SPI_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
 						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
-	pages = pages_parse(spec, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-														  SPI_tuptable->tupdesc, 1, &isnull)),
-						&n);
+	page_count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	pages = pages_parse(spec, page_count, &n);
+	if (n == page_count)
+		return (Datum) 0;
 	elems = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 		elems[i] = Int32GetDatum(pages[i]);
@@ -133,19 +135,23 @@ selected_pages(Datum document, const char *spec)
 
 /* The earlier extraction of the same document, template and options, if any. */
 static bool
-find_duplicate(Datum *args, Datum *found)
+find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 {
 	bool		isnull;
 
 	/* Serialize concurrent submits of the same pair; held to commit. */
 	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || $2::text))",
 						  2, (Oid[]) {UUIDOID, UUIDOID}, args, NULL, false, 0);
+	/* pages compare as the pages they name: "2,1" is "1-2". */
 	SPI_execute_with_args("SELECT id FROM docextract.extractions"
 						  " WHERE document_id = $1 AND template_id = $2"
-						  "   AND options - 'force' = $3 - 'force' AND owner = $4::regrole"
+						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
+						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
 						  "   AND status IN " ACTIVE_OR_DONE
 						  " ORDER BY created_at DESC LIMIT 1",
-						  4, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID}, args, NULL, false, 1);
+						  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, INT4ARRAYOID},
+						  (Datum[]) {args[0], args[1], args[2], args[3], page_numbers},
+						  page_numbers ? NULL : "    n", false, 1);
 	if (SPI_processed == 0)
 		return false;
 	*found = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -248,7 +254,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	check_template_usable(args[1]);
 	check_model(model);
 	page_numbers = selected_pages(args[0], pages);
-	if (!find_duplicate(args, &id) || force)
+	if (!find_duplicate(args, page_numbers, &id) || force)
 	{
 		id = insert_extraction(args, model, page_numbers);
 		docextract_wake_worker_at_commit();

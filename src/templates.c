@@ -722,16 +722,23 @@ docextract_set_template_active(PG_FUNCTION_ARGS)
 	lock_template(id, caller, active ? "activate" : "deactivate");
 	was_active = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 											&isnull));
+	/* Then the whole group, so that two activations in one group take turns. */
+	if (SPI_execute_with_args("SELECT 1 FROM docextract.templates WHERE group_id ="
+							  "  (SELECT group_id FROM docextract.templates WHERE id = $1)"
+							  " ORDER BY version FOR UPDATE",
+							  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0) != SPI_OK_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not lock template %s", uuid_text(id))));
 	/* One active version per group: the other steps down first. */
-	if (active && !was_active)
-		SPI_execute_with_args("UPDATE docextract.templates SET is_active = false"
-							  " WHERE is_active AND group_id ="
-							  "  (SELECT group_id FROM docextract.templates WHERE id = $1)",
-							  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
 	if (active != was_active &&
-		SPI_execute_with_args("UPDATE docextract.templates SET is_active = $2 WHERE id = $1",
-							  2, (Oid[]) {UUIDOID, BOOLOID}, (Datum[]) {id, BoolGetDatum(active)},
-							  NULL, false, 0) != SPI_OK_UPDATE)
+		((active && SPI_execute_with_args("UPDATE docextract.templates SET is_active = false"
+										  " WHERE is_active AND group_id ="
+										  "  (SELECT group_id FROM docextract.templates WHERE id = $1)",
+										  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0) != SPI_OK_UPDATE) ||
+		 SPI_execute_with_args("UPDATE docextract.templates SET is_active = $2 WHERE id = $1",
+							   2, (Oid[]) {UUIDOID, BOOLOID}, (Datum[]) {id, BoolGetDatum(active)},
+							   NULL, false, 0) != SPI_OK_UPDATE))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not change template %s", uuid_text(id))));

@@ -272,6 +272,8 @@ render_page(PopplerPage *page, int number, uint32_t dpi, int out)
 		w_pt * scale > PARSER_MAX_PIXELS || h_pt * scale > PARSER_MAX_PIXELS)
 		_exit(7);
 	surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, (int) (w_pt * scale), (int) (h_pt * scale));
+	if (cairo_surface_status(surface) != CAIRO_STATUS_SUCCESS)
+		_exit(7);
 	cr = cairo_create(surface);
 	cairo_set_source_rgb(cr, 1, 1, 1);
 	cairo_paint(cr);
@@ -347,6 +349,8 @@ heif_to_png(const char *data, size_t len, int out)
 	if (rgba == NULL || w < 1 || h < 1 || w > PARSER_MAX_PIXELS || h > PARSER_MAX_PIXELS)
 		_exit(7);
 	surface = cairo_image_surface_create(CAIRO_FORMAT_ARGB32, w, h);
+	if (cairo_surface_status(surface) != CAIRO_STATUS_SUCCESS)
+		_exit(7);
 	cairo_surface_flush(surface);
 	for (int y = 0; y < h; y++)
 	{
@@ -464,34 +468,32 @@ qpdf_failed(qpdf_data q, int out)
 }
 
 /*
- * A PDF of only the listed pages: every other page is removed, and the
- * writer keeps only what the remaining pages still reach.
+ * A PDF of only the listed pages: a new, empty document into which those
+ * pages are copied.  Nothing else of the original comes along (outlines,
+ * names, the structure tree, forms: they could reach the other pages), and
+ * qpdf does not follow a reference from a copied page into another page.
  */
 static void
 select_pages(const char *data, size_t len, const int32_t *pages, uint32_t npages, int out)
 {
+	qpdf_data	in = qpdf_init();
 	qpdf_data	q = qpdf_init();
-	int			n;
-	uint32_t	next = npages;
 
+	qpdf_silence_errors(in);
+	qpdf_set_suppress_warnings(in, QPDF_TRUE);
 	qpdf_silence_errors(q);
 	qpdf_set_suppress_warnings(q, QPDF_TRUE);
-	if (qpdf_read_memory(q, "document", data, len, NULL) & QPDF_ERRORS)
-		qpdf_failed(q, out);
-	n = qpdf_get_num_pages(q);
-	if (n < 1 || pages[npages - 1] > n)
-		qpdf_failed(q, out);
-	/* From the last page down, so the numbers still to come stay valid. */
-	for (int i = n; i >= 1; i--)
-	{
-		if (next > 0 && pages[next - 1] == i)
-		{
-			next--;
-			continue;
-		}
-		if (qpdf_remove_page(q, qpdf_get_page_n(q, i - 1)) & QPDF_ERRORS)
+	if (qpdf_read_memory(in, "document", data, len, NULL) & QPDF_ERRORS)
+		qpdf_failed(in, out);
+	if (qpdf_get_num_pages(in) < 1 || pages[npages - 1] > qpdf_get_num_pages(in))
+		qpdf_failed(in, out);
+	/* A page's inherited resources and boxes must travel with it. */
+	if ((qpdf_push_inherited_attributes_to_page(in) & QPDF_ERRORS) ||
+		(qpdf_empty_pdf(q) & QPDF_ERRORS))
+		qpdf_failed(in, out);
+	for (uint32_t k = 0; k < npages; k++)
+		if (qpdf_add_page(q, in, qpdf_get_page_n(in, pages[k] - 1), QPDF_FALSE) & QPDF_ERRORS)
 			qpdf_failed(q, out);
-	}
 	if (qpdf_init_write_memory(q) & QPDF_ERRORS)
 		qpdf_failed(q, out);
 	/* Streams go out as they came: not decoded, not recompressed. */
@@ -503,6 +505,7 @@ select_pages(const char *data, size_t len, const int32_t *pages, uint32_t npages
 		!write_all(out, qpdf_get_buffer(q), qpdf_get_buffer_length(q)))
 		_exit(3);
 	qpdf_cleanup(&q);
+	qpdf_cleanup(&in);
 }
 
 /*

@@ -67,8 +67,9 @@ is(sq('SELECT docextract.credit_balance()'), '99', '... and only one');
 
 # -- overlapping ranges are merged; all pages is the document as it is ----------------
 my $all = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"pages\": \"1-2,2,1\"}')");
-is(sq("SELECT page_numbers::text FROM docextract.extractions WHERE id = '$all'"), '{1,2}',
-	'overlapping ranges are merged and sorted');
+is(sq("SELECT page_numbers IS NULL FROM docextract.extractions WHERE id = '$all'"), 't',
+	'overlapping ranges naming every page are the document as it is');
+is(sq("SELECT docextract.extract_document('$doc', '$tid', '{}')"), $all, '... the same extraction as no pages at all');
 is(wait_for_status($node, $all, 'completed', 'failed', 'awaiting_approval'), 'completed', '... and it completes');
 is(sq("SELECT credits_used FROM docextract.extractions WHERE id = '$all'"), '2', '... charging both pages once');
 
@@ -88,6 +89,22 @@ like($text, qr/Invoice Number: INV-2026-0042/, "... page 1's");
 unlike($text, qr/Closing balance/, '... without page 2');
 is(sq("SELECT docextract.get_result('$f')->'data'->'general'->>'invoice_number'"), 'INV-2026-0042',
 	'and the extraction reads it');
+
+# -- what the catalog reaches does not come along ---------------------------------------
+# Page 1 of a PDF whose bookmark points at page 2: removing page 2 from the
+# page tree would leave it reachable, and sent.
+my $outlined = sq("SELECT docextract.add_document('outlined.pdf', pg_read_binary_file('" . fixture('outlined.pdf') . "'))");
+my $o = sq("SELECT docextract.extract_document('$outlined', '$tid', '{\"pages\": \"1\", \"model\": \"file-mode\"}')");
+is(wait_for_status($node, $o, 'completed', 'failed', 'awaiting_approval'), 'completed', 'page 1 of a PDF with a bookmark to page 2');
+$sent = json_of(server_requests($srv)->[-1]{body})->{messages}[1]{content}[1]{file}{file_data};
+$sent =~ s{^data:application/pdf;base64,}{};
+my $bytes = decode_base64($sent);
+unlike($bytes, qr/SECRET page two/, 'the PDF sent holds nothing of page 2');
+like($bytes, qr/Page one public/, '... and page 1 as it was (its stream copied, not re-encoded)');
+unlike($bytes, qr{/Outlines}, '... and no bookmarks');
+my $p21 = sq("SELECT docextract.extract_document('$outlined', '$tid', '{\"pages\": \"2,1\"}')");
+is(sq("SELECT docextract.extract_document('$outlined', '$tid', '{\"pages\": \" 1-2 \"}')"), $p21,
+	'"2,1" and "1-2" name the same pages: the same extraction');
 
 # -- the same document and template with other pages is another extraction ------------
 isnt(sq("SELECT docextract.extract_document('$doc', '$tid', '{\"pages\": \"1\"}')"), $e,

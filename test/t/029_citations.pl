@@ -20,7 +20,7 @@ sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-m
 	                            '{"max_retries": 0, "document_mode": "file"}');});
 my $pdf = fixture('citations.pdf');
 my $doc = sq("SELECT docextract.add_document('citations.pdf', pg_read_binary_file('$pdf'))");
-my @general = qw(invoice_number bill_to ship_to notes reference label subtotal total_amount balance missing elsewhere nothing);
+my @general = qw(invoice_number bill_to ship_to notes reference status label subtotal total_amount balance missing elsewhere nothing);
 my $schema = '{"general_part": {' . join(', ', map { "\"$_\": {\"name\": \"$_\", \"format_type\": \"text\"}" } @general)
   . '}, "table_part": {"description": {"name": "Description", "format_type": "text"},'
   . ' "amount": {"name": "Amount", "format_type": "text"}}}';
@@ -73,6 +73,7 @@ my %quotes = (
 	ship_to => [ 'Contoso Ltd', 1 ],
 	notes => [ 'Deliver to the loading dock before noon', 1 ],
 	reference => [ 'international shipment', 1 ],
+	status => [ 'well-known customer', 1 ],
 	label => [ 'Confidential', 1 ],
 	subtotal => [ '100.00', 1 ],
 	total_amount => [ 'EUR 1,469.06', 2 ],
@@ -106,6 +107,7 @@ for my $case (
 	[ ship_to => 1, [ 'Contoso', 'Ltd' ], 'two words of the right column' ],
 	[ notes => 1, [ qw(Deliver to the loading dock before noon) ], 'a value over two lines: the union of both lines\' words' ],
 	[ reference => 1, [ 'inter-', 'national', 'shipment' ], 'a word hyphenated at a line end' ],
+	[ status => 1, [ 'well-', 'known', 'customer' ], 'a compound broken at its hyphen at a line end' ],
 	[ label => 1, [ 'Confidential' ], 'a word printed with a ligature' ],
 	[ total_amount => 2, [ 'EUR', '1,469.06' ], 'a rotated page, as displayed' ])
 {
@@ -170,6 +172,21 @@ is(wait_for_status($node, $e, 'completed', 'failed', 'awaiting_approval'), 'comp
 	'evidence of the wrong shapes does not fail the extraction');
 $c = json_of(sq("SELECT docextract.get_result('$e')"))->{citations};
 ok(!grep({ $c->{general}{$_}{verified} } @general), '... and verifies nothing');
+
+# -- when the words can't be had, the answer is kept, unverified ------------------------
+$node->safe_psql('postgres', "ALTER SYSTEM SET docextract.parser_fault = 'crash'; SELECT pg_reload_conf()");
+$node->poll_query_until('postgres', "SELECT current_setting('docextract.parser_fault') = 'crash'");
+server_script($srv, { answer => { general => { invoice_number => 'INV-2026-0042' }, table => [],
+	attributions => { invoice_number => ev('INV-2026-0042', 1) }, table_attributions => [] } });
+$e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"citations\": true, \"seed\": 1}')");
+is(wait_for_status($node, $e, 'completed', 'failed', 'awaiting_approval'), 'completed',
+	'the parser crashing over the word boxes does not fail the extraction');
+$r = json_of(sq("SELECT docextract.get_result('$e')"));
+is($r->{data}{general}{invoice_number}, 'INV-2026-0042', "... the model's answer is kept");
+is_deeply([ $r->{citations}{general}{invoice_number}{verified}, $r->{citations}{general}{invoice_number}{bbox} ],
+	[ JSON::PP::false, undef ], '... and nothing is verified');
+$node->safe_psql('postgres', "ALTER SYSTEM RESET docextract.parser_fault; SELECT pg_reload_conf()");
+$node->poll_query_until('postgres', "SELECT current_setting('docextract.parser_fault') = 'none'");
 
 # -- an image has no text layer ------------------------------------------------------
 my $png = sq("SELECT docextract.add_document('r.png', pg_read_binary_file('" . fixture('receipt.png') . "'))");
