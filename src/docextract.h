@@ -244,6 +244,7 @@ extern long http_retry_delay_ms(const HttpRequest *req, long base_ms, int attemp
 extern int	http_descriptor_cap(void);
 extern int	http_descriptor_waiters(void);
 extern int64 http_bytes_held(void);
+extern uint64 http_bytes_freed(void);
 
 /* provider_openai.c and friends: wire formats -------------------------------- */
 

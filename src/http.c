@@ -42,6 +42,7 @@ static dlist_head fd_waiting = DLIST_STATIC_INIT(fd_waiting);
 
 /* Bytes held by requests in flight: bodies, and answers as they come. */
 static int64 bytes_held = 0;
+static uint64 bytes_freed = 0;	/* ever, by requests that ended */
 
 /* Sockets libcurl holds, each counted by AcquireExternalFD. */
 static int	sockets_held = 0;
@@ -210,8 +211,8 @@ set_egress_options(CURL *easy, HttpRequest *req)
 
 /*
  * Sockets a process may hold: AcquireExternalFD allows a third of
- * max_safe_fds, less the descriptors a worker holds besides (its wait
- * set's and our epoll, the parser helper's pipes).
+ * max_safe_fds, less what it holds uncounted besides (libcurl's wake-up
+ * socket pair, the parser helper's pipes).
  */
 int
 http_descriptor_cap(void)
@@ -329,6 +330,7 @@ release_handle(HttpRequest *req)
 		dlist_delete(&req->wait_node);
 	dlist_delete(&req->node);
 	bytes_held -= req->charged;
+	bytes_freed += req->charged;
 	curl_easy_cleanup(req->easy);
 	curl_slist_free_all(req->headers);
 	free(req->body);
@@ -545,6 +547,13 @@ int64
 http_bytes_held(void)
 {
 	return bytes_held;
+}
+
+/* Bytes freed by ended requests so far: has memory been freed since? */
+uint64
+http_bytes_freed(void)
+{
+	return bytes_freed;
 }
 
 /* Requests of this process waiting for a descriptor. */

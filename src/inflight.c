@@ -61,7 +61,7 @@ typedef struct Waiting
 
 static List *waiting = NIL;		/* of Waiting *, in TopMemoryContext, oldest first */
 static int	waiting_published = 0;
-static int64 held_when_blocked = 0;	/* bytes in flight when the oldest could not start */
+static uint64 freed_when_blocked = 0;	/* http_bytes_freed() when the oldest could not start */
 static InflightCap room_cap = CAP_NONE;
 static int	logged_limit[NUM_CAPS];	/* the limit's value when last logged */
 
@@ -295,7 +295,7 @@ inflight_admit(ClaimedJob *jobs, int n, int max)
 					 psprintf("Extraction %s (about %lld kB) waits until requests in flight free memory (%lld kB held).",
 							  uuid_text(UUIDPGetDatum(&w->job.id)), (long long) (w->bytes / 1024),
 							  (long long) (held / 1024)));
-			held_when_blocked = http_bytes_held();
+			freed_when_blocked = http_bytes_freed();
 			break;
 		}
 		held += w->bytes;
@@ -311,7 +311,7 @@ inflight_admit(ClaimedJob *jobs, int n, int max)
 bool
 inflight_memory_freed(void)
 {
-	return http_bytes_held() < held_when_blocked;
+	return http_bytes_freed() != freed_when_blocked || http_bytes_held() == 0;
 }
 
 /* Jobs waiting for memory. */
