@@ -209,15 +209,33 @@ set_egress_options(CURL *easy, HttpRequest *req)
 		  curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L) == CURLE_OK));
 }
 
+/* Descriptors a process holds that PostgreSQL does not count: libcurl's wake-up pair, the parser's pipes. */
+#define UNCOUNTED_FDS 4
+
+static int	descriptor_cap = 0;
+
 /*
- * Sockets a process may hold: AcquireExternalFD allows a third of
- * max_safe_fds, less what it holds uncounted besides (libcurl's wake-up
- * socket pair, the parser helper's pipes).
+ * Sockets this process may hold: what AcquireExternalFD (a third of
+ * max_safe_fds) leaves it once its wait sets and our epoll are counted,
+ * found by asking, less what it holds uncounted.  Before http_init, an
+ * estimate: those wait sets take about three.
  */
 int
 http_descriptor_cap(void)
 {
-	return Max(max_safe_fds / 3 - 4, 1);
+	return descriptor_cap > 0 ? descriptor_cap : Max(max_safe_fds / 3 - 3 - UNCOUNTED_FDS, 1);
+}
+
+static void
+count_free_descriptors(void)
+{
+	int			n = 0;
+
+	while (AcquireExternalFD())
+		n++;
+	for (int i = 0; i < n; i++)
+		ReleaseExternalFD();
+	descriptor_cap = Max(n + sockets_held - UNCOUNTED_FDS, 1);
 }
 
 void
@@ -231,6 +249,7 @@ http_init(void)
 	if (epoll_fd < 0)
 		elog(ERROR, "epoll_create1 failed: %m");
 	ReserveExternalFD();
+	count_free_descriptors();
 	multi = curl_multi_init();
 	if (multi == NULL ||
 		curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||

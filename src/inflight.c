@@ -48,6 +48,7 @@ static const char *const cap_names[NUM_CAPS] = {
 typedef struct InflightShared
 {
 	pg_atomic_uint32 waiting_memory;	/* jobs claimed, waiting for memory */
+	pg_atomic_uint32 descriptor_cap;	/* sockets the job worker may hold; 0: none runs */
 } InflightShared;
 
 static InflightShared *inflight_shared = NULL;
@@ -102,7 +103,10 @@ inflight_shmem_init(void)
 
 	inflight_shared = ShmemInitStruct("docextract inflight", sizeof(InflightShared), &found);
 	if (!found)
+	{
 		pg_atomic_init_u32(&inflight_shared->waiting_memory, 0);
+		pg_atomic_init_u32(&inflight_shared->descriptor_cap, 0);
+	}
 }
 
 static void
@@ -110,7 +114,10 @@ publish(void)
 {
 	int			n = list_length(waiting);
 
-	if (inflight_shared == NULL || n == waiting_published)
+	if (inflight_shared == NULL)
+		return;
+	pg_atomic_write_u32(&inflight_shared->descriptor_cap, (uint32) http_descriptor_cap());
+	if (n == waiting_published)
 		return;
 	pg_atomic_fetch_add_u32(&inflight_shared->waiting_memory, n - waiting_published);
 	waiting_published = n;
@@ -123,6 +130,8 @@ inflight_worker_exit(void)
 	list_free_deep(waiting);
 	waiting = NIL;
 	publish();
+	if (inflight_shared)
+		pg_atomic_write_u32(&inflight_shared->descriptor_cap, 0);
 }
 
 static int
@@ -330,7 +339,8 @@ Datum
 docextract_worker_limits(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			descriptors = http_descriptor_cap();
+	uint32		worker_cap = inflight_shared ? pg_atomic_read_u32(&inflight_shared->descriptor_cap) : 0;
+	int			descriptors = worker_cap > 0 ? (int) worker_cap : http_descriptor_cap();
 	bool		memory = inflight_shared && pg_atomic_read_u32(&inflight_shared->waiting_memory) > 0;
 
 	InitMaterializedSRF(fcinfo, 0);

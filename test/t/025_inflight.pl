@@ -165,16 +165,20 @@ $node->safe_psql('postgres', 'ALTER SYSTEM RESET docextract.max_inflight_memory'
 $node->append_conf('postgresql.conf', "max_files_per_process = 64\n");
 $node->restart;
 system('prlimit', '--pid', worker_pid($node), '--nofile=64:64') == 0 or die 'prlimit failed';
-my ($cap, $capped) = split /\|/, $node->safe_psql('postgres',
-	"SELECT effective_concurrency, capped_by FROM docextract.worker_limits() WHERE model_name = 'wide'");
-ok($cap > 0 && $cap < 60, "max_files_per_process 64: wide gets $cap sockets");
-is($capped, 'max_files_per_process', 'worker_limits(): capped by max_files_per_process');
 server_reset($srv);
+$log_from = -s $node->logfile;
 my @fds = submit_held('wide', 60, 'fds', $doc, 400);
-ok(server_holds($cap), "$cap requests in flight, the others wait");
+ok($node->wait_for_log(qr/max_files_per_process \(\d+\) limits the requests in flight/, $log_from),
+	'the log says the descriptors cap the claims');
+my ($cap) = slurp_file($node->logfile, $log_from) =~ /max_files_per_process \((\d+)\) limits/;
+ok($cap > 0 && $cap < 60, "max_files_per_process 64: wide gets $cap sockets");
+is($node->safe_psql('postgres',
+	"SELECT effective_concurrency || '/' || capped_by FROM docextract.worker_limits() WHERE model_name = 'wide'"),
+	"$cap/max_files_per_process", 'worker_limits(): capped by max_files_per_process');
+ok(server_holds($cap), "$cap requests in flight at the server, the others wait");
 release('fds');
 all_completed_once('few descriptors', @fds);
-ok(server_stats($srv)->{max_inflight} <= $cap, 'never more sockets than the descriptors allow');
+is(server_stats($srv)->{max_inflight}, $cap, 'never more connections than the descriptors allow');
 
 $node->stop;
 done_testing();
