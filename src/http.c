@@ -62,19 +62,23 @@ on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 	ev.data.fd = s;
 	if (what == CURL_POLL_REMOVE)
 	{
-		epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL);
-		curl_multi_assign(multi, s, NULL);
+		/* The socket may be closed already: nothing to undo then. */
+		(void) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL);
+		(void) curl_multi_assign(multi, s, NULL);
 		return 0;
 	}
 	ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+	/* -1: libcurl fails the transfers on that socket rather than hang. */
 	if (socketp == NULL)
 	{
-		if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
-			epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
-		curl_multi_assign(multi, s, (void *) 1);
+		if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0 &&
+			(errno != EEXIST || epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0))
+			return -1;
+		if (curl_multi_assign(multi, s, (void *) 1) != CURLM_OK)
+			return -1;
 	}
-	else
-		epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+	else if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0)
+		return -1;
 	return 0;
 }
 
