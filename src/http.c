@@ -159,7 +159,6 @@ on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addres
 {
 	HttpRequest *req = clientp;
 	char		text[INET6_ADDRSTRLEN];
-
 	curl_socket_t s;
 
 	if (req->egress_checked && !egress_allowed_sockaddr(&address->addr, false, text))

@@ -299,10 +299,6 @@ start_all_step(void *arg)
 	}
 }
 
-/*
- * Claim what there is room for and start each request.  True if more may
- * wait; *next_poll is brought forward to when the next retry falls due.
- */
 /* Start the claimed jobs that waited for memory, if it was freed; true if some still wait. */
 static bool
 start_waiting(void)
@@ -319,6 +315,10 @@ start_waiting(void)
 	return inflight_waiting_jobs() > 0;
 }
 
+/*
+ * Claim what there is room for and start each request.  True if more may
+ * wait; *next_poll is brought forward to when the next retry falls due.
+ */
 static bool
 claim_and_start(TimestampTz *next_poll)
 {
