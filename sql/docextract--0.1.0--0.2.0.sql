@@ -226,6 +226,14 @@ CREATE FUNCTION docextract.set_template_active(template_id uuid, active boolean)
 RETURNS boolean LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_set_template_active';
 GRANT EXECUTE ON FUNCTION docextract.set_template_active(uuid, boolean) TO PUBLIC;
 
+-- For operators: per model, the max_concurrency it sets, what it gets, and
+-- which of the worker's limits caps it (NULL: none).  Reads only what any
+-- role may read (models, settings), so PUBLIC may call it.
+CREATE FUNCTION docextract.worker_limits(OUT model_name text, OUT max_concurrency integer,
+                                         OUT effective_concurrency integer, OUT capped_by text)
+RETURNS SETOF record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'docextract_worker_limits';
+GRANT EXECUTE ON FUNCTION docextract.worker_limits() TO PUBLIC;
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

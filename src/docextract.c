@@ -24,7 +24,7 @@ void		_PG_init(void);
 
 char	   *docextract_database = NULL;
 int			docextract_max_document_size = 20 * 1024;	/* kB */
-int			docextract_max_inflight = 16;
+int			docextract_max_inflight = 256;
 int			docextract_poll_interval_ms = 5000;
 int			docextract_default_timeout_ms = 120000;
 int			docextract_credits_mode = CREDITS_ENFORCE;
@@ -107,6 +107,7 @@ docextract_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(DocextractShared)));
+	RequestAddinShmemSpace(inflight_shmem_size());
 }
 
 static void
@@ -133,6 +134,7 @@ docextract_shmem_startup(void)
 		docextract_shared->writeback_pid = 0;
 		docextract_shared->writeback_running_set = false;
 	}
+	inflight_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -249,9 +251,10 @@ define_settings(void)
 							1, 1024 * 1024, PGC_SUSET, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("docextract.max_inflight",
-							"Requests the worker keeps in flight at once.",
-							NULL, &docextract_max_inflight, 16, 1, 10000,
+							"Requests the worker keeps in flight at once, all models together.",
+							NULL, &docextract_max_inflight, 256, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	inflight_define_settings();
 	DefineCustomIntVariable("docextract.poll_interval",
 							"How often the worker looks at the queue when nobody wakes it.",
 							NULL, &docextract_poll_interval_ms, 5000, 10, 3600 * 1000,

@@ -9,6 +9,7 @@
 
 #include "postgres.h"
 
+#include "lib/ilist.h"
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
@@ -224,6 +225,15 @@ typedef struct HttpRequest
 	char		egress_refused[48]; /* an address it refused, if any */
 	bool		too_large;		/* stopped at docextract.max_response_size */
 	char	   *location;		/* a 3xx's redirect target (not followed), or NULL */
+	/* Kept by http.c: */
+	long		timeout_ms;
+	dlist_node	node;			/* in the process's requests, oldest first */
+	int64		charged;		/* bytes counted against max_inflight_memory */
+	bool		over_budget;	/* its answer outgrew max_inflight_memory */
+	bool		no_descriptor;	/* no descriptor was free to connect */
+	bool		waiting_fd;		/* set aside until one is */
+	TimestampTz fd_wait_since;
+	dlist_node	wait_node;
 } HttpRequest;
 
 extern void http_init(void);
@@ -238,6 +248,10 @@ extern int	http_inflight(void);
 extern char *http_error_text(HttpRequest *req);
 extern char *http_redirect_text(HttpRequest *req);
 extern long http_retry_delay_ms(const HttpRequest *req, long base_ms, int attempt, long max_ms);
+extern int	http_descriptor_cap(void);
+extern int	http_descriptor_waiters(void);
+extern int64 http_bytes_held(void);
+extern uint64 http_bytes_freed(void);
 
 /* provider_openai.c and friends: wire formats -------------------------------- */
 
@@ -531,5 +545,19 @@ extern void document_prepare_media(DocumentInput *doc, const char *provider, boo
 
 extern json_object *citations_build(json_object *answer, json_object *data, const Template *t,
 									const pg_uuid_t *extraction, Oid owner);
+
+/* inflight.c: the worker's own limits: requests, descriptors, memory ------- */
+
+extern int	docextract_max_inflight_memory;	/* kB */
+extern void inflight_define_settings(void);
+extern int64 inflight_memory_budget(void);
+extern Size inflight_shmem_size(void);
+extern void inflight_shmem_init(void);
+extern void inflight_worker_exit(void);
+extern int	inflight_claim_room(int jobs, int all);
+extern void inflight_claimed(int requests, int room);
+extern int	inflight_admit(ClaimedJob *jobs, int n, int max);
+extern bool inflight_memory_freed(void);
+extern int	inflight_waiting_jobs(void);
 
 #endif							/* DOCEXTRACT_H */

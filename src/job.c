@@ -508,6 +508,8 @@ transient_curl_error(int code)
 static bool
 retryable(HttpRequest *req, bool unreadable_answer)
 {
+	if (req->over_budget)
+		return true;			/* memory is freed as other requests end */
 	if (req->curl_code != 0)
 		return transient_curl_error(req->curl_code);
 	switch (req->status)

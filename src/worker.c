@@ -281,8 +281,10 @@ static void
 start_all_step(void *arg)
 {
 	ClaimStep  *c = arg;
+	/* Those whose bodies fit in memory now (inflight.c); the rest wait. */
+	int			n = inflight_admit(c->jobs, c->claimed, c->max);
 
-	for (int i = 0; i < c->claimed; i++)
+	for (int i = 0; i < n; i++)
 	{
 		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts, c->jobs[i].parts);
 		char	   *err;
@@ -297,6 +299,22 @@ start_all_step(void *arg)
 	}
 }
 
+/* Start the claimed jobs that waited for memory, if it was freed; true if some still wait. */
+static bool
+start_waiting(void)
+{
+	ClaimStep	c = {0};
+	char	   *err;
+
+	if (!inflight_memory_freed())
+		return true;
+	c.max = inflight_waiting_jobs();
+	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
+	if ((err = in_transaction("docextract: starting requests", start_all_step, &c)) != NULL)
+		elog(WARNING, "docextract worker: could not start requests: %s", err);
+	return inflight_waiting_jobs() > 0;
+}
+
 /*
  * Claim what there is room for and start each request.  True if more may
  * wait; *next_poll is brought forward to when the next retry falls due.
@@ -306,8 +324,12 @@ claim_and_start(TimestampTz *next_poll)
 {
 	ClaimStep	c;
 	char	   *err;
+	int			requests = 0;
 
-	c.max = docextract_max_inflight - jobs_inflight();
+	/* The worker's room: max_inflight, descriptors, memory (inflight.c). */
+	c.max = inflight_claim_room(jobs_inflight(), http_inflight());
+	if (inflight_waiting_jobs() > 0)
+		return start_waiting();
 	if (c.max <= 0 || (crashguard_single_mode() && inflight_jobs != NIL))
 		return true;
 	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
@@ -317,6 +339,8 @@ claim_and_start(TimestampTz *next_poll)
 		elog(WARNING, "docextract worker: could not claim jobs: %s", err);
 		return false;
 	}
+	for (int i = 0; i < c.claimed; i++)
+		requests += c.jobs[i].parts;
 	if (c.claimed > 0 &&
 		(err = in_transaction("docextract: starting requests", start_all_step, &c)) != NULL)
 		elog(WARNING, "docextract worker: could not start requests: %s", err);
@@ -334,13 +358,8 @@ claim_and_start(TimestampTz *next_poll)
 		if (free_at != 0 && free_at < *next_poll)
 			*next_poll = free_at;
 	}
-	{
-		int			requests = 0;
-
-		for (int i = 0; i < c.claimed; i++)
-			requests += c.jobs[i].parts;
-		return requests >= c.max || crashguard_single_mode();
-	}
+	inflight_claimed(requests, c.max);
+	return requests >= c.max || crashguard_single_mode();
 }
 
 static bool leases_reset = false;
@@ -569,6 +588,7 @@ worker_exit(int code, Datum arg)
 {
 	crashguard_worker_exit();
 	docextract_worker_unpublish();
+	inflight_worker_exit();
 }
 
 static WaitEventSet *
@@ -697,7 +717,7 @@ docextract_worker_main(Datum main_arg)
 		 */
 		if (look_deliveries && deliver_webhooks(&next_poll))
 			look_deliveries = false;
-		if (look && jobs_inflight() < docextract_max_inflight)
+		if (look)
 			look = claim_and_start(&next_poll);
 
 		stats_ms = report_stats();
