@@ -496,4 +496,20 @@ extern void writeback_define_settings(void);
 extern void writeback_wake_at_commit(void);	/* docextract.c */
 extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c */
 
+/* steplock.c: the workers step aside for DDL on the extension's tables ----- */
+
+extern bool steplock_begin(void);
+extern bool steplock_absent(void);
+extern TimestampTz steplock_retry_at(void);
+
+/* transient.c: errors that retry a job's step rather than fail the job ----- */
+
+extern bool error_is_transient(int sqlerrcode);
+extern void step_note_error(int sqlerrcode);
+extern const char *step_note_aside(void);
+extern bool step_transient(void);
+extern bool step_stepped_aside(void);
+extern bool transient_retry(pg_uuid_t *id);
+extern void transient_requeue(pg_uuid_t *id, const char *message);
+
 #endif							/* DOCEXTRACT_H */
