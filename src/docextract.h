@@ -500,7 +500,8 @@ extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c *
 
 extern bool steplock_begin(void);
 extern bool steplock_absent(void);
-extern TimestampTz steplock_retry_at(void);
+extern long steplock_retry_ms(void);
+extern void steplock_wait(void);
 
 /* transient.c: errors that retry a job's step rather than fail the job ----- */
 
@@ -509,7 +510,7 @@ extern void step_note_error(int sqlerrcode);
 extern const char *step_note_aside(void);
 extern bool step_transient(void);
 extern bool step_stepped_aside(void);
-extern bool transient_retry(pg_uuid_t *id);
+extern bool transient_retry(pg_uuid_t *id, const char *err);
 extern void transient_requeue(pg_uuid_t *id, const char *message);
 
 #endif							/* DOCEXTRACT_H */

@@ -38,7 +38,9 @@
 #include "storage/lmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "storage/latch.h"
 #include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 /* Stepping aside: tried again after this, doubling up to the most. */
 #define ASIDE_FIRST_MS 10
@@ -153,9 +155,25 @@ steplock_absent(void)
 	return extension_absent;
 }
 
-/* When to try again after stepping aside (0 if not stepping aside). */
-TimestampTz
-steplock_retry_at(void)
+/* In how many ms to try again after stepping aside (-1: not stepping aside). */
+long
+steplock_retry_ms(void)
 {
-	return stepping_aside ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), aside_ms) : 0;
+	return stepping_aside ? aside_ms : -1;
+}
+
+/*
+ * steplock_begin(), waiting (holding none of the locks) until DDL is done:
+ * for extract_sync's worker, whose caller waits for it anyway.
+ */
+void
+steplock_wait(void)
+{
+	while (!steplock_begin())
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 aside_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }

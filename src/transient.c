@@ -121,24 +121,21 @@ count_up(pg_uuid_t *id)
 }
 
 /*
- * The last step of job id failed: retry it (true) or let the error fail the
- * job (false: not transient, or TRANSIENT_MAX times already).
+ * The last step of job id failed with err: retry it (true) or let the error
+ * fail the job (false: not transient, or TRANSIENT_MAX times already).
  */
 bool
-transient_retry(pg_uuid_t *id)
+transient_retry(pg_uuid_t *id, const char *err)
 {
 	int			n;
 
 	if (!step_transient())
 		return false;
 	n = count_up(id);
-	if (n >= TRANSIENT_MAX)
-	{
-		elog(LOG, "docextract worker: extraction %s met a transient error %d times; it is not retried again",
-			 uuid_text(UUIDPGetDatum(id)), n);
-		return false;
-	}
-	return true;
+	if (!last_aside)
+		elog(LOG, "docextract worker: extraction %s met a transient error (%d of %d), retried: %s",
+			 uuid_text(UUIDPGetDatum(id)), n, TRANSIENT_MAX, err);
+	return n < TRANSIENT_MAX;
 }
 
 /*
@@ -165,6 +162,4 @@ transient_requeue(pg_uuid_t *id, const char *message)
 							  NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not requeue extraction %s", uuid_text(UUIDPGetDatum(id)));
 	SPI_finish();
-	elog(LOG, "docextract worker: extraction %s met a transient error, retrying in %ld ms: %s",
-		 uuid_text(UUIDPGetDatum(id)), delay, message);
 }

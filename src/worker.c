@@ -266,7 +266,7 @@ record_failure(Job *job, const char *message, bool first)
 	char	   *err;
 
 	err = in_transaction("docextract: recording a failure", fail_step, &f);
-	if ((err == NULL && f.busy) || (err && transient_retry(job_id(job))))
+	if ((err == NULL && f.busy) || (err && transient_retry(job_id(job), err)))
 	{
 		defer(job, message, first);
 		return;
@@ -323,7 +323,7 @@ start_all_step(void *arg)
 		for (int p = 0; p < c->jobs[i].parts; p++)
 			ratelimit_record(c->jobs[i].model, GetCurrentTimestamp());
 		err = in_transaction("docextract: starting a request", prepare_step, job);
-		if (err && transient_retry(job_id(job)))
+		if (err && transient_retry(job_id(job), err))
 			requeue_unsent(job, err);
 		else if (err)
 			fail_job(job, err);
@@ -522,8 +522,8 @@ finish_all_step(void *arg)
 		b->retry = true;		/* its model has room again */
 		err = in_transaction("docextract: storing a result", finish_step, job);
 
-		if (err && transient_retry(job_id(job)))
-			defer(job, NULL, true);	/* the answer is kept, stored later */
+		if (err && transient_retry(job_id(job), err))
+			defer(job, NULL, false);	/* the answer is kept, stored later */
 		else if (err)
 			fail_job(job, err);
 		else if (job_busy(job))
@@ -597,7 +597,7 @@ store_deferred(TimestampTz *next_poll)
 
 		if (d->failure == NULL)
 			err = in_transaction("docextract: storing a result", finish_step, d->job);
-		if (err && transient_retry(job_id(d->job)))
+		if (err && transient_retry(job_id(d->job), err))
 			defer(d->job, NULL, false);
 		else if (d->failure || err)
 			record_failure(d->job, d->failure ? d->failure : err, d->failure == NULL);
@@ -775,8 +775,9 @@ docextract_worker_main(Datum main_arg)
 			look_deliveries = false;
 		if (look && jobs_inflight() < docextract_max_inflight)
 			look = claim_and_start(&next_poll);
-		if (steplock_retry_at() != 0)
-			next_poll = Min(next_poll, steplock_retry_at());	/* stepped aside */
+		if (steplock_retry_ms() >= 0)	/* stepped aside: look again soon */
+			next_poll = Min(next_poll, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																   steplock_retry_ms()));
 
 		stats_ms = report_stats();
 		n = WaitEventSetWait(set, stats_ms >= 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),
