@@ -560,4 +560,21 @@ extern int	inflight_admit(ClaimedJob *jobs, int n, int max);
 extern bool inflight_memory_freed(void);
 extern int	inflight_waiting_jobs(void);
 
+/* steplock.c: the workers step aside for DDL on the extension's tables ----- */
+
+extern bool steplock_begin(void);
+extern bool steplock_absent(void);
+extern long steplock_retry_ms(void);
+extern void steplock_wait(void);
+
+/* transient.c: errors that retry a job's step rather than fail the job ----- */
+
+extern bool error_is_transient(int sqlerrcode);
+extern void step_note_error(int sqlerrcode);
+extern const char *step_note_aside(void);
+extern bool step_transient(void);
+extern bool step_stepped_aside(void);
+extern bool transient_retry(pg_uuid_t *id, const char *err);
+extern void transient_requeue(pg_uuid_t *id, const char *message);
+
 #endif							/* DOCEXTRACT_H */

@@ -29,6 +29,7 @@ in_subtransaction(StepFn fn, void *arg)
 	ResourceOwner owner = CurrentResourceOwner;
 	char	   *volatile err = NULL;
 
+	step_note_error(0);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(caller_cxt);
 	PG_TRY();
@@ -44,6 +45,7 @@ in_subtransaction(StepFn fn, void *arg)
 		edata = CopyErrorData();
 		if (must_propagate(edata))
 			PG_RE_THROW();
+		step_note_error(edata->sqlerrcode);	/* transient.c */
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		err = pstrdup(edata->message ? edata->message : "unknown error");

@@ -78,9 +78,10 @@ in_own_transaction(StepFn fn, void *arg)
 	char	   *volatile err = NULL;
 
 	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	PG_TRY();
 	{
+		steplock_wait();		/* DDL on the schema: after it (steplock.c) */
+		PushActiveSnapshot(GetTransactionSnapshot());
 		fn(arg);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -156,9 +157,10 @@ submit(Run *run)
 	volatile bool ok = true;
 
 	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	PG_TRY();
 	{
+		steplock_wait();		/* DDL on the schema: after it (steplock.c) */
+		PushActiveSnapshot(GetTransactionSnapshot());
 		submit_step(run);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -403,6 +405,7 @@ send_result(pg_uuid_t *id)
 	char	   *text;
 
 	StartTransactionCommand();
+	steplock_wait();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT docextract.get_result($1)::text", 1, (Oid[]) {UUIDOID},

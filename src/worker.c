@@ -96,12 +96,19 @@ in_transaction(const char *activity, StepFn fn, void *arg)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
+	step_note_error(0);
 	PG_TRY();
 	{
-		fn(arg);
-		PopActiveSnapshot();
+		/* DDL on the schema: do nothing now, and no error (steplock.c). */
+		if (!steplock_begin())
+			err = MemoryContextStrdup(caller_cxt, step_note_aside());
+		else
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pgstat_report_activity(STATE_RUNNING, activity);
+			fn(arg);
+			PopActiveSnapshot();
+		}
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -112,6 +119,7 @@ in_transaction(const char *activity, StepFn fn, void *arg)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
+		step_note_error(edata->sqlerrcode);	/* transient.c */
 		err = pstrdup(edata->message ? edata->message : "unknown error");
 		FreeErrorData(edata);
 	}
@@ -258,9 +266,14 @@ record_failure(Job *job, const char *message, bool first)
 	char	   *err;
 
 	err = in_transaction("docextract: recording a failure", fail_step, &f);
-	if (err == NULL && f.busy)
+	if ((err == NULL && f.busy) || (err && transient_retry(job_id(job), err)))
 	{
 		defer(job, message, first);
+		return;
+	}
+	if (err && steplock_absent())
+	{
+		job_release(job);		/* its row went with DROP EXTENSION */
 		return;
 	}
 	elog(LOG, "docextract worker: extraction %s failed: %s", job_id_text(job), message);
@@ -274,6 +287,26 @@ static void
 fail_job(Job *job, const char *message)
 {
 	record_failure(job, message, true);
+}
+
+static void
+requeue_unsent_step(void *arg)
+{
+	Deferred   *d = arg;
+
+	transient_requeue(job_id(d->job), d->failure);
+}
+
+/* A transient error before the request was sent: back to the queue (transient.c). */
+static void
+requeue_unsent(Job *job, char *err)
+{
+	Deferred	d = {job, err};
+
+	if (in_transaction("docextract: requeueing an extraction", requeue_unsent_step, &d) != NULL)
+		fail_job(job, err);
+	else
+		job_release(job);
 }
 
 /* Start every claimed job's request, each in a subtransaction of one transaction. */
@@ -292,11 +325,43 @@ start_all_step(void *arg)
 		for (int p = 0; p < c->jobs[i].parts; p++)
 			ratelimit_record(c->jobs[i].model, GetCurrentTimestamp());
 		err = in_transaction("docextract: starting a request", prepare_step, job);
-		if (err)
+		if (err && transient_retry(job_id(job), err))
+			requeue_unsent(job, err);
+		else if (err)
 			fail_job(job, err);
 		else
 			track(job);
 	}
+}
+
+/* Claimed jobs whose start stepped aside for DDL (in TopMemoryContext). */
+static ClaimStep unstarted = {NULL, 0, 0, -1, true};
+
+/* Start claimed jobs' requests; false if it stepped aside (tried again first). */
+static bool
+start_claimed(ClaimStep *c)
+{
+	char	   *err = in_transaction("docextract: starting requests", start_all_step, c);
+
+	if (err && step_stepped_aside())
+	{
+		if (c != &unstarted && c->claimed > 0)
+		{
+			unstarted = *c;
+			unstarted.jobs = MemoryContextAlloc(TopMemoryContext, sizeof(ClaimedJob) * c->claimed);
+			memcpy(unstarted.jobs, c->jobs, sizeof(ClaimedJob) * c->claimed);
+		}
+		return false;
+	}
+	if (err)
+		elog(WARNING, "docextract worker: could not start requests: %s", err);
+	if (c == &unstarted)
+	{
+		pfree(unstarted.jobs);
+		unstarted.jobs = NULL;
+		unstarted.claimed = 0;
+	}
+	return true;
 }
 
 /* Start the claimed jobs that waited for memory, if it was freed; true if some still wait. */
@@ -304,14 +369,12 @@ static bool
 start_waiting(void)
 {
 	ClaimStep	c = {0};
-	char	   *err;
 
 	if (!inflight_memory_freed())
 		return true;
 	c.max = inflight_waiting_jobs();
 	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
-	if ((err = in_transaction("docextract: starting requests", start_all_step, &c)) != NULL)
-		elog(WARNING, "docextract worker: could not start requests: %s", err);
+	(void) start_claimed(&c);
 	return inflight_waiting_jobs() > 0;
 }
 
@@ -326,6 +389,8 @@ claim_and_start(TimestampTz *next_poll)
 	char	   *err;
 	int			requests = 0;
 
+	if (unstarted.claimed > 0 && !start_claimed(&unstarted))
+		return true;
 	/* The worker's room: max_inflight, descriptors, memory (inflight.c). */
 	c.max = inflight_claim_room(jobs_inflight(), http_inflight());
 	if (inflight_waiting_jobs() > 0)
@@ -336,14 +401,14 @@ claim_and_start(TimestampTz *next_poll)
 	err = in_transaction("docextract: claiming", claim_step, &c);
 	if (err)
 	{
-		elog(WARNING, "docextract worker: could not claim jobs: %s", err);
-		return false;
+		if (!step_transient())
+			elog(WARNING, "docextract worker: could not claim jobs: %s", err);
+		return step_transient();	/* look again soon */
 	}
 	for (int i = 0; i < c.claimed; i++)
 		requests += c.jobs[i].parts;
-	if (c.claimed > 0 &&
-		(err = in_transaction("docextract: starting requests", start_all_step, &c)) != NULL)
-		elog(WARNING, "docextract worker: could not start requests: %s", err);
+	if (c.claimed > 0 && !start_claimed(&c))
+		return true;
 	if (c.next_due_ms >= 0)
 	{
 		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), c.next_due_ms);
@@ -402,8 +467,9 @@ deliver_webhooks(TimestampTz *next_poll)
 	err = in_transaction("docextract: delivering webhooks", deliver_step, &d);
 	if (err)
 	{
-		elog(WARNING, "docextract worker: could not claim webhook deliveries: %s", err);
-		return true;
+		if (!step_transient())
+			elog(WARNING, "docextract worker: could not claim webhook deliveries: %s", err);
+		return !step_transient();	/* look again soon */
 	}
 	deliveries_inflight += d.started;
 	if (d.next_due_ms >= 0)
@@ -450,7 +516,7 @@ finish_all_step(void *arg)
 		if (req->purpose == HTTP_FOR_WEBHOOK)
 		{
 			err = in_transaction("docextract: recording a delivery", webhook_done_step, req);
-			if (err)
+			if (err && !steplock_absent())
 				elog(WARNING, "docextract worker: could not record a webhook delivery: %s", err);
 			webhook_release(req);
 			deliveries_inflight--;
@@ -473,7 +539,9 @@ finish_all_step(void *arg)
 		b->retry = true;		/* its model has room again */
 		err = in_transaction("docextract: storing a result", finish_step, job);
 
-		if (err)
+		if (err && transient_retry(job_id(job), err))
+			defer(job, NULL, false);	/* the answer is kept, stored later */
+		else if (err)
 			fail_job(job, err);
 		else if (job_busy(job))
 			defer(job, NULL, true);
@@ -499,13 +567,17 @@ requeue_step(void *arg)
 static bool
 finish_done(bool *delivered)
 {
-	FinishBatch b = {http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL};
+	static HttpRequest *kept = NULL;	/* taken when the step stepped aside */
+	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL};
 	char	   *err;
 
 	if (b.first == NULL)
 		return false;
+	kept = NULL;
 	err = in_transaction("docextract: storing results", finish_all_step, &b);
-	if (err)
+	if (err && step_stepped_aside())
+		kept = b.first;
+	else if (err)
 	{
 		elog(WARNING, "docextract worker: could not store results: %s", err);
 		b.error = err;
@@ -542,7 +614,9 @@ store_deferred(TimestampTz *next_poll)
 
 		if (d->failure == NULL)
 			err = in_transaction("docextract: storing a result", finish_step, d->job);
-		if (d->failure || err)
+		if (err && transient_retry(job_id(d->job), err))
+			defer(d->job, NULL, false);
+		else if (d->failure || err)
 			record_failure(d->job, d->failure ? d->failure : err, d->failure == NULL);
 		else if (job_busy(d->job))
 			defer(d->job, NULL, false);
@@ -578,7 +652,7 @@ clean_up(void)
 	if (docextract_retention_s <= 0 || !orphans_requeued)
 		return false;
 	err = in_transaction("docextract: removing old rows", cleanup_step, &more);
-	if (err)
+	if (err && !step_transient())
 		elog(WARNING, "docextract worker: could not remove old rows: %s", err);
 	return err == NULL && more;
 }
@@ -719,6 +793,9 @@ docextract_worker_main(Datum main_arg)
 			look_deliveries = false;
 		if (look)
 			look = claim_and_start(&next_poll);
+		if (steplock_retry_ms() >= 0)	/* stepped aside: look again soon */
+			next_poll = Min(next_poll, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																   steplock_retry_ms()));
 
 		stats_ms = report_stats();
 		n = WaitEventSetWait(set, stats_ms >= 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),

@@ -431,9 +431,11 @@ writeback_run(Datum id, bool bounded)
 		err = pstrdup("the table no longer exists");
 	else
 		err = attempt(&w, &sqlstate);
-	/* A lock it could not get, or lost to a deadlock: try again later. */
-	retry = err != NULL && (sqlstate == ERRCODE_LOCK_NOT_AVAILABLE ||
-							sqlstate == ERRCODE_T_R_DEADLOCK_DETECTED);
+	/*
+	 * A lock it could not get, a deadlock, a serialization failure...: try
+	 * again later.  Not a cancel: that is writeback_timeout, the triggers' fault.
+	 */
+	retry = err != NULL && error_is_transient(sqlstate) && sqlstate != ERRCODE_QUERY_CANCELED;
 	recorded = record_outcome(id, w.due, err, retry);
 	if (err && !retry)
 		ereport(WARNING,
