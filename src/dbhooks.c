@@ -29,7 +29,6 @@ static ProcessUtility_hook_type prev_utility_hook = NULL;
 /* What this transaction did, to tell at its commit. */
 static bool extension_event = false;
 static bool extension_created = false;
-static bool extension_updated = false;
 static bool databases_changed = false;
 static bool blocking = false;
 
@@ -42,13 +41,11 @@ dbhooks_xact_callback(XactEvent event, void *arg)
 		return;
 	if (commit && extension_event)
 		launcher_notify_extension(MyDatabaseId, extension_created);
-	if (commit && extension_updated)
-		workerset_wake_database(MyDatabaseId);	/* the schema they wait for */
 	if (commit && databases_changed)
 		launcher_notify_databases();
 	if (blocking)
 		launcher_step_aside_end();
-	extension_event = extension_updated = databases_changed = blocking = false;
+	extension_event = databases_changed = blocking = false;
 }
 
 static void
@@ -162,9 +159,6 @@ after_statement(Node *stmt)
 		extension_event = true;
 		extension_created = false;
 	}
-	else if (IsA(stmt, AlterExtensionStmt) &&
-			 strcmp(((AlterExtensionStmt *) stmt)->extname, "docextract") == 0)
-		extension_updated = true;
 	else
 		return;
 	register_callback();

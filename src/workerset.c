@@ -170,16 +170,6 @@ workerset_wake_all(void)
 	wake_all(MyDbWorkers);
 }
 
-/* After ALTER EXTENSION: the database's job workers look at the schema again. */
-void
-workerset_wake_database(Oid dboid)
-{
-	DbWorkers  *set = workerset_find(dboid);
-
-	if (set)
-		wake_all(set);
-}
-
 static void
 wake_first(DbWorkers *set)
 {
