@@ -153,8 +153,10 @@ launcher_define_settings(void)
 int
 launcher_job_workers(void)
 {
-	long		cores = sysconf(_SC_NPROCESSORS_ONLN);
+	static long cores = 0;
 
+	if (cores == 0)
+		cores = sysconf(_SC_NPROCESSORS_ONLN);
 	if (docextract_workers > 0)
 		return docextract_workers;
 	return (int) Max(1, Min(4, cores / 2));

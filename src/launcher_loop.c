@@ -360,7 +360,7 @@ stop_all(LocalDb *e)
 }
 
 /*
- * Start what e's set lacks, stop what it has too much of.  Before the
+ * Start what e's set lacks.  Before the
  * extension is known to be there, only the first job worker, which looks.
  * first_only: only the first job worker and the write-back worker, so that
  * every database has those before any has more.
@@ -371,11 +371,10 @@ keep_workers(LocalDb *e, bool first_only, TimestampTz now)
 	SetHandles *h = &handles[e->set];
 	int			want = e->present ? launcher_job_workers() : 1;
 
-	for (int k = 0; k < MAX_JOB_WORKERS; k++)
+	/* Workers past want retire by themselves once their jobs are stored (worker.c). */
+	for (int k = 0; k < want; k++)
 	{
-		if (k >= want)
-			stop_worker(h->job[k]);
-		else if (h->job[k] == NULL && now >= h->job_retry[k] && (k == 0 || !first_only))
+		if (h->job[k] == NULL && now >= h->job_retry[k] && (k == 0 || !first_only))
 			h->job[k] = start_worker(e, ROLE_JOB, k);
 	}
 	if (e->present && h->writeback == NULL && now >= h->writeback_retry)

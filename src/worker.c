@@ -593,6 +593,25 @@ clean_up(void)
 	return err == NULL && more;
 }
 
+/*
+ * docextract.workers was lowered below this worker's number: it claims
+ * nothing more, and leaves once what it runs is stored (stopping it would
+ * send those requests again).  The launcher does not start it again.
+ */
+static bool
+retiring(void)
+{
+	if (MyJobWorkerIndex < launcher_job_workers())
+		return false;
+	if (inflight_jobs == NIL && deferred_jobs == NIL)
+	{
+		elog(LOG, "docextract worker %d: docextract.workers is %d now; leaving",
+			 MyJobWorkerIndex + 1, launcher_job_workers());
+		proc_exit(0);
+	}
+	return true;
+}
+
 static void
 worker_exit(int code, Datum arg)
 {
@@ -726,6 +745,8 @@ docextract_worker_main(Datum main_arg)
 		 */
 		if (MyJobWorkerIndex == 0 && look_deliveries && deliver_webhooks(&next_poll))
 			look_deliveries = false;
+		if (retiring())
+			look = false;		/* finish what is in flight, claim nothing */
 		if (look && jobs_inflight() < docextract_max_inflight)
 			look = claim_and_start(&next_poll);
 

@@ -115,31 +115,35 @@ workerset_idle(bool wants_work, int inflight)
 
 /* -- waking ---------------------------------------------------------------- */
 
-/* One job worker of set, preferring one that sleeps with room; not skip. */
+/*
+ * One job worker of set (not skip), in turn, preferring one that sleeps
+ * with room; with skip < 0, another one if none does, so that a worker
+ * about to sleep looks once more.
+ */
 static void
 wake_one(DbWorkers *set, int skip)
 {
 	uint32		start = pg_atomic_fetch_add_u32(&set->next_wake, 1);
-	Latch	   *any = NULL;
-	Latch	   *idle = NULL;
+	Latch	   *latches[MAX_JOB_WORKERS];
+	bool		idle[MAX_JOB_WORKERS];
+	int			n = 0;
 
 	SpinLockAcquire(&set->mutex);
-	for (int i = 0; i < MAX_JOB_WORKERS && idle == NULL; i++)
-	{
-		int			k = (int) ((start + i) % MAX_JOB_WORKERS);
-		JobWorkerSlot *w = &set->job[k];
-
-		if (w->latch == NULL || k == skip)
-			continue;
-		if (any == NULL)
-			any = w->latch;
-		if (w->wants_work)
-			idle = w->latch;
-	}
+	for (int k = 0; k < MAX_JOB_WORKERS; k++)
+		if (set->job[k].latch != NULL && k != skip)
+		{
+			latches[n] = set->job[k].latch;
+			idle[n++] = set->job[k].wants_work;
+		}
 	SpinLockRelease(&set->mutex);
-	/* None idle: any, so that a worker about to sleep looks once more. */
-	if (idle || (skip < 0 && any))
-		SetLatch(idle ? idle : any);
+	for (int i = 0; i < n; i++)
+		if (idle[(start + i) % n])
+		{
+			SetLatch(latches[(start + i) % n]);
+			return;
+		}
+	if (skip < 0 && n > 0)
+		SetLatch(latches[start % n]);
 }
 
 static void

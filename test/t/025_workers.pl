@@ -88,6 +88,59 @@ is(wait_for_status($node, $e, 'completed', 'failed'), 'completed',
 	'a job whose own worker stopped is requeued by the worker that replaces it, and completes');
 is(sq("SELECT attempts FROM docextract.extractions WHERE id = '$e'"), '2', '... on its second attempt');
 HTTP::Tiny->new->post("$srv->{url}/_release/h2");
+
+# -- fewer workers (SIGHUP): the one left over finishes its job, then leaves ----------
+server_reset($srv);
+wait_idle_workers();
+server_script($srv, map { { hold => 'h3' } } 1 .. 8);
+# Held jobs until each worker runs one (a commit wakes the idle workers in turn).
+my @two;
+for my $i (1 .. 8)
+{
+	push @two, sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
+	for (1 .. 400) { last if server_stats($srv)->{inflight} == $i; usleep(25_000); }
+	last if sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE status = 'processing'") == 2;
+}
+is(sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE status = 'processing'"), '2',
+	'each worker runs a held job');
+sq("ALTER SYSTEM SET docextract.workers = 1; SELECT pg_reload_conf()");
+HTTP::Tiny->new->post("$srv->{url}/_release/h3")->{success} or die 'release failed';
+is(wait_for_status($node, $_, 'completed', 'failed'), 'completed', 'a held job completes') for @two;
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract worker'") or die 'no worker left';
+pass('docextract.workers = 1: one job worker left');
+is(server_stats($srv)->{count}, scalar(@two), '... and no request was sent twice');
+is(sq("SELECT count(*) FROM docextract.extractions WHERE attempts <> 1"), '1',
+	'... nor claimed twice (only the job requeued on purpose above)');
+sq("ALTER SYSTEM RESET docextract.workers; ALTER SYSTEM SET docextract.workers = 2; SELECT pg_reload_conf()");
+wait_idle_workers();
+pass('docextract.workers = 2 again: two job workers');
 ok(!$node->log_contains(qr/terminated by signal/), 'no crash');
 $node->stop;
+
+# -- the crash-loop guard with two workers: suspects run alone across both -------------
+my $cnode = new_node('crash2', conf => "docextract.workers = 2\nrestart_after_crash = on\n"
+	  . "docextract.debug_crash_on_document = 'crash-me.pdf'\n");
+sub cq { return $cnode->safe_psql('postgres', $_[0]); }
+server_reset($srv);
+cq("SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL,
+	'{\"max_concurrency\": 16}')");
+$tid = add_invoice_template($cnode);
+my %doc = map { $_ => cq("SELECT docextract.add_document('$_', pg_read_binary_file('$invoice'))") }
+  qw(a.pdf b.pdf c.pdf crash-me.pdf);
+$node = $cnode;
+wait_idle_workers();
+server_script($srv, map { { delay_ms => 4000 } } 1 .. 3);
+my @innocent = map { cq("SELECT docextract.extract_document('$doc{$_}', '$tid')") } qw(a.pdf b.pdf c.pdf);
+for (1 .. 400) { last if server_stats($srv)->{inflight} == 3; usleep(25_000); }
+is(server_stats($srv)->{inflight}, 3, 'three requests in flight');
+my $culprit = cq("SELECT docextract.extract_document('$doc{'crash-me.pdf'}', '$tid')");
+is(wait_for_status($cnode, $culprit, 'failed', 'completed'), 'failed', 'two workers: the culprit fails in the end');
+is(cq("SELECT crashes FROM docextract.extractions WHERE id = '$culprit'"), '3', '... after three crashes');
+is(wait_for_status($cnode, $_, 'failed', 'completed'), 'completed', "innocent $_ completes") for @innocent;
+is(cq("SELECT string_agg(crashes || '/' || attempts, ',') FROM docextract.extractions
+	WHERE id IN ('" . join("','", @innocent) . "')"), '1/2,1/2,1/2',
+	'each innocent was in flight at one crash only (the suspects ran alone across both workers)');
+is(cq("SELECT count(*) FROM docextract.results"), '3', 'one result each');
+$cnode->stop;
 done_testing();
