@@ -148,6 +148,31 @@ $node->poll_query_until('fromtpl', "SELECT count(*) = 0 FROM docextract.extracti
 	WHERE status <> 'completed'") or die 'the excluded database\'s backlog never completed';
 pass('listed again: its workers come back and complete what was queued meanwhile');
 wait_workers('postgres', '= 0', 'still no worker in postgres, which has no extension');
+
+# -- only a database's owner makes its workers step aside ------------------------------
+sq('postgres', 'CREATE ROLE mallory LOGIN CREATEDB');
+my $before = sq('postgres', "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
+	WHERE datname = 'app2' AND backend_type LIKE 'docextract%'");
+for my $cmd ('DROP DATABASE app2', 'CREATE DATABASE mine TEMPLATE app2', 'ALTER DATABASE app2 RENAME TO x')
+{
+	($rc, $out, $err) = $node->psql('postgres', $cmd, extra_params => [ '-U', 'mallory' ]);
+	like($err, qr/must be owner|permission denied/, "$cmd refused to a role that does not own it");
+}
+is(sq('postgres', "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
+	WHERE datname = 'app2' AND backend_type LIKE 'docextract%'"), $before, '... and app2 kept its workers');
+
+# -- the launcher stopped: the one started again takes over ----------------------------
+my $launcher = sq('postgres', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract launcher'");
+sq('postgres', "SELECT pg_terminate_backend($launcher)");
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract launcher' AND pid <> $launcher") or die 'no new launcher';
+$node->poll_query_until('postgres', "SELECT count(*) = 2 FROM pg_stat_activity WHERE datname = 'app2'
+	AND backend_type LIKE 'docextract%' AND pid::text <> ALL (string_to_array('$before', ','))")
+  or die 'app2 never got new workers';
+pass('a new launcher replaces the workers of the old one');
+extracts('app2', '... and they extract');
+is(sq('postgres', "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app2'
+	AND backend_type = 'docextract worker'"), '1', '... with no worker twice');
 ok(!$node->log_contains(qr/being accessed by other users|terminated by signal/),
 	'no "being accessed by other users", no crash');
 $node->stop;

@@ -143,4 +143,15 @@ is(cq("SELECT string_agg(crashes || '/' || attempts, ',') FROM docextract.extrac
 	'each innocent was in flight at one crash only (the suspects ran alone across both workers)');
 is(cq("SELECT count(*) FROM docextract.results"), '3', 'one result each');
 $cnode->stop;
+
+# -- not enough worker slots (4: the logical replication launcher takes one): said
+# clearly, and each database's first job worker and write-back worker come first --
+my $small = new_node('small', conf => "docextract.workers = 3\nmax_worker_processes = 4\n");
+$small->wait_for_log(qr/WARNING:  docextract launcher: could not start the job worker 2 of database "postgres": no background worker slot is free \(max_worker_processes = 4\)/);
+pass('a worker the launcher cannot start is logged as a WARNING naming it');
+is($small->safe_psql('postgres', "SELECT string_agg(backend_type, ',' ORDER BY backend_type)
+	FROM pg_stat_activity WHERE backend_type LIKE 'docextract%'"),
+	'docextract launcher,docextract worker,docextract write-back worker',
+	'... the first job worker and the write-back worker came first');
+$small->stop;
 done_testing();
