@@ -13,8 +13,11 @@
  * docextract.max_crashes times, it is failed instead of requeued.
  *
  * Whether the last stop was a crash: the postmaster sets shared memory up
- * again after any crash, and counts (in its own memory) how often it did;
- * a worker that exits on SIGTERM says so in shared memory.
+ * again after any crash (docextract.c counts how often it did, and the
+ * launcher flags every job worker's slot then); a worker that exits on
+ * SIGTERM says so in its slot (launcher.h's DbWorkers).  With several job
+ * workers in a database, the suspects run one at a time across all of
+ * them, while none of them has anything else in flight.
  */
 #include "postgres.h"
 
@@ -31,21 +34,7 @@
 int			docextract_max_crashes = 3;
 char	   *docextract_debug_crash_on_document = NULL;
 
-/* Orphans of a crash wait to be claimed one at a time. */
-static bool suspects_waiting = false;
-
 static volatile sig_atomic_t got_sigterm = false;
-
-/* Postmaster-local: shared memory set up this many times (> 1: after a crash). */
-static int	shmem_setups = 0;
-
-/* Called where shared memory is set up, in the postmaster. */
-void
-crashguard_shmem_init(DocextractShared *shared)
-{
-	shmem_setups++;
-	shared->worker_stopped_uncleanly = shmem_setups > 1;
-}
 
 /* The worker's SIGTERM: a requested stop, not a crash. */
 void
@@ -64,22 +53,28 @@ crashguard_last_stop_was_crash(void)
 {
 	bool		crashed;
 
-	SpinLockAcquire(&docextract_shared->mutex);
-	crashed = docextract_shared->worker_stopped_uncleanly;
-	docextract_shared->worker_stopped_uncleanly = true;
-	SpinLockRelease(&docextract_shared->mutex);
+	JobWorkerSlot *me = &MyDbWorkers->job[MyJobWorkerIndex];
+
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	crashed = me->stopped_uncleanly;
+	me->stopped_uncleanly = true;
+	SpinLockRelease(&MyDbWorkers->mutex);
 	return crashed;
 }
 
-/* At worker exit (not reached on a crash): clean if asked to stop. */
+/*
+ * At worker exit (not reached on a crash): clean if asked to stop; a
+ * suspect it held is another worker's to run now.
+ */
 void
 crashguard_worker_exit(void)
 {
-	if (!got_sigterm)
-		return;
-	SpinLockAcquire(&docextract_shared->mutex);
-	docextract_shared->worker_stopped_uncleanly = false;
-	SpinLockRelease(&docextract_shared->mutex);
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	if (got_sigterm)
+		MyDbWorkers->job[MyJobWorkerIndex].stopped_uncleanly = false;
+	if (MyDbWorkers->suspect_holder == MyProcPid)
+		MyDbWorkers->suspect_holder = 0;
+	SpinLockRelease(&MyDbWorkers->mutex);
 }
 
 /*
@@ -95,7 +90,10 @@ crashguard_requeue_orphans(bool after_crash, int *failed)
 	bool		isnull;
 
 	*failed = 0;
-	suspects_waiting = true;	/* of this crash or an earlier one: look */
+	/* Of this crash or an earlier one: look, in every worker of the database. */
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	MyDbWorkers->suspects_waiting = true;
+	SpinLockRelease(&MyDbWorkers->mutex);
 	if (!after_crash)
 		return queue_requeue_orphans();
 	SPI_connect();
@@ -123,16 +121,48 @@ crashguard_requeue_orphans(bool after_crash, int *failed)
 	return n - *failed;
 }
 
-/* Are orphans of a crash still to be run one at a time? */
+/* Are orphans of a crash still to be run one at a time, in this database? */
 bool
 crashguard_single_mode(void)
 {
-	return suspects_waiting;
+	return MyDbWorkers->suspects_waiting;
+}
+
+/*
+ * May this worker run a suspect now?  Only one worker of the database at a
+ * time, and only while no other has anything in flight: a crash must name
+ * its culprit.
+ */
+static bool
+hold_suspect_turn(void)
+{
+	bool		mine;
+
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	mine = MyDbWorkers->suspect_holder == 0 || MyDbWorkers->suspect_holder == MyProcPid;
+	for (int k = 0; k < MAX_JOB_WORKERS && mine; k++)
+		mine = k == MyJobWorkerIndex || MyDbWorkers->job[k].pid == 0 ||
+			MyDbWorkers->job[k].inflight == 0;
+	if (mine)
+		MyDbWorkers->suspect_holder = MyProcPid;
+	SpinLockRelease(&MyDbWorkers->mutex);
+	return mine;
+}
+
+/* No suspect left: every worker of the database claims as usual again. */
+static void
+end_single_mode(void)
+{
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	MyDbWorkers->suspects_waiting = false;
+	MyDbWorkers->suspect_holder = 0;
+	SpinLockRelease(&MyDbWorkers->mutex);
+	workerset_wake_all();
 }
 
 /*
  * Claim the oldest orphan of a crash, alone; 0 when none is left (then
- * single mode ends).  In a transaction.
+ * single mode ends) or when it is not this worker's turn.  In a transaction.
  */
 int
 crashguard_claim_suspect(ClaimedJob *out)
@@ -140,6 +170,8 @@ crashguard_claim_suspect(ClaimedJob *out)
 	bool		isnull;
 	int			n;
 
+	if (!hold_suspect_turn())
+		return 0;
 	SPI_connect();
 	SPI_execute("UPDATE docextract.extractions e"
 				" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
@@ -161,7 +193,8 @@ crashguard_claim_suspect(ClaimedJob *out)
 		out->parts = DatumGetInt16(SPI_getbinval(tup, desc, 4, &isnull));
 	}
 	SPI_finish();
-	suspects_waiting = n == 1;
+	if (n == 0)
+		end_single_mode();
 	return n;
 }
 

@@ -1,9 +1,10 @@
 /*
  * docextract.c: module entry point.
  *
- * Defines the settings, the small shared-memory area through which a
- * committing backend wakes the worker, and registers the worker when loaded
- * from shared_preload_libraries.
+ * Defines the settings and sets shared memory up; loaded from
+ * shared_preload_libraries, registers the launcher (launcher.c), which
+ * starts the workers of every database, and the hooks that tell it of
+ * CREATE/DROP EXTENSION and DATABASE (dbhooks.c).
  */
 #include "postgres.h"
 
@@ -22,7 +23,6 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-char	   *docextract_database = NULL;
 int			docextract_max_document_size = 20 * 1024;	/* kB */
 int			docextract_max_inflight = 256;
 int			docextract_poll_interval_ms = 5000;
@@ -49,57 +49,8 @@ DocextractShared *docextract_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-static bool wake_pending = false;
-static bool signal_pending[NUM_WORKER_SIGNALS];
-static bool xact_callback_registered = false;
-static bool writeback_wake_pending = false;
-
-/* At commit of a status change of the trigger form: wake the write-back worker. */
-static void
-writeback_xact_callback(XactEvent event, void *arg)
-{
-	Latch	   *latch = NULL;
-
-	if (!writeback_wake_pending)
-		return;
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-		writeback_wake_pending = false;
-	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT)
-		return;
-	writeback_wake_pending = false;
-	SpinLockAcquire(&docextract_shared->mutex);
-	if (docextract_shared->writeback_dboid == MyDatabaseId)
-		latch = docextract_shared->writeback_latch;
-	SpinLockRelease(&docextract_shared->mutex);
-	if (latch)
-		SetLatch(latch);
-}
-
-void
-writeback_wake_at_commit(void)
-{
-	static bool registered = false;
-
-	if (docextract_shared == NULL)
-		return;
-	if (!registered)
-	{
-		RegisterXactCallback(writeback_xact_callback, NULL);
-		registered = true;
-	}
-	writeback_wake_pending = true;
-}
-
-/* The write-back worker's latch, for committing backends; NULL latch: gone. */
-void
-writeback_worker_publish(Latch *latch, Oid dboid)
-{
-	SpinLockAcquire(&docextract_shared->mutex);
-	docextract_shared->writeback_latch = latch;
-	docextract_shared->writeback_dboid = dboid;
-	docextract_shared->writeback_pid = latch ? MyProcPid : 0;
-	SpinLockRelease(&docextract_shared->mutex);
-}
+/* Postmaster-local: shared memory set up this many times (> 1: after a crash). */
+static int	shmem_setups = 0;
 
 static void
 docextract_shmem_request(void)
@@ -108,6 +59,7 @@ docextract_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(DocextractShared)));
 	RequestAddinShmemSpace(inflight_shmem_size());
+	RequestAddinShmemSpace(launcher_shmem_size());
 }
 
 static void
@@ -123,128 +75,17 @@ docextract_shmem_startup(void)
 	if (!found)
 	{
 		SpinLockInit(&docextract_shared->mutex);
-		docextract_shared->worker_latch = NULL;
-		docextract_shared->worker_dboid = InvalidOid;
-		docextract_shared->worker_pid = 0;
-		for (int i = 0; i < NUM_WORKER_SIGNALS; i++)
-			pg_atomic_init_u64(&docextract_shared->generation[i], 0);
-		crashguard_shmem_init(docextract_shared);
-		docextract_shared->writeback_latch = NULL;
-		docextract_shared->writeback_dboid = InvalidOid;
-		docextract_shared->writeback_pid = 0;
-		docextract_shared->writeback_running_set = false;
+		shmem_setups++;
 	}
 	inflight_shmem_init();
+	launcher_shmem_init(shmem_setups > 1);
 	LWLockRelease(AddinShmemInitLock);
-}
-
-/* Set the worker's latch once the transaction that queued work commits. */
-static void
-wake_xact_callback(XactEvent event, void *arg)
-{
-	Latch	   *latch = NULL;
-
-	if (!wake_pending)
-		return;
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-	{
-		wake_pending = false;
-		memset(signal_pending, 0, sizeof(signal_pending));
-		return;
-	}
-	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT)
-		return;
-	wake_pending = false;
-	if (docextract_shared == NULL)
-		return;
-	for (int i = 0; i < NUM_WORKER_SIGNALS; i++)
-		if (signal_pending[i])
-			pg_atomic_fetch_add_u64(&docextract_shared->generation[i], 1);
-	memset(signal_pending, 0, sizeof(signal_pending));
-	SpinLockAcquire(&docextract_shared->mutex);
-	if (docextract_shared->worker_dboid == MyDatabaseId)
-		latch = docextract_shared->worker_latch;
-	SpinLockRelease(&docextract_shared->mutex);
-	if (latch)
-		SetLatch(latch);
-}
-
-/*
- * Called by anything that makes work for the worker.  Without the preload
- * there is no shared memory and no worker; the work waits in the table.
- */
-void
-docextract_wake_worker_at_commit(void)
-{
-	if (docextract_shared == NULL)
-		return;
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(wake_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	wake_pending = true;
-}
-
-/*
- * Wake the worker at commit with something particular to look at, so that
- * it looks only when told: a cancel (its in-flight jobs), or new webhook
- * deliveries.
- */
-void
-docextract_signal_at_commit(WorkerSignal signal)
-{
-	docextract_wake_worker_at_commit();
-	signal_pending[signal] = true;
-}
-
-uint64
-docextract_signal_generation(WorkerSignal signal)
-{
-	return pg_atomic_read_u64(&docextract_shared->generation[signal]);
-}
-
-/* SQL: docextract.deliveries_queued(), called by the outbox trigger. */
-PG_FUNCTION_INFO_V1(docextract_deliveries_queued);
-Datum
-docextract_deliveries_queued(PG_FUNCTION_ARGS)
-{
-	docextract_signal_at_commit(SIGNAL_DELIVERIES);
-	PG_RETURN_VOID();
-}
-
-void
-docextract_worker_publish(Latch *latch, Oid dboid)
-{
-	SpinLockAcquire(&docextract_shared->mutex);
-	docextract_shared->worker_latch = latch;
-	docextract_shared->worker_dboid = dboid;
-	docextract_shared->worker_pid = MyProcPid;
-	SpinLockRelease(&docextract_shared->mutex);
-}
-
-void
-docextract_worker_unpublish(void)
-{
-	SpinLockAcquire(&docextract_shared->mutex);
-	if (docextract_shared->worker_pid == MyProcPid)
-	{
-		docextract_shared->worker_latch = NULL;
-		docextract_shared->worker_dboid = InvalidOid;
-		docextract_shared->worker_pid = 0;
-	}
-	SpinLockRelease(&docextract_shared->mutex);
 }
 
 static void
 define_settings(void)
 {
-	/* A postmaster-level setting can only be defined while preloading. */
-	if (process_shared_preload_libraries_in_progress)
-		DefineCustomStringVariable("docextract.database",
-								   "Database the docextract worker serves.",
-								   NULL, &docextract_database, "postgres",
-								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	launcher_define_settings();
 	DefineCustomIntVariable("docextract.max_document_size",
 							"Largest document add_document accepts.",
 							NULL, &docextract_max_document_size, 20 * 1024,
@@ -363,6 +204,6 @@ _PG_init(void)
 	shmem_request_hook = docextract_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = docextract_shmem_startup;
-	register_static_worker("docextract_worker_main", "docextract worker");
-	register_static_worker("docextract_writeback_main", "docextract write-back worker");
+	launcher_register();	/* it starts the workers of each database */
+	dbhooks_install();
 }

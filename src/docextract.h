@@ -69,29 +69,10 @@ typedef enum WorkerSignal
 typedef struct DocextractShared
 {
 	slock_t		mutex;
-	Latch	   *worker_latch;	/* NULL while no worker runs */
-	Oid			worker_dboid;
-	pid_t		worker_pid;
-	/* Bumped at each commit that signalled WorkerSignal i. */
-	pg_atomic_uint64 generation[NUM_WORKER_SIGNALS];
-	/* The last worker did not stop on request (crashguard.c). */
-	bool		worker_stopped_uncleanly;
-	/* The write-back worker's (writeback_worker.c), under mutex. */
-	Latch	   *writeback_latch;
-	Oid			writeback_dboid;
-	pid_t		writeback_pid;
-	/* The write-back whose user code runs now, and whether it overran (writeback_worker.c). */
-	volatile bool writeback_running_set;
-	pg_uuid_t	writeback_running;
 } DocextractShared;
 
 extern DocextractShared *docextract_shared;
 
-extern void docextract_wake_worker_at_commit(void);
-extern void docextract_signal_at_commit(WorkerSignal signal);
-extern uint64 docextract_signal_generation(WorkerSignal signal);
-extern void docextract_worker_publish(Latch *latch, Oid dboid);
-extern void docextract_worker_unpublish(void);
 extern void register_static_worker(const char *function, const char *name);
 
 /* privileged.c: acting as the extension owner on behalf of a caller -------- */
@@ -394,13 +375,16 @@ typedef struct ClaimedJob
 
 extern int	queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms);
 /*
- * Rows a previous worker left processing, less those an extract_sync call's
- * own worker is running (it outlives a restart of the database's worker).
+ * Rows a previous worker left processing, less those a live job worker of
+ * this database (a sibling) or an extract_sync call's own worker is running
+ * (they outlive a restart of one worker).
  */
 #define ORPHANED_PROCESSING \
 	"status = 'processing' AND (worker_pid IS NULL OR worker_pid NOT IN" \
 	" (SELECT a.pid FROM pg_catalog.pg_stat_activity a" \
-	"   WHERE a.backend_type = 'docextract sync worker'))"
+	"   WHERE a.backend_type IN ('docextract sync worker', 'docextract worker')" \
+	"     AND a.datname = pg_catalog.current_database()" \
+	"     AND a.pid <> pg_catalog.pg_backend_pid()))"
 
 extern int	queue_requeue_orphans(void);
 extern void queue_fail(pg_uuid_t *id, const char *message);
@@ -460,7 +444,6 @@ extern char *answer_excerpt(const char *data, ssize_t len, size_t max);
 extern int	docextract_max_crashes;
 extern char *docextract_debug_crash_on_document;
 extern bool docextract_is_job_worker;	/* worker.c: this process is the job worker */
-extern void crashguard_shmem_init(DocextractShared *shared);
 extern void crashguard_sigterm(SIGNAL_ARGS);
 extern bool crashguard_last_stop_was_crash(void);
 extern void crashguard_worker_exit(void);
@@ -529,8 +512,101 @@ extern int	docextract_writeback_lock_timeout_ms;
 
 extern bool writeback_run(Datum id, bool bounded);
 extern void writeback_define_settings(void);
-extern void writeback_wake_at_commit(void);	/* docextract.c */
-extern void writeback_worker_publish(Latch *latch, Oid dboid);	/* docextract.c */
+
+/* launcher.c, workerset.c, dbhooks.c: workers for every database -------- */
+
+/*
+ * The launcher (one static worker) starts, for each database where the
+ * extension exists, docextract.workers job workers and one write-back
+ * worker, and stops them when the extension or the database goes.  Each
+ * served database has a DbWorkers in shared memory: its workers' latches,
+ * what committing backends tell them, and their crash state.
+ */
+#define MAX_JOB_WORKERS 16
+
+typedef struct JobWorkerSlot
+{
+	pid_t		pid;			/* 0 while none runs */
+	Latch	   *latch;
+	bool		wants_work;		/* asleep with room for more jobs */
+	int			inflight;		/* jobs in flight (crashguard: suspects run alone) */
+	bool		stopped_uncleanly;	/* its last worker did not stop on request */
+} JobWorkerSlot;
+
+typedef struct DbWorkers
+{
+	Oid			dboid;			/* InvalidOid: a free slot */
+	slock_t		mutex;
+	bool		present;		/* a worker found the extension here */
+	bool		absent;			/* a worker found no extension here ... */
+	uint64		absent_at;		/* ... at this count of extension events */
+	pg_atomic_uint32 next_wake;	/* round robin among idle job workers */
+	/* Bumped at each commit that signalled WorkerSignal i. */
+	pg_atomic_uint64 generation[NUM_WORKER_SIGNALS];
+	JobWorkerSlot job[MAX_JOB_WORKERS];
+	/* The write-back worker (writeback_worker.c). */
+	pid_t		writeback_pid;
+	Latch	   *writeback_latch;
+	/* The write-back whose user code runs now, and whether it overran. */
+	volatile bool writeback_running_set;
+	pg_uuid_t	writeback_running;
+	/* Orphans of a crash run one at a time across the workers (crashguard.c). */
+	bool		suspects_waiting;
+	pid_t		suspect_holder;
+} DbWorkers;
+
+/* The roles of a per-database worker (bgw_extra). */
+typedef enum DbWorkerRole
+{
+	ROLE_JOB,
+	ROLE_WRITEBACK
+} DbWorkerRole;
+
+/* What the launcher hands a per-database worker (bgw_extra). */
+typedef struct DbWorkerArgs
+{
+	Oid			dboid;
+	int			index;			/* a job worker's, in its set */
+	char		datname[NAMEDATALEN];
+} DbWorkerArgs;
+
+extern int	docextract_workers;
+extern char *docextract_databases;
+extern char *docextract_database;	/* deprecated alias of docextract.databases */
+
+/* Set in a per-database worker: its database's set and its index in it. */
+extern DbWorkers *MyDbWorkers;
+extern int	MyJobWorkerIndex;
+
+extern Size launcher_shmem_size(void);
+extern void launcher_shmem_init(bool crash_restart);
+extern void launcher_register(void);
+extern void launcher_define_settings(void);
+extern int	launcher_job_workers(void);
+extern bool launcher_database_listed(const char *datname);
+extern void launcher_notify_extension(Oid dboid, bool created);
+extern void launcher_notify_databases(void);
+extern bool launcher_step_aside(Oid dboid);
+extern void launcher_step_aside_end(void);
+extern bool launcher_has_shmem(void);
+extern DbWorkers *launcher_set_at(int index);
+extern void launcher_wake(void);
+extern uint64 launcher_extension_events(void);
+extern uint64 launcher_extension_events_seen;	/* a worker's, before it looked */
+
+extern DbWorkers *workerset_find(Oid dboid);
+extern const char *workerset_connect(Datum main_arg, DbWorkerRole role);
+extern void workerset_report_extension(bool present);
+extern void workerset_idle(bool wants_work, int inflight);
+extern void workerset_wake_sibling(void);
+extern void workerset_wake_all(void);
+extern void docextract_wake_worker_at_commit(void);
+extern void docextract_signal_at_commit(WorkerSignal signal);
+extern uint64 docextract_signal_generation(WorkerSignal signal);
+extern void writeback_wake_at_commit(void);
+
+extern void dbhooks_install(void);
+extern void docextract_warn_unserved(void);
 
 /* pages.c: options.pages --------------------------------------------------- */
 

@@ -1,7 +1,8 @@
 /*
  * worker.c: the background worker.
  *
- * One process per server, connected to docextract.database.  It sleeps on a
+ * docextract.workers processes per database, started by the launcher
+ * (launcher.c), sharing the queue (claims skip locked rows).  Each sleeps on a
  * WaitEventSet holding its latch (set by committing backends), postmaster
  * death, and the epoll descriptor of its libcurl multi handle.  Each wake it
  * finishes the requests that are done, then claims as many queued jobs as it
@@ -39,6 +40,7 @@ typedef struct ClaimStep
 	int			claimed;
 	long		next_due_ms;	/* next retry, -1 if none */
 	bool		extension_present;
+	bool		extension_exists;	/* installed, whatever its version */
 } ClaimStep;
 
 typedef struct FailStep
@@ -137,6 +139,7 @@ claim_step(void *arg)
 	c->claimed = 0;
 	c->next_due_ms = -1;
 	c->extension_present = docextract_schema_ready();	/* version.c */
+	c->extension_exists = c->extension_present || docextract_installed_version() != NULL;
 	if (!c->extension_present)
 		return;
 	if (!orphans_requeued)
@@ -153,7 +156,8 @@ claim_step(void *arg)
 		orphans_requeued = true;
 	}
 	/* Orphans of a crash run alone, so that a crash names its culprit. */
-	if (crashguard_single_mode() && (c->claimed = crashguard_claim_suspect(c->jobs)) > 0)
+	if (crashguard_single_mode() &&
+		((c->claimed = crashguard_claim_suspect(c->jobs)) > 0 || crashguard_single_mode()))
 		return;
 	c->claimed = queue_claim(c->jobs, c->max, ratelimit_room_json(GetCurrentTimestamp()),
 							 &c->next_due_ms);
@@ -335,7 +339,7 @@ start_all_step(void *arg)
 }
 
 /* Claimed jobs whose start stepped aside for DDL (in TopMemoryContext). */
-static ClaimStep unstarted = {NULL, 0, 0, -1, true};
+static ClaimStep unstarted = {NULL, 0, 0, -1, true, true};
 
 /* Start claimed jobs' requests; false if it stepped aside (tried again first). */
 static bool
@@ -379,6 +383,26 @@ start_waiting(void)
 }
 
 /*
+ * Tell the launcher whether the extension is here (the first look decides
+ * whether the database gets its other workers).  Gone: this worker leaves.
+ */
+static void
+report_extension(bool exists)
+{
+	static bool reported = false;
+
+	if (exists && reported)
+		return;
+	workerset_report_extension(exists);	/* workerset.c */
+	reported = true;
+	if (!exists)
+	{
+		elog(LOG, "docextract worker: no docextract extension in this database; leaving");
+		proc_exit(0);
+	}
+}
+
+/*
  * Claim what there is room for and start each request.  True if more may
  * wait; *next_poll is brought forward to when the next retry falls due.
  */
@@ -398,6 +422,7 @@ claim_and_start(TimestampTz *next_poll)
 	if (c.max <= 0 || (crashguard_single_mode() && inflight_jobs != NIL))
 		return true;
 	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
+	launcher_extension_events_seen = launcher_extension_events();	/* before the snapshot */
 	err = in_transaction("docextract: claiming", claim_step, &c);
 	if (err)
 	{
@@ -405,6 +430,7 @@ claim_and_start(TimestampTz *next_poll)
 			elog(WARNING, "docextract worker: could not claim jobs: %s", err);
 		return step_transient();	/* look again soon */
 	}
+	report_extension(c.extension_exists);
 	for (int i = 0; i < c.claimed; i++)
 		requests += c.jobs[i].parts;
 	if (c.claimed > 0 && !start_claimed(&c))
@@ -424,6 +450,9 @@ claim_and_start(TimestampTz *next_poll)
 			*next_poll = free_at;
 	}
 	inflight_claimed(requests, c.max);
+	/* A full batch: more may wait, for a sibling with room too. */
+	if (requests >= c.max && !crashguard_single_mode())
+		workerset_wake_sibling();
 	return requests >= c.max || crashguard_single_mode();
 }
 
@@ -649,7 +678,7 @@ clean_up(void)
 	bool		more = false;
 	char	   *err;
 
-	if (docextract_retention_s <= 0 || !orphans_requeued)
+	if (docextract_retention_s <= 0 || !orphans_requeued || MyJobWorkerIndex != 0)
 		return false;
 	err = in_transaction("docextract: removing old rows", cleanup_step, &more);
 	if (err && !step_transient())
@@ -657,11 +686,29 @@ clean_up(void)
 	return err == NULL && more;
 }
 
+/*
+ * docextract.workers was lowered below this worker's number: it claims
+ * nothing more, and leaves once what it runs is stored (stopping it would
+ * send those requests again).  The launcher does not start it again.
+ */
+static bool
+retiring(void)
+{
+	if (MyJobWorkerIndex < launcher_job_workers())
+		return false;
+	if (inflight_jobs == NIL && deferred_jobs == NIL)
+	{
+		elog(LOG, "docextract worker %d: docextract.workers is %d now; leaving",
+			 MyJobWorkerIndex + 1, launcher_job_workers());
+		proc_exit(0);
+	}
+	return true;
+}
+
 static void
 worker_exit(int code, Datum arg)
 {
 	crashguard_worker_exit();
-	docextract_worker_unpublish();
 	inflight_worker_exit();
 }
 
@@ -722,12 +769,13 @@ docextract_worker_main(Datum main_arg)
 	TimestampTz next_poll = 0;
 	uint64		cancels_seen;
 	uint64		deliveries_seen;
+	const char *datname;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, crashguard_sigterm);	/* die(), remembering it was asked */
 	BackgroundWorkerUnblockSignals();
 	docextract_is_job_worker = true;
-	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
+	datname = workerset_connect(main_arg, ROLE_JOB);	/* workerset.c */
 	pgstat_report_appname("docextract worker");
 	/* Its statements run on every wake with the same shape: plan them once. */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
@@ -736,7 +784,6 @@ docextract_worker_main(Datum main_arg)
 	docextract_never_wait = true;	/* nowait.c */
 
 	last_stop_was_crash = crashguard_last_stop_was_crash();
-	docextract_worker_publish(MyLatch, MyDatabaseId);
 	before_shmem_exit(worker_exit, (Datum) 0);
 	http_init();
 	set = make_wait_set();
@@ -744,7 +791,7 @@ docextract_worker_main(Datum main_arg)
 	deliveries_seen = docextract_signal_generation(SIGNAL_DELIVERIES);
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
-	elog(LOG, "docextract worker started for database \"%s\"", docextract_database);
+	elog(LOG, "docextract worker %d started for database \"%s\"", MyJobWorkerIndex + 1, datname);
 
 	for (;;)
 	{
@@ -787,10 +834,13 @@ docextract_worker_main(Datum main_arg)
 		/*
 		 * Deliveries (at most max_webhook_inflight, apart from the jobs'
 		 * max_inflight): only when told, when one finished, or on a poll, not
-		 * on every wake.
+		 * on every wake; by the database's first job worker only, so that
+		 * none is sent twice and resetting leases at start steals none.
 		 */
-		if (look_deliveries && deliver_webhooks(&next_poll))
+		if (MyJobWorkerIndex == 0 && look_deliveries && deliver_webhooks(&next_poll))
 			look_deliveries = false;
+		if (retiring())
+			look = false;		/* finish what is in flight, claim nothing */
 		if (look)
 			look = claim_and_start(&next_poll);
 		if (steplock_retry_ms() >= 0)	/* stepped aside: look again soon */
@@ -798,8 +848,10 @@ docextract_worker_main(Datum main_arg)
 																   steplock_retry_ms()));
 
 		stats_ms = report_stats();
+		workerset_idle(jobs_inflight() < docextract_max_inflight, jobs_inflight());
 		n = WaitEventSetWait(set, stats_ms >= 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),
 							 events, lengthof(events), PG_WAIT_EXTENSION);
+		workerset_idle(false, jobs_inflight());
 		for (int i = 0; i < n; i++)
 			if (events[i].events & WL_LATCH_SET)
 			{

@@ -161,7 +161,7 @@ int			writeback_deadline_timeout = -1;
 static void
 writeback_deadline_reached(void)
 {
-	docextract_shared->writeback_running_set = true;	/* a byte: safe here */
+	MyDbWorkers->writeback_running_set = true;	/* a byte: safe here */
 	ProcDiePending = true;
 	InterruptPending = true;
 	SetLatch(MyLatch);
@@ -174,11 +174,11 @@ writeback_deadline_reached(void)
 static void
 set_running(Datum id)
 {
-	SpinLockAcquire(&docextract_shared->mutex);
-	docextract_shared->writeback_running_set = false;
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	MyDbWorkers->writeback_running_set = false;
 	if (id != (Datum) 0)
-		docextract_shared->writeback_running = *DatumGetUUIDP(id);
-	SpinLockRelease(&docextract_shared->mutex);
+		MyDbWorkers->writeback_running = *DatumGetUUIDP(id);
+	SpinLockRelease(&MyDbWorkers->mutex);
 }
 
 /*
@@ -192,11 +192,11 @@ record_stopped_write_back(void)
 	pg_uuid_t	id;
 	bool		was_set;
 
-	SpinLockAcquire(&docextract_shared->mutex);
-	was_set = docextract_shared->writeback_running_set;
-	id = docextract_shared->writeback_running;
-	docextract_shared->writeback_running_set = false;
-	SpinLockRelease(&docextract_shared->mutex);
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	was_set = MyDbWorkers->writeback_running_set;
+	id = MyDbWorkers->writeback_running;
+	MyDbWorkers->writeback_running_set = false;
+	SpinLockRelease(&MyDbWorkers->mutex);
 	if (!was_set)
 		return;
 	StartTransactionCommand();
@@ -271,30 +271,24 @@ run_one(Oid *last_owner, long *next_ms)
 	return found;
 }
 
-static void
-writeback_worker_exit(int code, Datum arg)
-{
-	writeback_worker_publish(NULL, InvalidOid);
-}
-
 void
 docextract_writeback_main(Datum main_arg)
 {
 	MemoryContext loop_cxt;
 	Oid			last_owner = InvalidOid;
+	const char *datname;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(docextract_database, NULL, 0);
+	datname = workerset_connect(main_arg, ROLE_WRITEBACK);	/* workerset.c */
 	writeback_deadline_timeout = (int) RegisterTimeout(USER_TIMEOUT, writeback_deadline_reached);
 	pgstat_report_appname("docextract write-back worker");
 	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_SESSION);
-	writeback_worker_publish(MyLatch, MyDatabaseId);
-	before_shmem_exit(writeback_worker_exit, (Datum) 0);
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract write-back loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	record_stopped_write_back();
+	elog(LOG, "docextract write-back worker started for database \"%s\"", datname);
 
 	for (;;)
 	{

@@ -52,7 +52,6 @@ cp test/fixtures/invoice.pdf test/fixtures/receipt.pdf test/fixtures/receipt.png
 run initdb -D "$DEMO_DIR/data" -A trust -U postgres >/dev/null
 cat >> "$DEMO_DIR/data/postgresql.conf" <<EOF
 shared_preload_libraries = 'docextract'
-docextract.database = 'postgres'
 port = $PORT
 listen_addresses = ''
 unix_socket_directories = '$DEMO_DIR'

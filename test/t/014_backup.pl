@@ -80,7 +80,9 @@ my $dump = "$PostgreSQL::Test::Utils::tmp_check/docextract.dump";
 $src->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $src->connstr('postgres') ], 'pg_dump');
 
 # -- restore into a new cluster --------------------------------------------------
-my $dst = new_node('dumpdst', credits => 'enforce', no_extension => 1);
+# No worker touches the restored database until the checks below are done.
+my $dst = new_node('dumpdst', credits => 'enforce', no_extension => 1,
+	conf => "docextract.databases = 'postgres'\n");
 $dst->safe_psql('postgres', 'CREATE ROLE alice LOGIN; GRANT pg_read_server_files TO alice; GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO alice; CREATE DATABASE restored');
 my $listener = $dst->background_psql('restored');
 $listener->query_safe('LISTEN docextract');
@@ -103,7 +105,7 @@ is($dst->safe_psql('restored', "SET ROLE alice; SELECT count(*) FROM docextract.
 	scalar(keys %e) + 1, 'alice sees her extractions in the restored database');
 
 # -- the restored database extracts ----------------------------------------------
-$dst->safe_psql('postgres', "ALTER SYSTEM SET docextract.database = 'restored'");
+$dst->safe_psql('postgres', "ALTER SYSTEM SET docextract.databases = 'restored'");
 $dst->append_conf('postgresql.conf', "docextract.poll_interval = '200ms'");
 $dst->restart;
 is(wait_for_status_in($dst, 'restored', $e{processing}, 'completed', 'failed'), 'completed',
