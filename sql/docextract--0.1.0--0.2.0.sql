@@ -265,6 +265,10 @@ END
 $$;
 
 
+-- The write-back worker's pick: owners in turn without sorting every due row.
+CREATE INDEX extractions_writeback_owner ON docextract.extractions (owner, writeback_due)
+    WHERE writeback_due IS NOT NULL;
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

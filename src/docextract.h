@@ -539,7 +539,7 @@ typedef struct RowTarget
 } RowTarget;
 
 extern char *trigger_row_template_problem(const char *arg, Datum *template_id);
-extern char *trigger_row_refusal(Datum document, const char **status);
+extern char *trigger_row_refusal(int pages, const char **status);
 extern Datum trigger_row_record(Datum document, Datum template_id, const char *status,
 								const char *reason, const RowTarget *target);
 

@@ -84,19 +84,26 @@ trigger_row_template_problem(const char *arg, Datum *template_id)
 static int64
 lock_available_credits(Oid owner)
 {
+	static const char *lock_sql = "SELECT a.balance - a.reserved FROM docextract.credit_accounts a"
+		" WHERE a.role = $1::regrole FOR UPDATE";
 	bool		isnull;
 	Datum		arg = ObjectIdGetDatum(owner);
 
-	SPI_execute_with_args("INSERT INTO docextract.credit_accounts (role) VALUES ($1::regrole)"
-						  " ON CONFLICT DO NOTHING", 1, (Oid[]) {OIDOID}, &arg, NULL, false, 0);
-	if (SPI_execute_with_args("SELECT a.balance - a.reserved FROM docextract.credit_accounts a"
-							  " WHERE a.role = $1::regrole FOR UPDATE",
-							  1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	if (SPI_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the credit account of role %u", owner);
+	if (SPI_processed == 0)
+	{
+		/* The role's first submit: an account as reserve_credits makes it. */
+		SPI_execute_with_args("INSERT INTO docextract.credit_accounts (role) VALUES ($1::regrole)"
+							  " ON CONFLICT DO NOTHING", 1, (Oid[]) {OIDOID}, &arg, NULL, false, 0);
+		SPI_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1);
+	}
+	if (SPI_processed != 1)
 		elog(ERROR, "could not lock the credit account of role %u", owner);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* Not read-only: the rows this statement enqueued so far count. */
 static int64
 active_extractions(Oid owner)
 {
@@ -106,28 +113,26 @@ active_extractions(Oid owner)
 	if (SPI_execute_with_args("SELECT count(*) FROM docextract.extractions x"
 							  " WHERE x.owner = $1::regrole"
 							  "   AND x.status IN ('pending', 'classifying', 'processing', 'retrying')",
-							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
+							  1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the active extractions of role %u", owner);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*
- * Would reserve_credits refuse this document's extraction (the quota, or
+ * Would reserve_credits refuse an extraction of these pages (the quota, or
  * too few credits under enforce)?  NULL if not; else the reason, its
  * status in *status.  The account row stays locked to the end of the
  * transaction, as the reservation itself would lock it, so the answer
  * holds until the reservation is made.
  */
 char *
-trigger_row_refusal(Datum document, const char **status)
+trigger_row_refusal(int pages, const char **status)
 {
 	Oid			owner = GetUserId();
 	const char *role = quote_identifier(GetUserNameFromId(owner, false));
 	Privileged	priv;
-	bool		isnull;
 	int64		available;
 	int64		active = 0;
-	int32		pages;
 	char	   *refusal = NULL;
 
 	if (docextract_credits_mode != CREDITS_ENFORCE && docextract_max_active_per_role <= 0)
@@ -137,9 +142,6 @@ trigger_row_refusal(Datum document, const char **status)
 	available = lock_available_credits(owner);
 	if (docextract_max_active_per_role > 0)
 		active = active_extractions(owner);
-	SPI_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
-						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
-	pages = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	privileged_end(&priv);
 	SPI_finish();
 	if (docextract_max_active_per_role > 0 && active >= docextract_max_active_per_role)

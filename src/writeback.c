@@ -210,7 +210,7 @@ submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, 
 								  t->template_id, status, doc_problem, &target);
 	doc = document_store(label, type, bytes, pages, text);
 	if (problem == NULL)
-		problem = trigger_row_refusal(doc, &status);
+		problem = trigger_row_refusal(pages, &status);
 	if (problem)
 		return trigger_row_record(doc, t->template_id, status, problem, &target);
 	*recorded = false;
