@@ -87,50 +87,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
-DECLARE
-    pages integer;
-    acct docextract.credit_accounts;
-    active bigint;
-    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
-    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
-BEGIN
-    -- Only what docextract enqueues is reserved for.  A row loaded with its
-    -- state (pg_restore of a dump) carries its reservation, and its
-    -- account and ledger rows are restored with it.
-    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
-        RETURN NEW;
-    END IF;
-    -- options.pages: only the pages asked for are charged.
-    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
-      FROM docextract.documents d WHERE d.id = NEW.document_id;
-    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
-    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
-    IF quota > 0 THEN
-        SELECT count(*) INTO active FROM docextract.extractions x
-         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
-        IF active >= quota THEN
-            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
-                USING ERRCODE = '53400',
-                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
-        END IF;
-    END IF;
-    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
-        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
-                        NEW.owner, pages, pages, acct.balance - acct.reserved
-            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
-    END IF;
-    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
-     WHERE a.role = NEW.owner;
-    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
-                                          reason, created_by)
-    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
-            'submitted', NEW.owner);
-    NEW.credits_reserved := pages;
-    RETURN NEW;
-END
-$$;
 -- pdf_text runs the parser helper under settings: not IMMUTABLE (no index,
 -- no ANALYZE may run it).
 ALTER FUNCTION docextract.pdf_text(bytea) STABLE;
@@ -233,6 +189,78 @@ CREATE FUNCTION docextract.worker_limits(OUT model_name text, OUT max_concurrenc
                                          OUT effective_concurrency integer, OUT capped_by text)
 RETURNS SETOF record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'docextract_worker_limits';
 GRANT EXECUTE ON FUNCTION docextract.worker_limits() TO PUBLIC;
+
+-- The trigger form records a row it cannot submit (issue 13): a document
+-- row for bytes that are not a document (no pages, the rejection says why),
+-- an extraction that starts failed or insufficient_credits, announced as
+-- such, holding no credits.
+ALTER TABLE docextract.documents ALTER COLUMN page_count DROP NOT NULL;
+ALTER TABLE docextract.documents ADD COLUMN rejection text;
+CREATE OR REPLACE FUNCTION docextract.event_name(old_status text, new_status text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'extraction.' || CASE
+        -- A row the trigger form could not submit starts failed.
+        WHEN old_status IS NULL AND new_status IN ('failed', 'insufficient_credits') THEN new_status
+        WHEN old_status IS NULL THEN 'queued'
+        WHEN new_status = 'processing' THEN 'started'
+        WHEN new_status = 'completed' AND old_status = 'awaiting_approval' THEN 'approved'
+        WHEN new_status = 'pending' THEN 'requeued'
+        ELSE new_status END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    pages integer;
+    acct docextract.credit_accounts;
+    active bigint;
+    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
+    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
+BEGIN
+    -- Only what docextract enqueues is reserved for.  A row loaded with its
+    -- state (pg_restore of a dump) carries its reservation, and its
+    -- account and ledger rows are restored with it.
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NEW;
+    END IF;
+    -- A row the trigger form records as not submitted holds nothing.
+    IF NEW.status <> 'pending' THEN
+        RETURN NEW;
+    END IF;
+    -- options.pages: only the pages asked for are charged.
+    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+      FROM docextract.documents d WHERE d.id = NEW.document_id;
+    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
+    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    IF quota > 0 THEN
+        SELECT count(*) INTO active FROM docextract.extractions x
+         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+        IF active >= quota THEN
+            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
+                USING ERRCODE = '53400',
+                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
+        END IF;
+    END IF;
+    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
+                        NEW.owner, pages, pages, acct.balance - acct.reserved
+            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
+    END IF;
+    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
+     WHERE a.role = NEW.owner;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+            'submitted', NEW.owner);
+    NEW.credits_reserved := pages;
+    RETURN NEW;
+END
+$$;
+
+
+-- The write-back worker's pick: owners in turn without sorting every due row.
+CREATE INDEX extractions_writeback_owner ON docextract.extractions (owner, writeback_due)
+    WHERE writeback_due IS NOT NULL;
 
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations

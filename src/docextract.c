@@ -169,6 +169,7 @@ define_settings(void)
 							   NULL, &docextract_debug_crash_on_document, "",
 							   PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	writeback_define_settings();
+	trigger_rows_define_settings();
 	MarkGUCPrefixReserved("docextract");
 }
 

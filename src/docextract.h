@@ -653,4 +653,38 @@ extern bool step_stepped_aside(void);
 extern bool transient_retry(pg_uuid_t *id, const char *err);
 extern void transient_requeue(pg_uuid_t *id, const char *message);
 
+/* trigger_rows.c, documents.c, pdf.c: per-row errors of the trigger form -- */
+
+/* docextract.trigger_errors */
+typedef enum
+{
+	TRIGGER_ERRORS_RECORD,
+	TRIGGER_ERRORS_RAISE
+} TriggerErrorsMode;
+extern int	docextract_trigger_errors;
+extern void trigger_rows_define_settings(void);
+
+extern char *pdf_problem(const char *data, size_t len, const char *filename, char **text,
+						 int *pages);
+extern char *document_problem(const char *filename, const char *data, size_t len,
+							  const char **type, int *pages, char **text);
+extern Datum document_store(const char *filename, const char *type, bytea *content,
+							int pages, const char *text);
+extern Datum document_store_rejected(const char *filename, const char *type, bytea *content,
+									 const char *rejection);
+
+/* Where a trigger-form row's status and result go back to. */
+typedef struct RowTarget
+{
+	Oid			table;
+	Datum		key;			/* text[] of the primary key, or 0 */
+	const char *result_col;		/* may be NULL */
+	const char *status_col;		/* may be NULL */
+} RowTarget;
+
+extern char *trigger_row_template_problem(const char *arg, Datum *template_id);
+extern char *trigger_row_refusal(int pages, const char **status);
+extern Datum trigger_row_record(Datum document, Datum template_id, const char *status,
+								const char *reason, const RowTarget *target);
+
 #endif							/* DOCEXTRACT_H */

@@ -174,6 +174,77 @@ insert_document(const char *filename, const char *type, bytea *content,
 	return id;
 }
 
+/*
+ * check_document() without raising, for the trigger form: NULL when the
+ * bytes are a document we take (*type, *pages, *text set), else why not.
+ */
+char *
+document_problem(const char *filename, const char *data, size_t len,
+				 const char **type, int *pages, char **text)
+{
+	int64		max_bytes = (int64) docextract_max_document_size * 1024;
+
+	*type = NULL;
+	*text = NULL;
+	*pages = 1;
+	if (len == 0)
+		return psprintf("document \"%s\" is empty", filename);
+	if ((int64) len > max_bytes)
+		return psprintf("document \"%s\" is %zu bytes, more than docextract.max_document_size (%lld bytes)",
+						filename, len, (long long) max_bytes);
+	*type = detect_content_type((const unsigned char *) data, len);
+	if (*type == NULL)
+		return psprintf("document \"%s\" is not a PDF, JPEG, PNG, HEIC or HEIF file (its first bytes are 0x%s)",
+						filename, first_bytes_hex((const unsigned char *) data, len));
+	if (strcmp(*type, "application/pdf") == 0)
+		return pdf_problem(data, len, filename, text, pages);
+	return NULL;
+}
+
+/* Store a document document_problem() accepted, owned by the current user. */
+Datum
+document_store(const char *filename, const char *type, bytea *content, int pages,
+			   const char *text)
+{
+	return insert_document(filename, type, content,
+						   sha256_hex(VARDATA(content), VARSIZE(content) - VARHDRSZ),
+						   pages, text, GetUserId());
+}
+
+/*
+ * Keep a record of bytes that are not a document: their name, size, hash
+ * and the rejection, never the bytes (nothing may read them later).
+ */
+Datum
+document_store_rejected(const char *filename, const char *type, bytea *content,
+						const char *rejection)
+{
+	Oid			owner = GetUserId();	/* before acting as the extension owner */
+	Privileged	priv;
+	bool		isnull;
+	Datum		id;
+	size_t		len = VARSIZE(content) - VARHDRSZ;
+
+	SPI_connect();
+	privileged_begin(&priv);
+	if (SPI_execute_with_args("INSERT INTO docextract.documents"
+							  " (filename, content_type, size_bytes, sha256, owner, rejection)"
+							  " VALUES ($1, $2, $3, $4, $5::regrole, $6) RETURNING id",
+							  6, (Oid[]) {TEXTOID, TEXTOID, INT8OID, TEXTOID, OIDOID, TEXTOID},
+							  (Datum[]) {CStringGetTextDatum(filename),
+								  CStringGetTextDatum(type ? type : "application/octet-stream"),
+								  Int64GetDatum((int64) len),
+								  CStringGetTextDatum(sha256_hex(VARDATA(content), len)),
+								  ObjectIdGetDatum(owner), CStringGetTextDatum(rejection)},
+							  NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not record rejected document \"%s\"", filename);
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	id = SPI_datumTransfer(id, false, UUID_LEN);
+	privileged_end(&priv);
+	SPI_finish();
+	return id;
+}
+
 Datum
 docextract_add_document(PG_FUNCTION_ARGS)
 {

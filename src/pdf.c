@@ -15,37 +15,46 @@
 PG_FUNCTION_INFO_V1(docextract_pdf_text);
 
 /*
- * Open a PDF once: its page count, and its text (palloc'd, in the database
- * encoding) when text is not NULL.  A PDF the parser cannot open, one
- * without pages, or one that crashes the parser or takes too long raises
- * 22023.
+ * Open a PDF once: NULL and its page count (*pages) and its text (palloc'd,
+ * in the database encoding, when text is not NULL); or why it is no PDF we
+ * can use: one the parser cannot open, or one without pages.  A parser
+ * that crashes or takes too long still raises 22023 (parser.c).
  */
-int
-pdf_inspect(const char *data, size_t len, const char *filename, char **text)
+char *
+pdf_problem(const char *data, size_t len, const char *filename, char **text, int *pages)
 {
 	size_t		out_len;
 	char	   *out = parser_run(data, len, text != NULL, filename, &out_len);
-	int32		pages = 0;
+	int32		n = 0;
 
 	if (out_len >= 1 && out[0] == 'F')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("document \"%s\" is not a readable PDF: %s", filename,
-						parser_reason(out, out_len))));
+		return psprintf("document \"%s\" is not a readable PDF: %s", filename,
+						parser_reason(out, out_len));
 	if (out_len >= 1 && out[0] == 'N')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("document \"%s\" is a PDF with no pages", filename)));
-	if (out_len >= 1 + sizeof(pages) && out[0] == 'O')
-		memcpy(&pages, out + 1, sizeof(pages));
+		return psprintf("document \"%s\" is a PDF with no pages", filename);
+	if (out_len >= 1 + sizeof(n) && out[0] == 'O')
+		memcpy(&n, out + 1, sizeof(n));
 	/* The child parsed hostile bytes: believe nothing it says blindly. */
-	if (out_len < 1 + sizeof(pages) || out[0] != 'O' || pages < 1)
+	if (out_len < 1 + sizeof(n) || out[0] != 'O' || n < 1)
+		return psprintf("could not parse document \"%s\": the parser answered out of protocol",
+						filename);
+	if (text)
+		*text = pg_any_to_server(out + 1 + sizeof(n), out_len - 1 - sizeof(n), PG_UTF8);
+	*pages = n;
+	return NULL;
+}
+
+/* pdf_problem(), raising 22023 for a PDF we cannot use. */
+int
+pdf_inspect(const char *data, size_t len, const char *filename, char **text)
+{
+	int			pages = 0;
+	char	   *problem = pdf_problem(data, len, filename, text, &pages);
+
+	if (problem)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("could not parse document \"%s\": the parser answered out of protocol",
-						filename)));
-	if (text)
-		*text = pg_any_to_server(out + 1 + sizeof(pages), out_len - 1 - sizeof(pages), PG_UTF8);
+				 errmsg("%s", problem)));
 	return pages;
 }
 

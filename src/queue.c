@@ -85,12 +85,22 @@ check_options(json_object *o)
 static void
 check_not_deleted(Datum document)
 {
-	SPI_execute_with_args("SELECT 1 FROM docextract.documents WHERE id = $1 AND deleted_at IS NOT NULL",
+	char	   *rejection;
+
+	/* A rejected document (bytes that were not one) has nothing to extract. */
+	SPI_execute_with_args("SELECT rejection FROM docextract.documents"
+						  " WHERE id = $1 AND (deleted_at IS NOT NULL OR rejection IS NOT NULL)",
 						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
-	if (SPI_processed == 1)
+	if (SPI_processed == 0)
+		return;
+	rejection = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (rejection)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("document %s was deleted", uuid_text(document))));
+				 errmsg("document %s was rejected: %s", uuid_text(document), rejection)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("document %s was deleted", uuid_text(document))));
 }
 
 static void

@@ -35,6 +35,7 @@ typedef struct TriggerTarget
 {
 	Relation	rel;
 	const char *trigger;
+	const char *template_arg;
 	int			content_att;
 	const char *result_col;		/* may be NULL */
 	const char *status_col;		/* may be NULL */
@@ -101,6 +102,7 @@ resolve_target(TriggerData *td, TriggerTarget *t)
 
 	t->rel = td->tg_relation;
 	t->trigger = tg->tgname;
+	t->template_arg = tg->tgnargs > 0 ? tg->tgargs[0] : NULL;
 	if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		trigger_error(t, ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
@@ -118,7 +120,6 @@ resolve_target(TriggerData *td, TriggerTarget *t)
 	if ((t->result_col || t->status_col) && !OidIsValid(RelationGetPrimaryKeyIndex(t->rel)))
 		trigger_error(t, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  "the table has no primary key, which docextract needs to write results back to the row");
-	template_of(t, tg->tgargs[0]);
 }
 
 /* The row's primary key values, as text, in key order. */
@@ -183,6 +184,40 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 	writeback_wake_at_commit();
 }
 
+/*
+ * docextract.trigger_errors = 'record': check the row before acting (the
+ * bytes, the template, the credits) and record what stops it as its
+ * extraction's status, rather than raising.  Returns the extraction;
+ * *recorded when it was recorded so (its row remembered already).
+ */
+static Datum
+submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, bool *recorded)
+{
+	bytea	   *bytes = DatumGetByteaP(content);
+	const char *type;
+	int			pages;
+	char	   *text;
+	const char *status = "failed";
+	Datum		doc;
+	RowTarget	target = {RelationGetRelid(t->rel), key, t->result_col, t->status_col};
+	char	   *problem = trigger_row_template_problem(t->template_arg, &t->template_id);
+	char	   *doc_problem = document_problem(label, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ,
+											   &type, &pages, &text);
+
+	*recorded = true;
+	if (doc_problem)
+		return trigger_row_record(document_store_rejected(label, type, bytes, doc_problem),
+								  t->template_id, status, doc_problem, &target);
+	doc = document_store(label, type, bytes, pages, text);
+	if (problem == NULL)
+		problem = trigger_row_refusal(pages, &status);
+	if (problem)
+		return trigger_row_record(doc, t->template_id, status, problem, &target);
+	*recorded = false;
+	return DirectFunctionCall3(docextract_extract_document, doc, t->template_id,
+							   DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+}
+
 /* AFTER INSERT FOR EACH ROW: one document and one extraction per row. */
 Datum
 docextract_extract_document_trigger(PG_FUNCTION_ARGS)
@@ -191,6 +226,7 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 	TriggerTarget t;
 	HeapTuple	row;
 	bool		isnull;
+	bool		record = docextract_trigger_errors == TRIGGER_ERRORS_RECORD;
 	Datum		content;
 	Datum		doc;
 	Datum		extraction;
@@ -202,6 +238,8 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("docextract.extract_document() without arguments is a trigger function")));
 	resolve_target(td, &t);
+	if (!record)
+		template_of(&t, t.template_arg);
 	row = td->tg_trigtuple;
 	content = heap_getattr(row, t.content_att, RelationGetDescr(t.rel), &isnull);
 	if (isnull)
@@ -209,6 +247,15 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 	label = pstrdup(RelationGetRelationName(t.rel));
 	if (OidIsValid(RelationGetPrimaryKeyIndex(t.rel)))
 		key = key_of(&t, row, &label);
+	if (record)
+	{
+		bool		recorded;
+
+		extraction = submit_or_record(&t, label, content, key, &recorded);
+		if (!recorded && (t.result_col || t.status_col))
+			remember_row(extraction, &t, key);
+		return PointerGetDatum(NULL);
+	}
 	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum(label), content);
 	extraction = DirectFunctionCall3(docextract_extract_document, doc, t.template_id,
 									 DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
@@ -216,4 +263,3 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 		remember_row(extraction, &t, key);	/* a key exists: resolve_target() checked */
 	return PointerGetDatum(NULL);
 }
-

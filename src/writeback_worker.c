@@ -50,13 +50,23 @@ writeback_define_settings(void)
 }
 
 /*
- * The next due write-back, owners in turn: those after last_owner first,
- * except those whose outcome could not be recorded lately ($2).
+ * The next due write-back, owners in turn: the oldest of the first owner
+ * after last_owner that has one (else of the first owner), except those
+ * whose outcome could not be recorded lately ($2).  Each step is a short
+ * walk of extractions_writeback_owner: no sort of every due row, which
+ * made draining n due write-backs cost n squared.
  */
 static const char *pick_sql =
 "SELECT e.id, e.owner::oid FROM docextract.extractions e"
-" WHERE e.writeback_due <= clock_timestamp() AND e.id <> ALL ($2::uuid[])"
-" ORDER BY e.owner::oid <= $1, e.owner::oid, e.writeback_due LIMIT 1";
+" WHERE e.owner::oid = coalesce("
+"         (SELECT o.owner::oid FROM docextract.extractions o"
+"           WHERE o.writeback_due <= clock_timestamp() AND o.owner::oid > $1"
+"             AND o.id <> ALL ($2::uuid[]) ORDER BY o.owner::oid LIMIT 1),"
+"         (SELECT o.owner::oid FROM docextract.extractions o"
+"           WHERE o.writeback_due <= clock_timestamp() AND o.id <> ALL ($2::uuid[])"
+"           ORDER BY o.owner::oid LIMIT 1))"
+"   AND e.writeback_due <= clock_timestamp() AND e.id <> ALL ($2::uuid[])"
+" ORDER BY e.writeback_due LIMIT 1";
 
 /*
  * Write-backs whose extraction row a session held when the outcome was to
@@ -226,6 +236,7 @@ run_one(Oid *last_owner, long *next_ms)
 {
 	volatile bool found = false;
 	Datum		id;
+	pg_uuid_t	uid;
 	Oid			owner;
 
 	SetCurrentStatementStartTimestamp();
@@ -238,6 +249,9 @@ run_one(Oid *last_owner, long *next_ms)
 		{
 			found = true;
 			*last_owner = owner;
+			/* The id outlives the transaction that picked it (freed at commit). */
+			uid = *DatumGetUUIDP(id);
+			id = UUIDPGetDatum(&uid);
 			if (!writeback_lease(id))
 				skip_for_a_while(id);
 			else

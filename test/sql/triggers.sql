@@ -37,8 +37,27 @@ BEGIN;
 INSERT INTO public.inbox (id, pdf) VALUES (4, :'pdf');
 ROLLBACK;
 SELECT count(*) AS extractions FROM docextract.extractions WHERE target_table = 'public.inbox'::regclass;
--- bad content fails the insert with the document's error; nothing is stored
-SELECT sqlstate_of($$INSERT INTO public.inbox (id, pdf) VALUES (5, 'not a pdf')$$);
+-- bad content does not fail the insert: the row's extraction is recorded
+-- failed, with why, holding no credits; the bytes are kept only as a record
+-- (name, size, hash, rejection), without content or pages
+INSERT INTO public.inbox (id, pdf) VALUES (5, 'not a pdf');
+SELECT d.filename, d.content_type, d.size_bytes, d.content IS NULL AS no_bytes, d.page_count,
+       d.rejection, x.status, x.error_message, x.credits_reserved, x.template_id = :'tid' AS right_template,
+       x.completed_at IS NOT NULL AS ended, x.writeback_due IS NOT NULL AS write_back_due
+  FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
+ WHERE d.filename = 'inbox/5';
+SELECT x.id AS e5, x.document_id AS d5 FROM docextract.extractions x
+  JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename = 'inbox/5' \gset
+SELECT e.event, e.payload->>'status' AS status FROM docextract.events e WHERE e.extraction_id = :'e5';
+SELECT docextract.extraction_status(:'e5') - '{extraction_id,document_id,template_id,created_at,completed_at}'::text[];
+SELECT docextract.get_result(:'e5') - '{extraction_id,document_id,template_id}'::text[];
+-- nothing extracts from the rejected record
+SELECT sqlstate_of(format('SELECT docextract.extract_document(%L, %L)', :'d5', :'tid'));
+-- docextract.trigger_errors = 'raise': the document's error fails the
+-- insert, nothing is stored
+SET docextract.trigger_errors = 'raise';
+SELECT sqlstate_of($$INSERT INTO public.inbox (id, pdf) VALUES (7, 'not a pdf')$$);
+RESET docextract.trigger_errors;
 SELECT count(*) AS rows FROM public.inbox;
 RESET ROLE;
 
@@ -149,7 +168,14 @@ BEGIN
   RETURN r;
 END $$;
 CREATE TABLE public.fixture AS SELECT :'pdf'::bytea AS pdf;
+-- a template the inserting role cannot use: each row's extraction is
+-- recorded failed; under 'raise' the insert fails
 SELECT try($$'no such template', 'pdf'$$);
+SELECT x.status, x.error_message FROM docextract.extractions x
+  JOIN docextract.documents d ON d.id = x.document_id WHERE d.filename ~ '^bad/';
+SET docextract.trigger_errors = 'raise';
+SELECT try($$'no such template', 'pdf'$$);
+RESET docextract.trigger_errors;
 SELECT try($$'trigger invoice', 'nope'$$);
 SELECT try($$'trigger invoice', 'doc'$$);
 SELECT try($$'trigger invoice', 'pdf', 'out_text'$$);

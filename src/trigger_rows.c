@@ -1,0 +1,230 @@
+/*
+ * trigger_rows.c: rows the trigger form cannot submit.
+ *
+ * Under docextract.trigger_errors = 'record' (the default) a row whose
+ * bytes are not a document, whose template the inserting role cannot use,
+ * or whose submit the role's credits or quota refuse does not abort the
+ * INSERT or COPY: its extraction is recorded as failed or
+ * insufficient_credits with the reason, announced like any status change,
+ * and written back to the row's status column.  Each condition is checked
+ * before acting, never by catching the error: a subtransaction per row
+ * would slow a large COPY, and the whole cluster with it.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/uuid.h"
+
+int			docextract_trigger_errors = TRIGGER_ERRORS_RECORD;
+
+static const struct config_enum_entry trigger_errors_modes[] = {
+	{"record", TRIGGER_ERRORS_RECORD, false},
+	{"raise", TRIGGER_ERRORS_RAISE, false},
+	{NULL, 0, false}
+};
+
+void
+trigger_rows_define_settings(void)
+{
+	/*
+	 * USERSET: a session may choose all-or-nothing for its own INSERT or
+	 * COPY; either way nothing is submitted that would not be, and nothing
+	 * is charged that is not extracted.
+	 */
+	DefineCustomEnumVariable("docextract.trigger_errors",
+							 "record: a row the trigger form cannot submit gets a failed extraction; raise: it aborts the statement.",
+							 NULL, &docextract_trigger_errors, TRIGGER_ERRORS_RECORD,
+							 trigger_errors_modes, PGC_USERSET, 0, NULL, NULL, NULL);
+}
+
+/*
+ * The active template the inserting role may use, by id or name (as the
+ * raising form finds it): NULL and *template_id, or why there is none.
+ * Runs as that role, so row-level security decides what it sees.
+ */
+char *
+trigger_row_template_problem(const char *arg, Datum *template_id)
+{
+	bool		isnull;
+	bool		is_uuid = strlen(arg) == 36 && strspn(arg, "0123456789abcdefABCDEF-") == 36;
+	const char *problem = NULL;
+
+	*template_id = (Datum) 0;
+	SPI_connect();
+	if (SPI_execute_with_args(is_uuid
+							  ? "SELECT t.id, EXISTS (SELECT 1 FROM docextract.templates g"
+							  "                     WHERE g.group_id = t.group_id AND g.is_active)"
+							  "  FROM docextract.templates t WHERE t.id = $1::uuid"
+							  : "SELECT id, true FROM docextract.templates WHERE name = $1 AND is_active"
+							  "  ORDER BY owner IS NULL, created_at DESC LIMIT 1",
+							  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up template \"%s\"", arg);
+	if (SPI_processed != 1)
+		problem = "does not exist";
+	else if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+		problem = "is deactivated";
+	else
+		*template_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 1, &isnull),
+										 false, UUID_LEN);
+	SPI_finish();
+	/* Formatted here, not in SPI's memory, which SPI_finish() freed. */
+	return problem ? psprintf("template \"%s\" %s", arg, problem) : NULL;
+}
+
+/* The role's available credits, its account row locked as reserve_credits locks it. */
+static int64
+lock_available_credits(Oid owner)
+{
+	static const char *lock_sql = "SELECT a.balance - a.reserved FROM docextract.credit_accounts a"
+		" WHERE a.role = $1::regrole FOR UPDATE";
+	bool		isnull;
+	Datum		arg = ObjectIdGetDatum(owner);
+
+	if (SPI_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the credit account of role %u", owner);
+	if (SPI_processed == 0)
+	{
+		/* The role's first submit: an account as reserve_credits makes it. */
+		SPI_execute_with_args("INSERT INTO docextract.credit_accounts (role) VALUES ($1::regrole)"
+							  " ON CONFLICT DO NOTHING", 1, (Oid[]) {OIDOID}, &arg, NULL, false, 0);
+		SPI_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1);
+	}
+	if (SPI_processed != 1)
+		elog(ERROR, "could not lock the credit account of role %u", owner);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* Not read-only: the rows this statement enqueued so far count. */
+static int64
+active_extractions(Oid owner)
+{
+	bool		isnull;
+	Datum		arg = ObjectIdGetDatum(owner);
+
+	if (SPI_execute_with_args("SELECT count(*) FROM docextract.extractions x"
+							  " WHERE x.owner = $1::regrole"
+							  "   AND x.status IN ('pending', 'classifying', 'processing', 'retrying')",
+							  1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count the active extractions of role %u", owner);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Would reserve_credits refuse an extraction of these pages (the quota, or
+ * too few credits under enforce)?  NULL if not; else the reason, its
+ * status in *status.  The account row stays locked to the end of the
+ * transaction, as the reservation itself would lock it, so the answer
+ * holds until the reservation is made.
+ */
+char *
+trigger_row_refusal(int pages, const char **status)
+{
+	Oid			owner = GetUserId();
+	const char *role = quote_identifier(GetUserNameFromId(owner, false));
+	Privileged	priv;
+	int64		available;
+	int64		active = 0;
+	char	   *refusal = NULL;
+
+	if (docextract_credits_mode != CREDITS_ENFORCE && docextract_max_active_per_role <= 0)
+		return NULL;
+	SPI_connect();
+	privileged_begin(&priv);
+	available = lock_available_credits(owner);
+	if (docextract_max_active_per_role > 0)
+		active = active_extractions(owner);
+	privileged_end(&priv);
+	SPI_finish();
+	if (docextract_max_active_per_role > 0 && active >= docextract_max_active_per_role)
+	{
+		*status = "failed";
+		refusal = psprintf("role %s has %lld active extractions, the limit is %d", role,
+						   (long long) active, docextract_max_active_per_role);
+	}
+	else if (docextract_credits_mode == CREDITS_ENFORCE && available < pages)
+	{
+		*status = "insufficient_credits";
+		refusal = psprintf("insufficient credits: role %s needs %d credit(s) for %d page(s), its balance is %lld",
+						   role, pages, pages, (long long) available);
+	}
+	return refusal;
+}
+
+/* The model every trigger-form extraction names: missing, the setup is wrong. */
+static void
+check_default_model(void)
+{
+	SPI_execute("SELECT 1 FROM docextract.models WHERE name = 'default'", true, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"default\" does not exist"),
+				 errhint("Add it with docextract.add_model(); the model named \"default\" is used when options name none.")));
+}
+
+/*
+ * Record the row's extraction as already ended (status failed or
+ * insufficient_credits, with the reason), holding no credits.  Inserted as
+ * docextract submits (docextract.submitting): the insert is announced
+ * (extraction.failed or .insufficient_credits); reserve_credits leaves a row
+ * that is not pending alone.  Its write-back is due at once.
+ */
+Datum
+trigger_row_record(Datum document, Datum template_id, const char *status, const char *reason,
+				   const RowTarget *target)
+{
+	bool		remembered = target->result_col || target->status_col;
+	Oid			owner = GetUserId();	/* before acting as the extension owner */
+	Privileged	priv;
+	bool		isnull;
+	Datum		id;
+	int			nestlevel;
+	char		nulls[10];
+
+	memset(nulls, ' ', 9);
+	nulls[9] = '\0';
+	nulls[1] = template_id ? ' ' : 'n';
+	nulls[5] = nulls[6] = remembered ? ' ' : 'n';
+	nulls[7] = target->result_col ? ' ' : 'n';
+	nulls[8] = target->status_col ? ' ' : 'n';
+	SPI_connect();
+	privileged_begin(&priv);
+	check_default_model();
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("docextract.submitting", "on", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
+							  " (document_id, template_id, model_name, status, owner, error_message,"
+							  "  completed_at, target_table, target_pk, target_result_column,"
+							  "  target_status_column, writeback_due)"
+							  " VALUES ($1, $2, 'default', $3, $4::regrole, $5, clock_timestamp(),"
+							  "         $6, $7, $8, $9,"
+							  "         CASE WHEN $6 IS NOT NULL THEN clock_timestamp() END)"
+							  " RETURNING id",
+							  9, (Oid[]) {UUIDOID, UUIDOID, TEXTOID, OIDOID, TEXTOID, OIDOID,
+								  TEXTARRAYOID, TEXTOID, TEXTOID},
+							  (Datum[]) {document, template_id, CStringGetTextDatum(status),
+								  ObjectIdGetDatum(owner), CStringGetTextDatum(reason),
+								  ObjectIdGetDatum(target->table), target->key,
+								  target->result_col ? CStringGetTextDatum(target->result_col) : (Datum) 0,
+								  target->status_col ? CStringGetTextDatum(target->status_col) : (Datum) 0},
+							  nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not record the extraction of a row that was not submitted");
+	AtEOXact_GUC(true, nestlevel);
+	id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+						   false, UUID_LEN);
+	privileged_end(&priv);
+	SPI_finish();
+	if (remembered)
+		writeback_wake_at_commit();
+	return id;
+}
