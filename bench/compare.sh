@@ -39,7 +39,7 @@ drain client "$N"; bench_client_stop
 drain docextract "$N" "$SUBMITTERS"
 bench_client_start "$THREADS"; drain client "$N" "$SUBMITTERS"; bench_client_stop
 print_results
-awk -F'|' '{ r[$1 "|" $2] = $5 } END {
+awk -F'|' '{ r[$1 "|" $2] = $6 } END {
     printf "ratio docextract / client worker: backlog %.2fx, with submitters %.2fx\n",
         r["docextract|backlog"] / r["client|backlog"],
         r["docextract|'"$SUBMITTERS"' submitters"] / r["client|'"$SUBMITTERS"' submitters"] }' "$DIR/results"

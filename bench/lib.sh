@@ -233,25 +233,29 @@ endpoint_capacity() {
         "$("$DIR/instant_model" --load "127.0.0.1:$(cat "$DIR/port")" --conns 16 --seconds 2 --body-file "$DIR/request.json")"
 }
 
-# drain WHO N [SUBMITTERS]: WHO is docextract or client.  SUBMITTERS = 0: N
-# submits committed in one transaction, measured from that commit to the last
-# completion (a pre-committed backlog).  SUBMITTERS > 0: that many pgbench
-# clients submit N in all, one transaction each, while the worker drains;
-# measured from the first submit.  Appends one line to $DIR/results:
-#   who mode n seconds per_s worker_ms server_ms client_ms model_ms failed
+# drain WHO N [SUBMITTERS [LABEL SUBMIT_SQL]]: WHO is docextract or client.
+# SUBMITTERS = 0: N submits committed in one transaction, measured from that
+# commit to the last completion (a pre-committed backlog); SUBMIT_SQL, if
+# given, is that transaction's work instead (a COPY into a trigger-form
+# table), LABEL its name.  SUBMITTERS > 0: that many pgbench clients submit N
+# in all, one transaction each, while the worker drains; measured from the
+# first submit.  Appends one line to $DIR/results:
+#   who mode n submit/s seconds per_s worker_ms server_ms client_ms model_ms failed
 drain() {
-    local who=$1 n=$2 subs=${3:-0} fn=bench.submit jobs=false
+    local who=$1 n=$2 subs=${3:-0} label=${4:-} fn=bench.submit jobs=false
     [ "$who" = client ] && { fn=bench.submit_job; jobs=true; }
-    [ "$who" = docextract ] && worker_pids > "$DIR/worker.pids" || rm -f "$DIR/worker.pids"
+    if [ "$who" = docextract ]; then worker_pids > "$DIR/worker.pids"; else rm -f "$DIR/worker.pids"; fi
     write_snapshot_script
-    local ndocs
+    local ndocs mark
     ndocs=$(sql -c "SELECT count(*) FROM bench.docs")
-    local mark
     mark=$(sql -c "SELECT clock_timestamp()")
+    echo "$mark" > "$DIR/mark"
+    rm -f "$DIR/submit_start"
     if [ "$subs" -eq 0 ]; then
         sql >/dev/null <<SQL
 BEGIN;
-SELECT count($fn(1 + i % $ndocs)) FROM generate_series(1, $n) i;
+\! date +%s.%N > $DIR/submit_start
+${5:-SELECT count($fn(1 + i % $ndocs)) FROM generate_series(1, $n) i;}
 \! bash $DIR/snapshot.sh $DIR/before
 COMMIT;
 CALL bench.wait_drained($jobs);
@@ -275,11 +279,15 @@ SELECT $fn(:n);" > "$DIR/submit.sql"
         read -r last failed < <(sql -F ' ' -c "SELECT extract(epoch FROM max(completed_at)), count(*) FILTER (WHERE status <> 'completed')
                                           FROM docextract.extractions WHERE created_at >= '$mark'")
     fi
-    local mode=backlog; [ "$subs" -gt 0 ] && mode="$subs submitters"
-    awk -v who="$who" -v mode="$mode" -v n="$n" -v last="$last" -v failed="$failed" -v hz="$(getconf CLK_TCK)" '
+    local mode=${label:-backlog} started=-
+    [ "$subs" -gt 0 ] && mode="$subs submitters"
+    [ -f "$DIR/submit_start" ] && started=$(cat "$DIR/submit_start")
+    awk -v who="$who" -v mode="$mode" -v n="$n" -v last="$last" -v failed="$failed" \
+        -v started="$started" -v hz="$(getconf CLK_TCK)" '
         NR == 1 { t0 = $1; s0 = $2; w0 = $3; c0 = $4; m0 = $5 }
         NR == 2 { s = last - t0; ms = 1000 / hz / n
-                  printf "%s|%s|%d|%.2f|%.1f|%s|%.2f|%s|%.2f|%d\n", who, mode, n, s, n / s,
+                  sub_rate = started == "-" ? "-" : sprintf("%.0f", n / (t0 - started))
+                  printf "%s|%s|%d|%s|%.2f|%.1f|%s|%.2f|%s|%.2f|%d\n", who, mode, n, sub_rate, s, n / s,
                       who == "docextract" ? sprintf("%.2f", ($3 - w0) * ms) : "-", ($2 - s0) * ms,
                       who == "client" ? sprintf("%.2f", ($4 - c0) * ms) : "-", ($5 - m0) * ms, failed }' \
         "$DIR/before" "$DIR/after" >> "$DIR/results"
@@ -287,6 +295,6 @@ SELECT $fn(:n);" > "$DIR/submit.sql"
 
 # Prints $DIR/results as a table.
 print_results() {
-    { echo "who|submitted as|n|seconds|extractions/s|worker CPU ms/extraction|server CPU ms/extraction|client worker CPU ms/extraction|endpoint CPU ms/extraction|not completed"
+    { echo "who|submitted as|n|submitted/s|seconds|extractions/s|worker CPU ms/extraction|server CPU ms/extraction|client worker CPU ms/extraction|endpoint CPU ms/extraction|not completed"
       cat "$DIR/results"; } | column -t -s '|'
 }
