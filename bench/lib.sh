@@ -166,7 +166,7 @@ wait_workers() {
         [ "$(worker_pids | wc -w)" -ge "$n" ] && return 0
         sleep 0.1
     done
-    echo "no docextract worker running (see $DIR/server.log)" >&2; exit 1
+    echo "fewer than $n docextract worker(s) running (see $DIR/server.log)" >&2; return 1
 }
 
 # CPU ticks (user + system, with waited-for children: the parser's forks) of pids.
@@ -271,22 +271,21 @@ SELECT $fn(:n);" > "$DIR/submit.sql"
         sql -c "CALL bench.wait_drained($jobs)"
         run bash "$DIR/snapshot.sh" "$DIR/after"
     fi
-    local last failed
-    if [ "$who" = client ]; then
-        read -r last failed < <(sql -F ' ' -c "SELECT extract(epoch FROM max(completed_at)), count(*) FILTER (WHERE status <> 'completed')
-                                          FROM bench.jobs WHERE created_at >= '$mark'")
-    else
-        read -r last failed < <(sql -F ' ' -c "SELECT extract(epoch FROM max(completed_at)), count(*) FILTER (WHERE status <> 'completed')
-                                          FROM docextract.extractions WHERE created_at >= '$mark'")
-    fi
-    local mode=${label:-backlog} started=-
+    local last first failed table=docextract.extractions
+    [ "$who" = client ] && table=bench.jobs
+    read -r last first failed < <(sql -F ' ' -c "SELECT extract(epoch FROM max(completed_at)), extract(epoch FROM min(created_at)),
+        count(*) FILTER (WHERE status <> 'completed') FROM $table WHERE created_at >= '$mark'")
+    # With submitters, measured from the first submit (not from pgbench's start).
+    [ "$subs" -gt 0 ] && echo "$first" > "$DIR/submit_start"
+    local mode=${label:-backlog} started
     [ "$subs" -gt 0 ] && mode="$subs submitters"
-    [ -f "$DIR/submit_start" ] && started=$(cat "$DIR/submit_start")
+    started=$(cat "$DIR/submit_start")
     awk -v who="$who" -v mode="$mode" -v n="$n" -v last="$last" -v failed="$failed" \
         -v started="$started" -v hz="$(getconf CLK_TCK)" '
         NR == 1 { t0 = $1; s0 = $2; w0 = $3; c0 = $4; m0 = $5 }
-        NR == 2 { s = last - t0; ms = 1000 / hz / n
-                  sub_rate = started == "-" ? "-" : sprintf("%.0f", n / (t0 - started))
+        NR == 2 { ms = 1000 / hz / n
+                  if (mode ~ /submitters/) { s = last - started; sub_rate = "-" }
+                  else { s = last - t0; sub_rate = sprintf("%.0f", n / (t0 - started)) }
                   printf "%s|%s|%d|%s|%.2f|%.1f|%s|%.2f|%s|%.2f|%d\n", who, mode, n, sub_rate, s, n / s,
                       who == "docextract" ? sprintf("%.2f", ($3 - w0) * ms) : "-", ($2 - s0) * ms,
                       who == "client" ? sprintf("%.2f", ($4 - c0) * ms) : "-", ($5 - m0) * ms, failed }' \
