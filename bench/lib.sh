@@ -5,7 +5,8 @@
 #
 # Environment, for every script:
 #   PG_CONFIG     the PostgreSQL to build against and run (default: pg_config)
-#   BENCH_DIR     working directory (default /tmp/docextract-bench-<script>)
+#   BENCH_DIR     working directory, emptied first and kept (default: a new
+#                 /tmp/docextract-bench-<script>.XXXXXX, removed at exit unless BENCH_KEEP=1)
 #   BENCH_PORT    the cluster's port number (Unix socket only)
 #   BENCH_CONF    extra postgresql.conf lines, e.g. 'synchronous_commit = off'
 #   BENCH_SCALE   multiplies every document count (e.g. 0.01 for a quick check)
@@ -22,7 +23,6 @@ scaled() { awk -v n="$1" -v s="$BENCH_SCALE" -v m="${2:-10}" 'BEGIN { v = int(n 
 # bench_init NAME: paths, user, build and install, the endpoint's binary, cleanup.
 bench_init() {
     BENCH_NAME=$1
-    DIR=${BENCH_DIR:-/tmp/docextract-bench-$BENCH_NAME}
     PORT=${BENCH_PORT:-5497}
     PG_CONFIG=${PG_CONFIG:-pg_config}
     install_packages
@@ -40,12 +40,18 @@ bench_init() {
         as_root make -s -C "$BENCH_SRC" PG_CONFIG="$PG_CONFIG" install >/dev/null
     fi
     id "$bench_user" >/dev/null 2>&1 || as_root useradd --system --create-home --shell /bin/bash "$bench_user"
-    bench_stop_all
-    rm -rf "$DIR"; mkdir -p "$DIR"
+    if [ -n "${BENCH_DIR:-}" ]; then
+        DIR=$BENCH_DIR
+        bench_stop_all
+        rm -rf "$DIR"; mkdir -p "$DIR"
+    else
+        DIR=$(mktemp -d "/tmp/docextract-bench-$BENCH_NAME.XXXXXX")
+        chmod 755 "$DIR"
+    fi
     cp "$BENCH_SRC/test/fixtures/invoice.pdf" "$BENCH_SRC/bench/client_worker.py" "$DIR/"
     gcc -O2 -o "$DIR/instant_model" "$BENCH_SRC/bench/instant_model.c" -lpthread
     [ "$(id -u)" -eq 0 ] && chown -R "$bench_user" "$DIR"
-    trap bench_stop_all EXIT
+    trap bench_exit EXIT
     trap 'exit 130' INT TERM
     P=(psql -X -q -At -h "$DIR" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 }
@@ -62,6 +68,18 @@ bench_stop_all() {
     done
     if [ -f "$DIR/data/postmaster.pid" ]; then
         run pg_ctl -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+}
+
+# At exit: stop everything; remove the directory unless asked to keep it or
+# the script failed (its logs say why).
+bench_exit() {
+    local rc=$?
+    bench_stop_all
+    if [ "$rc" -ne 0 ]; then
+        echo "failed; logs kept in $DIR" >&2
+    elif [ -z "${BENCH_DIR:-}${BENCH_KEEP:-}" ]; then
+        rm -rf "$DIR"
     fi
 }
 
