@@ -167,7 +167,7 @@ BEGIN
             AND NOT EXISTS (SELECT 1 FROM docextract.extractions WHERE status = 'processing');
     END IF;
     IF clock_timestamp() > deadline THEN RAISE EXCEPTION 'not drained after % s', timeout_s; END IF;
-    PERFORM pg_sleep(0.01);
+    PERFORM pg_sleep(0.05);
   END LOOP;
 END \$\$;
 SQL
@@ -187,14 +187,13 @@ wait_workers() {
     echo "fewer than $n docextract worker(s) running (see $DIR/server.log)" >&2; return 1
 }
 
-# CPU ticks (user + system, with waited-for children: the parser's forks) of pids.
+# CPU ticks (user + system, with waited-for children: the parser's forks) of
+# pids, in one awk (a fork per process would take seconds on a loaded machine).
 ticks() {
-    local t=0 p
-    for p in "$@"; do
-        [ -r "/proc/$p/stat" ] || continue
-        t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 + $14 + $15 }')))
-    done
-    echo "$t"
+    local files=() p
+    for p in "$@"; do [ -r "/proc/$p/stat" ] && files+=("/proc/$p/stat"); done
+    [ "${#files[@]}" -gt 0 ] || { echo 0; return; }
+    awk '{ sub(/^.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t + 0 }' "${files[@]}" 2>/dev/null || echo 0
 }
 # The whole server: the postmaster (its reaped children included) and every live child.
 server_ticks() {
@@ -203,12 +202,16 @@ server_ticks() {
     ticks "$pm" $(pgrep -P "$pm" | tr '\n' ' ')
 }
 
-# snapshot FILE: "time server worker client model" ticks, at this instant.
+# snapshot FILE: "time server worker client model" ticks; the time is taken
+# last, so that a "before" snapshot's time is just before the commit.
 # The pids to count are in $DIR/worker.pids, client.pid and model.pid.
 snapshot() {
-    printf '%s %s %s %s %s\n' "$(date +%s.%N)" "$(server_ticks)" \
-        "$(ticks $(cat "$DIR/worker.pids" 2>/dev/null))" \
-        "$(ticks $(cat "$DIR/client.pid" 2>/dev/null))" "$(ticks $(cat "$DIR/model.pid"))" > "$1"
+    local s w c m
+    s=$(server_ticks)
+    w=$(ticks $(cat "$DIR/worker.pids" 2>/dev/null))
+    c=$(ticks $(cat "$DIR/client.pid" 2>/dev/null))
+    m=$(ticks $(cat "$DIR/model.pid"))
+    printf '%s %s %s %s %s\n' "$(date +%s.%N)" "$s" "$w" "$c" "$m" > "$1"
 }
 # psql runs this between its statements (\!), as the cluster's user.
 write_snapshot_script() {
@@ -268,12 +271,17 @@ drain() {
     ndocs=$(sql -c "SELECT count(*) FROM bench.docs")
     mark=$(sql -c "SELECT clock_timestamp()")
     echo "$mark" > "$DIR/mark"
-    rm -f "$DIR/submit_start"
+    rm -f "$DIR/submit_start" "$DIR/submit_end"
     if [ "$subs" -eq 0 ]; then
         sql >/dev/null <<SQL
 BEGIN;
-\! date +%s.%N > $DIR/submit_start
+\o $DIR/submit_start
+SELECT extract(epoch FROM clock_timestamp());
+\o /dev/null
 ${5:-SELECT count($fn(1 + i % $ndocs)) FROM generate_series(1, $n) i;}
+\o $DIR/submit_end
+SELECT extract(epoch FROM clock_timestamp());
+\o
 \! bash $DIR/snapshot.sh $DIR/before
 COMMIT;
 CALL bench.wait_drained($jobs);
@@ -298,12 +306,14 @@ SELECT $fn(:n);" > "$DIR/submit.sql"
     local mode=${label:-backlog} started
     [ "$subs" -gt 0 ] && mode="$subs submitters"
     started=$(cat "$DIR/submit_start")
+    local submitted=${started}
+    [ -f "$DIR/submit_end" ] && submitted=$(cat "$DIR/submit_end")
     awk -v who="$who" -v mode="$mode" -v n="$n" -v last="$last" -v failed="$failed" \
-        -v started="$started" -v hz="$(getconf CLK_TCK)" '
+        -v started="$started" -v submitted="$submitted" -v hz="$(getconf CLK_TCK)" '
         NR == 1 { t0 = $1; s0 = $2; w0 = $3; c0 = $4; m0 = $5 }
         NR == 2 { ms = 1000 / hz / n
                   if (mode ~ /submitters/) { s = last - started; sub_rate = "-" }
-                  else { s = last - t0; sub_rate = sprintf("%.0f", n / (t0 - started)) }
+                  else { s = last - t0; sub_rate = sprintf("%.0f", n / (submitted - started)) }
                   printf "%s|%s|%d|%s|%.2f|%.1f|%s|%.2f|%s|%.2f|%d\n", who, mode, n, sub_rate, s, n / s,
                       who == "docextract" ? sprintf("%.2f", ($3 - w0) * ms) : "-", ($2 - s0) * ms,
                       who == "client" ? sprintf("%.2f", ($4 - c0) * ms) : "-", ($5 - m0) * ms, failed }' \
