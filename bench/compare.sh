@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# docextract against the client-side worker it replaces (bench/client_worker.py:
+# Python, psycopg2 + requests, THREADS threads polling with SKIP LOCKED), in the
+# same run, on the same documents, the same endpoint (bench/instant_model.c,
+# measured alone first) and the same cluster:
+#   1. a pre-committed backlog of N one-page PDFs (one transaction), drained;
+#   2. N submitted by SUBMITTERS pgbench clients, one transaction each, while
+#      the worker drains.
+# Prints extractions/s, the ratio, and CPU per extraction: docextract's job
+# worker process(es), the whole server (postmaster and every child, backends
+# and walwriter included), the client worker's own process, the endpoint.
+#   bash bench/compare.sh                    N=2000, synchronous_commit = on
+#   BENCH_CONF='synchronous_commit = off' bash bench/compare.sh
+#   BENCH_SCALE=0.1 bash bench/compare.sh    quick check (200 documents)
+# Also: BENCH_THREADS (16), BENCH_SUBMITTERS (4), BENCH_DOCUMENT_MODE (text|file),
+# BENCH_CLIENT_POLL (seconds an idle client thread sleeps, 0.01),
+# and PG_CONFIG, BENCH_DIR (see bench/lib.sh).
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+N=$(scaled 2000)
+THREADS=${BENCH_THREADS:-16}
+SUBMITTERS=${BENCH_SUBMITTERS:-4}
+MODE=${BENCH_DOCUMENT_MODE:-text}
+bench_init compare
+bench_model 0
+bench_cluster
+bench_setup "$N" "{\"document_mode\": \"$MODE\"}"
+wait_workers 1
+capture_request
+echo "== $(date -u '+%F %H:%M UTC'), $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); $N one-page PDFs," \
+     "document_mode $MODE, synchronous_commit = $(sql -c 'SHOW synchronous_commit')," \
+     "docextract.max_inflight = $(sql -c 'SHOW docextract.max_inflight'), client worker: $THREADS threads"
+endpoint_capacity
+
+# Each runs alone: the client worker's threads poll even when idle.
+drain docextract "$N"
+bench_client_start "$THREADS"; grep "request body" "$DIR/client.log"
+drain client "$N"; bench_client_stop
+drain docextract "$N" "$SUBMITTERS"
+bench_client_start "$THREADS"; drain client "$N" "$SUBMITTERS"; bench_client_stop
+print_results
+awk -F'|' '{ r[$1 "|" $2] = $6 } END {
+    printf "ratio docextract / client worker: backlog %.2fx, with submitters %.2fx\n",
+        r["docextract|backlog"] / r["client|backlog"],
+        r["docextract|'"$SUBMITTERS"' submitters"] / r["client|'"$SUBMITTERS"' submitters"] }' "$DIR/results"

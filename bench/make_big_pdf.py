@@ -1,0 +1,38 @@
+#!/usr/bin/python3
+"""Writes a valid one-page PDF of about SIZE bytes: a text line poppler reads,
+and an image XObject of incompressible bytes drawn on the page (the size of
+a scanned document).  Usage: make_big_pdf.py OUT SIZE_BYTES"""
+import os
+import sys
+
+
+def big_pdf(size):
+    side = max(1, int(((size - 2000) // 3) ** 0.5))       # RGB, 8 bits, side x side
+    pixels = os.urandom(side * side * 3)
+    text = b"BT /F1 11 Tf 50 790 Td (Invoice Number: INV-BIG-0001) Tj ET\nq 500 0 0 500 50 200 cm /Im1 Do Q"
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> "
+        b"/XObject << /Im1 5 0 R >> >> /Contents 6 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+        b"/BitsPerComponent 8 /Length %d >>\nstream\n" % (side, side, len(pixels)) + pixels + b"\nendstream",
+        b"<< /Length %d >>\nstream\n" % len(text) + text + b"\nendstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    return bytes(out)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], "wb") as f:
+        f.write(big_pdf(int(sys.argv[2])))
