@@ -107,6 +107,7 @@ docextract_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(DocextractShared)));
+	ratelimit_shmem_request();
 }
 
 static void
@@ -119,6 +120,7 @@ docextract_shmem_startup(void)
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	docextract_shared = ShmemInitStruct("docextract", sizeof(DocextractShared), &found);
+	ratelimit_shmem_startup();
 	if (!found)
 	{
 		SpinLockInit(&docextract_shared->mutex);

@@ -37,6 +37,7 @@ typedef struct ClaimStep
 	ClaimedJob *jobs;
 	int			max;
 	int			claimed;
+	int			handed;			/* jobs given their slots (ratelimit.c) so far */
 	long		next_due_ms;	/* next retry, -1 if none */
 	bool		extension_present;
 } ClaimStep;
@@ -146,9 +147,12 @@ claim_step(void *arg)
 	}
 	/* Orphans of a crash run alone, so that a crash names its culprit. */
 	if (crashguard_single_mode() && (c->claimed = crashguard_claim_suspect(c->jobs)) > 0)
+	{
+		/* Alone in flight, whatever the limits; counted as any request. */
+		(void) ratelimit_reserve(c->jobs[0].model, 0, 0, c->jobs[0].parts, 0, true);
 		return;
-	c->claimed = queue_claim(c->jobs, c->max, ratelimit_room_json(GetCurrentTimestamp()),
-							 &c->next_due_ms);
+	}
+	c->claimed = queue_claim(c->jobs, c->max, &c->next_due_ms);
 }
 
 static void
@@ -287,14 +291,23 @@ start_all_step(void *arg)
 		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts, c->jobs[i].parts);
 		char	   *err;
 
-		for (int p = 0; p < c->jobs[i].parts; p++)
-			ratelimit_record(c->jobs[i].model, GetCurrentTimestamp());
+		job_hold_slots(job, c->jobs[i].model, c->jobs[i].parts);
+		c->handed = i + 1;
 		err = in_transaction("docextract: starting a request", prepare_step, job);
 		if (err)
 			fail_job(job, err);
 		else
 			track(job);
 	}
+}
+
+/* Claimed jobs not handed to a Job give their model slots back. */
+static void
+release_unhanded(ClaimStep *c)
+{
+	for (int i = c->handed; i < c->claimed; i++)
+		ratelimit_release(c->jobs[i].model, c->jobs[i].parts, false);
+	c->handed = c->claimed;
 }
 
 /*
@@ -311,15 +324,18 @@ claim_and_start(TimestampTz *next_poll)
 	if (c.max <= 0 || (crashguard_single_mode() && inflight_jobs != NIL))
 		return true;
 	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
+	c.claimed = c.handed = 0;
 	err = in_transaction("docextract: claiming", claim_step, &c);
 	if (err)
 	{
+		release_unhanded(&c);	/* the claim's commit failed */
 		elog(WARNING, "docextract worker: could not claim jobs: %s", err);
 		return false;
 	}
 	if (c.claimed > 0 &&
 		(err = in_transaction("docextract: starting requests", start_all_step, &c)) != NULL)
 		elog(WARNING, "docextract worker: could not start requests: %s", err);
+	release_unhanded(&c);
 	if (c.next_due_ms >= 0)
 	{
 		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), c.next_due_ms);
@@ -565,6 +581,26 @@ clean_up(void)
 }
 
 static void
+fold_step(void *arg)
+{
+	if (docextract_schema_ready())
+		(void) stats_fold();	/* stats.c */
+}
+
+/* worker_stats' counters: the deltas of the last poll folded in. */
+static void
+fold_stats(void)
+{
+	char	   *err;
+
+	if (!orphans_requeued)
+		return;
+	err = in_transaction("docextract: folding statistics", fold_step, NULL);
+	if (err)
+		elog(WARNING, "docextract worker: could not fold statistics: %s", err);
+}
+
+static void
 worker_exit(int code, Datum arg)
 {
 	crashguard_worker_exit();
@@ -687,6 +723,7 @@ docextract_worker_main(Datum main_arg)
 													docextract_poll_interval_ms);
 			if (clean_up())
 				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
+			fold_stats();
 		}
 		if (deferred_jobs != NIL)
 			store_deferred(&next_poll);
