@@ -11,6 +11,10 @@
  * its own memory and given back when it exits; a crash reinitialises
  * shared memory, so no count outlives the process that held it.
  *
+ * A process refused room is remembered in the slot, and its latch set by
+ * the next release there: a job worker or an extract_sync call waiting
+ * for a slot another process held looks again at once.
+ *
  * The minute is kept as 61 one-second buckets of sends: a send counts from
  * its second until 60 to 61 seconds later, never less than a minute.
  */
@@ -21,12 +25,14 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #define RL_SLOTS 1024
 #define RL_BUCKETS 61
+#define RL_WAITERS 16
 #define RL_TRANCHE "docextract ratelimit"
 
 typedef struct RlSlot
@@ -37,6 +43,9 @@ typedef struct RlSlot
 	int			rpm;			/* the limit last seen, for ratelimit_next_free */
 	int64		bucket_sec[RL_BUCKETS];
 	int			bucket_n[RL_BUCKETS];
+	/* Processes refused room since the last release: woken by the next. */
+	int			nwaiters;
+	int			waiters[RL_WAITERS];	/* pgprocno */
 } RlSlot;
 
 typedef struct RlShared
@@ -147,6 +156,26 @@ slot_for(const char *model, int64 now_sec)
 	return free_slot;
 }
 
+/* Remember this process as waiting for room in s (lock held). */
+static void
+add_waiter(RlSlot *s)
+{
+	for (int i = 0; i < s->nwaiters; i++)
+		if (s->waiters[i] == MyProc->pgprocno)
+			return;
+	if (s->nwaiters < RL_WAITERS)
+		s->waiters[s->nwaiters++] = MyProc->pgprocno;
+}
+
+/* Wake the processes waiting for room in s (lock held: setting a latch is quick). */
+static void
+wake_waiters(RlSlot *s)
+{
+	for (int i = 0; i < s->nwaiters; i++)
+		SetLatch(&ProcGlobal->allProcs[s->waiters[i]].procLatch);
+	s->nwaiters = 0;
+}
+
 /* At exit: what this process still holds goes back. */
 static void
 ratelimit_exit(int code, Datum arg)
@@ -154,7 +183,10 @@ ratelimit_exit(int code, Datum arg)
 	LWLockAcquire(rl->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < RL_SLOTS; i++)
 		if (held[i] > 0)
+		{
 			rl->slots[i].in_flight = Max(rl->slots[i].in_flight - held[i], 0);
+			wake_waiters(&rl->slots[i]);
+		}
 	LWLockRelease(rl->lock);
 	memset(held, 0, sizeof(int) * RL_SLOTS);
 }
@@ -209,6 +241,8 @@ ratelimit_reserve(const char *model, int max_concurrency, int rpm, int want, int
 		room = Min(room, rpm - window_count(s, now_sec));
 	if (room < Max(min, 1))
 		room = 0;
+	if (room == 0 && want > 0)
+		add_waiter(s);			/* a partial grant looks again when its requests end */
 	s->in_flight += room;
 	window_add(s, now_sec, room);
 	held[i] += room;
@@ -240,6 +274,8 @@ ratelimit_release(const char *model, int n, bool sent)
 		held[i] -= d;
 		if (!sent)
 			window_take_back(s, now_sec, d);
+		if (d > 0)
+			wake_waiters(s);
 		break;
 	}
 	LWLockRelease(rl->lock);

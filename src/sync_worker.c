@@ -380,7 +380,7 @@ wait_for_room(Run *run)
 		int			got = ratelimit_reserve(run->model, run->max_concurrency, run->rpm, want, want, false);
 		TimestampTz now = GetCurrentTimestamp();
 		TimestampTz free_at = ratelimit_next_free(now);
-		long		ms = 50;
+		long		ms = 1000;		/* a release sets our latch; this is a safety net */
 
 		if (got > 0)
 			return got;
