@@ -51,6 +51,7 @@ typedef struct RlSlot
 typedef struct RlShared
 {
 	LWLock	   *lock;
+	int			high;			/* slots at and above this were never used */
 	RlSlot		slots[RL_SLOTS];
 } RlShared;
 
@@ -83,6 +84,7 @@ ratelimit_shmem_startup(void)
 	if (!found)
 	{
 		memset(rl->slots, 0, sizeof(rl->slots));
+		rl->high = 0;
 		rl->lock = &(GetNamedLWLockTranche(RL_TRANCHE))->lock;
 	}
 }
@@ -138,7 +140,7 @@ slot_for(const char *model, int64 now_sec)
 {
 	int			free_slot = -1;
 
-	for (int i = 0; i < RL_SLOTS; i++)
+	for (int i = 0; i < rl->high; i++)
 		if (rl->slots[i].dboid == MyDatabaseId && strcmp(rl->slots[i].model, model) == 0)
 			return i;
 	for (int i = 0; i < RL_SLOTS && free_slot < 0; i++)
@@ -151,6 +153,7 @@ slot_for(const char *model, int64 now_sec)
 	if (free_slot < 0)
 		return -1;
 	memset(&rl->slots[free_slot], 0, sizeof(RlSlot));
+	rl->high = Max(rl->high, free_slot + 1);
 	rl->slots[free_slot].dboid = MyDatabaseId;
 	strlcpy(rl->slots[free_slot].model, model, MODEL_NAME_LEN);
 	return free_slot;
@@ -262,7 +265,7 @@ ratelimit_release(const char *model, int n, bool sent)
 	if (n <= 0 || rl == NULL || held == NULL)
 		return;
 	LWLockAcquire(rl->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < RL_SLOTS; i++)
+	for (int i = 0; i < rl->high; i++)
 	{
 		RlSlot	   *s = &rl->slots[i];
 		int			d;
@@ -291,7 +294,7 @@ ratelimit_next_free(TimestampTz now)
 	if (rl == NULL)
 		return 0;
 	LWLockAcquire(rl->lock, LW_SHARED);
-	for (int i = 0; i < RL_SLOTS; i++)
+	for (int i = 0; i < rl->high; i++)
 	{
 		RlSlot	   *s = &rl->slots[i];
 		int64		oldest = PG_INT64_MAX;
