@@ -78,8 +78,13 @@ SQL
         # the triggers fire (events, credits, write-back checks).
         sql >/dev/null <<SQL
 BEGIN;
+-- A document of its own each (their bytes left out): a submit looks for
+-- earlier extractions of the same document.
+CREATE TEMP TABLE d AS SELECT gen_random_uuid() AS id FROM generate_series(1, $n);
+INSERT INTO docextract.documents (id, filename, content_type, size_bytes, sha256, page_count, owner)
+SELECT id, 'old.pdf', 'application/pdf', 1, 'x', 1, current_user::regrole FROM d;
 INSERT INTO docextract.extractions (document_id, template_id, model_name, owner)
-SELECT '$doc', '$tid', 'history', current_user::regrole FROM generate_series(1, $n);
+SELECT id, '$tid', 'history', current_user::regrole FROM d;
 UPDATE docextract.extractions SET status = 'processing', attempts = 1, started_at = now()
  WHERE status = 'pending' AND model_name = 'history';
 COMMIT;
