@@ -11,6 +11,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use DxTest;
+use HTTP::Tiny;
 use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Utils;
@@ -141,12 +142,13 @@ is($node->safe_psql('postgres', q{SELECT completed, input_tokens > 0, mean_laten
 	'... and still does once the worker folded its counters');
 
 # -- max_concurrency across processes ---------------------------------------------
-my $slow = start_model_server(delay_ms => 400);
+# Every answer is held until the test releases it: three extract_sync calls
+# on a max_concurrency 2 model send two requests, and the third call waits
+# for room (which the code before shared limits never did: it sent all three).
+my $slow = start_model_server();
+server_script($slow, map { { hold => 'h' } } 1 .. 9);
 $node->safe_psql('postgres', qq{SELECT docextract.add_model('narrow', 'openai', '$slow->{url}/v1',
 	'narrow-model', NULL, '{"max_concurrency": 2}')});
-my @ids = split /\n/, $node->safe_psql('postgres', 'BEGIN;' . join('', map {
-	"SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"model\": \"narrow\", \"seed\": $_}');"
-} 1 .. 6) . 'COMMIT;');
 my @calls;
 for my $i (1 .. 3)
 {
@@ -155,6 +157,16 @@ for my $i (1 .. 3)
 		"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '$tid', '{\"model\": \"narrow\", \"seed\": 10$i}')->>'status'" ],
 		'<', \$in, '>', \$o, '2>', \$e), \$o, \$e ];
 }
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract sync worker' AND query = 'docextract: waiting for the model''s limits'})
+  or die 'no extract_sync call waited for room';
+for (1 .. 400) { last if server_stats($slow)->{inflight} == 2; usleep(25_000); }
+is(server_stats($slow)->{inflight}, 2, 'two extract_sync requests in flight, the third call waits for room');
+# Six queued jobs for the same model: the job worker finds no room either.
+my @ids = split /\n/, $node->safe_psql('postgres', 'BEGIN;' . join('', map {
+	"SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"model\": \"narrow\", \"seed\": $_}');"
+} 1 .. 6) . 'COMMIT;');
+HTTP::Tiny->new->post("$slow->{url}/_release/h");
 wait_for_status($node, $_, 'completed', 'failed') for @ids;
 for my $c (@calls)
 {
