@@ -32,7 +32,8 @@ cp test/model_server.py test/fixtures/invoice.pdf "$DIR/"
 run python3 "$DIR/model_server.py" --no-record --port-file "$DIR/port" >"$DIR/model.log" 2>&1 &
 server_pid=$!
 cleanup() {
-    kill "$server_pid" 2>/dev/null || true
+    # (run may wrap the server in runuser: its child is the server)
+    kill $(pgrep -P "$server_pid") "$server_pid" 2>/dev/null || true
     [ -d "$DIR/data" ] && run "$BIN/pg_ctl" -D "$DIR/data" -m fast stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
