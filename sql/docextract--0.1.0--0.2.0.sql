@@ -262,6 +262,135 @@ $$;
 CREATE INDEX extractions_writeback_owner ON docextract.extractions (owner, writeback_due)
     WHERE writeback_due IS NOT NULL;
 
+-- Issue 12: worker_stats reads live rows and counters, not all history.
+-- worker_stats' outcomes and usage per model and owner, kept as extractions
+-- end so that the view reads no history.  Each ended extraction (and each
+-- stored result) inserts a row into model_stat_deltas, in the transaction
+-- of that change; the worker folds them into model_stats now and then.
+-- Insert-only: no status change ever waits for another's row lock, and the
+-- retention cleanup (which leaves these counts alone) touches neither.
+CREATE TABLE docextract.model_stats (
+    model_name      text NOT NULL,
+    owner           regrole NOT NULL,
+    completed       bigint NOT NULL DEFAULT 0,
+    failed          bigint NOT NULL DEFAULT 0,
+    cancelled       bigint NOT NULL DEFAULT 0,
+    retries         bigint NOT NULL DEFAULT 0,      -- attempts beyond the first
+    latency_ms_sum  numeric NOT NULL DEFAULT 0,
+    latency_n       bigint NOT NULL DEFAULT 0,
+    input_tokens    numeric NOT NULL DEFAULT 0,
+    output_tokens   numeric NOT NULL DEFAULT 0,
+    cost            numeric,                        -- NULL while no result was priced
+    PRIMARY KEY (model_name, owner)
+);
+CREATE TABLE docextract.model_stat_deltas (
+    model_name      text NOT NULL,
+    owner           regrole NOT NULL,
+    completed       bigint NOT NULL DEFAULT 0,
+    failed          bigint NOT NULL DEFAULT 0,
+    cancelled       bigint NOT NULL DEFAULT 0,
+    retries         bigint NOT NULL DEFAULT 0,
+    latency_ms_sum  numeric NOT NULL DEFAULT 0,
+    latency_n       bigint NOT NULL DEFAULT 0,
+    input_tokens    numeric NOT NULL DEFAULT 0,
+    output_tokens   numeric NOT NULL DEFAULT 0,
+    cost            numeric
+);
+ALTER TABLE docextract.model_stats ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.model_stat_deltas ENABLE ROW LEVEL SECURITY;
+CREATE POLICY model_stats_visible ON docextract.model_stats FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+CREATE POLICY model_stat_deltas_visible ON docextract.model_stat_deltas FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+REVOKE ALL ON docextract.model_stats, docextract.model_stat_deltas FROM PUBLIC;
+GRANT SELECT ON docextract.model_stats, docextract.model_stat_deltas TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('docextract.model_stats', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.model_stat_deltas', '');
+
+-- An extraction ended (or awaits review: its attempts are over).  Its
+-- retries are counted once, when its attempts end.  Only status changes
+-- count: rows loaded by a restore come with their counts.
+CREATE FUNCTION docextract.count_outcome() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
+    VALUES (NEW.model_name, NEW.owner, (NEW.status = 'completed')::integer,
+            (NEW.status = 'failed')::integer, (NEW.status = 'cancelled')::integer,
+            CASE WHEN OLD.status = 'awaiting_approval' THEN 0
+                 ELSE greatest(NEW.attempts - 1, 0) END);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_count_outcome
+    AFTER UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status
+                       AND NEW.status IN ('completed', 'failed', 'cancelled', 'awaiting_approval',
+                                          'insufficient_credits'))
+    EXECUTE FUNCTION docextract.count_outcome();
+
+-- For operators: the queue and its outcomes per model.  security_invoker, so
+-- each role counts the rows it may see; superusers see everything.  Live
+-- rows are read through the queue's partial indexes; outcomes and usage
+-- from the counters above (since install: the retention cleanup leaves
+-- them alone).
+CREATE OR REPLACE VIEW docextract.worker_stats WITH (security_invoker = true) AS
+SELECT s.model_name,
+       sum(s.in_flight)::bigint AS in_flight,
+       sum(s.queued)::bigint AS queued,
+       sum(s.retrying)::bigint AS retrying,
+       sum(s.completed)::bigint AS completed,
+       sum(s.failed)::bigint AS failed,
+       sum(s.cancelled)::bigint AS cancelled,
+       sum(s.retries)::bigint AS retries,
+       round(sum(s.latency_ms_sum) / nullif(sum(s.latency_n), 0), 1) AS mean_latency_ms,
+       sum(s.input_tokens) AS input_tokens,
+       sum(s.output_tokens) AS output_tokens,
+       sum(s.cost) AS cost
+  FROM (SELECT l.model_name,
+               count(*) FILTER (WHERE l.status = 'processing') AS in_flight,
+               count(*) FILTER (WHERE l.status = 'pending') AS queued,
+               count(*) FILTER (WHERE l.status = 'retrying') AS retrying,
+               0 AS completed, 0 AS failed, 0 AS cancelled,
+               sum(greatest(l.attempts - 1, 0)) AS retries,
+               0 AS latency_ms_sum, 0 AS latency_n, 0 AS input_tokens, 0 AS output_tokens,
+               NULL::numeric AS cost
+          FROM (SELECT x.model_name, x.status, x.attempts FROM docextract.extractions x
+                 WHERE x.status IN ('pending', 'retrying')
+                UNION ALL
+                SELECT x.model_name, x.status, x.attempts FROM docextract.extractions x
+                 WHERE x.status = 'processing') l
+         GROUP BY l.model_name
+        UNION ALL
+        SELECT t.model_name, 0, 0, 0, t.completed, t.failed, t.cancelled, t.retries,
+               t.latency_ms_sum, t.latency_n, t.input_tokens, t.output_tokens, t.cost
+          FROM docextract.model_stats t
+        UNION ALL
+        SELECT d.model_name, 0, 0, 0, d.completed, d.failed, d.cancelled, d.retries,
+               d.latency_ms_sum, d.latency_n, d.input_tokens, d.output_tokens, d.cost
+          FROM docextract.model_stat_deltas d) s
+ GROUP BY s.model_name;
+GRANT SELECT ON docextract.worker_stats TO PUBLIC;
+REVOKE ALL ON FUNCTION docextract.count_outcome() FROM PUBLIC;
+-- The counts so far, from the rows (once, here).
+INSERT INTO docextract.model_stats (model_name, owner, completed, failed, cancelled, retries,
+                                    latency_ms_sum, latency_n, input_tokens, output_tokens, cost)
+SELECT e.model_name, e.owner,
+       count(*) FILTER (WHERE e.status = 'completed'),
+       count(*) FILTER (WHERE e.status = 'failed'),
+       count(*) FILTER (WHERE e.status = 'cancelled'),
+       coalesce(sum(greatest(e.attempts - 1, 0))
+                FILTER (WHERE e.status NOT IN ('pending', 'classifying', 'processing', 'retrying')), 0),
+       coalesce(sum((r.usage->>'latency_ms')::numeric), 0),
+       count(r.usage->>'latency_ms'),
+       coalesce(sum((r.usage->>'input_tokens')::numeric), 0),
+       coalesce(sum((r.usage->>'output_tokens')::numeric), 0),
+       sum((r.usage->>'cost')::numeric)
+  FROM docextract.extractions e
+  LEFT JOIN docextract.results r ON r.extraction_id = e.id
+ GROUP BY e.model_name, e.owner;
+
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

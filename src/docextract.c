@@ -60,6 +60,7 @@ docextract_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(DocextractShared)));
 	RequestAddinShmemSpace(inflight_shmem_size());
 	RequestAddinShmemSpace(launcher_shmem_size());
+	ratelimit_shmem_request();
 }
 
 static void
@@ -72,6 +73,7 @@ docextract_shmem_startup(void)
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	docextract_shared = ShmemInitStruct("docextract", sizeof(DocextractShared), &found);
+	ratelimit_shmem_startup();
 	if (!found)
 	{
 		SpinLockInit(&docextract_shared->mutex);

@@ -320,11 +320,16 @@ extern json_object *answer_object(const char *text, char **err);
 extern char *redact_secret(const char *text, const char *secret);
 extern char *base64_encode(const char *data, size_t len);
 
-/* ratelimit.c: requests_per_minute in the worker ---------------------------- */
+/* ratelimit.c: per-model limits shared by every process, in shared memory - */
 
-extern void ratelimit_set(const char *model, int rpm);
-extern void ratelimit_record(const char *model, TimestampTz at);
-extern char *ratelimit_room_json(TimestampTz now);
+#define MODEL_NAME_LEN (NAMEDATALEN * 2)	/* as ClaimedJob.model */
+
+extern Size ratelimit_shmem_size(void);
+extern void ratelimit_shmem_request(void);
+extern void ratelimit_shmem_startup(void);
+extern int	ratelimit_reserve(const char *model, int max_concurrency, int rpm, int want,
+							  int min, bool force);
+extern void ratelimit_release(const char *model, int n, bool sent);
 extern TimestampTz ratelimit_next_free(TimestampTz now);
 
 /* job.c: one extraction from claimed row to stored result -------------------- */
@@ -337,6 +342,7 @@ extern bool job_part_done(Job *job, HttpRequest *req);
 extern void job_record_progress(Job *job);
 extern void job_finish(Job *job);
 extern void job_release(Job *job);
+extern void job_hold_slots(Job *job, const char *model, int n);
 extern char *job_id_text(Job *job);
 extern pg_uuid_t *job_id(Job *job);
 extern bool job_will_retry(Job *job);
@@ -373,7 +379,8 @@ typedef struct ClaimedJob
 	char		model[NAMEDATALEN * 2];
 } ClaimedJob;
 
-extern int	queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms);
+extern int	queue_claim(ClaimedJob *out, int max, long *next_due_ms);
+extern const char *const queue_claim_sql;
 /*
  * Rows a previous worker left processing, less those a live job worker of
  * this database (a sibling) or an extract_sync call's own worker is running
@@ -686,5 +693,9 @@ extern char *trigger_row_template_problem(const char *arg, Datum *template_id);
 extern char *trigger_row_refusal(int pages, const char **status);
 extern Datum trigger_row_record(Datum document, Datum template_id, const char *status,
 								const char *reason, const RowTarget *target);
+
+/* stats.c: worker_stats' counters, folded by the worker ------------------ */
+
+extern int	stats_fold(void);
 
 #endif							/* DOCEXTRACT_H */

@@ -66,6 +66,8 @@ struct Job
 	bool		citations;		/* citations asked */
 	bool		will_retry;
 	bool		busy;			/* a session held what finishing needs: later */
+	char		slot_model[MODEL_NAME_LEN];	/* its model's slots it holds (ratelimit.c) */
+	int			slots_held;
 };
 
 /* Read as the worker: the model and its key, which no submitter may read. */
@@ -100,6 +102,14 @@ job_create(pg_uuid_t *id, int attempts, int parts)
 	for (int i = 0; i < MAX_PARTS; i++)
 		job->part[i].req.arg = job;
 	return job;
+}
+
+/* The job holds n of its model's slots: each request that ends gives one back. */
+void
+job_hold_slots(Job *job, const char *model, int n)
+{
+	strlcpy(job->slot_model, model, MODEL_NAME_LEN);
+	job->slots_held = n;
 }
 
 char *
@@ -455,12 +465,20 @@ store_result(Job *job, StoredResult *r)
 						  2, (Oid[]) {UUIDOID, BOOLOID},
 						  (Datum[]) {id, BoolGetDatum(r->needs_review)}, NULL, false, 0);
 	if (SPI_processed == 1)
-		SPI_execute_with_args("INSERT INTO docextract.results"
+		/* Its usage counts in worker_stats (model_stat_deltas), in the same statement. */
+		SPI_execute_with_args("WITH r AS (INSERT INTO docextract.results"
 							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage,"
 							  "  attributions, validation, table_attributions, citations)"
 							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb,"
 							  "  $5::jsonb, $6::jsonb, $7::jsonb, $8::jsonb"
-							  "  FROM docextract.extractions WHERE id = $1",
+							  "  FROM docextract.extractions WHERE id = $1"
+							  " RETURNING owner, usage)"
+							  " INSERT INTO docextract.model_stat_deltas (model_name, owner, latency_ms_sum,"
+							  "  latency_n, input_tokens, output_tokens, cost)"
+							  " SELECT (SELECT x.model_name FROM docextract.extractions x WHERE x.id = $1), r.owner,"
+							  "  coalesce((r.usage->>'latency_ms')::numeric, 0), (r.usage ? 'latency_ms')::integer,"
+							  "  coalesce((r.usage->>'input_tokens')::numeric, 0),"
+							  "  coalesce((r.usage->>'output_tokens')::numeric, 0), (r.usage->>'cost')::numeric FROM r",
 							  8, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 							  (Datum[]) {id, CStringGetTextDatum(r->data), CStringGetTextDatum(r->raw),
 								  CStringGetTextDatum(r->usage), optional_text(r->attributions),
@@ -546,6 +564,12 @@ job_part_done(Job *job, HttpRequest *req)
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 	JobPart    *part = part_of(job, req);
 	bool		ready = true;
+
+	if (job->slots_held > 0)
+	{
+		ratelimit_release(job->slot_model, 1, true);
+		job->slots_held--;
+	}
 
 	part->error = transfer_error(job, req);
 	if (part->error == NULL &&
@@ -694,5 +718,6 @@ job_release(Job *job)
 	}
 	if (job->model.api_key)
 		memset(job->model.api_key, 0, strlen(job->model.api_key));
+	ratelimit_release(job->slot_model, job->slots_held, true);
 	MemoryContextDelete(job->cxt);
 }

@@ -16,6 +16,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
@@ -301,59 +302,57 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 /* Worker side.  These run inside the worker's transactions, as superuser. */
 
 /*
- * Room is counted in requests: an extraction sent as two parts takes two.
- * A window cannot share a query level with FOR UPDATE, so the candidates
- * are chosen first (the oldest per model whose running sum of parts fits
- * the model's room, then overall the oldest that fit $1) and locked after;
- * the lock re-checks their status, and a row skipped only leaves room.
- * $3, docextract.max_inflight: at 1, every extraction is sent as one request.
+ * The claim.  $1, $2: the models with room and their room, in requests
+ * (ratelimit.c reserved it); $3: the worker's own room; $4,
+ * docextract.max_inflight: at 1, every extraction is sent as one request.
+ * Per model, the oldest claimable rows, at most its room of them, through
+ * extractions_queue (whose predicate holds only live rows), locked SKIP
+ * LOCKED; then those whose running sum of requests fits the model's room
+ * and, oldest first, the worker's.  Its cost grows with the room, not with
+ * the backlog or the table's history.  A row locked but left out stays
+ * pending: its lock ends with this transaction.  The row's room is a
+ * LIMIT taken per row of the unnest, so a kept generic plan uses it.
  */
-static const char *claim_sql =
-"WITH room AS ("
-"  SELECT m.name, greatest(least("
-"           coalesce((m.options->>'max_concurrency')::int, $1)"
-"           - (SELECT coalesce(sum(least(p.parts, $3)), 0) FROM docextract.extractions p"
-"               WHERE p.status = 'processing' AND p.model_name = m.name),"
-"           CASE WHEN (m.options->>'requests_per_minute')::int > 0"
-"                THEN coalesce(($2::jsonb->>m.name)::int,"
-"                              (m.options->>'requests_per_minute')::int) END), 0) AS n"
-"    FROM docextract.models m),"
-" candidates AS ("
-"  SELECT c.id, c.created_at, c.parts, room.n,"
-"         sum(c.parts) OVER (PARTITION BY room.name ORDER BY c.created_at, c.id) AS model_sum"
-"    FROM room CROSS JOIN LATERAL ("
-"    SELECT x.id, x.created_at, least(x.parts, $3) AS parts FROM docextract.extractions x"
-"     WHERE x.model_name = room.name"
-"       AND (x.status = 'pending'"
-"            OR (x.status = 'retrying' AND x.next_attempt_at <= clock_timestamp()))"
-"     ORDER BY x.created_at LIMIT room.n) c),"
+const char *const queue_claim_sql =
+"WITH locked AS ("
+"  SELECT c.id, c.model_name, c.created_at, c.parts, r.room"
+"    FROM unnest($1::text[], $2::int[]) AS r(model, room) CROSS JOIN LATERAL ("
+"      SELECT x.id, x.model_name, x.created_at, least(x.parts, $4) AS parts"
+"        FROM docextract.extractions x"
+"       WHERE x.model_name = r.model AND x.status IN ('pending', 'retrying')"
+"         AND (x.status = 'pending' OR x.next_attempt_at <= clock_timestamp())"
+"       ORDER BY x.created_at LIMIT r.room"
+"         FOR UPDATE OF x SKIP LOCKED) c),"
 " fitting AS ("
-"  SELECT id, sum(parts) OVER (ORDER BY created_at, id) AS total"
-"    FROM candidates WHERE model_sum <= n),"
+"  SELECT id, created_at, parts FROM ("
+"    SELECT id, created_at, parts, room,"
+"           sum(parts) OVER (PARTITION BY model_name ORDER BY created_at, id) AS model_sum"
+"      FROM locked) l WHERE model_sum <= room),"
 " picked AS ("
-"  SELECT x.id FROM docextract.extractions x"
-"   WHERE x.id IN (SELECT id FROM fitting WHERE total <= $1)"
-"     AND (x.status = 'pending'"
-"          OR (x.status = 'retrying' AND x.next_attempt_at <= clock_timestamp()))"
-"   FOR UPDATE SKIP LOCKED)"
+"  SELECT id FROM (SELECT id, sum(parts) OVER (ORDER BY created_at, id) AS total FROM fitting) f"
+"   WHERE total <= $3)"
 " UPDATE docextract.extractions e"
-" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
-"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
-"     completion_percentage = 0"
-" FROM picked WHERE e.id = picked.id RETURNING e.id, e.attempts, e.model_name, least(e.parts, $3)";
+"    SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
+"        attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
+"        completion_percentage = 0"
+"   FROM picked WHERE e.id = picked.id"
+" RETURNING e.id, e.attempts, e.model_name, least(e.parts, $4)";
 
 /*
  * NULL when no retry waits (greatest(0, NULL) would be 0: a worker that
  * never sleeps).  Retries already due wait for room, not for time: a job
- * that ends makes the worker look again.
+ * that ends makes the worker look again.  Through extractions_retry_due:
+ * live rows only.
  */
 static const char *next_due_sql =
 "SELECT ceil(1000 * extract(epoch FROM min(next_attempt_at) - clock_timestamp()))::bigint"
 " FROM docextract.extractions WHERE status = 'retrying'"
 " AND next_attempt_at > clock_timestamp()";
 
+/* Each model's limits (0: none). */
 static const char *limits_sql =
-"SELECT name, coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
+"SELECT name, coalesce((options->>'max_concurrency')::int, 0),"
+"       coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
 
 /*
  * The worker claims on every wake: plan its statements once and keep them
@@ -375,27 +374,76 @@ kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 	return *plan;
 }
 
-/*
- * Claim queued jobs worth up to max requests (pending, or retrying and
- * due), oldest first, never more per model than its max_concurrency and requests_per_minute
- * (rpm_room: {"model": requests left this minute}) leave room for.
- * *next_due_ms: when the next retry falls due, -1 if none waits.
- */
-int
-queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
+/* The room reserved per model for one claim. */
+typedef struct Rooms
+{
+	int			n;
+	char	  **models;
+	int		   *rooms;
+	int		   *used;
+} Rooms;
+
+/* Reserve each model's room, up to max requests each (ratelimit.c). */
+static void
+reserve_rooms(Rooms *r, int max)
+{
+	static SPIPlanPtr limits_plan = NULL;
+	uint64		nmodels;
+
+	if (SPI_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the models' limits");
+	nmodels = SPI_processed;
+	r->n = 0;
+	r->models = palloc(sizeof(char *) * (nmodels + 1));
+	r->rooms = palloc(sizeof(int) * (nmodels + 1));
+	r->used = palloc0(sizeof(int) * (nmodels + 1));
+	for (uint64 i = 0; i < nmodels; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+		int			got;
+
+		got = ratelimit_reserve(name, DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)),
+								DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull)), max, 1, false);
+		if (got == 0)
+			continue;
+		r->models[r->n] = name;
+		r->rooms[r->n++] = got;
+	}
+}
+
+/* Give back what the claim did not use. */
+static void
+release_rooms(Rooms *r)
+{
+	for (int i = 0; i < r->n; i++)
+		ratelimit_release(r->models[i], r->rooms[i] - r->used[i], false);
+	r->n = 0;
+}
+
+static int
+run_claim(ClaimedJob *out, int max, Rooms *r)
 {
 	static SPIPlanPtr claim_plan = NULL;
-	static SPIPlanPtr due_plan = NULL;
-	static SPIPlanPtr limits_plan = NULL;
-	int			n;
+	Datum	   *names = palloc(sizeof(Datum) * r->n);
+	Datum	   *rooms = palloc(sizeof(Datum) * r->n);
 	bool		isnull;
-	Datum		due;
+	int			n;
 
-	SPI_connect();
-	SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 3, (Oid[]) {INT4OID, TEXTOID, INT4OID}),
-					 (Datum[]) {Int32GetDatum(max), CStringGetTextDatum(rpm_room),
-						 Int32GetDatum(docextract_max_inflight)},
-					 NULL, false, 0);
+	for (int i = 0; i < r->n; i++)
+	{
+		names[i] = CStringGetTextDatum(r->models[i]);
+		rooms[i] = Int32GetDatum(r->rooms[i]);
+	}
+	if (SPI_execute_plan(kept_plan(&claim_plan, queue_claim_sql, 4,
+								   (Oid[]) {TEXTARRAYOID, INT4ARRAYOID, INT4OID, INT4OID}),
+						 (Datum[]) {PointerGetDatum(construct_array(names, r->n, TEXTOID, -1, false, TYPALIGN_INT)),
+							 PointerGetDatum(construct_array(rooms, r->n, INT4OID, 4, true, TYPALIGN_INT)),
+							 Int32GetDatum(max), Int32GetDatum(docextract_max_inflight)},
+						 NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not claim extractions");
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
 	{
@@ -406,13 +454,48 @@ queue_claim(ClaimedJob *out, int max, const char *rpm_room, long *next_due_ms)
 		out[i].attempts = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		strlcpy(out[i].model, SPI_getvalue(tup, SPI_tuptable->tupdesc, 3), sizeof(out[i].model));
 		out[i].parts = DatumGetInt16(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
+		for (int m = 0; m < r->n; m++)
+			if (strcmp(r->models[m], out[i].model) == 0)
+				r->used[m] += out[i].parts;
 	}
-	/* The limits, for the worker's windows. */
-	SPI_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0);
-	for (uint64 r = 0; r < SPI_processed; r++)
-		ratelimit_set(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
-					  atoi(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2)));
-	SPI_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
+	return n;
+}
+
+/*
+ * Claim queued jobs worth up to max requests (pending, or retrying and
+ * due), oldest first, never more per model than its max_concurrency and
+ * requests_per_minute leave room for, across every process.  Each claimed
+ * job holds its requests' slots (ratelimit.c): the caller hands them to its
+ * Job, or gives them back.  *next_due_ms: when the next retry falls due,
+ * -1 if none waits.
+ */
+int
+queue_claim(ClaimedJob *out, int max, long *next_due_ms)
+{
+	static SPIPlanPtr due_plan = NULL;
+	Rooms	   *r = palloc0(sizeof(Rooms));	/* not changed under PG_TRY */
+	int			n = 0;
+	bool		isnull;
+	Datum		due;
+
+	SPI_connect();
+	PG_TRY();
+	{
+		reserve_rooms(r, max);
+		if (r->n > 0)
+			n = run_claim(out, max, r);
+		SPI_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
+	}
+	PG_CATCH();
+	{
+		/* Nothing is claimed: every reservation goes back. */
+		for (int i = 0; i < r->n; i++)
+			r->used[i] = 0;
+		release_rooms(r);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	release_rooms(r);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
 	SPI_finish();

@@ -54,6 +54,9 @@ typedef struct Run
 	pg_uuid_t	id;
 	int			attempts;
 	int			parts;
+	char		model[MODEL_NAME_LEN];
+	int			max_concurrency;	/* the model's limits, 0: none */
+	int			rpm;
 	bytea	   *content;		/* in the segment */
 	Jsonb	   *options;		/* in the segment */
 } Run;
@@ -118,7 +121,12 @@ start_attempt_step(void *arg)
 							  " SET status = 'processing', started_at = coalesce(started_at, clock_timestamp()),"
 							  "     attempts = attempts + 1, next_attempt_at = NULL, worker_pid = pg_backend_pid(),"
 							  "     completion_percentage = 0"
-							  " WHERE id = $1 AND status IN ('pending', 'processing') RETURNING attempts, parts",
+							  " WHERE id = $1 AND status IN ('pending', 'processing')"
+							  " RETURNING attempts, parts, model_name,"
+							  "  (SELECT coalesce((m.options->>'max_concurrency')::int, 0) FROM docextract.models m"
+							  "    WHERE m.name = model_name),"
+							  "  (SELECT coalesce((m.options->>'requests_per_minute')::int, 0) FROM docextract.models m"
+							  "    WHERE m.name = model_name)",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&run->id)},
 							  NULL, false, 1) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not claim extraction %s", uuid_text(UUIDPGetDatum(&run->id)));
@@ -128,6 +136,11 @@ start_attempt_step(void *arg)
 	{
 		run->attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		run->parts = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		strlcpy(run->model, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), MODEL_NAME_LEN);
+		run->max_concurrency = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+		run->max_concurrency = isnull ? 0 : run->max_concurrency;
+		run->rpm = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+		run->rpm = isnull ? 0 : run->rpm;
 	}
 	privileged_end(&priv);
 	SPI_finish();
@@ -354,15 +367,48 @@ finish_uninterrupted(Job *job)
 	return err;
 }
 
+/*
+ * Wait, interruptibly, until the model's limits (shared with the job
+ * workers and other calls, ratelimit.c) leave room for this attempt's
+ * requests; returns the slots reserved.
+ */
+static int
+wait_for_room(Run *run)
+{
+	int			want = run->max_concurrency > 0 ? Min(run->parts, run->max_concurrency) : run->parts;
+
+	for (;;)
+	{
+		int			got = ratelimit_reserve(run->model, run->max_concurrency, run->rpm, want, want, false);
+		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz free_at = ratelimit_next_free(now);
+		long		ms = 1000;		/* a release sets our latch; this is a safety net */
+
+		if (got > 0)
+			return got;
+		if (free_at > now)
+			ms = Min(Max((free_at - now) / 1000, 1), 1000);
+		pgstat_report_activity(STATE_RUNNING, "docextract: waiting for the model's limits");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		stop_if_caller_gone();
+	}
+}
+
 /* One attempt; the failure's message, or NULL.  *retry if another is due. */
 static char *
 attempt(Run *run, bool *retry)
 {
 	Job		   *job;
 	char	   *err;
+	int			slots;
 
 	stop_if_caller_gone();		/* before anything is sent */
+	slots = wait_for_room(run);
 	current_job = job = job_create(&run->id, run->attempts, run->parts);
+	job_hold_slots(job, run->model, slots);
 	err = in_own_transaction(prepare_step, job);
 	if (err == NULL)
 	{

@@ -38,6 +38,7 @@ typedef struct ClaimStep
 	ClaimedJob *jobs;
 	int			max;
 	int			claimed;
+	int			handed;			/* jobs given their slots (ratelimit.c) so far */
 	long		next_due_ms;	/* next retry, -1 if none */
 	bool		extension_present;
 	bool		extension_exists;	/* installed, whatever its version */
@@ -158,9 +159,13 @@ claim_step(void *arg)
 	/* Orphans of a crash run alone, so that a crash names its culprit. */
 	if (crashguard_single_mode() &&
 		((c->claimed = crashguard_claim_suspect(c->jobs)) > 0 || crashguard_single_mode()))
+	{
+		/* Alone in flight, whatever the limits; counted as any request. */
+		if (c->claimed > 0)
+			(void) ratelimit_reserve(c->jobs[0].model, 0, 0, c->jobs[0].parts, 0, true);
 		return;
-	c->claimed = queue_claim(c->jobs, c->max, ratelimit_room_json(GetCurrentTimestamp()),
-							 &c->next_due_ms);
+	}
+	c->claimed = queue_claim(c->jobs, c->max, &c->next_due_ms);
 }
 
 static void
@@ -326,8 +331,8 @@ start_all_step(void *arg)
 		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts, c->jobs[i].parts);
 		char	   *err;
 
-		for (int p = 0; p < c->jobs[i].parts; p++)
-			ratelimit_record(c->jobs[i].model, GetCurrentTimestamp());
+		job_hold_slots(job, c->jobs[i].model, c->jobs[i].parts);
+		c->handed = i + 1;
 		err = in_transaction("docextract: starting a request", prepare_step, job);
 		if (err && transient_retry(job_id(job), err))
 			requeue_unsent(job, err);
@@ -338,8 +343,17 @@ start_all_step(void *arg)
 	}
 }
 
+/* Claimed jobs not handed to a Job give their model slots back. */
+static void
+release_unhanded(ClaimStep *c)
+{
+	for (int i = c->handed; i < c->claimed; i++)
+		ratelimit_release(c->jobs[i].model, c->jobs[i].parts, false);
+	c->handed = c->claimed;
+}
+
 /* Claimed jobs whose start stepped aside for DDL (in TopMemoryContext). */
-static ClaimStep unstarted = {NULL, 0, 0, -1, true, true};
+static ClaimStep unstarted = {NULL, 0, 0, 0, -1, true, true};
 
 /* Start claimed jobs' requests; false if it stepped aside (tried again first). */
 static bool
@@ -358,7 +372,11 @@ start_claimed(ClaimStep *c)
 		return false;
 	}
 	if (err)
+	{
+		/* Not started and not waiting: their model slots go back. */
+		release_unhanded(c);
 		elog(WARNING, "docextract worker: could not start requests: %s", err);
+	}
 	if (c == &unstarted)
 	{
 		pfree(unstarted.jobs);
@@ -423,9 +441,11 @@ claim_and_start(TimestampTz *next_poll)
 		return true;
 	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
 	launcher_extension_events_seen = launcher_extension_events();	/* before the snapshot */
+	c.claimed = c.handed = 0;
 	err = in_transaction("docextract: claiming", claim_step, &c);
 	if (err)
 	{
+		release_unhanded(&c);	/* the claim's commit failed */
 		if (!step_transient())
 			elog(WARNING, "docextract worker: could not claim jobs: %s", err);
 		return step_transient();	/* look again soon */
@@ -706,6 +726,26 @@ retiring(void)
 }
 
 static void
+fold_step(void *arg)
+{
+	if (docextract_schema_ready())
+		(void) stats_fold();	/* stats.c */
+}
+
+/* worker_stats' counters: the deltas of the last poll folded in. */
+static void
+fold_stats(void)
+{
+	char	   *err;
+
+	if (!orphans_requeued)
+		return;
+	err = in_transaction("docextract: folding statistics", fold_step, NULL);
+	if (err)
+		elog(WARNING, "docextract worker: could not fold statistics: %s", err);
+}
+
+static void
 worker_exit(int code, Datum arg)
 {
 	crashguard_worker_exit();
@@ -828,6 +868,7 @@ docextract_worker_main(Datum main_arg)
 													docextract_poll_interval_ms);
 			if (clean_up())
 				next_poll = GetCurrentTimestamp();	/* a full batch: more soon */
+			fold_stats();
 		}
 		if (deferred_jobs != NIL)
 			store_deferred(&next_poll);

@@ -1,0 +1,47 @@
+/*
+ * stats.c: worker_stats' counters.  Every ended extraction and stored
+ * result adds a row to model_stat_deltas (insert-only: no status change
+ * waits on another's row lock); the worker folds them into model_stats on
+ * its polls, so that both stay small whatever the history.
+ */
+#include "postgres.h"
+
+#include "docextract.h"	/* first: see the note on json_object */
+
+#include "executor/spi.h"
+
+/*
+ * One folder at a time (the advisory lock, not waited for); the rows a
+ * concurrent transaction adds meanwhile are left for the next fold.
+ */
+static const char *fold_sql =
+"WITH go AS (SELECT pg_catalog.pg_try_advisory_xact_lock("
+"              'docextract.model_stat_deltas'::pg_catalog.regclass::pg_catalog.oid::bigint) AS ok),"
+" d AS (DELETE FROM docextract.model_stat_deltas WHERE (SELECT ok FROM go) RETURNING *)"
+" INSERT INTO docextract.model_stats AS s"
+" SELECT model_name, owner, sum(completed), sum(failed), sum(cancelled), sum(retries),"
+"        sum(latency_ms_sum), sum(latency_n), sum(input_tokens), sum(output_tokens), sum(cost)"
+"   FROM d GROUP BY model_name, owner"
+" ON CONFLICT (model_name, owner) DO UPDATE SET"
+"   completed = s.completed + EXCLUDED.completed, failed = s.failed + EXCLUDED.failed,"
+"   cancelled = s.cancelled + EXCLUDED.cancelled, retries = s.retries + EXCLUDED.retries,"
+"   latency_ms_sum = s.latency_ms_sum + EXCLUDED.latency_ms_sum,"
+"   latency_n = s.latency_n + EXCLUDED.latency_n,"
+"   input_tokens = s.input_tokens + EXCLUDED.input_tokens,"
+"   output_tokens = s.output_tokens + EXCLUDED.output_tokens,"
+"   cost = CASE WHEN s.cost IS NULL AND EXCLUDED.cost IS NULL THEN NULL"
+"               ELSE coalesce(s.cost, 0) + coalesce(EXCLUDED.cost, 0) END";
+
+/* Fold the counters' deltas; in a transaction.  Returns the rows folded into. */
+int
+stats_fold(void)
+{
+	int			n;
+
+	SPI_connect();
+	if (SPI_execute(fold_sql, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not fold docextract's statistics");
+	n = (int) SPI_processed;
+	SPI_finish();
+	return n;
+}

@@ -1,0 +1,181 @@
+# The queue's cost does not grow with history or backlog (issue 12):
+#  - the worker's claim statement, run as the worker runs it (kept generic
+#    plan), touches about as many shared buffers with 200,000 finished
+#    extractions and a 20,000-row backlog as with neither;
+#  - a 2,000-row backlog drains in claims of many jobs each;
+#  - a model's max_concurrency holds across processes: the job worker and
+#    extract_sync's workers together never exceed it at the model server;
+#  - worker_stats counts what ended without reading history.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DxTest;
+use HTTP::Tiny;
+use IPC::Run;
+use JSON::PP;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+# Polls every 5 s: the worker folds worker_stats' counters on its polls.
+my $node = new_node('queue_history',
+	conf => "docextract.max_inflight = 32\ndocextract.poll_interval = '5s'\nautovacuum_naptime = 1s\n");
+my $srv = start_model_server();
+
+# -- the claim's cost ------------------------------------------------------------
+# The statement the worker runs, read from its source.
+my $src = slurp_file("$DxTest::root/src/queue.c");
+$src =~ /queue_claim_sql =\n(.*?);\n/s or die 'no queue_claim_sql in src/queue.c';
+my $claim_sql = join('', $1 =~ /"((?:[^"\\]|\\.)*)"/g);
+
+# A database of its own, which the job worker (serving postgres) leaves alone.
+$node->safe_psql('postgres', 'CREATE DATABASE hist');
+my $h = sub { $node->safe_psql('hist', $_[0]) };
+# (Should a worker serve it too, its models allow a request a minute.)
+$h->(qq{CREATE EXTENSION docextract;
+	SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'm', NULL, '{"requests_per_minute": 1}');
+	SELECT docextract.add_model('other', 'openai', '$srv->{url}/v1', 'm', NULL, '{"requests_per_minute": 1}');
+	INSERT INTO docextract.documents (id, filename, content_type, size_bytes, sha256, page_count, owner)
+	VALUES ('00000000-0000-0000-0000-000000000001', 'a.pdf', 'application/pdf', 1, 'x', 1, current_user::regrole);
+	INSERT INTO docextract.templates (id, group_id, name, schema_definition, created_by)
+	VALUES ('00000000-0000-0000-0000-000000000002', gen_random_uuid(), 't', '{}', current_user::regrole);});
+
+# n rows queued for the two models (created_at from $age on); finished: then
+# completed by a real UPDATE (the triggers' outbox rows left out, to keep the
+# test short), so that the queue's indexes saw them come and go.
+sub queue_rows
+{
+	my ($n, $age, $finish) = @_;
+	$h->(qq{SET session_replication_role = replica;
+		INSERT INTO docextract.extractions (document_id, template_id, model_name, owner, created_at)
+		SELECT '00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002',
+		       CASE WHEN g % 2 = 0 THEN 'default' ELSE 'other' END, current_user::regrole,
+		       now() - interval '$age' + g * interval '1 ms'
+		  FROM generate_series(1, $n) g}
+		. ($finish ? q{;
+		UPDATE docextract.extractions SET status = 'completed', attempts = 1, completed_at = now()
+		 WHERE status = 'pending'} : ''));
+}
+
+# Shared buffers the claim touches (hit or read), run as the worker runs it;
+# rolled back.  Also how many rows it claimed.
+sub claim_buffers
+{
+	my $out = $h->(qq{SET plan_cache_mode = force_generic_plan;
+		SET search_path = pg_catalog, docextract, pg_temp;
+		PREPARE c(text[], int[], int, int) AS $claim_sql;
+		BEGIN;
+		EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE c('{default,other}', '{16,16}', 16, 32);
+		ROLLBACK;});
+	$out =~ s/^.*?(\[\s*\{)/$1/s;
+	my $plan = decode_json($out)->[0]{Plan};
+	return ($plan->{'Shared Hit Blocks'} + $plan->{'Shared Read Blocks'}, $plan->{'Actual Rows'});
+}
+
+queue_rows(500, '1 hour', 0);
+$h->('VACUUM ANALYZE docextract.extractions');
+my ($small, $small_rows) = claim_buffers();
+is($small_rows, 16, 'no history, 500 queued: the claim takes the 16 it has room for');
+
+queue_rows(100_000, '3 days', 1);
+queue_rows(100_000, '2 days', 1);
+$h->('VACUUM ANALYZE docextract.extractions');
+is($h->("SELECT count(*) FROM docextract.extractions WHERE status = 'completed'"), '200500',
+	'200,500 finished extractions (the 500 above among them)');
+
+# worker_stats reads counters and live rows (none now), not the history.
+$h->(q{INSERT INTO docextract.model_stats (model_name, owner, completed)
+	VALUES ('default', current_user::regrole, 100250), ('other', current_user::regrole, 100250)});
+my $ws = $h->(q{EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM docextract.worker_stats});
+$ws =~ s/^.*?(\[\s*\{)/$1/s;
+my $wp = decode_json($ws)->[0]{Plan};
+my $ws_buffers = $wp->{'Shared Hit Blocks'} + $wp->{'Shared Read Blocks'};
+ok($ws_buffers < 100, "worker_stats touches $ws_buffers shared buffers, whatever the history");
+
+queue_rows(20_000, '30 minutes', 0);
+$h->('VACUUM ANALYZE docextract.extractions');
+my ($big, $big_rows) = claim_buffers();
+is($big_rows, 16, '... and 20,000 queued: the claim still takes 16');
+ok($big <= 1.5 * $small + 100,
+	"... touching $big shared buffers, as without history or backlog ($small)");
+
+# The due-retry lookup, too, reads live rows only.
+my $due = $h->(q{EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+	SELECT min(next_attempt_at) FROM docextract.extractions
+	 WHERE status = 'retrying' AND next_attempt_at > clock_timestamp()});
+$due =~ s/^.*?(\[\s*\{)/$1/s;
+my $dp = decode_json($due)->[0]{Plan};
+ok($dp->{'Shared Hit Blocks'} + $dp->{'Shared Read Blocks'} < 20,
+	'the next retry is found without reading history');
+$node->safe_psql('postgres', 'DROP DATABASE hist');
+
+# -- a backlog drains in batches -------------------------------------------------
+$node->safe_psql('postgres', qq{
+	SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model');
+	CREATE TABLE public.pdf AS SELECT pg_read_binary_file('} . fixture('invoice.pdf') . q{') AS b;});
+my $tid = add_invoice_template($node);
+my $doc = $node->safe_psql('postgres', "SELECT docextract.add_document('invoice.pdf', (SELECT b FROM public.pdf))");
+$node->safe_psql('postgres', qq{SELECT count(docextract.extract_document('$doc', '$tid',
+	jsonb_build_object('seed', g, 'force', true))) FROM generate_series(1, 2000) g});
+$node->poll_query_until('postgres', q{SELECT count(*) = 2000 FROM docextract.extractions
+	WHERE status IN ('completed', 'failed')}, 't')
+  or die 'the backlog never drained';
+is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.extractions WHERE status = 'completed'"),
+	'2000', 'a 2,000-row backlog drains');
+# Each claim is one transaction: its 'started' events share their xmin.
+my ($claims, $largest) = split /\|/, $node->safe_psql('postgres', q{
+	SELECT count(*), max(n) FROM (SELECT xmin::text, count(*) AS n FROM docextract.events
+	 WHERE event = 'extraction.started' GROUP BY 1) c});
+ok($claims <= 2000 / 4, "... in $claims claims (at most 500: 4 jobs or more each on average)");
+ok($largest >= 16, "... the largest of $largest jobs");
+
+# worker_stats: 2,000 completed, counted as they ended.
+$node->poll_query_until('postgres', q{SELECT completed = 2000 AND queued = 0 AND in_flight = 0
+	FROM docextract.worker_stats WHERE model_name = 'default'})
+  or die 'worker_stats never counted the backlog';
+pass('worker_stats counts the 2,000 completed');
+$node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM docextract.model_stat_deltas')
+  or die 'the counters were never folded';
+is($node->safe_psql('postgres', q{SELECT completed, input_tokens > 0, mean_latency_ms IS NOT NULL
+	FROM docextract.worker_stats WHERE model_name = 'default'}), '2000|t|t',
+	'... and still does once the worker folded its counters');
+
+# -- max_concurrency across processes ---------------------------------------------
+# Every answer is held until the test releases it: three extract_sync calls
+# on a max_concurrency 2 model send two requests, and the third call waits
+# for room (which the code before shared limits never did: it sent all three).
+my $slow = start_model_server();
+server_script($slow, map { { hold => 'h' } } 1 .. 9);
+$node->safe_psql('postgres', qq{SELECT docextract.add_model('narrow', 'openai', '$slow->{url}/v1',
+	'narrow-model', NULL, '{"max_concurrency": 2}')});
+my @calls;
+for my $i (1 .. 3)
+{
+	my ($in, $o, $e) = ('', '', '');
+	push @calls, [ IPC::Run::start([ 'psql', '-X', '-At', '-d', $node->connstr('postgres'), '-c',
+		"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '$tid', '{\"model\": \"narrow\", \"seed\": 10$i}')->>'status'" ],
+		'<', \$in, '>', \$o, '2>', \$e), \$o, \$e ];
+}
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract sync worker' AND query = 'docextract: waiting for the model''s limits'})
+  or die 'no extract_sync call waited for room';
+for (1 .. 400) { last if server_stats($slow)->{inflight} == 2; usleep(25_000); }
+is(server_stats($slow)->{inflight}, 2, 'two extract_sync requests in flight, the third call waits for room');
+# Six queued jobs for the same model: the job worker finds no room either.
+my @ids = split /\n/, $node->safe_psql('postgres', 'BEGIN;' . join('', map {
+	"SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"model\": \"narrow\", \"seed\": $_}');"
+} 1 .. 6) . 'COMMIT;');
+HTTP::Tiny->new->post("$slow->{url}/_release/h");
+wait_for_status($node, $_, 'completed', 'failed') for @ids;
+for my $c (@calls)
+{
+	$c->[0]->finish;
+	is(${ $c->[1] }, "completed\n", 'an extract_sync call completes') or diag(${ $c->[2] });
+}
+my $st = server_stats($slow);
+is($st->{count}, 9, 'nine requests reached the narrow model');
+is($st->{max_inflight}, 2, 'the worker and three extract_sync calls together kept max_concurrency 2');
+
+$node->stop;
+done_testing();
