@@ -868,6 +868,8 @@ CREATE TRIGGER extractions_count_outcome
 -- from the counters above (since install: the retention cleanup leaves
 -- them alone).
 CREATE VIEW docextract.worker_stats WITH (security_invoker = true) AS
+-- What caps each model now (docextract.worker_limits()): NULL when its own limits decide.
+SELECT w.*, l.effective_concurrency, l.capped_by FROM (
 SELECT s.model_name,
        sum(s.in_flight)::bigint AS in_flight,
        sum(s.queued)::bigint AS queued,
@@ -902,7 +904,8 @@ SELECT s.model_name,
         SELECT d.model_name, 0, 0, 0, d.completed, d.failed, d.cancelled, d.retries,
                d.latency_ms_sum, d.latency_n, d.input_tokens, d.output_tokens, d.cost
           FROM docextract.model_stat_deltas d) s
- GROUP BY s.model_name;
+ GROUP BY s.model_name) w
+  LEFT JOIN docextract.worker_limits() l USING (model_name);
 GRANT SELECT ON docextract.worker_stats TO PUBLIC;
 
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
