@@ -139,6 +139,9 @@ my $bad = sq(q{SELECT docextract.add_document('broken.heic',
 is($status, 'failed', 'a HEIC that is not one fails its extraction');
 like(sq("SELECT error_message FROM docextract.extractions WHERE id = '$e'"),
 	qr/could not convert image "broken\.heic" to PNG/, '... saying why');
+# 14,400 points at 150 dpi is 30,000 pixels a side: past the helper's cap.
+sq("ALTER SYSTEM SET docextract.render_dpi = 150; SELECT pg_reload_conf();");
+$node->poll_query_until('postgres', "SELECT setting = '150' FROM pg_settings WHERE name = 'docextract.render_dpi'");
 my $huge = sq(q{SELECT docextract.add_document('huge.pdf', convert_to(
 	'%PDF-1.4' || chr(10) || '1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj' || chr(10) ||
 	'2 0 obj << /Type /Pages /Kids [3 0 R] /Count 1 >> endobj' || chr(10) ||
