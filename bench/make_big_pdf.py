@@ -5,6 +5,9 @@ a scanned document).  Usage: make_big_pdf.py OUT SIZE_BYTES"""
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "fixtures"))
+from make_fixtures import serialise  # noqa: E402  (the fixtures' PDF writer)
+
 
 def big_pdf(size):
     side = max(1, int(((size - 2000) // 3) ** 0.5))       # RGB, 8 bits, side x side
@@ -20,17 +23,7 @@ def big_pdf(size):
         b"/BitsPerComponent 8 /Length %d >>\nstream\n" % (side, side, len(pixels)) + pixels + b"\nendstream",
         b"<< /Length %d >>\nstream\n" % len(text) + text + b"\nendstream",
     ]
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for i, body in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
+    return serialise(objs, 1)
 
 
 if __name__ == "__main__":

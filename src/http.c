@@ -284,9 +284,9 @@ set_request_options(CURL *easy, HttpRequest *req, const char *url, long timeout_
 		curl_easy_setopt(easy, CURLOPT_PRIVATE, req) == CURLE_OK;
 }
 
-/* A request that could not start: free what it was given, and say so. */
+/* The easy handle, headers and body of a request, freed. */
 static void
-abandon_start(HttpRequest *req, const char *why)
+free_transfer(HttpRequest *req)
 {
 	if (req->easy)
 		curl_easy_cleanup(req->easy);
@@ -295,6 +295,13 @@ abandon_start(HttpRequest *req, const char *why)
 	req->easy = NULL;
 	req->headers = NULL;
 	req->body = NULL;
+}
+
+/* A request that could not start: free what it was given, and say so. */
+static void
+abandon_start(HttpRequest *req, const char *why)
+{
+	free_transfer(req);
 	ereport(ERROR,
 			(errcode(ERRCODE_SYSTEM_ERROR),
 			 errmsg("could not start a request: %s", why)));
@@ -353,12 +360,7 @@ release_handle(HttpRequest *req)
 	dlist_delete(&req->node);
 	bytes_held -= req->charged;
 	bytes_freed += req->charged;
-	curl_easy_cleanup(req->easy);
-	curl_slist_free_all(req->headers);
-	free(req->body);
-	req->easy = NULL;
-	req->headers = NULL;
-	req->body = NULL;
+	free_transfer(req);
 	inflight--;
 }
 
