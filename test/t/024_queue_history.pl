@@ -20,7 +20,9 @@ use Time::HiRes qw(usleep);
 
 # Polls every 5 s: the worker folds worker_stats' counters on its polls.
 my $node = new_node('queue_history',
-	conf => "docextract.max_inflight = 32\ndocextract.poll_interval = '5s'\nautovacuum_naptime = 1s\n");
+	conf => "docextract.max_inflight = 32\ndocextract.poll_interval = '5s'\nautovacuum_naptime = 1s\n"
+	  # hist (below) is measured, not served: the launcher would serve it.
+	  . "docextract.databases = 'postgres'\n");
 my $srv = start_model_server();
 
 # -- the claim's cost ------------------------------------------------------------
@@ -29,10 +31,9 @@ my $src = slurp_file("$DxTest::root/src/queue.c");
 $src =~ /queue_claim_sql =\n(.*?);\n/s or die 'no queue_claim_sql in src/queue.c';
 my $claim_sql = join('', $1 =~ /"((?:[^"\\]|\\.)*)"/g);
 
-# A database of its own, which the job worker (serving postgres) leaves alone.
+# A database of its own, which no worker serves (docextract.databases).
 $node->safe_psql('postgres', 'CREATE DATABASE hist');
 my $h = sub { $node->safe_psql('hist', $_[0]) };
-# (Should a worker serve it too, its models allow a request a minute.)
 $h->(qq{CREATE EXTENSION docextract;
 	SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'm', NULL, '{"requests_per_minute": 1}');
 	SELECT docextract.add_model('other', 'openai', '$srv->{url}/v1', 'm', NULL, '{"requests_per_minute": 1}');
