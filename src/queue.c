@@ -265,7 +265,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	check_template_usable(args[1]);
 	check_model(model);
 	page_numbers = selected_pages(args[0], pages);
-	if (!find_duplicate(args, page_numbers, &id) || force)
+	if (force || !find_duplicate(args, page_numbers, &id))	/* force: no lookup at all */
 	{
 		id = insert_extraction(args, model, page_numbers);
 		docextract_wake_worker_at_commit();
