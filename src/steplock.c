@@ -38,6 +38,7 @@
 #include "storage/lmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "storage/latch.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
@@ -90,6 +91,60 @@ member_relations(Oid extension, Oid **oids)
 	return n;
 }
 
+/*
+ * The member list of one version of the extension, kept across
+ * transactions: scanning pg_depend (every function is a member too) on
+ * each worker transaction would cost more than the step.  A new version
+ * (CREATE, ALTER EXTENSION UPDATE: a new pg_extension row) reads it anew.
+ */
+static Oid	cached_extension = InvalidOid;
+static TransactionId cached_xmin = InvalidTransactionId;
+static Oid *cached_oids = NULL;	/* in TopMemoryContext */
+static int	cached_n = 0;
+
+/* The xmin of the extension's pg_extension row: which version of it this is. */
+static TransactionId
+extension_row_xmin(Oid extension)
+{
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	TransactionId xmin = InvalidTransactionId;
+
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extension));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	if (HeapTupleIsValid(tup = systable_getnext(scan)))
+		xmin = HeapTupleHeaderGetRawXmin(tup->t_data);
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return xmin;
+}
+
+static int
+cached_member_relations(Oid extension, Oid **oids)
+{
+	TransactionId xmin = extension_row_xmin(extension);
+
+	if (extension != cached_extension || xmin != cached_xmin || !TransactionIdIsValid(xmin))
+	{
+		Oid		   *fresh;
+		int			n = member_relations(extension, &fresh);
+
+		if (cached_oids)
+			pfree(cached_oids);
+		cached_oids = MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * Max(n, 1));
+		memcpy(cached_oids, fresh, sizeof(Oid) * n);
+		pfree(fresh);
+		cached_n = n;
+		cached_extension = extension;
+		cached_xmin = xmin;
+	}
+	*oids = cached_oids;
+	return cached_n;
+}
+
 /* Say once that the worker steps aside, and once that it resumes. */
 static void
 note_aside(bool aside)
@@ -124,7 +179,7 @@ steplock_begin(void)
 	extension_absent = !OidIsValid(extension);
 	if (extension_absent)
 		return true;
-	n = member_relations(extension, &oids);
+	n = cached_member_relations(extension, &oids);
 	while (locked < n && ConditionalLockRelationOid(oids[locked], AccessShareLock))
 		locked++;
 	/* Locking read the invalidations: a DROP that committed meanwhile shows. */
@@ -139,11 +194,9 @@ steplock_begin(void)
 	{
 		while (locked > 0)
 			UnlockRelationOid(oids[--locked], AccessShareLock);
-		pfree(oids);
 		note_aside(!extension_absent);
 		return extension_absent;
 	}
-	pfree(oids);
 	note_aside(false);
 	return true;
 }
