@@ -45,8 +45,17 @@ $(EXTENSION).control: $(EXTENSION).control.in Makefile
 sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql
 	cp $< $@
 
-# PGXS tracks no header dependencies; every object shares this one.
-$(OBJS): src/docextract.h
+# PGXS tracks no header dependencies: every object depends on every header.
+$(OBJS): $(wildcard src/*.h)
+
+# Each header compiles on its own (it includes what it needs), with the
+# library's flags.
+.PHONY: check-headers
+check-headers:
+	@for h in $(wildcard src/*.h); do \
+		$(CC) $(CFLAGS) $(CPPFLAGS) -Werror -fsyntax-only -include $$h -x c /dev/null \
+			|| { echo "$$h does not compile on its own"; exit 1; }; \
+	done; echo "every header compiles on its own"
 
 # The parser helper (src/parser.c runs it): poppler parses untrusted bytes
 # there.  PGXS builds no PROGRAM next to MODULE_big, hence these rules.

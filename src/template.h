@@ -1,0 +1,86 @@
+/*
+ * template.h: templates: parsed form, prompts, coercion, validation, citations.
+ */
+#ifndef DOCEXTRACT_TEMPLATE_H
+#define DOCEXTRACT_TEMPLATE_H
+
+#include "prelude.h"
+#include "utils/uuid.h"
+
+/* templates.c: the parsed, validated form of a template --------------------- */
+
+typedef enum FormatType
+{
+	FORMAT_TEXT,
+	FORMAT_NUMBER,
+	FORMAT_DATE,
+	FORMAT_BOOLEAN,
+	FORMAT_MULTIPLE_CHOICE
+} FormatType;
+
+typedef struct TemplateField
+{
+	char	   *key;
+	char	   *name;
+	char	   *prompt;			/* may be NULL */
+	FormatType	format;
+	int			noptions;
+	char	  **options;		/* multiple_choice choices */
+	int			position;
+	bool		editable;		/* is_editable: may approve() correct it? */
+	char	   *qbo_mapping;	/* QuickBooks column, for quickbooks_csv; may be NULL */
+	int			char_limit;		/* text values longer are cut (charlimit.c); 0: none */
+} TemplateField;
+
+typedef struct Template
+{
+	int			ngeneral;
+	TemplateField *general;
+	bool		has_table;
+	int			ntable;
+	TemplateField *table;
+	char	   *global_instructions;
+	char	   *general_prompt;
+	char	   *table_prompt;
+} Template;
+
+extern char *template_parse(const char *schema_json, const char *prompt_json,
+							const char *rules_json, Template *out);
+extern const char *format_type_name(FormatType f);
+
+/* prompt.c: what we ask the model -------------------------------------------- */
+
+typedef enum SchemaDialect
+{
+	SCHEMA_JSON,				/* JSON Schema: OpenAI (strict), Anthropic tools */
+	SCHEMA_OPENAPI				/* Gemini's OpenAPI subset */
+} SchemaDialect;
+
+extern json_object *template_schema(const Template *t, SchemaDialect dialect, bool attributions);
+extern json_object *template_json_schema(const Template *t, bool attributions);
+extern void check_template_usable(Datum template_id);
+extern char *template_system_prompt(const Template *t, const char *additional, bool attributions);
+
+/* coerce.c: typing the model's answer --------------------------------------- */
+
+extern json_object *coerce_value(json_object *v, FormatType f,
+								 int noptions, char **options);
+extern json_object *coerce_output(json_object *output, const Template *t);
+extern json_object *coerce_attributions(json_object *output, const Template *t);
+extern json_object *coerce_table_attributions(json_object *output, const Template *t);
+extern json_object *json_number_from_double(double d);
+
+/* validation.c: a template's rules against typed data ------------------------ */
+
+extern json_object *validation_run(const char *rules_json, json_object *data, bool *all_passed);
+
+/* charlimit.c: a field's char_limit applied to typed data -------------------- */
+
+extern int	charlimit_apply(json_object *data, const Template *t, json_object *validation);
+
+/* citations.c: where on the page each value was found ---------------------- */
+
+extern json_object *citations_build(json_object *answer, json_object *data, const Template *t,
+									const pg_uuid_t *extraction, Oid owner);
+
+#endif							/* DOCEXTRACT_TEMPLATE_H */
