@@ -10,7 +10,9 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "lib/stringinfo.h"
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
 
 #include "mb/pg_wchar.h"
 #include "utils/memutils.h"

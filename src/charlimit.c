@@ -8,7 +8,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "template.h"
 
 #include "mb/pg_wchar.h"
 

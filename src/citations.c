@@ -13,7 +13,12 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "job.h"
+#include "parser.h"
+#include "privileged.h"
+#include "template.h"
+#include "util.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

@@ -21,7 +21,9 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "queue.h"
+#include "worker.h"
+#include "workerset.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

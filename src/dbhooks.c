@@ -13,7 +13,7 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "workerset.h"
 
 #include "access/xact.h"
 #include "commands/dbcommands.h"

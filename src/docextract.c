@@ -8,7 +8,15 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "http.h"
+#include "parser.h"
+#include "ratelimit.h"
+#include "settings.h"
+#include "worker.h"
+#include "workerset.h"
+#include "writeback.h"
 
 #include "access/xact.h"
 #include "miscadmin.h"

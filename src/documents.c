@@ -6,7 +6,11 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "document.h"
+#include "parser.h"
+#include "privileged.h"
+#include "settings.h"
+#include "workerset.h"
 
 #include "catalog/pg_type.h"
 #include "common/cryptohash.h"

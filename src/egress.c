@@ -14,7 +14,7 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "http.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"

@@ -10,7 +10,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "template.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

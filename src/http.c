@@ -9,7 +9,10 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "http.h"
+#include "worker.h"
 
 #include "common/pg_prng.h"
 #include "lib/ilist.h"

@@ -17,7 +17,13 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "http.h"
+#include "queue.h"
+#include "settings.h"
+#include "util.h"
+#include "worker.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

@@ -13,7 +13,19 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "document.h"
+#include "http.h"
+#include "job.h"
+#include "privileged.h"
+#include "provider.h"
+#include "queue.h"
+#include "ratelimit.h"
+#include "settings.h"
+#include "template.h"
+#include "util.h"
+#include "worker.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

@@ -5,7 +5,7 @@
 #ifndef DOCEXTRACT_LAUNCHER_H
 #define DOCEXTRACT_LAUNCHER_H
 
-#include "docextract.h"
+#include "workerset.h"
 
 /* Extension events a hook may post before the launcher reads them. */
 #define MAX_EVENTS 64

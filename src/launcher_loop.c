@@ -10,7 +10,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "settings.h"
+#include "workerset.h"
 #include "launcher.h"
 
 #include "access/heapam.h"

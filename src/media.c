@@ -10,7 +10,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "document.h"
+#include "parser.h"
 
 #include "parser/parser_protocol.h"
 

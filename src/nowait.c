@@ -11,7 +11,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "queue.h"
+#include "util.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

@@ -9,7 +9,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "document.h"
+#include "parser.h"
 
 #include "lib/stringinfo.h"
 #include "parser/parser_protocol.h"

@@ -5,7 +5,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "document.h"
+#include "parser.h"
 
 #include "fmgr.h"
 #include "mb/pg_wchar.h"

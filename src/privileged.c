@@ -7,7 +7,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "privileged.h"
+#include "util.h"
 
 #include "access/htup_details.h"
 #include "access/table.h"

@@ -6,7 +6,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "template.h"
 
 #include "lib/stringinfo.h"
 

@@ -8,7 +8,11 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "document.h"
+#include "provider.h"
+#include "template.h"
 
 #include <curl/curl.h>
 

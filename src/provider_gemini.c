@@ -8,7 +8,12 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "lib/stringinfo.h"
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "document.h"
+#include "provider.h"
+#include "template.h"
 
 #include <curl/curl.h>
 

@@ -7,7 +7,16 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "document.h"
+#include "privileged.h"
+#include "provider.h"
+#include "queue.h"
+#include "ratelimit.h"
+#include "settings.h"
+#include "template.h"
+#include "util.h"
+#include "workerset.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

@@ -20,7 +20,7 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "ratelimit.h"
 
 #include "miscadmin.h"
 #include "storage/ipc.h"

@@ -8,7 +8,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "settings.h"
+#include "worker.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

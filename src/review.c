@@ -5,7 +5,10 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "privileged.h"
+#include "template.h"
+#include "util.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

@@ -6,7 +6,7 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "worker.h"
 
 #include "executor/spi.h"
 

@@ -8,7 +8,7 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "job.h"
 
 #include "access/xact.h"
 #include "utils/memutils.h"

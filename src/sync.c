@@ -14,7 +14,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "settings.h"
+#include "sync.h"
 
 #include "catalog/pg_type.h"
 #include "libpq/pqmq.h"
@@ -26,6 +27,7 @@
 #include "storage/shm_toc.h"
 #include "tcop/utility.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/wait_event.h"

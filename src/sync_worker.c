@@ -21,7 +21,15 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "document.h"
+#include "http.h"
+#include "job.h"
+#include "privileged.h"
+#include "queue.h"
+#include "ratelimit.h"
+#include "sync.h"
+#include "util.h"
+#include "worker.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"

@@ -12,7 +12,10 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "privileged.h"
+#include "settings.h"
+#include "workerset.h"
+#include "writeback.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

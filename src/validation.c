@@ -7,7 +7,8 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "template.h"
 
 #include <ctype.h>
 #include <math.h>

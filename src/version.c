@@ -8,7 +8,7 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "privileged.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"

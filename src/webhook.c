@@ -11,7 +11,13 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "http.h"
+#include "privileged.h"
+#include "settings.h"
+#include "webhook.h"
+#include "workerset.h"
 
 #include "catalog/pg_type.h"
 #include "common/hmac.h"

@@ -11,7 +11,16 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "http.h"
+#include "job.h"
+#include "privileged.h"
+#include "queue.h"
+#include "ratelimit.h"
+#include "settings.h"
+#include "webhook.h"
+#include "worker.h"
+#include "workerset.h"
+#include "writeback.h"
 
 #include "access/xact.h"
 #include "commands/extension.h"

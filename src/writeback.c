@@ -11,7 +11,11 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "document.h"
+#include "privileged.h"
+#include "queue.h"
+#include "workerset.h"
+#include "writeback.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"

@@ -15,7 +15,10 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "job.h"
+#include "util.h"
+#include "workerset.h"
+#include "writeback.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"

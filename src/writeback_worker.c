@@ -10,7 +10,11 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "privileged.h"
+#include "settings.h"
+#include "util.h"
+#include "workerset.h"
+#include "writeback.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -26,6 +30,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "utils/timeout.h"
 
 PGDLLEXPORT void docextract_writeback_main(Datum main_arg);
