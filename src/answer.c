@@ -10,10 +10,10 @@
  */
 #include "postgres.h"
 
-#include "lib/stringinfo.h"
 #include "prelude.h"		/* first: see the note on json_object */
 #include "answer.h"
 
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 

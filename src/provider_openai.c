@@ -8,13 +8,14 @@
  */
 #include "postgres.h"
 
-#include "lib/stringinfo.h"
 #include "prelude.h"		/* first: see the note on json_object */
 #include "answer.h"
 #include "document.h"
 #include "parser.h"
 #include "provider.h"
 #include "template.h"
+
+#include "lib/stringinfo.h"
 
 #include <curl/curl.h>
 

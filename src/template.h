@@ -7,7 +7,7 @@
 #include "prelude.h"
 #include "utils/uuid.h"
 
-/* templates.c: the parsed, validated form of a template --------------------- */
+/* template_parse.c: the parsed, validated form of a template ---------------- */
 
 typedef enum FormatType
 {
@@ -58,7 +58,6 @@ typedef enum SchemaDialect
 
 extern json_object *template_schema(const Template *t, SchemaDialect dialect, bool attributions);
 extern json_object *template_json_schema(const Template *t, bool attributions);
-extern void check_template_usable(Datum template_id);
 extern char *template_system_prompt(const Template *t, const char *additional, bool attributions);
 
 /* coerce.c: typing the model's answer --------------------------------------- */
@@ -77,6 +76,10 @@ extern json_object *validation_run(const char *rules_json, json_object *data, bo
 /* charlimit.c: a field's char_limit applied to typed data -------------------- */
 
 extern int	charlimit_apply(json_object *data, const Template *t, json_object *validation);
+
+/* templates.c (SQL): may a new extraction use this template? ------------- */
+
+extern void check_template_usable(Datum template_id);
 
 /* citations.c: where on the page each value was found ---------------------- */
 

@@ -7,7 +7,7 @@
 #include "postgres.h"
 #include "http.h"
 
-/* webhook.c: the outbox's deliveries, sent from the worker ------------------- */
+/* webhook_delivery.c: the outbox's deliveries, sent from the worker ---------- */
 
 extern int	webhook_claim_and_start(int room, long *next_due_ms);
 extern void webhook_done(HttpRequest *req);
