@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 
 install_packages
 make -s
+# The source layout (doc/layout.md): cheap, before anything is installed.
+bash test/check_layout.sh
+make -s check-headers
 as_root make -s install
 # The upgrade test starts from the real 0.1.0 library and schema.
 DOCEXTRACT_0_1_0_INSTALL=$(build_release "$RELEASE_0_1_0" /tmp/docextract-release-0.1.0)
