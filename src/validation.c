@@ -1,7 +1,7 @@
 /*
  * validation.c: a template's validation rules, run against typed data.
  *
- * The rules were checked when the template was stored (templates.c), so
+ * The rules were checked when the template was stored (template_parse.c), so
  * every path names a field, and compare_totals paths name number fields.
  * Each rule gives {"rule_name", "rule_type", "passed", "details"}.
  */
