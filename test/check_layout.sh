@@ -53,6 +53,7 @@ pipeline_functions="webhook_claim_and_start webhook_done webhook_release
     provider_lookup provider_error_message append_secret_header request_body
     document_intro answer_object base64_encode redact_secret"
 for f in $pipeline_files; do
+    [ -f "$f" ] || { fail "$f: missing (doc/layout.md lists it in the pipeline)"; continue; }
     grep -q 'PG_FUNCTION_INFO_V1' "$f" && fail "$f: pipeline code only, no SQL entry points (PG_FUNCTION_INFO_V1)"
 done
 for f in $(grep -l 'PG_FUNCTION_INFO_V1' -- *.c); do
