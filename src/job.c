@@ -628,7 +628,10 @@ handle_failure(Job *job)
 	}
 	if (job->attempts > 1)
 		err = psprintf("%s (attempt %d of %d)", err, job->attempts, job->max_retries + 1);
-	ereport(ERROR, (errmsg_internal("%s", err)));
+	/* The model, outside the database, failed: 38000, never XX000. */
+	ereport(ERROR,
+			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+			 errmsg_internal("%s", err)));
 }
 
 /* The parts' answers as one: the first's, with the second's "table". */
