@@ -466,7 +466,7 @@ load_words(CitedDocument *doc, json_object *answer, const Template *t, int nrows
 	char	   *out;
 
 	act_as_begin(&as_owner, owner);
-	SPI_execute_with_args("SELECT d.content, d.page_count, e.page_numbers, d.filename"
+	spi_execute_with_args("SELECT d.content, d.page_count, e.page_numbers, d.filename"
 						  "  FROM docextract.extractions e"
 						  "  JOIN docextract.documents d ON d.id = e.document_id"
 						  " WHERE e.id = $1 AND d.content_type = 'application/pdf'",
@@ -542,7 +542,7 @@ citations_build(json_object *answer, json_object *data, const Template *t,
 	char	   *err;
 
 	memset(&doc, 0, sizeof(doc));
-	SPI_connect();
+	spi_connect();
 	/* No words (the role is gone, the parser gave up): nothing is verified,
 	 * but the answer the model gave is kept. */
 	if ((err = in_subtransaction(words_step, &step)) != NULL)
@@ -556,6 +556,6 @@ citations_build(json_object *answer, json_object *data, const Template *t,
 	for (int r = 0; r < nrows && t->has_table; r++)
 		json_object_array_add(table, cite_fields(&doc, table_evidence(answer, r), t->table, t->ntable));
 	json_object_object_add(out, "table", table);
-	SPI_finish();
+	spi_finish();
 	return out;
 }

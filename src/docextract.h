@@ -698,4 +698,8 @@ extern Datum trigger_row_record(Datum document, Datum template_id, const char *s
 
 extern int	stats_fold(void);
 
+/* spi_checked.c: SPI calls whose failure raises ------------------------ */
+
+#include "spi_checked.h"
+
 #endif							/* DOCEXTRACT_H */

@@ -159,9 +159,9 @@ insert_document(const char *filename, const char *type, bytea *content,
 	values[5] = ObjectIdGetDatum(owner);
 	values[6] = doc_text ? CStringGetTextDatum(doc_text) : (Datum) 0;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	if (SPI_execute_with_args(
+	if (spi_execute_with_args(
 			"INSERT INTO docextract.documents"
 			" (filename, content_type, size_bytes, content, sha256, page_count, owner, text)"
 			" VALUES ($1, $2, length($3), $3, $4, $5, $6::regrole, $7) RETURNING id",
@@ -170,7 +170,7 @@ insert_document(const char *filename, const char *type, bytea *content,
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	id = SPI_datumTransfer(id, false, UUID_LEN);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	return id;
 }
 
@@ -225,9 +225,9 @@ document_store_rejected(const char *filename, const char *type, bytea *content,
 	Datum		id;
 	size_t		len = VARSIZE(content) - VARHDRSZ;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	if (SPI_execute_with_args("INSERT INTO docextract.documents"
+	if (spi_execute_with_args("INSERT INTO docextract.documents"
 							  " (filename, content_type, size_bytes, sha256, owner, rejection)"
 							  " VALUES ($1, $2, $3, $4, $5::regrole, $6) RETURNING id",
 							  6, (Oid[]) {TEXTOID, TEXTOID, INT8OID, TEXTOID, OIDOID, TEXTOID},
@@ -241,7 +241,7 @@ document_store_rejected(const char *filename, const char *type, bytea *content,
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	id = SPI_datumTransfer(id, false, UUID_LEN);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	return id;
 }
 
@@ -289,9 +289,9 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("delete_documents needs an array of document ids")));
 	ids = PG_GETARG_DATUM(0);
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	SPI_execute_with_args("SELECT u.id FROM unnest($1::uuid[]) u(id)"
+	spi_execute_with_args("SELECT u.id FROM unnest($1::uuid[]) u(id)"
 						  "  LEFT JOIN docextract.documents d ON d.id = u.id"
 						  " WHERE d.id IS NULL OR NOT pg_has_role($2, d.owner, 'MEMBER') LIMIT 1",
 						  2, (Oid[]) {UUIDARRAYOID, OIDOID}, (Datum[]) {ids, ObjectIdGetDatum(caller)},
@@ -301,7 +301,7 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("document %s does not exist",
 						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))));
-	SPI_execute_with_args("WITH RECURSIVE doc(id) AS ("
+	spi_execute_with_args("WITH RECURSIVE doc(id) AS ("
 						  "   SELECT unnest($1::uuid[])"
 						  "   UNION SELECT d.id FROM docextract.documents d JOIN doc ON d.parent_id = doc.id),"
 						  " cancelled AS (UPDATE docextract.extractions e"
@@ -317,7 +317,7 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 						  1, (Oid[]) {UUIDARRAYOID}, &ids, NULL, false, 0);
 	deleted = (int) SPI_processed;
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	if (deleted > 0)
 		docextract_signal_at_commit(SIGNAL_CANCEL);	/* the worker drops what is in flight */
 	PG_RETURN_INT32(deleted);

@@ -90,7 +90,7 @@ load_rows(Datum ids, ExportSet *set, MemoryContext keep_cxt)
 	char	   *group = NULL;
 	MemoryContext spi_cxt;
 
-	SPI_execute_with_args("SELECT u.id::text, e.id IS NOT NULL, e.status, r.data::text,"
+	spi_execute_with_args("SELECT u.id::text, e.id IS NOT NULL, e.status, r.data::text,"
 						  "       e.document_id::text, t.group_id::text"
 						  "  FROM unnest($1::uuid[]) WITH ORDINALITY u(id, n)"
 						  "  LEFT JOIN docextract.extractions e ON e.id = u.id"
@@ -168,9 +168,9 @@ load_set(Datum ids, ExportFormat format, ExportSet *set)
 	char	   *err;
 	char	   *schema;
 
-	SPI_connect();
+	spi_connect();
 	group = load_rows(ids, set, keep_cxt);
-	SPI_execute_with_args("SELECT schema_definition::text FROM docextract.templates"
+	spi_execute_with_args("SELECT schema_definition::text FROM docextract.templates"
 						  " WHERE group_id = $1::uuid ORDER BY version DESC LIMIT 1",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(group)},
 						  NULL, true, 1);
@@ -182,7 +182,7 @@ load_set(Datum ids, ExportFormat format, ExportSet *set)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("template no longer valid: %s", err)));
 	choose_columns(set, format);
-	SPI_finish();
+	spi_finish();
 }
 
 /* -- values ---------------------------------------------------------------- */
@@ -460,14 +460,14 @@ export_json(Datum ids)
 	bool		isnull;
 	bytea	   *out;
 
-	SPI_connect();
-	SPI_execute_with_args("SELECT jsonb_pretty(jsonb_agg(docextract.get_result(u.id) ORDER BY u.n))"
+	spi_connect();
+	spi_execute_with_args("SELECT jsonb_pretty(jsonb_agg(docextract.get_result(u.id) ORDER BY u.n))"
 						  "  FROM unnest($1::uuid[]) WITH ORDINALITY u(id, n)",
 						  1, (Oid[]) {UUIDARRAYOID}, &ids, NULL, true, 1);
 	out = (bytea *) DatumGetTextP(SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
 																   SPI_tuptable->tupdesc, 1,
 																   &isnull), false, -1));
-	SPI_finish();
+	spi_finish();
 	return out;
 }
 

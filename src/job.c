@@ -220,7 +220,7 @@ load_model(Job *job, char **options, int32 **pages, int *npages)
 {
 	bool		isnull;
 
-	if (SPI_execute_with_args(model_query, 1, (Oid[]) {UUIDOID},
+	if (spi_execute_with_args(model_query, 1, (Oid[]) {UUIDOID},
 							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		ereport(ERROR,
@@ -264,7 +264,7 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 
 	act_as_begin(&as_owner, job->owner);
 	/* Not read-only: extract_sync's rows are of this very statement. */
-	SPI_execute_with_args(document_query, 1, (Oid[]) {UUIDOID},
+	spi_execute_with_args(document_query, 1, (Oid[]) {UUIDOID},
 						  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1);
 	act_as_end(&as_owner);
 	if (SPI_processed != 1)
@@ -332,7 +332,7 @@ job_prepare(Job *job)
 	int32	   *pages;
 	int			npages;
 
-	SPI_connect();
+	spi_connect();
 	load_model(job, &options, &pages, &npages);
 	load_document(job, outer, &doc);
 	{
@@ -372,7 +372,7 @@ job_prepare(Job *job)
 	}
 	MemoryContextSwitchTo(outer);
 	MemoryContextDelete(scratch);
-	SPI_finish();
+	spi_finish();
 }
 
 /* Why the request did not give us an answer, or NULL if it did. */
@@ -456,8 +456,8 @@ store_result(Job *job, StoredResult *r)
 {
 	Datum		id = UUIDPGetDatum(&job->id);
 
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = CASE WHEN $2 THEN 'awaiting_approval' ELSE 'completed' END,"
 						  "     completed_at = CASE WHEN $2 THEN NULL ELSE clock_timestamp() END,"
 						  "     completion_percentage = 100, error_message = NULL"
@@ -466,7 +466,7 @@ store_result(Job *job, StoredResult *r)
 						  (Datum[]) {id, BoolGetDatum(r->needs_review)}, NULL, false, 0);
 	if (SPI_processed == 1)
 		/* Its usage counts in worker_stats (model_stat_deltas), in the same statement. */
-		SPI_execute_with_args("WITH r AS (INSERT INTO docextract.results"
+		spi_execute_with_args("WITH r AS (INSERT INTO docextract.results"
 							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage,"
 							  "  attributions, validation, table_attributions, citations)"
 							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb,"
@@ -487,7 +487,7 @@ store_result(Job *job, StoredResult *r)
 							  (char[]) {' ', ' ', ' ', ' ', r->attributions ? ' ' : 'n', ' ',
 								  r->table_attributions ? ' ' : 'n', r->citations ? ' ' : 'n'},
 							  false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 /* JSON text of obj, which is freed. */

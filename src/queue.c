@@ -89,7 +89,7 @@ check_not_deleted(Datum document)
 	char	   *rejection;
 
 	/* A rejected document (bytes that were not one) has nothing to extract. */
-	SPI_execute_with_args("SELECT rejection FROM docextract.documents"
+	spi_execute_with_args("SELECT rejection FROM docextract.documents"
 						  " WHERE id = $1 AND (deleted_at IS NOT NULL OR rejection IS NOT NULL)",
 						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
 	if (SPI_processed == 0)
@@ -107,7 +107,7 @@ check_not_deleted(Datum document)
 static void
 check_model(const char *model)
 {
-	SPI_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
+	spi_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
 						  NULL, false, 1);
 	if (SPI_processed == 0)
@@ -132,7 +132,7 @@ selected_pages(Datum document, const char *spec)
 
 	if (spec == NULL)
 		return (Datum) 0;
-	SPI_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
+	spi_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
 						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
 	page_count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	pages = pages_parse(spec, page_count, &n);
@@ -151,10 +151,10 @@ find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 	bool		isnull;
 
 	/* Serialize concurrent submits of the same pair; held to commit. */
-	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || $2::text))",
+	spi_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || $2::text))",
 						  2, (Oid[]) {UUIDOID, UUIDOID}, args, NULL, false, 0);
 	/* pages compare as the pages they name: "2,1" is "1-2". */
-	SPI_execute_with_args("SELECT id FROM docextract.extractions"
+	spi_execute_with_args("SELECT id FROM docextract.extractions"
 						  " WHERE document_id = $1 AND template_id = $2"
 						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
 						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
@@ -185,7 +185,7 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 	 * in parallel, when the options or the model's options ask for it and
 	 * the template has both.
 	 */
-	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
+	if (spi_execute_with_args("INSERT INTO docextract.extractions"
 							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
 							  " SELECT $1, $2, $3, $4::regrole, $5,"
 							  "   CASE WHEN coalesce(($3->>'parallel_parts')::boolean,"
@@ -255,7 +255,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
 	args[3] = ObjectIdGetDatum(caller);
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
 				  args[0], caller, false);
@@ -271,7 +271,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 		docextract_wake_worker_at_commit();
 	}
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_DATUM(id);
 }
 
@@ -283,17 +283,17 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 	Privileged	priv;
 	bool		cancelled;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	check_visible("extraction", "SELECT owner::oid FROM docextract.extractions WHERE id = $1",
 				  id, caller, false);
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'cancelled', completed_at = clock_timestamp()"
 						  " WHERE id = $1 AND status IN " CANCELLABLE,
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
 	cancelled = SPI_processed == 1;
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	if (cancelled)
 		docextract_signal_at_commit(SIGNAL_CANCEL);
 	PG_RETURN_BOOL(cancelled);
@@ -362,15 +362,7 @@ static SPIPlanPtr
 kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 {
 	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-		if (p == NULL)
-			elog(ERROR, "could not prepare a docextract statement: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
+		*plan = spi_prepare_kept(sql, nargs, types);
 	return *plan;
 }
 
@@ -390,7 +382,7 @@ reserve_rooms(Rooms *r, int max)
 	static SPIPlanPtr limits_plan = NULL;
 	uint64		nmodels;
 
-	if (SPI_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (spi_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the models' limits");
 	nmodels = SPI_processed;
 	r->n = 0;
@@ -437,7 +429,7 @@ run_claim(ClaimedJob *out, int max, Rooms *r)
 		names[i] = CStringGetTextDatum(r->models[i]);
 		rooms[i] = Int32GetDatum(r->rooms[i]);
 	}
-	if (SPI_execute_plan(kept_plan(&claim_plan, queue_claim_sql, 4,
+	if (spi_execute_plan(kept_plan(&claim_plan, queue_claim_sql, 4,
 								   (Oid[]) {TEXTARRAYOID, INT4ARRAYOID, INT4OID, INT4OID}),
 						 (Datum[]) {PointerGetDatum(construct_array(names, r->n, TEXTOID, -1, false, TYPALIGN_INT)),
 							 PointerGetDatum(construct_array(rooms, r->n, INT4OID, 4, true, TYPALIGN_INT)),
@@ -478,13 +470,13 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 	bool		isnull;
 	Datum		due;
 
-	SPI_connect();
+	spi_connect();
 	PG_TRY();
 	{
 		reserve_rooms(r, max);
 		if (r->n > 0)
 			n = run_claim(out, max, r);
-		SPI_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
+		spi_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
 	}
 	PG_CATCH();
 	{
@@ -498,7 +490,7 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 	release_rooms(r);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
-	SPI_finish();
+	spi_finish();
 	return n;
 }
 
@@ -512,14 +504,14 @@ queue_requeue_orphans(void)
 {
 	int			n;
 
-	SPI_connect();
-	if (SPI_execute("UPDATE docextract.extractions SET status = 'pending', worker_pid = NULL"
+	spi_connect();
+	if (spi_execute("UPDATE docextract.extractions SET status = 'pending', worker_pid = NULL"
 					" WHERE " ORPHANED_PROCESSING, false, 0) != SPI_OK_UPDATE)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not requeue the extractions of the previous worker")));
 	n = (int) SPI_processed;
-	SPI_finish();
+	spi_finish();
 	return n;
 }
 
@@ -539,8 +531,8 @@ queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
 		ended[i] = false;
 	}
 	appendStringInfoChar(&list, '}');
-	SPI_connect();
-	SPI_execute_with_args("SELECT id FROM docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("SELECT id FROM docextract.extractions"
 						  " WHERE id = ANY ($1::uuid[]) AND status <> 'processing'",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(list.data)},
 						  NULL, false, 0);
@@ -553,15 +545,15 @@ queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
 			if (memcmp(id, ids[i], sizeof(pg_uuid_t)) == 0)
 				ended[i] = true;
 	}
-	SPI_finish();
+	spi_finish();
 }
 
 /* Another attempt after delay_ms; the last error stays visible meanwhile. */
 void
 queue_retry(pg_uuid_t *id, const char *message, long delay_ms)
 {
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'retrying', error_message = $2, completion_percentage = 0,"
 						  "     next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'"
 						  " WHERE id = $1 AND status = 'processing'",
@@ -569,33 +561,33 @@ queue_retry(pg_uuid_t *id, const char *message, long delay_ms)
 						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message),
 							  Int64GetDatum(delay_ms)},
 						  NULL, false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 void
 queue_fail(pg_uuid_t *id, const char *message)
 {
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'failed', error_message = $2, completed_at = clock_timestamp()"
 						  " WHERE id = $1 AND status = 'processing'",
 						  2, (Oid[]) {UUIDOID, TEXTOID},
 						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message)},
 						  NULL, false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 /* One request of a multi-request extraction is done (event extraction.progress). */
 void
 queue_progress(pg_uuid_t *id, int percentage)
 {
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions SET completion_percentage = $2"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions SET completion_percentage = $2"
 						  " WHERE id = $1 AND status = 'processing'",
 						  2, (Oid[]) {UUIDOID, INT4OID},
 						  (Datum[]) {UUIDPGetDatum(id), Int32GetDatum(percentage)},
 						  NULL, false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 /*
@@ -613,8 +605,8 @@ queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error)
 	for (int i = 0; i < n; i++)
 		appendStringInfo(&list, "%s%s", i ? "," : "", uuid_text(UUIDPGetDatum(&ids[i])));
 	appendStringInfoChar(&list, '}');
-	SPI_connect();
-	if (SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	if (spi_execute_with_args("UPDATE docextract.extractions"
 							  " SET status = CASE WHEN attempts >= 10 THEN 'failed' ELSE 'retrying' END,"
 							  "     completed_at = CASE WHEN attempts >= 10 THEN clock_timestamp() END,"
 							  "     worker_pid = NULL, completion_percentage = 0,"
@@ -629,5 +621,5 @@ queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error)
 	if (SPI_processed > 0)
 		elog(WARNING, "docextract worker: %d extraction(s) of a batch whose commit failed put back in the queue: %s",
 			 (int) SPI_processed, error);
-	SPI_finish();
+	spi_finish();
 }

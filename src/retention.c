@@ -25,8 +25,8 @@ retention_cleanup(void)
 	int			removed;
 	bool		more;
 
-	SPI_connect();
-	SPI_execute_with_args("DELETE FROM docextract.extractions e WHERE e.id IN ("
+	spi_connect();
+	spi_execute_with_args("DELETE FROM docextract.extractions e WHERE e.id IN ("
 						  " SELECT id FROM docextract.extractions"
 						  "  WHERE status IN ('completed', 'failed', 'cancelled', 'insufficient_credits')"
 						  "    AND coalesce(completed_at, created_at) < now() - make_interval(secs => $1)"
@@ -34,7 +34,7 @@ retention_cleanup(void)
 						  2, types, args, NULL, false, 0);
 	removed = (int) SPI_processed;
 	more = SPI_processed == CLEANUP_BATCH;
-	SPI_execute_with_args("DELETE FROM docextract.events e WHERE e.id IN ("
+	spi_execute_with_args("DELETE FROM docextract.events e WHERE e.id IN ("
 						  " SELECT v.id FROM docextract.events v"
 						  "  WHERE v.created_at < now() - make_interval(secs => $1)"
 						  "    AND NOT EXISTS (SELECT 1 FROM docextract.webhook_deliveries d"
@@ -43,7 +43,7 @@ retention_cleanup(void)
 						  2, types, args, NULL, false, 0);
 	removed += (int) SPI_processed;
 	more = more || SPI_processed == CLEANUP_BATCH;
-	SPI_finish();
+	spi_finish();
 	if (removed > 0)
 		elog(DEBUG1, "docextract worker: removed %d rows past docextract.retention", removed);
 	return more;

@@ -143,20 +143,20 @@ docextract_add_webhook(PG_FUNCTION_ARGS)
 		check_events(PG_GETARG_ARRAYTYPE_P(2));
 	egress_check_url(url, superuser());	/* an IP address: refused now */
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	SPI_execute_with_args("INSERT INTO docextract.webhooks (url, events, owner)"
+	spi_execute_with_args("INSERT INTO docextract.webhooks (url, events, owner)"
 						  " VALUES ($1, $2, $3::regrole) RETURNING id",
 						  3, (Oid[]) {TEXTOID, TEXTARRAYOID, OIDOID},
 						  (Datum[]) {CStringGetTextDatum(url), events, ObjectIdGetDatum(caller)},
 						  PG_ARGISNULL(2) ? " n " : "   ", false, 1);
 	id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
 						   false, UUID_LEN);
-	SPI_execute_with_args("INSERT INTO docextract.webhook_secrets (webhook_id, secret) VALUES ($1, $2)",
+	spi_execute_with_args("INSERT INTO docextract.webhook_secrets (webhook_id, secret) VALUES ($1, $2)",
 						  2, (Oid[]) {UUIDOID, TEXTOID},
 						  (Datum[]) {id, CStringGetTextDatum(secret)}, NULL, false, 0);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_DATUM(id);
 }
 
@@ -167,14 +167,14 @@ change_webhook(Datum id, const char *sql, bool flag)
 	Oid			caller = GetUserId();
 	Privileged	priv;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	check_visible("webhook", "SELECT owner::oid FROM docextract.webhooks WHERE id = $1",
 				  id, caller, false);
-	SPI_execute_with_args(sql, 2, (Oid[]) {UUIDOID, BOOLOID},
+	spi_execute_with_args(sql, 2, (Oid[]) {UUIDOID, BOOLOID},
 						  (Datum[]) {id, BoolGetDatum(flag)}, NULL, false, 0);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	docextract_signal_at_commit(SIGNAL_DELIVERIES);	/* enabled again: its pending ones */
 }
 
@@ -203,10 +203,10 @@ docextract_drop_webhook(PG_FUNCTION_ARGS)
 void
 webhook_reset_leases(void)
 {
-	SPI_connect();
-	SPI_execute("UPDATE docextract.webhook_deliveries SET in_flight = false,"
+	spi_connect();
+	spi_execute("UPDATE docextract.webhook_deliveries SET in_flight = false,"
 				" next_attempt_at = clock_timestamp() WHERE in_flight", false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 static struct curl_slist *
@@ -263,8 +263,8 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	bool		isnull;
 	Datum		due;
 
-	SPI_connect();
-	SPI_execute_with_args(
+	spi_connect();
+	spi_execute_with_args(
 		"WITH due AS ("
 		"  SELECT d.id FROM docextract.webhook_deliveries d"
 		"  JOIN docextract.webhooks w ON w.id = d.webhook_id"
@@ -289,7 +289,7 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	 * never sleeps).  Those due already wait for a slot: a delivery that
 	 * ends makes the worker look again.
 	 */
-	SPI_execute("SELECT ceil(1000 * extract(epoch FROM"
+	spi_execute("SELECT ceil(1000 * extract(epoch FROM"
 				"        min(d.next_attempt_at) - clock_timestamp()))::bigint"
 				"  FROM docextract.webhook_deliveries d"
 				"  JOIN docextract.webhooks w ON w.id = d.webhook_id"
@@ -297,7 +297,7 @@ webhook_claim_and_start(int room, long *next_due_ms)
 				"   AND d.next_attempt_at > clock_timestamp()", true, 1);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
-	SPI_finish();
+	spi_finish();
 	return n;
 }
 
@@ -316,7 +316,7 @@ webhook_claim_and_start(int room, long *next_due_ms)
 static void
 record_delivered(Delivery *d)
 {
-	SPI_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
+	spi_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
 						  "   SET status = 'delivered', in_flight = false, delivered_at = clock_timestamp(),"
 						  "       response_status = $2, last_error = NULL"
 						  "  WHERE id = " DELIVERY_UNLOCKED " RETURNING webhook_id),"
@@ -336,7 +336,7 @@ record_delivered(Delivery *d)
 static void
 record_failed(Delivery *d, const char *error)
 {
-	SPI_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
+	spi_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
 						  "   SET in_flight = false, response_status = $2, last_error = $3,"
 						  "       status = CASE WHEN attempts >= $4 THEN 'failed' ELSE 'pending' END,"
 						  "       next_attempt_at = clock_timestamp() + make_interval(secs => $5)"
@@ -366,7 +366,7 @@ webhook_done(HttpRequest *req)
 {
 	Delivery   *d = req->arg;
 
-	SPI_connect();
+	spi_connect();
 	if (req->curl_code == 0 && req->status >= 200 && req->status < 300)
 		record_delivered(d);
 	else if (req->curl_code != 0)
@@ -376,7 +376,7 @@ webhook_done(HttpRequest *req)
 	else
 		record_failed(d, psprintf("HTTP %ld: %s", req->status,
 								  answer_excerpt(req->response.data, req->response.len, 200)));
-	SPI_finish();
+	spi_finish();
 }
 
 void

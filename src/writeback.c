@@ -77,8 +77,8 @@ template_of(TriggerTarget *t, const char *arg)
 	bool		isnull;
 	bool		is_uuid = strlen(arg) == 36 && strspn(arg, "0123456789abcdefABCDEF-") == 36;
 
-	SPI_connect();
-	SPI_execute_with_args(is_uuid
+	spi_connect();
+	spi_execute_with_args(is_uuid
 						  ? "SELECT id FROM docextract.templates WHERE id = $1::uuid"
 						  : "SELECT id FROM docextract.templates WHERE name = $1 AND is_active"
 						  "  ORDER BY owner IS NULL, created_at DESC LIMIT 1",
@@ -90,7 +90,7 @@ template_of(TriggerTarget *t, const char *arg)
 	t->template_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
 													 SPI_tuptable->tupdesc, 1, &isnull),
 									   false, UUID_LEN);
-	SPI_finish();
+	spi_finish();
 	return t->template_id;
 }
 
@@ -167,10 +167,10 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 
 	nulls[3] = t->result_col ? ' ' : 'n';
 	nulls[4] = t->status_col ? ' ' : 'n';
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	/* Due now: the write-back worker mirrors 'pending' (or what follows). */
-	SPI_execute_with_args("UPDATE docextract.extractions SET target_table = $2, target_pk = $3,"
+	spi_execute_with_args("UPDATE docextract.extractions SET target_table = $2, target_pk = $3,"
 						  " target_result_column = $4, target_status_column = $5,"
 						  " writeback_due = clock_timestamp()"
 						  " WHERE id = $1",
@@ -180,7 +180,7 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 							  t->status_col ? CStringGetTextDatum(t->status_col) : (Datum) 0},
 						  nulls, false, 0);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	writeback_wake_at_commit();
 }
 
