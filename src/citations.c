@@ -245,12 +245,13 @@ locate(const PageText *pt, const char *quote, double *box)
 static bool
 read_word_line(const char *line, int len, Word *w)
 {
+	static const char tag[] = "W ";
 	char	   *copy = pnstrdup(line, len);
-	char	   *end = copy + 2;
+	char	   *end = copy + strlen(tag);
 	char	   *word;
 	int			eol;
 
-	bool		ok = len >= 2 && strncmp(copy, "W ", 2) == 0;
+	bool		ok = after_prefix(copy, tag) != NULL;
 
 	for (int i = 0; ok && i < 4; i++)
 	{

@@ -698,6 +698,32 @@ extern Datum trigger_row_record(Datum document, Datum template_id, const char *s
 
 extern int	stats_fold(void);
 
+/* statuses.h: the status sets, one definition each -------------------- */
+
+#include "statuses.h"
+
+/* options.c: the model and extraction options, one table each ---------- */
+
+#include "options.h"
+
+/* Prefixes, no length counted by hand -------------------------------------- */
+
+/* s past prefix, or NULL when s does not begin with it. */
+static inline const char *
+after_prefix(const char *s, const char *prefix)
+{
+	size_t		n = strlen(prefix);
+
+	return strncmp(s, prefix, n) == 0 ? s + n : NULL;
+}
+
+/* Do the bytes at p begin with string literal lit ("" lit: literals only)? */
+#define BYTES_START_WITH(p, lit) (memcmp((p), "" lit, sizeof(lit) - 1) == 0)
+
+/* Where a validation rule's field path points: a general field, a column. */
+#define GENERAL_PATH_PREFIX "general_part."
+#define TABLE_PATH_PREFIX "table_part."
+
 /* spi_checked.c: SPI calls whose failure raises ------------------------ */
 
 #include "spi_checked.h"

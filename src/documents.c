@@ -40,7 +40,7 @@ detect_heif(const unsigned char *d, size_t len)
 {
 	uint32		box;
 
-	if (len < 16 || memcmp(d + 4, "ftyp", 4) != 0)
+	if (len < 16 || !BYTES_START_WITH(d + 4, "ftyp"))
 		return NULL;
 	box = ((uint32) d[0] << 24) | ((uint32) d[1] << 16) | ((uint32) d[2] << 8) | d[3];
 	if (box < 16)
@@ -63,8 +63,8 @@ detect_content_type(const unsigned char *d, size_t len)
 	static const unsigned char png[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
 
 	/* PDF readers accept the header anywhere in the first 1024 bytes. */
-	for (size_t i = 0; i + 5 <= len && i < 1024; i++)
-		if (memcmp(d + i, "%PDF-", 5) == 0)
+	for (size_t i = 0; i + strlen("%PDF-") <= len && i < 1024; i++)
+		if (BYTES_START_WITH(d + i, "%PDF-"))
 			return "application/pdf";
 	if (len >= 3 && d[0] == 0xff && d[1] == 0xd8 && d[2] == 0xff)
 		return "image/jpeg";
@@ -308,7 +308,7 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 						  "   SET status = 'cancelled', completed_at = clock_timestamp(),"
 						  "       error_message = 'its document was deleted'"
 						  "   WHERE e.document_id IN (SELECT id FROM doc)"
-						  "     AND e.status IN ('pending','classifying','processing','retrying','awaiting_approval')"
+						  "     AND e.status IN " STATUSES_CANCELLABLE
 						  "   RETURNING e.id),"	/* data-modifying CTEs run whether read or not */
 						  " results AS (DELETE FROM docextract.results r"
 						  "   WHERE r.document_id IN (SELECT id FROM doc) RETURNING r.extraction_id)"

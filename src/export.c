@@ -54,21 +54,30 @@ typedef struct ExportSet
 	Column	   *columns;
 } ExportSet;
 
+/* The format names, one source for parsing and for the hint. */
+static const char *const format_names[] = {
+	[EXPORT_JSON] = "json",
+	[EXPORT_CSV] = "csv",
+	[EXPORT_XLSX] = "xlsx",
+	[EXPORT_QUICKBOOKS] = "quickbooks_csv"
+};
+
 static ExportFormat
 parse_format(const char *name)
 {
-	if (strcmp(name, "json") == 0)
-		return EXPORT_JSON;
-	if (strcmp(name, "csv") == 0)
-		return EXPORT_CSV;
-	if (strcmp(name, "xlsx") == 0)
-		return EXPORT_XLSX;
-	if (strcmp(name, "quickbooks_csv") == 0)
-		return EXPORT_QUICKBOOKS;
+	StringInfoData known;
+
+	for (int f = 0; f < (int) lengthof(format_names); f++)
+		if (strcmp(name, format_names[f]) == 0)
+			return (ExportFormat) f;
+	initStringInfo(&known);
+	for (int f = 0; f < (int) lengthof(format_names); f++)
+		appendStringInfo(&known, "%s%s", f == 0 ? "" : f == (int) lengthof(format_names) - 1 ? " and " : ", ",
+						 format_names[f]);
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown export format \"%s\"", name),
-			 errhint("Formats are json, csv, xlsx and quickbooks_csv.")));
+			 errhint("Formats are %s.", known.data)));
 	return EXPORT_JSON;
 }
 
@@ -156,7 +165,8 @@ choose_columns(ExportSet *set, ExportFormat format)
 	if (format == EXPORT_QUICKBOOKS && set->ncolumns == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("cannot export as quickbooks_csv: no field of the template has a qbo_mapping"),
+				 errmsg("cannot export as %s: no field of the template has a qbo_mapping",
+						format_names[EXPORT_QUICKBOOKS]),
 				 errhint("Give fields a \"qbo_mapping\" (the QuickBooks column, e.g. \"InvoiceNo\") with update_template().")));
 }
 

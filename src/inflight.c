@@ -345,7 +345,7 @@ docextract_worker_limits(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	spi_connect();
-	if (spi_execute("SELECT name, (options->>'max_concurrency')::int FROM docextract.models ORDER BY name",
+	if (spi_execute("SELECT name, (options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int FROM docextract.models ORDER BY name",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read docextract.models");
 	for (uint64 r = 0; r < SPI_processed; r++)

@@ -135,37 +135,37 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 	if (o)
 	{
 		memset(o, 0, sizeof(*o));
-		if ((o->has_temperature = json_object_object_get_ex(j, "temperature", &v)))
+		if ((o->has_temperature = json_object_object_get_ex(j, EXTRACT_OPT_TEMPERATURE, &v)))
 			o->temperature = json_object_get_double(v);
-		if ((o->has_seed = json_object_object_get_ex(j, "seed", &v)))
+		if ((o->has_seed = json_object_object_get_ex(j, EXTRACT_OPT_SEED, &v)))
 			o->seed = json_object_get_int64(v);
-		o->citations = json_object_object_get_ex(j, "citations", &v) &&
+		o->citations = json_object_object_get_ex(j, EXTRACT_OPT_CITATIONS, &v) &&
 			json_object_get_boolean(v);
-		o->per_key_attribution = json_object_object_get_ex(j, "per_key_attribution", &v) &&
+		o->per_key_attribution = json_object_object_get_ex(j, EXTRACT_OPT_PER_KEY_ATTRIBUTION, &v) &&
 			json_object_get_boolean(v);
-		if ((o->has_max_retries = json_object_object_get_ex(j, "max_retries", &v)))
+		if ((o->has_max_retries = json_object_object_get_ex(j, EXTRACT_OPT_MAX_RETRIES, &v)))
 			o->max_retries = json_object_get_int(v);
-		o->auto_approve = !(json_object_object_get_ex(j, "auto_approve", &v) &&
+		o->auto_approve = !(json_object_object_get_ex(j, EXTRACT_OPT_AUTO_APPROVE, &v) &&
 							!json_object_get_boolean(v));
-		if (json_object_object_get_ex(j, "additional_instructions", &v))
+		if (json_object_object_get_ex(j, EXTRACT_OPT_ADDITIONAL_INSTRUCTIONS, &v))
 			o->additional_instructions = pstrdup(json_object_get_string(v));
 	}
 	if (m)
 	{
-		m->timeout_ms = json_object_object_get_ex(j, "timeout_ms", &v)
+		m->timeout_ms = json_object_object_get_ex(j, MODEL_OPT_TIMEOUT_MS, &v)
 			? json_object_get_int64(v) : docextract_default_timeout_ms;
-		if ((m->has_temperature = json_object_object_get_ex(j, "temperature", &v)))
+		if ((m->has_temperature = json_object_object_get_ex(j, MODEL_OPT_TEMPERATURE, &v)))
 			m->temperature = json_object_get_double(v);
-		m->send_file = json_object_object_get_ex(j, "document_mode", &v) &&
-			strcmp(json_object_get_string(v), "file") == 0;
-		m->max_retries = json_object_object_get_ex(j, "max_retries", &v)
+		m->send_file = json_object_object_get_ex(j, MODEL_OPT_DOCUMENT_MODE, &v) &&
+			strcmp(json_object_get_string(v), DOCUMENT_MODE_FILE) == 0;
+		m->max_retries = json_object_object_get_ex(j, MODEL_OPT_MAX_RETRIES, &v)
 			? json_object_get_int(v) : DEFAULT_MAX_RETRIES;
-		m->retry_backoff_ms = json_object_object_get_ex(j, "retry_backoff_ms", &v)
+		m->retry_backoff_ms = json_object_object_get_ex(j, MODEL_OPT_RETRY_BACKOFF_MS, &v)
 			? json_object_get_int(v) : DEFAULT_RETRY_BACKOFF_MS;
 		m->priced = false;
-		if (json_object_object_get_ex(j, "input_price_per_million", &v))
+		if (json_object_object_get_ex(j, MODEL_OPT_INPUT_PRICE, &v))
 			m->input_price = json_object_get_double(v), m->priced = true;
-		if (json_object_object_get_ex(j, "output_price_per_million", &v))
+		if (json_object_object_get_ex(j, MODEL_OPT_OUTPUT_PRICE, &v))
 			m->output_price = json_object_get_double(v), m->priced = true;
 	}
 	json_object_put(j);
@@ -179,15 +179,16 @@ static char *
 resolve_api_key(char *stored)
 {
 	const char *value;
+	const char *variable = stored ? after_prefix(stored, "env:") : NULL;
 
-	if (stored == NULL || strncmp(stored, "env:", 4) != 0)
+	if (variable == NULL)
 		return stored;
-	value = getenv(stored + 4);
+	value = getenv(variable);
 	if (value == NULL || value[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the model's api_key names environment variable %s, which is not set in the server's environment",
-						stored + 4)));
+						variable)));
 	return pstrdup(value);
 }
 

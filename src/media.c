@@ -53,7 +53,7 @@ read_renders(DocumentInput *doc, const char *out, size_t len, const int32 *asked
 		memcpy(&page, out + at, 4);
 		memcpy(&png_len, out + at + 4, 4);
 		if (page != asked[doc->nscans] || png_len > len - at - 8 || png_len < 8 ||
-			memcmp(out + at + 8, "\x89PNG", 4) != 0)
+			!BYTES_START_WITH(out + at + 8, "\x89PNG"))
 			break;
 		doc->scans[doc->nscans].page = page;
 		doc->scans[doc->nscans].png = out + at + 8;
@@ -91,7 +91,7 @@ heif_as_png(DocumentInput *doc)
 	size_t		len;
 	char	   *out = parser_heif_to_png(doc->data, doc->len, doc->filename, &len);
 
-	if (len < 9 || out[0] != 'I' || memcmp(out + 1, "\x89PNG", 4) != 0)
+	if (len < 9 || out[0] != 'I' || !BYTES_START_WITH(out + 1, "\x89PNG"))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not convert image \"%s\" to PNG: %s", doc->filename,

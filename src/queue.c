@@ -24,9 +24,6 @@
 PG_FUNCTION_INFO_V1(docextract_extract_document);
 PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
 
-#define ACTIVE_OR_DONE "('pending','classifying','processing','retrying','awaiting_approval','completed')"
-#define CANCELLABLE "('pending','classifying','processing','retrying','awaiting_approval')"
-
 
 /* Options this version acts on; the rest of the contract's keys come later. */
 static char *
@@ -44,42 +41,25 @@ check_options(json_object *o)
 	{
 		const char *key = it.key;
 		json_object *val = it.val;
-		json_type	t = json_object_get_type(val);
-		bool		ok = true;
+		const OptionSpec *spec = option_find(extraction_options, key);
 
 		for (int i = 0; unsupported[i]; i++)
 			if (strcmp(key, unsupported[i]) == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("option \"%s\" is not available in this version of docextract", key)));
-		if (strcmp(key, "model") == 0 || strcmp(key, "additional_instructions") == 0 ||
-			strcmp(key, "pages") == 0)
-			ok = t == json_type_string;
-		else if (strcmp(key, "temperature") == 0)
-			ok = (t == json_type_double || t == json_type_int) &&
-				json_object_get_double(val) >= 0 && json_object_get_double(val) <= 2;
-		else if (strcmp(key, "seed") == 0)
-			ok = t == json_type_int;
-		else if (strcmp(key, "max_retries") == 0)
-			ok = t == json_type_int && json_object_get_int64(val) >= 0 &&
-				json_object_get_int64(val) <= MAX_RETRIES_CAP;
-		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
-				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0 ||
-				 strcmp(key, "citations") == 0 ||
-				 strcmp(key, "zero_retention") == 0)
-			ok = t == json_type_boolean;
-		else
+		if (spec == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, citations, parallel_parts, auto_approve, zero_retention, force, pages.")));
-		if (!ok)
+					 errhint("Options are %s.", option_names(extraction_options))));
+		if (!option_value_ok(spec, val))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("option \"%s\" has an invalid value %s", key,
 							json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN))));
 	}
-	return json_object_object_get_ex(o, "model", &v) ? pstrdup(json_object_get_string(v))
+	return json_object_object_get_ex(o, EXTRACT_OPT_MODEL, &v) ? pstrdup(json_object_get_string(v))
 		: pstrdup("default");
 }
 
@@ -158,7 +138,7 @@ find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 						  " WHERE document_id = $1 AND template_id = $2"
 						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
 						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
-						  "   AND status IN " ACTIVE_OR_DONE
+						  "   AND status IN " STATUSES_ACTIVE_OR_DONE
 						  " ORDER BY created_at DESC LIMIT 1",
 						  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, INT4ARRAYOID},
 						  (Datum[]) {args[0], args[1], args[2], args[3], page_numbers},
@@ -188,13 +168,13 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 	if (spi_execute_with_args("INSERT INTO docextract.extractions"
 							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
 							  " SELECT $1, $2, $3, $4::regrole, $5,"
-							  "   CASE WHEN coalesce(($3->>'parallel_parts')::boolean,"
-							  "                      (m.options->>'parallel_parts')::boolean, false)"
+							  "   CASE WHEN coalesce(($3->>'" EXTRACT_OPT_PARALLEL_PARTS "')::boolean,"
+							  "                      (m.options->>'" MODEL_OPT_PARALLEL_PARTS "')::boolean, false)"
 							  "         AND jsonb_typeof(t.schema_definition->'table_part') = 'object'"
 							  "         AND t.schema_definition->'table_part' <> '{}'"
 							  "         AND jsonb_typeof(t.schema_definition->'general_part') = 'object'"
 							  "         AND t.schema_definition->'general_part' <> '{}'"
-							  "         AND coalesce((m.options->>'max_concurrency')::int, 2) >= 2"
+							  "         AND coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 2) >= 2"
 							  "        THEN 2 ELSE 1 END, $6"
 							  "   FROM docextract.templates t, docextract.models m"
 							  "  WHERE t.id = $2 AND m.name = $5 RETURNING id",
@@ -239,8 +219,8 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 		json_object *v;
 
 		model = check_options(parsed);
-		force = json_object_object_get_ex(parsed, "force", &v) && json_object_get_boolean(v);
-		if (json_object_object_get_ex(parsed, "pages", &v))
+		force = json_object_object_get_ex(parsed, EXTRACT_OPT_FORCE, &v) && json_object_get_boolean(v);
+		if (json_object_object_get_ex(parsed, EXTRACT_OPT_PAGES, &v))
 			pages = pstrdup(json_object_get_string(v));
 	}
 	PG_FINALLY();
@@ -289,7 +269,7 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 				  id, caller, false);
 	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'cancelled', completed_at = clock_timestamp()"
-						  " WHERE id = $1 AND status IN " CANCELLABLE,
+						  " WHERE id = $1 AND status IN " STATUSES_CANCELLABLE,
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
 	cancelled = SPI_processed == 1;
 	privileged_end(&priv);
@@ -351,8 +331,8 @@ static const char *next_due_sql =
 
 /* Each model's limits (0: none). */
 static const char *limits_sql =
-"SELECT name, coalesce((options->>'max_concurrency')::int, 0),"
-"       coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
+"SELECT name, coalesce((options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0),"
+"       coalesce((options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models";
 
 /*
  * The worker claims on every wake: plan its statements once and keep them

@@ -28,7 +28,7 @@ retention_cleanup(void)
 	spi_connect();
 	spi_execute_with_args("DELETE FROM docextract.extractions e WHERE e.id IN ("
 						  " SELECT id FROM docextract.extractions"
-						  "  WHERE status IN ('completed', 'failed', 'cancelled', 'insufficient_credits')"
+						  "  WHERE status IN " STATUSES_FINAL
 						  "    AND coalesce(completed_at, created_at) < now() - make_interval(secs => $1)"
 						  "  LIMIT $2 FOR UPDATE SKIP LOCKED)",
 						  2, types, args, NULL, false, 0);

@@ -123,9 +123,9 @@ start_attempt_step(void *arg)
 							  "     completion_percentage = 0"
 							  " WHERE id = $1 AND status IN ('pending', 'processing')"
 							  " RETURNING attempts, parts, model_name,"
-							  "  (SELECT coalesce((m.options->>'max_concurrency')::int, 0) FROM docextract.models m"
+							  "  (SELECT coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0) FROM docextract.models m"
 							  "    WHERE m.name = model_name),"
-							  "  (SELECT coalesce((m.options->>'requests_per_minute')::int, 0) FROM docextract.models m"
+							  "  (SELECT coalesce((m.options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models m"
 							  "    WHERE m.name = model_name)",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&run->id)},
 							  NULL, false, 1) != SPI_OK_UPDATE_RETURNING)

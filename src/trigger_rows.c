@@ -112,7 +112,7 @@ active_extractions(Oid owner)
 
 	if (spi_execute_with_args("SELECT count(*) FROM docextract.extractions x"
 							  " WHERE x.owner = $1::regrole"
-							  "   AND x.status IN ('pending', 'classifying', 'processing', 'retrying')",
+							  "   AND x.status IN " STATUSES_ACTIVE,
 							  1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the active extractions of role %u", owner);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

@@ -124,12 +124,14 @@ docextract_add_webhook(PG_FUNCTION_ARGS)
 	char	   *url = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *secret = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	Datum		events = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	const char *host = url ? after_prefix(url, "http://") : NULL;
 	Privileged	priv;
 	Datum		id;
 	bool		isnull;
 
-	if (url == NULL || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
-		strlen(url) <= 8)
+	if (url && host == NULL)
+		host = after_prefix(url, "https://");
+	if (host == NULL || host[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errhidestmt(true),
 				 errmsg("webhook url must be an http:// or https:// URL, got \"%s\"",
