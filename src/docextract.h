@@ -689,7 +689,7 @@ typedef struct RowTarget
 	const char *status_col;		/* may be NULL */
 } RowTarget;
 
-extern char *trigger_row_template_problem(const char *arg, Datum *template_id);
+extern char *trigger_row_template_problem(const char *arg, Datum *template_id, int *sqlstate);
 extern char *trigger_row_refusal(int pages, const char **status);
 extern Datum trigger_row_record(Datum document, Datum template_id, const char *status,
 								const char *reason, const RowTarget *target);
@@ -697,6 +697,11 @@ extern Datum trigger_row_record(Datum document, Datum template_id, const char *s
 /* stats.c: worker_stats' counters, folded by the worker ------------------ */
 
 extern int	stats_fold(void);
+
+/* parser.c: a parse whose failure is the document's problem, not an error */
+
+extern char *parser_run_or_problem(const char *data, size_t len, bool want_text,
+								   const char *filename, size_t *out_len, char **problem);
 
 /* statuses.h: the status sets, one definition each -------------------- */
 

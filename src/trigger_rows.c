@@ -45,12 +45,14 @@ trigger_rows_define_settings(void)
 }
 
 /*
- * The active template the inserting role may use, by id or name (as the
- * raising form finds it): NULL and *template_id, or why there is none.
- * Runs as that role, so row-level security decides what it sees.
+ * The active template the inserting role may use, by id or name (an active
+ * one first): NULL and *template_id, or why there is none and its SQLSTATE
+ * (*sqlstate): 42704 when the role sees none, 55000 when it is deactivated
+ * (as extract_document's check says).  Both forms find it so.  Runs as
+ * that role, so row-level security decides what it sees.
  */
 char *
-trigger_row_template_problem(const char *arg, Datum *template_id)
+trigger_row_template_problem(const char *arg, Datum *template_id, int *sqlstate)
 {
 	bool		isnull;
 	bool		is_uuid = strlen(arg) == 36 && strspn(arg, "0123456789abcdefABCDEF-") == 36;
@@ -62,15 +64,16 @@ trigger_row_template_problem(const char *arg, Datum *template_id)
 							  ? "SELECT t.id, EXISTS (SELECT 1 FROM docextract.templates g"
 							  "                     WHERE g.group_id = t.group_id AND g.is_active)"
 							  "  FROM docextract.templates t WHERE t.id = $1::uuid"
-							  : "SELECT id, true FROM docextract.templates WHERE name = $1 AND is_active"
-							  "  ORDER BY owner IS NULL, created_at DESC LIMIT 1",
+							  : "SELECT id, is_active FROM docextract.templates WHERE name = $1"
+							  "  ORDER BY is_active DESC, owner IS NULL, created_at DESC LIMIT 1",
 							  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
 							  NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up template \"%s\"", arg);
+	*sqlstate = ERRCODE_UNDEFINED_OBJECT;
 	if (SPI_processed != 1)
 		problem = "does not exist";
 	else if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-		problem = "is deactivated";
+		problem = "is deactivated", *sqlstate = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 	else
 		*template_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
 													   SPI_tuptable->tupdesc, 1, &isnull),

@@ -74,23 +74,11 @@ column_of(TriggerTarget *t, const char *role, const char *name, Oid type1, Oid t
 static Datum
 template_of(TriggerTarget *t, const char *arg)
 {
-	bool		isnull;
-	bool		is_uuid = strlen(arg) == 36 && strspn(arg, "0123456789abcdefABCDEF-") == 36;
+	int			sqlstate;
+	char	   *problem = trigger_row_template_problem(arg, &t->template_id, &sqlstate);
 
-	spi_connect();
-	spi_execute_with_args(is_uuid
-						  ? "SELECT id FROM docextract.templates WHERE id = $1::uuid"
-						  : "SELECT id FROM docextract.templates WHERE name = $1 AND is_active"
-						  "  ORDER BY owner IS NULL, created_at DESC LIMIT 1",
-						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
-						  NULL, true, 1);
-	if (SPI_processed != 1)
-		trigger_error(t, ERRCODE_UNDEFINED_OBJECT,
-					  psprintf("template \"%s\" does not exist", arg));
-	t->template_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
-													 SPI_tuptable->tupdesc, 1, &isnull),
-									   false, UUID_LEN);
-	spi_finish();
+	if (problem)
+		trigger_error(t, sqlstate, problem);
 	return t->template_id;
 }
 
@@ -200,7 +188,8 @@ submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, 
 	const char *status = "failed";
 	Datum		doc;
 	RowTarget	target = {RelationGetRelid(t->rel), key, t->result_col, t->status_col};
-	char	   *problem = trigger_row_template_problem(t->template_arg, &t->template_id);
+	int			sqlstate;
+	char	   *problem = trigger_row_template_problem(t->template_arg, &t->template_id, &sqlstate);
 	char	   *doc_problem = document_problem(label, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ,
 											   &type, &pages, &text);
 
