@@ -711,6 +711,14 @@ extern char *parser_run_or_problem(const char *data, size_t len, bool want_text,
 
 #include "options.h"
 
+/* The document formats docextract takes, as their media types ------------ */
+
+#define CONTENT_TYPE_PDF "application/pdf"
+#define CONTENT_TYPE_JPEG "image/jpeg"
+#define CONTENT_TYPE_PNG "image/png"
+#define CONTENT_TYPE_HEIC "image/heic"
+#define CONTENT_TYPE_HEIF "image/heif"
+
 /* Prefixes, no length counted by hand -------------------------------------- */
 
 /* s past prefix, or NULL when s does not begin with it. */

@@ -47,14 +47,14 @@ detect_heif(const unsigned char *d, size_t len)
 		return NULL;
 	box = Min(box, len);
 	if (brand_in(d + 8, heic_brands))
-		return "image/heic";
+		return CONTENT_TYPE_HEIC;
 	if (!brand_in(d + 8, heif_brands))
 		return NULL;
 	/* Compatible brands follow the minor version, from offset 16. */
 	for (uint32 off = 16; off + 4 <= box; off += 4)
 		if (brand_in(d + off, heic_brands))
-			return "image/heic";
-	return "image/heif";
+			return CONTENT_TYPE_HEIC;
+	return CONTENT_TYPE_HEIF;
 }
 
 const char *
@@ -65,11 +65,11 @@ detect_content_type(const unsigned char *d, size_t len)
 	/* PDF readers accept the header anywhere in the first 1024 bytes. */
 	for (size_t i = 0; i + strlen("%PDF-") <= len && i < 1024; i++)
 		if (BYTES_START_WITH(d + i, "%PDF-"))
-			return "application/pdf";
+			return CONTENT_TYPE_PDF;
 	if (len >= 3 && d[0] == 0xff && d[1] == 0xd8 && d[2] == 0xff)
-		return "image/jpeg";
+		return CONTENT_TYPE_JPEG;
 	if (len >= 8 && memcmp(d, png, 8) == 0)
-		return "image/png";
+		return CONTENT_TYPE_PNG;
 	return detect_heif(d, len);
 }
 
@@ -137,7 +137,7 @@ check_document(const char *filename, const char *data, size_t len, int *pages, c
 				 errdetail("Its first bytes are 0x%s.",
 						   first_bytes_hex((const unsigned char *) data, len))));
 	*text = NULL;
-	*pages = strcmp(type, "application/pdf") == 0 ? pdf_inspect(data, len, filename, text) : 1;
+	*pages = strcmp(type, CONTENT_TYPE_PDF) == 0 ? pdf_inspect(data, len, filename, text) : 1;
 	return type;
 }
 
@@ -196,7 +196,7 @@ document_problem(const char *filename, const char *data, size_t len,
 	if (*type == NULL)
 		return psprintf("document \"%s\" is not a PDF, JPEG, PNG, HEIC or HEIF file (its first bytes are 0x%s)",
 						filename, first_bytes_hex((const unsigned char *) data, len));
-	if (strcmp(*type, "application/pdf") == 0)
+	if (strcmp(*type, CONTENT_TYPE_PDF) == 0)
 		return pdf_problem(data, len, filename, text, pages);
 	return NULL;
 }

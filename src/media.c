@@ -98,7 +98,7 @@ heif_as_png(DocumentInput *doc)
 						parser_reason(out, len))));
 	doc->data = out + 1;
 	doc->len = len - 1;
-	doc->content_type = "image/png";
+	doc->content_type = CONTENT_TYPE_PNG;
 }
 
 /*
@@ -109,9 +109,9 @@ heif_as_png(DocumentInput *doc)
 void
 document_prepare_media(DocumentInput *doc, const char *provider, bool send_file)
 {
-	bool		is_pdf = strcmp(doc->content_type, "application/pdf") == 0;
-	bool		is_heif = strcmp(doc->content_type, "image/heic") == 0 ||
-		strcmp(doc->content_type, "image/heif") == 0;
+	bool		is_pdf = strcmp(doc->content_type, CONTENT_TYPE_PDF) == 0;
+	bool		is_heif = strcmp(doc->content_type, CONTENT_TYPE_HEIC) == 0 ||
+		strcmp(doc->content_type, CONTENT_TYPE_HEIF) == 0;
 
 	doc->nscans = 0;
 	doc->scans = NULL;
