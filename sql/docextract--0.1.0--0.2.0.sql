@@ -101,6 +101,20 @@ GRANT EXECUTE ON FUNCTION docextract.egress_allowed(inet, boolean) TO PUBLIC;
 -- Crash-loop guard: how often the worker stopped while an extraction was in flight.
 ALTER TABLE docextract.extractions ADD COLUMN crashes integer NOT NULL DEFAULT 0;
 
+-- The status sets the install script tests, one definition each (the C
+-- code's are in src/statuses.h).  Queued or running: they count against
+-- docextract.max_active_per_role.
+CREATE FUNCTION docextract.active_statuses() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ARRAY['pending', 'classifying', 'processing', 'retrying'];
+-- The model's work is over: credits settle, zero_retention drops the
+-- bytes, the outcome is counted.
+CREATE FUNCTION docextract.outcome_statuses() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ARRAY['completed', 'awaiting_approval', 'failed', 'cancelled', 'insufficient_credits'];
+GRANT EXECUTE ON FUNCTION docextract.active_statuses() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION docextract.outcome_statuses() TO PUBLIC;
+
 -- Model work is always paid for: the answer is charged when it is stored,
 -- awaiting approval included, so a later cancel releases nothing.
 CREATE OR REPLACE FUNCTION docextract.settle_credits() RETURNS trigger
@@ -110,8 +124,7 @@ DECLARE
     after bigint;
 BEGIN
     IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
-       OR NEW.status NOT IN ('completed', 'awaiting_approval', 'failed', 'cancelled',
-                             'insufficient_credits') THEN
+       OR NOT NEW.status = ANY (docextract.outcome_statuses()) THEN
         RETURN NEW;
     END IF;
     kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
@@ -234,7 +247,7 @@ BEGIN
     SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
     IF quota > 0 THEN
         SELECT count(*) INTO active FROM docextract.extractions x
-         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+         WHERE x.owner = NEW.owner AND x.status = ANY (docextract.active_statuses());
         IF active >= quota THEN
             RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
                 USING ERRCODE = '53400',
@@ -325,8 +338,7 @@ $$;
 CREATE TRIGGER extractions_count_outcome
     AFTER UPDATE OF status ON docextract.extractions
     FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status
-                       AND NEW.status IN ('completed', 'failed', 'cancelled', 'awaiting_approval',
-                                          'insufficient_credits'))
+                       AND NEW.status = ANY (docextract.outcome_statuses()))
     EXECUTE FUNCTION docextract.count_outcome();
 
 -- For operators: the queue and its outcomes per model.  security_invoker, so
@@ -393,6 +405,14 @@ SELECT e.model_name, e.owner,
   LEFT JOIN docextract.results r ON r.extraction_id = e.id
  GROUP BY e.model_name, e.owner;
 
+
+-- zero_retention: its statuses are docextract.outcome_statuses().
+DROP TRIGGER extractions_zero_retention ON docextract.extractions;
+CREATE TRIGGER extractions_zero_retention
+    AFTER UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status = ANY (docextract.outcome_statuses())
+                       AND (NEW.options->>'zero_retention')::boolean)
+    EXECUTE FUNCTION docextract.drop_document_bytes();
 
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations

@@ -122,6 +122,17 @@ CREATE INDEX extractions_retry_due ON docextract.extractions (next_attempt_at)
     WHERE status = 'retrying';
 CREATE INDEX extractions_writeback_due ON docextract.extractions (writeback_due)
     WHERE writeback_due IS NOT NULL;
+-- The status sets the install script tests, one definition each (the C
+-- code's are in src/statuses.h).  Queued or running: they count against
+-- docextract.max_active_per_role.
+CREATE FUNCTION docextract.active_statuses() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ARRAY['pending', 'classifying', 'processing', 'retrying'];
+-- The model's work is over: credits settle, zero_retention drops the
+-- bytes, the outcome is counted.
+CREATE FUNCTION docextract.outcome_statuses() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ARRAY['completed', 'awaiting_approval', 'failed', 'cancelled', 'insufficient_credits'];
 -- The write-back worker takes owners in turn: the next owner with a due
 -- write-back, then its oldest, without sorting every due row (a COPY of
 -- 10,000 rows makes 10,000 due at once).
@@ -402,7 +413,7 @@ BEGIN
     SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
     IF quota > 0 THEN
         SELECT count(*) INTO active FROM docextract.extractions x
-         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+         WHERE x.owner = NEW.owner AND x.status = ANY (docextract.active_statuses());
         IF active >= quota THEN
             RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
                 USING ERRCODE = '53400',
@@ -441,8 +452,7 @@ DECLARE
     after bigint;
 BEGIN
     IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
-       OR NEW.status NOT IN ('completed', 'awaiting_approval', 'failed', 'cancelled',
-                             'insufficient_credits') THEN
+       OR NOT NEW.status = ANY (docextract.outcome_statuses()) THEN
         RETURN NEW;
     END IF;
     kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
@@ -759,8 +769,7 @@ $$;
 
 CREATE TRIGGER extractions_zero_retention
     AFTER UPDATE OF status ON docextract.extractions
-    FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'cancelled', 'insufficient_credits',
-                                      'awaiting_approval')
+    FOR EACH ROW WHEN (NEW.status = ANY (docextract.outcome_statuses())
                        AND (NEW.options->>'zero_retention')::boolean)
     EXECUTE FUNCTION docextract.drop_document_bytes();
 
@@ -858,8 +867,7 @@ $$;
 CREATE TRIGGER extractions_count_outcome
     AFTER UPDATE OF status ON docextract.extractions
     FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status
-                       AND NEW.status IN ('completed', 'failed', 'cancelled', 'awaiting_approval',
-                                          'insufficient_credits'))
+                       AND NEW.status = ANY (docextract.outcome_statuses()))
     EXECUTE FUNCTION docextract.count_outcome();
 
 -- For operators: the queue and its outcomes per model.  security_invoker, so

@@ -17,6 +17,7 @@
 #include "job.h"
 #include "parser.h"
 #include "privileged.h"
+#include "spi_checked.h"
 #include "template.h"
 #include "util.h"
 
@@ -250,12 +251,13 @@ locate(const PageText *pt, const char *quote, double *box)
 static bool
 read_word_line(const char *line, int len, Word *w)
 {
+	static const char tag[] = "W ";
 	char	   *copy = pnstrdup(line, len);
-	char	   *end = copy + 2;
+	char	   *end = copy + strlen(tag);
 	char	   *word;
 	int			eol;
 
-	bool		ok = len >= 2 && strncmp(copy, "W ", 2) == 0;
+	bool		ok = after_prefix(copy, tag) != NULL;
 
 	for (int i = 0; ok && i < 4; i++)
 	{
@@ -471,7 +473,7 @@ load_words(CitedDocument *doc, json_object *answer, const Template *t, int nrows
 	char	   *out;
 
 	act_as_begin(&as_owner, owner);
-	SPI_execute_with_args("SELECT d.content, d.page_count, e.page_numbers, d.filename"
+	spi_execute_with_args("SELECT d.content, d.page_count, e.page_numbers, d.filename"
 						  "  FROM docextract.extractions e"
 						  "  JOIN docextract.documents d ON d.id = e.document_id"
 						  " WHERE e.id = $1 AND d.content_type = 'application/pdf'",
@@ -547,7 +549,7 @@ citations_build(json_object *answer, json_object *data, const Template *t,
 	char	   *err;
 
 	memset(&doc, 0, sizeof(doc));
-	SPI_connect();
+	spi_connect();
 	/* No words (the role is gone, the parser gave up): nothing is verified,
 	 * but the answer the model gave is kept. */
 	if ((err = in_subtransaction(words_step, &step)) != NULL)
@@ -561,6 +563,6 @@ citations_build(json_object *answer, json_object *data, const Template *t,
 	for (int r = 0; r < nrows && t->has_table; r++)
 		json_object_array_add(table, cite_fields(&doc, table_evidence(answer, r), t->table, t->ntable));
 	json_object_object_add(out, "table", table);
-	SPI_finish();
+	spi_finish();
 	return out;
 }

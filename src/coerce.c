@@ -13,6 +13,7 @@
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "util.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -61,7 +62,7 @@ parse_number(const char *s, double *out)
 	{
 		if (isdigit((unsigned char) *c))
 			seen_digit = true;
-		else if (*c == '-' || *c == '(' || strncmp(c, "\xe2\x88\x92", 3) == 0)	/* U+2212 */
+		else if (*c == '-' || *c == '(' || after_prefix(c, "\xe2\x88\x92"))	/* U+2212 */
 			negative = true;
 		else if (*c == '.' || *c == ',')
 		{

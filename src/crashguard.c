@@ -22,6 +22,7 @@
 #include "postgres.h"
 
 #include "queue.h"
+#include "spi_checked.h"
 #include "worker.h"
 #include "workerset.h"
 
@@ -98,11 +99,11 @@ crashguard_requeue_orphans(bool after_crash, int *failed)
 	SpinLockRelease(&MyDbWorkers->mutex);
 	if (!after_crash)
 		return queue_requeue_orphans();
-	SPI_connect();
-	SPI_execute("SELECT count(*) FROM docextract.extractions WHERE " ORPHANED_PROCESSING, true, 1);
+	spi_connect();
+	spi_execute("SELECT count(*) FROM docextract.extractions WHERE " ORPHANED_PROCESSING, true, 1);
 	n = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (n > 0 &&
-		SPI_execute_with_args("WITH o AS (UPDATE docextract.extractions"
+		spi_execute_with_args("WITH o AS (UPDATE docextract.extractions"
 							  "  SET crashes = crashes + 1, worker_pid = NULL,"
 							  "      status = CASE WHEN $1 AND crashes + 1 >= $2 THEN 'failed' ELSE 'pending' END,"
 							  "      completed_at = CASE WHEN $1 AND crashes + 1 >= $2 THEN clock_timestamp() END,"
@@ -119,7 +120,7 @@ crashguard_requeue_orphans(bool after_crash, int *failed)
 	if (n > 0)
 		*failed = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 													&isnull));
-	SPI_finish();
+	spi_finish();
 	return n - *failed;
 }
 
@@ -174,8 +175,8 @@ crashguard_claim_suspect(ClaimedJob *out)
 
 	if (!hold_suspect_turn())
 		return 0;
-	SPI_connect();
-	SPI_execute("UPDATE docextract.extractions e"
+	spi_connect();
+	spi_execute("UPDATE docextract.extractions e"
 				" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
 				"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
 				"     completion_percentage = 0"
@@ -194,7 +195,7 @@ crashguard_claim_suspect(ClaimedJob *out)
 		strlcpy(out->model, SPI_getvalue(tup, desc, 3), sizeof(out->model));
 		out->parts = DatumGetInt16(SPI_getbinval(tup, desc, 4, &isnull));
 	}
-	SPI_finish();
+	spi_finish();
 	if (n == 0)
 		end_single_mode();
 	return n;

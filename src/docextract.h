@@ -13,6 +13,7 @@
 
 #include "answer.h"
 #include "document.h"
+#include "options.h"
 #include "http.h"
 #include "job.h"
 #include "parser.h"
@@ -21,6 +22,8 @@
 #include "queue.h"
 #include "ratelimit.h"
 #include "settings.h"
+#include "spi_checked.h"
+#include "statuses.h"
 #include "sync.h"
 #include "template.h"
 #include "util.h"

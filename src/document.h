@@ -7,6 +7,13 @@
 #include "postgres.h"
 #include "fmgr.h"
 
+/* The document formats docextract takes, as their media types. */
+#define CONTENT_TYPE_PDF "application/pdf"
+#define CONTENT_TYPE_JPEG "image/jpeg"
+#define CONTENT_TYPE_PNG "image/png"
+#define CONTENT_TYPE_HEIC "image/heic"
+#define CONTENT_TYPE_HEIF "image/heif"
+
 /* documents.c ---------------------------------------------------------------- */
 
 extern const char *detect_content_type(const unsigned char *data, size_t len);

@@ -10,6 +10,9 @@
 #include "parser.h"
 #include "privileged.h"
 #include "settings.h"
+#include "spi_checked.h"
+#include "statuses.h"
+#include "util.h"
 #include "workerset.h"
 
 #include "catalog/pg_type.h"
@@ -44,21 +47,21 @@ detect_heif(const unsigned char *d, size_t len)
 {
 	uint32		box;
 
-	if (len < 16 || memcmp(d + 4, "ftyp", 4) != 0)
+	if (len < 16 || !BYTES_START_WITH(d + 4, "ftyp"))
 		return NULL;
 	box = ((uint32) d[0] << 24) | ((uint32) d[1] << 16) | ((uint32) d[2] << 8) | d[3];
 	if (box < 16)
 		return NULL;
 	box = Min(box, len);
 	if (brand_in(d + 8, heic_brands))
-		return "image/heic";
+		return CONTENT_TYPE_HEIC;
 	if (!brand_in(d + 8, heif_brands))
 		return NULL;
 	/* Compatible brands follow the minor version, from offset 16. */
 	for (uint32 off = 16; off + 4 <= box; off += 4)
 		if (brand_in(d + off, heic_brands))
-			return "image/heic";
-	return "image/heif";
+			return CONTENT_TYPE_HEIC;
+	return CONTENT_TYPE_HEIF;
 }
 
 const char *
@@ -67,13 +70,13 @@ detect_content_type(const unsigned char *d, size_t len)
 	static const unsigned char png[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
 
 	/* PDF readers accept the header anywhere in the first 1024 bytes. */
-	for (size_t i = 0; i + 5 <= len && i < 1024; i++)
-		if (memcmp(d + i, "%PDF-", 5) == 0)
-			return "application/pdf";
+	for (size_t i = 0; i + strlen("%PDF-") <= len && i < 1024; i++)
+		if (BYTES_START_WITH(d + i, "%PDF-"))
+			return CONTENT_TYPE_PDF;
 	if (len >= 3 && d[0] == 0xff && d[1] == 0xd8 && d[2] == 0xff)
-		return "image/jpeg";
+		return CONTENT_TYPE_JPEG;
 	if (len >= 8 && memcmp(d, png, 8) == 0)
-		return "image/png";
+		return CONTENT_TYPE_PNG;
 	return detect_heif(d, len);
 }
 
@@ -141,7 +144,7 @@ check_document(const char *filename, const char *data, size_t len, int *pages, c
 				 errdetail("Its first bytes are 0x%s.",
 						   first_bytes_hex((const unsigned char *) data, len))));
 	*text = NULL;
-	*pages = strcmp(type, "application/pdf") == 0 ? pdf_inspect(data, len, filename, text) : 1;
+	*pages = strcmp(type, CONTENT_TYPE_PDF) == 0 ? pdf_inspect(data, len, filename, text) : 1;
 	return type;
 }
 
@@ -163,9 +166,9 @@ insert_document(const char *filename, const char *type, bytea *content,
 	values[5] = ObjectIdGetDatum(owner);
 	values[6] = doc_text ? CStringGetTextDatum(doc_text) : (Datum) 0;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	if (SPI_execute_with_args(
+	if (spi_execute_with_args(
 			"INSERT INTO docextract.documents"
 			" (filename, content_type, size_bytes, content, sha256, page_count, owner, text)"
 			" VALUES ($1, $2, length($3), $3, $4, $5, $6::regrole, $7) RETURNING id",
@@ -174,7 +177,7 @@ insert_document(const char *filename, const char *type, bytea *content,
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	id = SPI_datumTransfer(id, false, UUID_LEN);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	return id;
 }
 
@@ -200,7 +203,7 @@ document_problem(const char *filename, const char *data, size_t len,
 	if (*type == NULL)
 		return psprintf("document \"%s\" is not a PDF, JPEG, PNG, HEIC or HEIF file (its first bytes are 0x%s)",
 						filename, first_bytes_hex((const unsigned char *) data, len));
-	if (strcmp(*type, "application/pdf") == 0)
+	if (strcmp(*type, CONTENT_TYPE_PDF) == 0)
 		return pdf_problem(data, len, filename, text, pages);
 	return NULL;
 }
@@ -229,9 +232,9 @@ document_store_rejected(const char *filename, const char *type, bytea *content,
 	Datum		id;
 	size_t		len = VARSIZE(content) - VARHDRSZ;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	if (SPI_execute_with_args("INSERT INTO docextract.documents"
+	if (spi_execute_with_args("INSERT INTO docextract.documents"
 							  " (filename, content_type, size_bytes, sha256, owner, rejection)"
 							  " VALUES ($1, $2, $3, $4, $5::regrole, $6) RETURNING id",
 							  6, (Oid[]) {TEXTOID, TEXTOID, INT8OID, TEXTOID, OIDOID, TEXTOID},
@@ -245,7 +248,7 @@ document_store_rejected(const char *filename, const char *type, bytea *content,
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	id = SPI_datumTransfer(id, false, UUID_LEN);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	return id;
 }
 
@@ -293,9 +296,9 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("delete_documents needs an array of document ids")));
 	ids = PG_GETARG_DATUM(0);
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	SPI_execute_with_args("SELECT u.id FROM unnest($1::uuid[]) u(id)"
+	spi_execute_with_args("SELECT u.id FROM unnest($1::uuid[]) u(id)"
 						  "  LEFT JOIN docextract.documents d ON d.id = u.id"
 						  " WHERE d.id IS NULL OR NOT pg_has_role($2, d.owner, 'MEMBER') LIMIT 1",
 						  2, (Oid[]) {UUIDARRAYOID, OIDOID}, (Datum[]) {ids, ObjectIdGetDatum(caller)},
@@ -305,14 +308,14 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("document %s does not exist",
 						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))));
-	SPI_execute_with_args("WITH RECURSIVE doc(id) AS ("
+	spi_execute_with_args("WITH RECURSIVE doc(id) AS ("
 						  "   SELECT unnest($1::uuid[])"
 						  "   UNION SELECT d.id FROM docextract.documents d JOIN doc ON d.parent_id = doc.id),"
 						  " cancelled AS (UPDATE docextract.extractions e"
 						  "   SET status = 'cancelled', completed_at = clock_timestamp(),"
 						  "       error_message = 'its document was deleted'"
 						  "   WHERE e.document_id IN (SELECT id FROM doc)"
-						  "     AND e.status IN ('pending','classifying','processing','retrying','awaiting_approval')"
+						  "     AND e.status IN " STATUSES_CANCELLABLE
 						  "   RETURNING e.id),"	/* data-modifying CTEs run whether read or not */
 						  " results AS (DELETE FROM docextract.results r"
 						  "   WHERE r.document_id IN (SELECT id FROM doc) RETURNING r.extraction_id)"
@@ -321,7 +324,7 @@ docextract_delete_documents(PG_FUNCTION_ARGS)
 						  1, (Oid[]) {UUIDARRAYOID}, &ids, NULL, false, 0);
 	deleted = (int) SPI_processed;
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	if (deleted > 0)
 		docextract_signal_at_commit(SIGNAL_CANCEL);	/* the worker drops what is in flight */
 	PG_RETURN_INT32(deleted);

@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "prelude.h"		/* first: see the note on json_object */
+#include "spi_checked.h"
 #include "template.h"
 
 #include "catalog/pg_type.h"
@@ -55,21 +56,30 @@ typedef struct ExportSet
 	Column	   *columns;
 } ExportSet;
 
+/* The format names, one source for parsing and for the hint. */
+static const char *const format_names[] = {
+	[EXPORT_JSON] = "json",
+	[EXPORT_CSV] = "csv",
+	[EXPORT_XLSX] = "xlsx",
+	[EXPORT_QUICKBOOKS] = "quickbooks_csv"
+};
+
 static ExportFormat
 parse_format(const char *name)
 {
-	if (strcmp(name, "json") == 0)
-		return EXPORT_JSON;
-	if (strcmp(name, "csv") == 0)
-		return EXPORT_CSV;
-	if (strcmp(name, "xlsx") == 0)
-		return EXPORT_XLSX;
-	if (strcmp(name, "quickbooks_csv") == 0)
-		return EXPORT_QUICKBOOKS;
+	StringInfoData known;
+
+	for (int f = 0; f < (int) lengthof(format_names); f++)
+		if (strcmp(name, format_names[f]) == 0)
+			return (ExportFormat) f;
+	initStringInfo(&known);
+	for (int f = 0; f < (int) lengthof(format_names); f++)
+		appendStringInfo(&known, "%s%s", f == 0 ? "" : f == (int) lengthof(format_names) - 1 ? " and " : ", ",
+						 format_names[f]);
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown export format \"%s\"", name),
-			 errhint("Formats are json, csv, xlsx and quickbooks_csv.")));
+			 errhint("Formats are %s.", known.data)));
 	return EXPORT_JSON;
 }
 
@@ -91,7 +101,7 @@ load_rows(Datum ids, ExportSet *set, MemoryContext keep_cxt)
 	char	   *group = NULL;
 	MemoryContext spi_cxt;
 
-	SPI_execute_with_args("SELECT u.id::text, e.id IS NOT NULL, e.status, r.data::text,"
+	spi_execute_with_args("SELECT u.id::text, e.id IS NOT NULL, e.status, r.data::text,"
 						  "       e.document_id::text, t.group_id::text"
 						  "  FROM unnest($1::uuid[]) WITH ORDINALITY u(id, n)"
 						  "  LEFT JOIN docextract.extractions e ON e.id = u.id"
@@ -157,7 +167,8 @@ choose_columns(ExportSet *set, ExportFormat format)
 	if (format == EXPORT_QUICKBOOKS && set->ncolumns == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("cannot export as quickbooks_csv: no field of the template has a qbo_mapping"),
+				 errmsg("cannot export as %s: no field of the template has a qbo_mapping",
+						format_names[EXPORT_QUICKBOOKS]),
 				 errhint("Give fields a \"qbo_mapping\" (the QuickBooks column, e.g. \"InvoiceNo\") with update_template().")));
 }
 
@@ -169,9 +180,9 @@ load_set(Datum ids, ExportFormat format, ExportSet *set)
 	char	   *err;
 	char	   *schema;
 
-	SPI_connect();
+	spi_connect();
 	group = load_rows(ids, set, keep_cxt);
-	SPI_execute_with_args("SELECT schema_definition::text FROM docextract.templates"
+	spi_execute_with_args("SELECT schema_definition::text FROM docextract.templates"
 						  " WHERE group_id = $1::uuid ORDER BY version DESC LIMIT 1",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(group)},
 						  NULL, true, 1);
@@ -183,7 +194,7 @@ load_set(Datum ids, ExportFormat format, ExportSet *set)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("template no longer valid: %s", err)));
 	choose_columns(set, format);
-	SPI_finish();
+	spi_finish();
 }
 
 /* -- values ---------------------------------------------------------------- */
@@ -461,14 +472,14 @@ export_json(Datum ids)
 	bool		isnull;
 	bytea	   *out;
 
-	SPI_connect();
-	SPI_execute_with_args("SELECT jsonb_pretty(jsonb_agg(docextract.get_result(u.id) ORDER BY u.n))"
+	spi_connect();
+	spi_execute_with_args("SELECT jsonb_pretty(jsonb_agg(docextract.get_result(u.id) ORDER BY u.n))"
 						  "  FROM unnest($1::uuid[]) WITH ORDINALITY u(id, n)",
 						  1, (Oid[]) {UUIDARRAYOID}, &ids, NULL, true, 1);
 	out = (bytea *) DatumGetTextP(SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
 																   SPI_tuptable->tupdesc, 1,
 																   &isnull), false, -1));
-	SPI_finish();
+	spi_finish();
 	return out;
 }
 

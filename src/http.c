@@ -250,10 +250,14 @@ http_init(void)
 	if (multi)
 		return;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-		elog(ERROR, "could not initialize libcurl");
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not initialize libcurl")));
 	epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	if (epoll_fd < 0)
-		elog(ERROR, "epoll_create1 failed: %m");
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create an epoll descriptor for libcurl: %m")));
 	ReserveExternalFD();
 	count_free_descriptors();
 	multi = curl_multi_init();
@@ -263,7 +267,9 @@ http_init(void)
 		curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L) != CURLM_OK ||
 		/* Idle connections kept for reuse hold descriptors too. */
 		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) http_descriptor_cap()) != CURLM_OK)
-		elog(ERROR, "could not set up libcurl's multi handle");
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not set up libcurl's multi handle")));
 }
 
 /* Every option of a request but where it may go; false if libcurl refused one. */

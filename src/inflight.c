@@ -20,8 +20,10 @@
 #include "prelude.h"		/* first: see the note on json_object */
 #include "answer.h"
 #include "http.h"
+#include "options.h"
 #include "queue.h"
 #include "settings.h"
+#include "spi_checked.h"
 #include "util.h"
 #include "worker.h"
 
@@ -224,8 +226,8 @@ size_waiting(void)
 
 	foreach(lc, waiting)
 		ids[n++] = UUIDPGetDatum(&((Waiting *) lfirst(lc))->job.id);
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT e.id, octet_length(d.content)::int8,"
+	spi_connect();
+	if (spi_execute_with_args("SELECT e.id, octet_length(d.content)::int8,"
 							  "       coalesce(octet_length(d.text), 0)::int8"
 							  "  FROM docextract.extractions e"
 							  "  JOIN docextract.documents d ON d.id = e.document_id"
@@ -264,7 +266,7 @@ size_waiting(void)
 			pfree(w);
 		}
 	}
-	SPI_finish();
+	spi_finish();
 }
 
 /* Queue the jobs just claimed behind those already waiting. */
@@ -350,8 +352,8 @@ docextract_worker_limits(PG_FUNCTION_ARGS)
 	bool		memory = inflight_shared && pg_atomic_read_u32(&inflight_shared->waiting_memory) > 0;
 
 	InitMaterializedSRF(fcinfo, 0);
-	SPI_connect();
-	if (SPI_execute("SELECT name, (options->>'max_concurrency')::int FROM docextract.models ORDER BY name",
+	spi_connect();
+	if (spi_execute("SELECT name, (options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int FROM docextract.models ORDER BY name",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read docextract.models");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -378,6 +380,6 @@ docextract_worker_limits(PG_FUNCTION_ARGS)
 		nulls[3] = caps.len == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	SPI_finish();
+	spi_finish();
 	return (Datum) 0;
 }

@@ -18,11 +18,13 @@
 #include "document.h"
 #include "http.h"
 #include "job.h"
+#include "options.h"
 #include "privileged.h"
 #include "provider.h"
 #include "queue.h"
 #include "ratelimit.h"
 #include "settings.h"
+#include "spi_checked.h"
 #include "template.h"
 #include "util.h"
 #include "worker.h"
@@ -147,37 +149,37 @@ read_json_options(const char *text, ExtractOptions *o, ModelConfig *m)
 	if (o)
 	{
 		memset(o, 0, sizeof(*o));
-		if ((o->has_temperature = json_object_object_get_ex(j, "temperature", &v)))
+		if ((o->has_temperature = json_object_object_get_ex(j, EXTRACT_OPT_TEMPERATURE, &v)))
 			o->temperature = json_object_get_double(v);
-		if ((o->has_seed = json_object_object_get_ex(j, "seed", &v)))
+		if ((o->has_seed = json_object_object_get_ex(j, EXTRACT_OPT_SEED, &v)))
 			o->seed = json_object_get_int64(v);
-		o->citations = json_object_object_get_ex(j, "citations", &v) &&
+		o->citations = json_object_object_get_ex(j, EXTRACT_OPT_CITATIONS, &v) &&
 			json_object_get_boolean(v);
-		o->per_key_attribution = json_object_object_get_ex(j, "per_key_attribution", &v) &&
+		o->per_key_attribution = json_object_object_get_ex(j, EXTRACT_OPT_PER_KEY_ATTRIBUTION, &v) &&
 			json_object_get_boolean(v);
-		if ((o->has_max_retries = json_object_object_get_ex(j, "max_retries", &v)))
+		if ((o->has_max_retries = json_object_object_get_ex(j, EXTRACT_OPT_MAX_RETRIES, &v)))
 			o->max_retries = json_object_get_int(v);
-		o->auto_approve = !(json_object_object_get_ex(j, "auto_approve", &v) &&
+		o->auto_approve = !(json_object_object_get_ex(j, EXTRACT_OPT_AUTO_APPROVE, &v) &&
 							!json_object_get_boolean(v));
-		if (json_object_object_get_ex(j, "additional_instructions", &v))
+		if (json_object_object_get_ex(j, EXTRACT_OPT_ADDITIONAL_INSTRUCTIONS, &v))
 			o->additional_instructions = pstrdup(json_object_get_string(v));
 	}
 	if (m)
 	{
-		m->timeout_ms = json_object_object_get_ex(j, "timeout_ms", &v)
+		m->timeout_ms = json_object_object_get_ex(j, MODEL_OPT_TIMEOUT_MS, &v)
 			? json_object_get_int64(v) : docextract_default_timeout_ms;
-		if ((m->has_temperature = json_object_object_get_ex(j, "temperature", &v)))
+		if ((m->has_temperature = json_object_object_get_ex(j, MODEL_OPT_TEMPERATURE, &v)))
 			m->temperature = json_object_get_double(v);
-		m->send_file = json_object_object_get_ex(j, "document_mode", &v) &&
-			strcmp(json_object_get_string(v), "file") == 0;
-		m->max_retries = json_object_object_get_ex(j, "max_retries", &v)
+		m->send_file = json_object_object_get_ex(j, MODEL_OPT_DOCUMENT_MODE, &v) &&
+			strcmp(json_object_get_string(v), DOCUMENT_MODE_FILE) == 0;
+		m->max_retries = json_object_object_get_ex(j, MODEL_OPT_MAX_RETRIES, &v)
 			? json_object_get_int(v) : DEFAULT_MAX_RETRIES;
-		m->retry_backoff_ms = json_object_object_get_ex(j, "retry_backoff_ms", &v)
+		m->retry_backoff_ms = json_object_object_get_ex(j, MODEL_OPT_RETRY_BACKOFF_MS, &v)
 			? json_object_get_int(v) : DEFAULT_RETRY_BACKOFF_MS;
 		m->priced = false;
-		if (json_object_object_get_ex(j, "input_price_per_million", &v))
+		if (json_object_object_get_ex(j, MODEL_OPT_INPUT_PRICE, &v))
 			m->input_price = json_object_get_double(v), m->priced = true;
-		if (json_object_object_get_ex(j, "output_price_per_million", &v))
+		if (json_object_object_get_ex(j, MODEL_OPT_OUTPUT_PRICE, &v))
 			m->output_price = json_object_get_double(v), m->priced = true;
 	}
 	json_object_put(j);
@@ -191,15 +193,16 @@ static char *
 resolve_api_key(char *stored)
 {
 	const char *value;
+	const char *variable = stored ? after_prefix(stored, "env:") : NULL;
 
-	if (stored == NULL || strncmp(stored, "env:", 4) != 0)
+	if (variable == NULL)
 		return stored;
-	value = getenv(stored + 4);
+	value = getenv(variable);
 	if (value == NULL || value[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the model's api_key names environment variable %s, which is not set in the server's environment",
-						stored + 4)));
+						variable)));
 	return pstrdup(value);
 }
 
@@ -232,7 +235,7 @@ load_model(Job *job, char **options, int32 **pages, int *npages)
 {
 	bool		isnull;
 
-	if (SPI_execute_with_args(model_query, 1, (Oid[]) {UUIDOID},
+	if (spi_execute_with_args(model_query, 1, (Oid[]) {UUIDOID},
 							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		ereport(ERROR,
@@ -276,7 +279,7 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 
 	act_as_begin(&as_owner, job->owner);
 	/* Not read-only: extract_sync's rows are of this very statement. */
-	SPI_execute_with_args(document_query, 1, (Oid[]) {UUIDOID},
+	spi_execute_with_args(document_query, 1, (Oid[]) {UUIDOID},
 						  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1);
 	act_as_end(&as_owner);
 	if (SPI_processed != 1)
@@ -344,7 +347,7 @@ job_prepare(Job *job)
 	int32	   *pages;
 	int			npages;
 
-	SPI_connect();
+	spi_connect();
 	load_model(job, &options, &pages, &npages);
 	load_document(job, outer, &doc);
 	{
@@ -384,7 +387,7 @@ job_prepare(Job *job)
 	}
 	MemoryContextSwitchTo(outer);
 	MemoryContextDelete(scratch);
-	SPI_finish();
+	spi_finish();
 }
 
 /* Why the request did not give us an answer, or NULL if it did. */
@@ -468,8 +471,8 @@ store_result(Job *job, StoredResult *r)
 {
 	Datum		id = UUIDPGetDatum(&job->id);
 
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = CASE WHEN $2 THEN 'awaiting_approval' ELSE 'completed' END,"
 						  "     completed_at = CASE WHEN $2 THEN NULL ELSE clock_timestamp() END,"
 						  "     completion_percentage = 100, error_message = NULL"
@@ -478,7 +481,7 @@ store_result(Job *job, StoredResult *r)
 						  (Datum[]) {id, BoolGetDatum(r->needs_review)}, NULL, false, 0);
 	if (SPI_processed == 1)
 		/* Its usage counts in worker_stats (model_stat_deltas), in the same statement. */
-		SPI_execute_with_args("WITH r AS (INSERT INTO docextract.results"
+		spi_execute_with_args("WITH r AS (INSERT INTO docextract.results"
 							  " (extraction_id, document_id, template_id, owner, data, raw_output, usage,"
 							  "  attributions, validation, table_attributions, citations)"
 							  " SELECT id, document_id, template_id, owner, $2::jsonb, $3::jsonb, $4::jsonb,"
@@ -499,7 +502,7 @@ store_result(Job *job, StoredResult *r)
 							  (char[]) {' ', ' ', ' ', ' ', r->attributions ? ' ' : 'n', ' ',
 								  r->table_attributions ? ' ' : 'n', r->citations ? ' ' : 'n'},
 							  false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 /* JSON text of obj, which is freed. */
@@ -640,7 +643,10 @@ handle_failure(Job *job)
 	}
 	if (job->attempts > 1)
 		err = psprintf("%s (attempt %d of %d)", err, job->attempts, job->max_retries + 1);
-	ereport(ERROR, (errmsg_internal("%s", err)));
+	/* The model, outside the database, failed: 38000, never XX000. */
+	ereport(ERROR,
+			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+			 errmsg_internal("%s", err)));
 }
 
 /* The parts' answers as one: the first's, with the second's "table". */

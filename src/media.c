@@ -12,6 +12,7 @@
 
 #include "document.h"
 #include "parser.h"
+#include "util.h"
 
 #include "parser/parser_protocol.h"
 
@@ -54,7 +55,7 @@ read_renders(DocumentInput *doc, const char *out, size_t len, const int32 *asked
 		memcpy(&page, out + at, 4);
 		memcpy(&png_len, out + at + 4, 4);
 		if (page != asked[doc->nscans] || png_len > len - at - 8 || png_len < 8 ||
-			memcmp(out + at + 8, "\x89PNG", 4) != 0)
+			!BYTES_START_WITH(out + at + 8, "\x89PNG"))
 			break;
 		doc->scans[doc->nscans].page = page;
 		doc->scans[doc->nscans].png = out + at + 8;
@@ -92,14 +93,14 @@ heif_as_png(DocumentInput *doc)
 	size_t		len;
 	char	   *out = parser_heif_to_png(doc->data, doc->len, doc->filename, &len);
 
-	if (len < 9 || out[0] != 'I' || memcmp(out + 1, "\x89PNG", 4) != 0)
+	if (len < 9 || out[0] != 'I' || !BYTES_START_WITH(out + 1, "\x89PNG"))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not convert image \"%s\" to PNG: %s", doc->filename,
 						parser_reason(out, len))));
 	doc->data = out + 1;
 	doc->len = len - 1;
-	doc->content_type = "image/png";
+	doc->content_type = CONTENT_TYPE_PNG;
 }
 
 /*
@@ -110,9 +111,9 @@ heif_as_png(DocumentInput *doc)
 void
 document_prepare_media(DocumentInput *doc, const char *provider, bool send_file)
 {
-	bool		is_pdf = strcmp(doc->content_type, "application/pdf") == 0;
-	bool		is_heif = strcmp(doc->content_type, "image/heic") == 0 ||
-		strcmp(doc->content_type, "image/heif") == 0;
+	bool		is_pdf = strcmp(doc->content_type, CONTENT_TYPE_PDF) == 0;
+	bool		is_heif = strcmp(doc->content_type, CONTENT_TYPE_HEIC) == 0 ||
+		strcmp(doc->content_type, CONTENT_TYPE_HEIF) == 0;
 
 	doc->nscans = 0;
 	doc->scans = NULL;

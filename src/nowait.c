@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "queue.h"
+#include "spi_checked.h"
 #include "util.h"
 
 #include "catalog/pg_type.h"
@@ -24,7 +25,7 @@ bool		docextract_never_wait = false;
 static bool
 row_exists(const char *sql, Oid type, Datum arg)
 {
-	if (SPI_execute_with_args(sql, 1, &type, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (spi_execute_with_args(sql, 1, &type, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for a docextract row");
 	return SPI_processed == 1;
 }
@@ -41,9 +42,8 @@ queue_lock_nowait(pg_uuid_t *id)
 	bool		isnull;
 	Datum		owner;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT x.owner::oid FROM docextract.extractions x"
+	spi_connect();
+	if (spi_execute_with_args("SELECT x.owner::oid FROM docextract.extractions x"
 							  " WHERE x.id = $1 FOR UPDATE SKIP LOCKED",
 							  1, (Oid[]) {UUIDOID}, &idd, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not lock extraction %s", uuid_text(idd));
@@ -52,7 +52,7 @@ queue_lock_nowait(pg_uuid_t *id)
 	else
 	{
 		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (SPI_execute_with_args("SELECT 1 FROM docextract.credit_accounts a"
+		if (spi_execute_with_args("SELECT 1 FROM docextract.credit_accounts a"
 								  " WHERE a.role = $1::pg_catalog.regrole FOR UPDATE SKIP LOCKED",
 								  1, (Oid[]) {OIDOID}, &owner, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not lock a credit account");
@@ -60,6 +60,6 @@ queue_lock_nowait(pg_uuid_t *id)
 			free = !row_exists("SELECT 1 FROM docextract.credit_accounts a"
 							   " WHERE a.role = $1::pg_catalog.regrole", OIDOID, owner);
 	}
-	SPI_finish();
+	spi_finish();
 	return free;
 }

@@ -132,7 +132,7 @@ document_select_pages(DocumentInput *doc, const int32 *pages, int n)
 
 	if (n == doc->page_count)
 		return;
-	if (strcmp(doc->content_type, "application/pdf") != 0 || n < 1 ||
+	if (strcmp(doc->content_type, CONTENT_TYPE_PDF) != 0 || n < 1 ||
 		pages[n - 1] > doc->page_count)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -423,6 +423,44 @@ parser_run(const char *data, size_t len, bool want_text, const char *filename, s
 }
 
 /*
+ * parser_run() for a caller that records a bad document rather than
+ * raising (the trigger form under docextract.trigger_errors = 'record'):
+ * when the parser crashes, hits a limit or runs out of time on this
+ * document -- the 22023 errors run_request() raises -- NULL and *problem
+ * (the error's message).  Any other error (a cancel, the helper not
+ * starting) propagates.  No subtransaction: run_request() raises those
+ * errors itself, holding no lock, buffer or other resource-owner resource,
+ * the helper already stopped (exchange()), so the error is dropped safely;
+ * a subtransaction per row would slow a large COPY and the whole cluster.
+ */
+char *
+parser_run_or_problem(const char *data, size_t len, bool want_text, const char *filename,
+					  size_t *out_len, char **problem)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *volatile out = NULL;
+
+	*problem = NULL;
+	PG_TRY();
+	{
+		out = parser_run(data, len, want_text, filename, out_len);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->elevel != ERROR || edata->sqlerrcode != ERRCODE_INVALID_PARAMETER_VALUE)
+			PG_RE_THROW();
+		FlushErrorState();
+		*problem = edata->message;
+	}
+	PG_END_TRY();
+	return out;
+}
+
+/*
  * A request about these pages (ascending, 1-based): PARSER_SELECT_PAGES, a
  * PDF of only them ('P' and its bytes); PARSER_WANT_WORDS, their words
  * with boxes ('W' and lines); PARSER_RENDER_PAGES, each as a PNG at dpi

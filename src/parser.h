@@ -36,4 +36,8 @@ extern char *parser_reason(const char *out, size_t len);
 extern char *parser_heif_to_png(const char *data, size_t len, const char *filename, size_t *out_len);
 extern int	docextract_render_dpi;
 
+/* A parse whose failure is the document's problem, not an error. */
+extern char *parser_run_or_problem(const char *data, size_t len, bool want_text,
+								   const char *filename, size_t *out_len, char **problem);
+
 #endif							/* DOCEXTRACT_PARSER_H */

@@ -19,15 +19,22 @@ PG_FUNCTION_INFO_V1(docextract_pdf_text);
  * Open a PDF once: NULL and its page count (*pages) and its text (palloc'd,
  * in the database encoding, when text is not NULL); or why it is no PDF we
  * can use: one the parser cannot open, or one without pages.  A parser
- * that crashes or takes too long still raises 22023 (parser.c).
+ * that crashes or takes too long raises 22023 (parser.c) -- unless
+ * soft: then that is the problem too.
  */
-char *
-pdf_problem(const char *data, size_t len, const char *filename, char **text, int *pages)
+static char *
+pdf_check(const char *data, size_t len, const char *filename, char **text, int *pages,
+		  bool soft)
 {
-	size_t		out_len;
-	char	   *out = parser_run(data, len, text != NULL, filename, &out_len);
+	size_t		out_len = 0;
+	char	   *problem = NULL;
+	char	   *out = soft
+		? parser_run_or_problem(data, len, text != NULL, filename, &out_len, &problem)
+		: parser_run(data, len, text != NULL, filename, &out_len);
 	int32		n = 0;
 
+	if (problem)
+		return problem;
 	if (out_len >= 1 && out[0] == 'F')
 		return psprintf("document \"%s\" is not a readable PDF: %s", filename,
 						parser_reason(out, out_len));
@@ -45,12 +52,19 @@ pdf_problem(const char *data, size_t len, const char *filename, char **text, int
 	return NULL;
 }
 
-/* pdf_problem(), raising 22023 for a PDF we cannot use. */
+/* pdf_check() that never raises for the document's sake (the trigger form). */
+char *
+pdf_problem(const char *data, size_t len, const char *filename, char **text, int *pages)
+{
+	return pdf_check(data, len, filename, text, pages, true);
+}
+
+/* pdf_check(), raising 22023 for a PDF we cannot use. */
 int
 pdf_inspect(const char *data, size_t len, const char *filename, char **text)
 {
 	int			pages = 0;
-	char	   *problem = pdf_problem(data, len, filename, text, &pages);
+	char	   *problem = pdf_check(data, len, filename, text, &pages, false);
 
 	if (problem)
 		ereport(ERROR,

@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "privileged.h"
+#include "spi_checked.h"
 #include "util.h"
 
 #include "access/htup_details.h"
@@ -105,7 +106,7 @@ check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null
 	bool		isnull;
 	Datum		owner;
 
-	SPI_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
+	spi_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
 	if (SPI_processed == 1)
 	{
 		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

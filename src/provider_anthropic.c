@@ -23,7 +23,7 @@
 static json_object *
 source_block(const DocumentInput *d)
 {
-	bool		pdf = strcmp(d->content_type, "application/pdf") == 0;
+	bool		pdf = strcmp(d->content_type, CONTENT_TYPE_PDF) == 0;
 	json_object *block = json_object_new_object();
 	json_object *source = json_object_new_object();
 

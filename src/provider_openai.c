@@ -80,7 +80,7 @@ with_scans(const char *text, const DocumentInput *d)
 static json_object *
 user_content(const ModelConfig *m, const DocumentInput *d)
 {
-	bool		is_pdf = strcmp(d->content_type, "application/pdf") == 0;
+	bool		is_pdf = strcmp(d->content_type, CONTENT_TYPE_PDF) == 0;
 	json_object *parts;
 	json_object *part;
 	json_object *inner;

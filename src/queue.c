@@ -9,11 +9,14 @@
 
 #include "prelude.h"		/* first: see the note on json_object */
 #include "document.h"
+#include "options.h"
 #include "privileged.h"
 #include "provider.h"
 #include "queue.h"
 #include "ratelimit.h"
 #include "settings.h"
+#include "spi_checked.h"
+#include "statuses.h"
 #include "template.h"
 #include "util.h"
 #include "workerset.h"
@@ -33,9 +36,6 @@
 PG_FUNCTION_INFO_V1(docextract_extract_document);
 PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
 
-#define ACTIVE_OR_DONE "('pending','classifying','processing','retrying','awaiting_approval','completed')"
-#define CANCELLABLE "('pending','classifying','processing','retrying','awaiting_approval')"
-
 
 /* Options this version acts on; the rest of the contract's keys come later. */
 static char *
@@ -53,42 +53,25 @@ check_options(json_object *o)
 	{
 		const char *key = it.key;
 		json_object *val = it.val;
-		json_type	t = json_object_get_type(val);
-		bool		ok = true;
+		const OptionSpec *spec = option_find(extraction_options, key);
 
 		for (int i = 0; unsupported[i]; i++)
 			if (strcmp(key, unsupported[i]) == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("option \"%s\" is not available in this version of docextract", key)));
-		if (strcmp(key, "model") == 0 || strcmp(key, "additional_instructions") == 0 ||
-			strcmp(key, "pages") == 0)
-			ok = t == json_type_string;
-		else if (strcmp(key, "temperature") == 0)
-			ok = (t == json_type_double || t == json_type_int) &&
-				json_object_get_double(val) >= 0 && json_object_get_double(val) <= 2;
-		else if (strcmp(key, "seed") == 0)
-			ok = t == json_type_int;
-		else if (strcmp(key, "max_retries") == 0)
-			ok = t == json_type_int && json_object_get_int64(val) >= 0 &&
-				json_object_get_int64(val) <= MAX_RETRIES_CAP;
-		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
-				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0 ||
-				 strcmp(key, "citations") == 0 ||
-				 strcmp(key, "zero_retention") == 0)
-			ok = t == json_type_boolean;
-		else
+		if (spec == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, citations, parallel_parts, auto_approve, zero_retention, force, pages.")));
-		if (!ok)
+					 errhint("Options are %s.", option_names(extraction_options))));
+		if (!option_value_ok(spec, val))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("option \"%s\" has an invalid value %s", key,
 							json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN))));
 	}
-	return json_object_object_get_ex(o, "model", &v) ? pstrdup(json_object_get_string(v))
+	return json_object_object_get_ex(o, EXTRACT_OPT_MODEL, &v) ? pstrdup(json_object_get_string(v))
 		: pstrdup("default");
 }
 
@@ -98,7 +81,7 @@ check_not_deleted(Datum document)
 	char	   *rejection;
 
 	/* A rejected document (bytes that were not one) has nothing to extract. */
-	SPI_execute_with_args("SELECT rejection FROM docextract.documents"
+	spi_execute_with_args("SELECT rejection FROM docextract.documents"
 						  " WHERE id = $1 AND (deleted_at IS NOT NULL OR rejection IS NOT NULL)",
 						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
 	if (SPI_processed == 0)
@@ -116,7 +99,7 @@ check_not_deleted(Datum document)
 static void
 check_model(const char *model)
 {
-	SPI_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
+	spi_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
 						  NULL, false, 1);
 	if (SPI_processed == 0)
@@ -141,7 +124,7 @@ selected_pages(Datum document, const char *spec)
 
 	if (spec == NULL)
 		return (Datum) 0;
-	SPI_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
+	spi_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
 						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
 	page_count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	pages = pages_parse(spec, page_count, &n);
@@ -160,14 +143,14 @@ find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 	bool		isnull;
 
 	/* Serialize concurrent submits of the same pair; held to commit. */
-	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || $2::text))",
+	spi_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || $2::text))",
 						  2, (Oid[]) {UUIDOID, UUIDOID}, args, NULL, false, 0);
 	/* pages compare as the pages they name: "2,1" is "1-2". */
-	SPI_execute_with_args("SELECT id FROM docextract.extractions"
+	spi_execute_with_args("SELECT id FROM docextract.extractions"
 						  " WHERE document_id = $1 AND template_id = $2"
 						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
 						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
-						  "   AND status IN " ACTIVE_OR_DONE
+						  "   AND status IN " STATUSES_ACTIVE_OR_DONE
 						  " ORDER BY created_at DESC LIMIT 1",
 						  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, INT4ARRAYOID},
 						  (Datum[]) {args[0], args[1], args[2], args[3], page_numbers},
@@ -194,16 +177,16 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 	 * in parallel, when the options or the model's options ask for it and
 	 * the template has both.
 	 */
-	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
+	if (spi_execute_with_args("INSERT INTO docextract.extractions"
 							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
 							  " SELECT $1, $2, $3, $4::regrole, $5,"
-							  "   CASE WHEN coalesce(($3->>'parallel_parts')::boolean,"
-							  "                      (m.options->>'parallel_parts')::boolean, false)"
+							  "   CASE WHEN coalesce(($3->>'" EXTRACT_OPT_PARALLEL_PARTS "')::boolean,"
+							  "                      (m.options->>'" MODEL_OPT_PARALLEL_PARTS "')::boolean, false)"
 							  "         AND jsonb_typeof(t.schema_definition->'table_part') = 'object'"
 							  "         AND t.schema_definition->'table_part' <> '{}'"
 							  "         AND jsonb_typeof(t.schema_definition->'general_part') = 'object'"
 							  "         AND t.schema_definition->'general_part' <> '{}'"
-							  "         AND coalesce((m.options->>'max_concurrency')::int, 2) >= 2"
+							  "         AND coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 2) >= 2"
 							  "        THEN 2 ELSE 1 END, $6"
 							  "   FROM docextract.templates t, docextract.models m"
 							  "  WHERE t.id = $2 AND m.name = $5 RETURNING id",
@@ -248,8 +231,8 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 		json_object *v;
 
 		model = check_options(parsed);
-		force = json_object_object_get_ex(parsed, "force", &v) && json_object_get_boolean(v);
-		if (json_object_object_get_ex(parsed, "pages", &v))
+		force = json_object_object_get_ex(parsed, EXTRACT_OPT_FORCE, &v) && json_object_get_boolean(v);
+		if (json_object_object_get_ex(parsed, EXTRACT_OPT_PAGES, &v))
 			pages = pstrdup(json_object_get_string(v));
 	}
 	PG_FINALLY();
@@ -264,7 +247,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
 	args[3] = ObjectIdGetDatum(caller);
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
 				  args[0], caller, false);
@@ -280,7 +263,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 		docextract_wake_worker_at_commit();
 	}
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_DATUM(id);
 }
 
@@ -292,17 +275,17 @@ docextract_cancel_extraction(PG_FUNCTION_ARGS)
 	Privileged	priv;
 	bool		cancelled;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	check_visible("extraction", "SELECT owner::oid FROM docextract.extractions WHERE id = $1",
 				  id, caller, false);
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'cancelled', completed_at = clock_timestamp()"
-						  " WHERE id = $1 AND status IN " CANCELLABLE,
+						  " WHERE id = $1 AND status IN " STATUSES_CANCELLABLE,
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
 	cancelled = SPI_processed == 1;
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	if (cancelled)
 		docextract_signal_at_commit(SIGNAL_CANCEL);
 	PG_RETURN_BOOL(cancelled);
@@ -360,8 +343,8 @@ static const char *next_due_sql =
 
 /* Each model's limits (0: none). */
 static const char *limits_sql =
-"SELECT name, coalesce((options->>'max_concurrency')::int, 0),"
-"       coalesce((options->>'requests_per_minute')::int, 0) FROM docextract.models";
+"SELECT name, coalesce((options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0),"
+"       coalesce((options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models";
 
 /*
  * The worker claims on every wake: plan its statements once and keep them
@@ -371,15 +354,7 @@ static SPIPlanPtr
 kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 {
 	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-		if (p == NULL)
-			elog(ERROR, "could not prepare a docextract statement: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
+		*plan = spi_prepare_kept(sql, nargs, types);
 	return *plan;
 }
 
@@ -399,7 +374,7 @@ reserve_rooms(Rooms *r, int max)
 	static SPIPlanPtr limits_plan = NULL;
 	uint64		nmodels;
 
-	if (SPI_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (spi_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the models' limits");
 	nmodels = SPI_processed;
 	r->n = 0;
@@ -446,7 +421,7 @@ run_claim(ClaimedJob *out, int max, Rooms *r)
 		names[i] = CStringGetTextDatum(r->models[i]);
 		rooms[i] = Int32GetDatum(r->rooms[i]);
 	}
-	if (SPI_execute_plan(kept_plan(&claim_plan, queue_claim_sql, 4,
+	if (spi_execute_plan(kept_plan(&claim_plan, queue_claim_sql, 4,
 								   (Oid[]) {TEXTARRAYOID, INT4ARRAYOID, INT4OID, INT4OID}),
 						 (Datum[]) {PointerGetDatum(construct_array(names, r->n, TEXTOID, -1, false, TYPALIGN_INT)),
 							 PointerGetDatum(construct_array(rooms, r->n, INT4OID, 4, true, TYPALIGN_INT)),
@@ -487,13 +462,13 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 	bool		isnull;
 	Datum		due;
 
-	SPI_connect();
+	spi_connect();
 	PG_TRY();
 	{
 		reserve_rooms(r, max);
 		if (r->n > 0)
 			n = run_claim(out, max, r);
-		SPI_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
+		spi_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
 	}
 	PG_CATCH();
 	{
@@ -507,7 +482,7 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 	release_rooms(r);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
-	SPI_finish();
+	spi_finish();
 	return n;
 }
 
@@ -521,14 +496,14 @@ queue_requeue_orphans(void)
 {
 	int			n;
 
-	SPI_connect();
-	if (SPI_execute("UPDATE docextract.extractions SET status = 'pending', worker_pid = NULL"
+	spi_connect();
+	if (spi_execute("UPDATE docextract.extractions SET status = 'pending', worker_pid = NULL"
 					" WHERE " ORPHANED_PROCESSING, false, 0) != SPI_OK_UPDATE)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not requeue the extractions of the previous worker")));
 	n = (int) SPI_processed;
-	SPI_finish();
+	spi_finish();
 	return n;
 }
 
@@ -548,8 +523,8 @@ queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
 		ended[i] = false;
 	}
 	appendStringInfoChar(&list, '}');
-	SPI_connect();
-	SPI_execute_with_args("SELECT id FROM docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("SELECT id FROM docextract.extractions"
 						  " WHERE id = ANY ($1::uuid[]) AND status <> 'processing'",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(list.data)},
 						  NULL, false, 0);
@@ -562,15 +537,15 @@ queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
 			if (memcmp(id, ids[i], sizeof(pg_uuid_t)) == 0)
 				ended[i] = true;
 	}
-	SPI_finish();
+	spi_finish();
 }
 
 /* Another attempt after delay_ms; the last error stays visible meanwhile. */
 void
 queue_retry(pg_uuid_t *id, const char *message, long delay_ms)
 {
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'retrying', error_message = $2, completion_percentage = 0,"
 						  "     next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'"
 						  " WHERE id = $1 AND status = 'processing'",
@@ -578,33 +553,33 @@ queue_retry(pg_uuid_t *id, const char *message, long delay_ms)
 						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message),
 							  Int64GetDatum(delay_ms)},
 						  NULL, false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 void
 queue_fail(pg_uuid_t *id, const char *message)
 {
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'failed', error_message = $2, completed_at = clock_timestamp()"
 						  " WHERE id = $1 AND status = 'processing'",
 						  2, (Oid[]) {UUIDOID, TEXTOID},
 						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message)},
 						  NULL, false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 /* One request of a multi-request extraction is done (event extraction.progress). */
 void
 queue_progress(pg_uuid_t *id, int percentage)
 {
-	SPI_connect();
-	SPI_execute_with_args("UPDATE docextract.extractions SET completion_percentage = $2"
+	spi_connect();
+	spi_execute_with_args("UPDATE docextract.extractions SET completion_percentage = $2"
 						  " WHERE id = $1 AND status = 'processing'",
 						  2, (Oid[]) {UUIDOID, INT4OID},
 						  (Datum[]) {UUIDPGetDatum(id), Int32GetDatum(percentage)},
 						  NULL, false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 /*
@@ -622,8 +597,8 @@ queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error)
 	for (int i = 0; i < n; i++)
 		appendStringInfo(&list, "%s%s", i ? "," : "", uuid_text(UUIDPGetDatum(&ids[i])));
 	appendStringInfoChar(&list, '}');
-	SPI_connect();
-	if (SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	if (spi_execute_with_args("UPDATE docextract.extractions"
 							  " SET status = CASE WHEN attempts >= 10 THEN 'failed' ELSE 'retrying' END,"
 							  "     completed_at = CASE WHEN attempts >= 10 THEN clock_timestamp() END,"
 							  "     worker_pid = NULL, completion_percentage = 0,"
@@ -638,5 +613,5 @@ queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error)
 	if (SPI_processed > 0)
 		elog(WARNING, "docextract worker: %d extraction(s) of a batch whose commit failed put back in the queue: %s",
 			 (int) SPI_processed, error);
-	SPI_finish();
+	spi_finish();
 }

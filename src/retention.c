@@ -9,6 +9,8 @@
 #include "postgres.h"
 
 #include "settings.h"
+#include "spi_checked.h"
+#include "statuses.h"
 #include "worker.h"
 
 #include "catalog/pg_type.h"
@@ -26,16 +28,16 @@ retention_cleanup(void)
 	int			removed;
 	bool		more;
 
-	SPI_connect();
-	SPI_execute_with_args("DELETE FROM docextract.extractions e WHERE e.id IN ("
+	spi_connect();
+	spi_execute_with_args("DELETE FROM docextract.extractions e WHERE e.id IN ("
 						  " SELECT id FROM docextract.extractions"
-						  "  WHERE status IN ('completed', 'failed', 'cancelled', 'insufficient_credits')"
+						  "  WHERE status IN " STATUSES_FINAL
 						  "    AND coalesce(completed_at, created_at) < now() - make_interval(secs => $1)"
 						  "  LIMIT $2 FOR UPDATE SKIP LOCKED)",
 						  2, types, args, NULL, false, 0);
 	removed = (int) SPI_processed;
 	more = SPI_processed == CLEANUP_BATCH;
-	SPI_execute_with_args("DELETE FROM docextract.events e WHERE e.id IN ("
+	spi_execute_with_args("DELETE FROM docextract.events e WHERE e.id IN ("
 						  " SELECT v.id FROM docextract.events v"
 						  "  WHERE v.created_at < now() - make_interval(secs => $1)"
 						  "    AND NOT EXISTS (SELECT 1 FROM docextract.webhook_deliveries d"
@@ -44,7 +46,7 @@ retention_cleanup(void)
 						  2, types, args, NULL, false, 0);
 	removed += (int) SPI_processed;
 	more = more || SPI_processed == CLEANUP_BATCH;
-	SPI_finish();
+	spi_finish();
 	if (removed > 0)
 		elog(DEBUG1, "docextract worker: removed %d rows past docextract.retention", removed);
 	return more;

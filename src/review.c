@@ -7,6 +7,7 @@
 
 #include "prelude.h"		/* first: see the note on json_object */
 #include "privileged.h"
+#include "spi_checked.h"
 #include "template.h"
 #include "util.h"
 
@@ -149,7 +150,7 @@ lock_for_approval(Datum id, Oid caller)
 	bool		isnull;
 	char	   *status;
 
-	SPI_execute_with_args("SELECT owner::oid, status FROM docextract.extractions"
+	spi_execute_with_args("SELECT owner::oid, status FROM docextract.extractions"
 						  " WHERE id = $1 FOR UPDATE",
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
 	if (SPI_processed == 0 ||
@@ -216,10 +217,10 @@ docextract_approve(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("approve needs an extraction_id")));
 	id = PG_GETARG_DATUM(0);
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	lock_for_approval(id, caller);
-	SPI_execute_with_args("SELECT r.data::text, t.schema_definition::text, t.prompt_set::text,"
+	spi_execute_with_args("SELECT r.data::text, t.schema_definition::text, t.prompt_set::text,"
 						  "       t.validation_rules::text"
 						  "  FROM docextract.results r JOIN docextract.templates t ON t.id = r.template_id"
 						  " WHERE r.extraction_id = $1",
@@ -239,25 +240,25 @@ docextract_approve(PG_FUNCTION_ARGS)
 				PG_ARGISNULL(1) ? NULL : jsonb_text(PG_GETARG_DATUM(1)), &t, rules,
 				&data_text, &validation_text);
 
-	SPI_execute_with_args("UPDATE docextract.results SET data = $2::jsonb, validation = $3::jsonb,"
+	spi_execute_with_args("UPDATE docextract.results SET data = $2::jsonb, validation = $3::jsonb,"
 						  "  corrections = $4 WHERE extraction_id = $1",
 						  4, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, JSONBOID},
 						  (Datum[]) {id, CStringGetTextDatum(data_text),
 							  CStringGetTextDatum(validation_text),
 							  PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1)},
 						  PG_ARGISNULL(1) ? "   n" : "    ", false, 0);
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'completed', completed_at = clock_timestamp(),"
 						  "     approved_by = $2::regrole, approved_at = clock_timestamp()"
 						  " WHERE id = $1",
 						  2, (Oid[]) {UUIDOID, OIDOID}, (Datum[]) {id, ObjectIdGetDatum(caller)},
 						  NULL, false, 0);
-	SPI_execute_with_args("SELECT docextract.get_result($1)", 1, (Oid[]) {UUIDOID}, &id,
+	spi_execute_with_args("SELECT docextract.get_result($1)", 1, (Oid[]) {UUIDOID}, &id,
 						  NULL, false, 1);
 	result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 											 &isnull), false, -1);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_DATUM(result);
 }
 
@@ -271,9 +272,9 @@ docextract_validate_data(PG_FUNCTION_ARGS)
 	char	   *text;
 	bool		passed;
 
-	SPI_connect();
+	spi_connect();
 	/* As the caller: row-level security decides which templates exist. */
-	SPI_execute_with_args("SELECT validation_rules::text FROM docextract.templates WHERE id = $1",
+	spi_execute_with_args("SELECT validation_rules::text FROM docextract.templates WHERE id = $1",
 						  1, (Oid[]) {UUIDOID}, &id, NULL, true, 1);
 	if (SPI_processed == 0)
 	{
@@ -294,6 +295,6 @@ docextract_validate_data(PG_FUNCTION_ARGS)
 	text = pstrdup(json_object_to_json_string_ext(validation, JSON_C_TO_STRING_PLAIN));
 	json_object_put(validation);
 	json_object_put(data);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
 }

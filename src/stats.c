@@ -6,6 +6,7 @@
  */
 #include "postgres.h"
 
+#include "spi_checked.h"
 #include "worker.h"
 
 #include "executor/spi.h"
@@ -38,10 +39,10 @@ stats_fold(void)
 {
 	int			n;
 
-	SPI_connect();
-	if (SPI_execute(fold_sql, false, 0) != SPI_OK_INSERT)
+	spi_connect();
+	if (spi_execute(fold_sql, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not fold docextract's statistics");
 	n = (int) SPI_processed;
-	SPI_finish();
+	spi_finish();
 	return n;
 }

@@ -24,9 +24,11 @@
 #include "document.h"
 #include "http.h"
 #include "job.h"
+#include "options.h"
 #include "privileged.h"
 #include "queue.h"
 #include "ratelimit.h"
+#include "spi_checked.h"
 #include "sync.h"
 #include "util.h"
 #include "worker.h"
@@ -123,17 +125,17 @@ start_attempt_step(void *arg)
 	Privileged	priv;
 	bool		isnull;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	if (SPI_execute_with_args("UPDATE docextract.extractions"
+	if (spi_execute_with_args("UPDATE docextract.extractions"
 							  " SET status = 'processing', started_at = coalesce(started_at, clock_timestamp()),"
 							  "     attempts = attempts + 1, next_attempt_at = NULL, worker_pid = pg_backend_pid(),"
 							  "     completion_percentage = 0"
 							  " WHERE id = $1 AND status IN ('pending', 'processing')"
 							  " RETURNING attempts, parts, model_name,"
-							  "  (SELECT coalesce((m.options->>'max_concurrency')::int, 0) FROM docextract.models m"
+							  "  (SELECT coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0) FROM docextract.models m"
 							  "    WHERE m.name = model_name),"
-							  "  (SELECT coalesce((m.options->>'requests_per_minute')::int, 0) FROM docextract.models m"
+							  "  (SELECT coalesce((m.options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models m"
 							  "    WHERE m.name = model_name)",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&run->id)},
 							  NULL, false, 1) != SPI_OK_UPDATE_RETURNING)
@@ -151,7 +153,7 @@ start_attempt_step(void *arg)
 		run->rpm = isnull ? 0 : run->rpm;
 	}
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 }
 
 /* The document and the extraction, stored and claimed in one transaction. */
@@ -227,12 +229,12 @@ finish_step(void *arg)
 	job_finish(job);
 	if (job_will_retry(job))
 	{
-		SPI_connect();
-		SPI_execute_with_args("UPDATE docextract.extractions SET status = 'processing'"
+		spi_connect();
+		spi_execute_with_args("UPDATE docextract.extractions SET status = 'processing'"
 							  " WHERE id = $1 AND status = 'retrying'",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(job_id(job))},
 							  NULL, false, 0);
-		SPI_finish();
+		spi_finish();
 	}
 	privileged_end(&priv);
 }
@@ -283,15 +285,15 @@ retry_due_step(void *arg)
 	bool		isnull;
 	Datum		d;
 
-	SPI_connect();
-	SPI_execute_with_args("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
+	spi_connect();
+	spi_execute_with_args("SELECT greatest(0, ceil(1000 * extract(epoch FROM"
 						  " next_attempt_at - clock_timestamp())))::bigint"
 						  " FROM docextract.extractions WHERE id = $1",
 						  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(r->id)}, NULL, false, 1);
 	d = SPI_processed == 1 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)
 		: (Datum) 0;
 	r->ms = SPI_processed != 1 || isnull ? 0 : (long) DatumGetInt64(d);
-	SPI_finish();
+	spi_finish();
 }
 
 /* Sleep until the retry is due, interruptibly. */
@@ -332,9 +334,9 @@ end_step(void *arg)
 	Ending	   *e = arg;
 	Privileged	priv;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = CASE WHEN $2 THEN 'cancelled' ELSE 'failed' END,"
 						  "     error_message = $3, completed_at = clock_timestamp()"
 						  " WHERE id = $1 AND status = 'processing'",
@@ -342,7 +344,7 @@ end_step(void *arg)
 						  (Datum[]) {UUIDPGetDatum(e->id), BoolGetDatum(e->cancelled),
 							  CStringGetTextDatum(e->message)}, NULL, false, 0);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 }
 
 static void
@@ -461,13 +463,13 @@ send_result(pg_uuid_t *id)
 	StartTransactionCommand();
 	steplock_wait();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT docextract.get_result($1)::text", 1, (Oid[]) {UUIDOID},
+	spi_connect();
+	if (spi_execute_with_args("SELECT docextract.get_result($1)::text", 1, (Oid[]) {UUIDOID},
 							  (Datum[]) {UUIDPGetDatum(id)}, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read the result of extraction %s", uuid_text(UUIDPGetDatum(id)));
 	text = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-	SPI_finish();
+	spi_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);

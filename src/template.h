@@ -86,4 +86,8 @@ extern void check_template_usable(Datum template_id);
 extern json_object *citations_build(json_object *answer, json_object *data, const Template *t,
 									const pg_uuid_t *extraction, Oid owner);
 
+/* Where a validation rule's field path points: a general field, a column. */
+#define GENERAL_PATH_PREFIX "general_part."
+#define TABLE_PATH_PREFIX "table_part."
+
 #endif							/* DOCEXTRACT_TEMPLATE_H */

@@ -10,6 +10,7 @@
 
 #include "prelude.h"		/* first: see the note on json_object */
 #include "template.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -252,10 +253,10 @@ find_field(const Template *t, const char *path)
 	int			n = 0;
 	const char *key = NULL;
 
-	if (strncmp(path, "general_part.", 13) == 0)
-		fields = t->general, n = t->ngeneral, key = path + 13;
-	else if (strncmp(path, "table_part.", 11) == 0)
-		fields = t->table, n = t->ntable, key = path + 11;
+	if ((key = after_prefix(path, GENERAL_PATH_PREFIX)) != NULL)
+		fields = t->general, n = t->ngeneral;
+	else if ((key = after_prefix(path, TABLE_PATH_PREFIX)) != NULL)
+		fields = t->table, n = t->ntable;
 	for (int i = 0; i < n; i++)
 		if (strcmp(fields[i].key, key) == 0)
 			return &fields[i];

@@ -9,6 +9,7 @@
 
 #include "prelude.h"		/* first: see the note on json_object */
 #include "privileged.h"
+#include "spi_checked.h"
 #include "template.h"
 #include "util.h"
 
@@ -98,9 +99,9 @@ create_template(FunctionCallInfo fcinfo, bool system)
 				 errmsg("permission denied to create a system template"),
 				 errdetail("System templates are created by the extension owner.")));
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	SPI_execute_with_args("SELECT 1 FROM docextract.templates"
+	spi_execute_with_args("SELECT 1 FROM docextract.templates"
 						  " WHERE name = $1 AND is_active AND owner IS NOT DISTINCT FROM $2::regrole",
 						  2, (Oid[]) {TEXTOID, OIDOID}, (Datum[]) {values[0], values[5]},
 						  (char[]) {' ', nulls[5]}, true, 1);
@@ -109,7 +110,7 @@ create_template(FunctionCallInfo fcinfo, bool system)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("template \"%s\" already exists", TextDatumGetCString(values[0])),
 				 errhint("Use docextract.update_template() to make a new version of it.")));
-	if (SPI_execute_with_args(
+	if (spi_execute_with_args(
 			"WITH g AS (SELECT gen_random_uuid() AS id)"
 			" INSERT INTO docextract.templates (id, group_id, name, schema_definition,"
 			"  prompt_set, validation_rules, description, owner, created_by)"
@@ -119,7 +120,7 @@ create_template(FunctionCallInfo fcinfo, bool system)
 		elog(ERROR, "could not store template");
 	id = spi_uuid_result();
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	return id;
 }
 
@@ -149,7 +150,7 @@ lock_template(Datum id, Oid caller, const char *action)
 	HeapTuple	row;
 	TupleDesc	desc;
 
-	if (SPI_execute_with_args("SELECT is_active, owner::oid, name, version,"
+	if (spi_execute_with_args("SELECT is_active, owner::oid, name, version,"
 							  "  (SELECT max(version) FROM docextract.templates g"
 							  "    WHERE g.group_id = t.group_id)"
 							  " FROM docextract.templates t WHERE id = $1 FOR UPDATE",
@@ -206,7 +207,7 @@ inherited_json(Datum id, const char *column)
 	char	   *sql = psprintf("SELECT %s::text FROM docextract.templates WHERE id = $1", column);
 	Datum		d;
 
-	SPI_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, true, 1);
+	spi_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, true, 1);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? NULL : TextDatumGetCString(d);
 }
@@ -229,7 +230,7 @@ docextract_update_template(PG_FUNCTION_ARGS)
 				 errmsg("update_template needs a template_id")));
 	id = PG_GETARG_DATUM(0);
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	lock_template_for_update(id, caller);
 	prompts = PG_ARGISNULL(2) ? inherited_json(id, "prompt_set") : jsonb_arg_text(fcinfo, 2);
@@ -240,9 +241,9 @@ docextract_update_template(PG_FUNCTION_ARGS)
 	values[1] = PG_GETARG_DATUM(1);
 	values[2] = prompts ? CStringGetTextDatum(prompts) : (Datum) 0;
 	values[3] = rules ? CStringGetTextDatum(rules) : (Datum) 0;
-	SPI_execute_with_args("UPDATE docextract.templates SET is_active = false WHERE id = $1",
+	spi_execute_with_args("UPDATE docextract.templates SET is_active = false WHERE id = $1",
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
-	if (SPI_execute_with_args(
+	if (spi_execute_with_args(
 			"INSERT INTO docextract.templates (group_id, version, parent_id, name, description,"
 			"  schema_definition, prompt_set, validation_rules, owner, created_by)"
 			" SELECT group_id, version + 1, id, name, description, $2, $3::jsonb, $4::jsonb,"
@@ -254,7 +255,7 @@ docextract_update_template(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not store template version");
 	newid = spi_uuid_result();
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_DATUM(newid);
 }
 
@@ -293,13 +294,13 @@ docextract_set_template_active(PG_FUNCTION_ARGS)
 				 errmsg("set_template_active needs a template_id and true or false")));
 	id = PG_GETARG_DATUM(0);
 	active = PG_GETARG_BOOL(1);
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	lock_template(id, caller, active ? "activate" : "deactivate");
 	was_active = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 											&isnull));
 	/* Then the whole group, so that two activations in one group take turns. */
-	if (SPI_execute_with_args("SELECT 1 FROM docextract.templates WHERE group_id ="
+	if (spi_execute_with_args("SELECT 1 FROM docextract.templates WHERE group_id ="
 							  "  (SELECT group_id FROM docextract.templates WHERE id = $1)"
 							  " ORDER BY version FOR UPDATE",
 							  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0) != SPI_OK_SELECT)
@@ -308,18 +309,18 @@ docextract_set_template_active(PG_FUNCTION_ARGS)
 				 errmsg("could not lock template %s", uuid_text(id))));
 	/* One active version per group: the other steps down first. */
 	if (active != was_active &&
-		((active && SPI_execute_with_args("UPDATE docextract.templates SET is_active = false"
+		((active && spi_execute_with_args("UPDATE docextract.templates SET is_active = false"
 										  " WHERE is_active AND group_id ="
 										  "  (SELECT group_id FROM docextract.templates WHERE id = $1)",
 										  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0) != SPI_OK_UPDATE) ||
-		 SPI_execute_with_args("UPDATE docextract.templates SET is_active = $2 WHERE id = $1",
+		 spi_execute_with_args("UPDATE docextract.templates SET is_active = $2 WHERE id = $1",
 							   2, (Oid[]) {UUIDOID, BOOLOID}, (Datum[]) {id, BoolGetDatum(active)},
 							   NULL, false, 0) != SPI_OK_UPDATE))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not change template %s", uuid_text(id))));
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_BOOL(active != was_active);
 }
 
@@ -330,7 +331,7 @@ docextract_set_template_active(PG_FUNCTION_ARGS)
 void
 check_template_usable(Datum id)
 {
-	SPI_execute_with_args("SELECT t.name FROM docextract.templates t WHERE t.id = $1"
+	spi_execute_with_args("SELECT t.name FROM docextract.templates t WHERE t.id = $1"
 						  " AND NOT EXISTS (SELECT 1 FROM docextract.templates g"
 						  "                  WHERE g.group_id = t.group_id AND g.is_active)",
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);

@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "job.h"
+#include "spi_checked.h"
 #include "util.h"
 
 #include "catalog/pg_type.h"
@@ -150,9 +151,8 @@ transient_requeue(pg_uuid_t *id, const char *message)
 	int			n = c ? c->count : 1;
 	long		delay = Min((long) REQUEUE_FIRST_MS << Min(n - 1, 16), REQUEUE_MOST_MS);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	if (spi_execute_with_args("UPDATE docextract.extractions"
 							  " SET status = 'retrying', attempts = greatest(attempts - 1, 0),"
 							  "     worker_pid = NULL, completion_percentage = 0, error_message = $2,"
 							  "     next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'"
@@ -162,5 +162,5 @@ transient_requeue(pg_uuid_t *id, const char *message)
 								  Int64GetDatum(delay)},
 							  NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not requeue extraction %s", uuid_text(UUIDPGetDatum(id)));
-	SPI_finish();
+	spi_finish();
 }

@@ -14,6 +14,8 @@
 
 #include "privileged.h"
 #include "settings.h"
+#include "spi_checked.h"
+#include "statuses.h"
 #include "workerset.h"
 #include "writeback.h"
 
@@ -48,37 +50,40 @@ trigger_rows_define_settings(void)
 }
 
 /*
- * The active template the inserting role may use, by id or name (as the
- * raising form finds it): NULL and *template_id, or why there is none.
- * Runs as that role, so row-level security decides what it sees.
+ * The active template the inserting role may use, by id or name (an active
+ * one first): NULL and *template_id, or why there is none and its SQLSTATE
+ * (*sqlstate): 42704 when the role sees none, 55000 when it is deactivated
+ * (as extract_document's check says).  Both forms find it so.  Runs as
+ * that role, so row-level security decides what it sees.
  */
 char *
-trigger_row_template_problem(const char *arg, Datum *template_id)
+trigger_row_template_problem(const char *arg, Datum *template_id, int *sqlstate)
 {
 	bool		isnull;
 	bool		is_uuid = strlen(arg) == 36 && strspn(arg, "0123456789abcdefABCDEF-") == 36;
 	const char *problem = NULL;
 
 	*template_id = (Datum) 0;
-	SPI_connect();
-	if (SPI_execute_with_args(is_uuid
+	spi_connect();
+	if (spi_execute_with_args(is_uuid
 							  ? "SELECT t.id, EXISTS (SELECT 1 FROM docextract.templates g"
 							  "                     WHERE g.group_id = t.group_id AND g.is_active)"
 							  "  FROM docextract.templates t WHERE t.id = $1::uuid"
-							  : "SELECT id, true FROM docextract.templates WHERE name = $1 AND is_active"
-							  "  ORDER BY owner IS NULL, created_at DESC LIMIT 1",
+							  : "SELECT id, is_active FROM docextract.templates WHERE name = $1"
+							  "  ORDER BY is_active DESC, owner IS NULL, created_at DESC LIMIT 1",
 							  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
 							  NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up template \"%s\"", arg);
+	*sqlstate = ERRCODE_UNDEFINED_OBJECT;
 	if (SPI_processed != 1)
 		problem = "does not exist";
 	else if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-		problem = "is deactivated";
+		problem = "is deactivated", *sqlstate = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 	else
 		*template_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
 													   SPI_tuptable->tupdesc, 1, &isnull),
 										 false, UUID_LEN);
-	SPI_finish();
+	spi_finish();
 	/* Formatted here, not in SPI's memory, which SPI_finish() freed. */
 	return problem ? psprintf("template \"%s\" %s", arg, problem) : NULL;
 }
@@ -92,14 +97,14 @@ lock_available_credits(Oid owner)
 	bool		isnull;
 	Datum		arg = ObjectIdGetDatum(owner);
 
-	if (SPI_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (spi_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not lock the credit account of role %u", owner);
 	if (SPI_processed == 0)
 	{
 		/* The role's first submit: an account as reserve_credits makes it. */
-		SPI_execute_with_args("INSERT INTO docextract.credit_accounts (role) VALUES ($1::regrole)"
+		spi_execute_with_args("INSERT INTO docextract.credit_accounts (role) VALUES ($1::regrole)"
 							  " ON CONFLICT DO NOTHING", 1, (Oid[]) {OIDOID}, &arg, NULL, false, 0);
-		SPI_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1);
+		spi_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1);
 	}
 	if (SPI_processed != 1)
 		elog(ERROR, "could not lock the credit account of role %u", owner);
@@ -113,9 +118,9 @@ active_extractions(Oid owner)
 	bool		isnull;
 	Datum		arg = ObjectIdGetDatum(owner);
 
-	if (SPI_execute_with_args("SELECT count(*) FROM docextract.extractions x"
+	if (spi_execute_with_args("SELECT count(*) FROM docextract.extractions x"
 							  " WHERE x.owner = $1::regrole"
-							  "   AND x.status IN ('pending', 'classifying', 'processing', 'retrying')",
+							  "   AND x.status IN " STATUSES_ACTIVE,
 							  1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the active extractions of role %u", owner);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -140,13 +145,13 @@ trigger_row_refusal(int pages, const char **status)
 
 	if (docextract_credits_mode != CREDITS_ENFORCE && docextract_max_active_per_role <= 0)
 		return NULL;
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	available = lock_available_credits(owner);
 	if (docextract_max_active_per_role > 0)
 		active = active_extractions(owner);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	if (docextract_max_active_per_role > 0 && active >= docextract_max_active_per_role)
 	{
 		*status = "failed";
@@ -166,7 +171,7 @@ trigger_row_refusal(int pages, const char **status)
 static void
 check_default_model(void)
 {
-	SPI_execute("SELECT 1 FROM docextract.models WHERE name = 'default'", true, 1);
+	spi_execute("SELECT 1 FROM docextract.models WHERE name = 'default'", true, 1);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -199,13 +204,13 @@ trigger_row_record(Datum document, Datum template_id, const char *status, const 
 	nulls[5] = nulls[6] = remembered ? ' ' : 'n';
 	nulls[7] = target->result_col ? ' ' : 'n';
 	nulls[8] = target->status_col ? ' ' : 'n';
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	check_default_model();
 	nestlevel = NewGUCNestLevel();
 	(void) set_config_option("docextract.submitting", "on", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
+	if (spi_execute_with_args("INSERT INTO docextract.extractions"
 							  " (document_id, template_id, model_name, status, owner, error_message,"
 							  "  completed_at, target_table, target_pk, target_result_column,"
 							  "  target_status_column, writeback_due)"
@@ -226,7 +231,7 @@ trigger_row_record(Datum document, Datum template_id, const char *status, const 
 	id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
 						   false, UUID_LEN);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	if (remembered)
 		writeback_wake_at_commit();
 	return id;

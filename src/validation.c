@@ -9,6 +9,7 @@
 
 #include "prelude.h"		/* first: see the note on json_object */
 #include "template.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -54,14 +55,23 @@ is_blank(json_object *v)
 	return true;
 }
 
+/* The column a table path ("table_part.amount") names; template_parse() checked the path. */
+static const char *
+column_of(const char *path)
+{
+	const char *column = after_prefix(path, TABLE_PATH_PREFIX);
+
+	return column ? column : path;
+}
+
 /* A general field is present; a table column is present in every row (and rows exist). */
 static bool
 path_present(json_object *data, const char *path)
 {
 	json_object *rows;
 
-	if (strncmp(path, "general_part.", 13) == 0)
-		return !is_blank(general_value(data, path + 13));
+	if (after_prefix(path, GENERAL_PATH_PREFIX))
+		return !is_blank(general_value(data, after_prefix(path, GENERAL_PATH_PREFIX)));
 	rows = table_rows(data);
 	if (rows == NULL || json_object_array_length(rows) == 0)
 		return false;
@@ -69,7 +79,7 @@ path_present(json_object *data, const char *path)
 	{
 		json_object *cell = NULL;
 
-		json_object_object_get_ex(json_object_array_get_idx(rows, i), path + 11, &cell);
+		json_object_object_get_ex(json_object_array_get_idx(rows, i), column_of(path), &cell);
 		if (is_blank(cell))
 			return false;
 	}
@@ -111,9 +121,9 @@ sum_of(json_object *paths, json_object *data, json_object *missing)
 	{
 		const char *path = json_object_get_string(json_object_array_get_idx(paths, i));
 
-		if (strncmp(path, "general_part.", 13) == 0)
+		if (after_prefix(path, GENERAL_PATH_PREFIX))
 		{
-			json_object *v = general_value(data, path + 13);
+			json_object *v = general_value(data, after_prefix(path, GENERAL_PATH_PREFIX));
 
 			if (is_blank(v))
 				json_object_array_add(missing, json_object_new_string(path));
@@ -128,7 +138,7 @@ sum_of(json_object *paths, json_object *data, json_object *missing)
 			{
 				json_object *cell = NULL;
 
-				json_object_object_get_ex(json_object_array_get_idx(rows, r), path + 11, &cell);
+				json_object_object_get_ex(json_object_array_get_idx(rows, r), column_of(path), &cell);
 				if (!is_blank(cell))
 					sum += json_object_get_double(cell);
 			}

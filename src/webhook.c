@@ -9,6 +9,8 @@
 
 #include "http.h"
 #include "privileged.h"
+#include "spi_checked.h"
+#include "util.h"
 #include "webhook.h"
 #include "workerset.h"
 
@@ -78,12 +80,14 @@ docextract_add_webhook(PG_FUNCTION_ARGS)
 	char	   *url = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *secret = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	Datum		events = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	const char *host = url ? after_prefix(url, "http://") : NULL;
 	Privileged	priv;
 	Datum		id;
 	bool		isnull;
 
-	if (url == NULL || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
-		strlen(url) <= 8)
+	if (url && host == NULL)
+		host = after_prefix(url, "https://");
+	if (host == NULL || host[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errhidestmt(true),
 				 errmsg("webhook url must be an http:// or https:// URL, got \"%s\"",
@@ -97,20 +101,20 @@ docextract_add_webhook(PG_FUNCTION_ARGS)
 		check_events(PG_GETARG_ARRAYTYPE_P(2));
 	egress_check_url(url, superuser());	/* an IP address: refused now */
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
-	SPI_execute_with_args("INSERT INTO docextract.webhooks (url, events, owner)"
+	spi_execute_with_args("INSERT INTO docextract.webhooks (url, events, owner)"
 						  " VALUES ($1, $2, $3::regrole) RETURNING id",
 						  3, (Oid[]) {TEXTOID, TEXTARRAYOID, OIDOID},
 						  (Datum[]) {CStringGetTextDatum(url), events, ObjectIdGetDatum(caller)},
 						  PG_ARGISNULL(2) ? " n " : "   ", false, 1);
 	id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
 						   false, UUID_LEN);
-	SPI_execute_with_args("INSERT INTO docextract.webhook_secrets (webhook_id, secret) VALUES ($1, $2)",
+	spi_execute_with_args("INSERT INTO docextract.webhook_secrets (webhook_id, secret) VALUES ($1, $2)",
 						  2, (Oid[]) {UUIDOID, TEXTOID},
 						  (Datum[]) {id, CStringGetTextDatum(secret)}, NULL, false, 0);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	PG_RETURN_DATUM(id);
 }
 
@@ -121,14 +125,14 @@ change_webhook(Datum id, const char *sql, bool flag)
 	Oid			caller = GetUserId();
 	Privileged	priv;
 
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	check_visible("webhook", "SELECT owner::oid FROM docextract.webhooks WHERE id = $1",
 				  id, caller, false);
-	SPI_execute_with_args(sql, 2, (Oid[]) {UUIDOID, BOOLOID},
+	spi_execute_with_args(sql, 2, (Oid[]) {UUIDOID, BOOLOID},
 						  (Datum[]) {id, BoolGetDatum(flag)}, NULL, false, 0);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	docextract_signal_at_commit(SIGNAL_DELIVERIES);	/* enabled again: its pending ones */
 }
 

@@ -15,6 +15,7 @@
 #include "answer.h"
 #include "http.h"
 #include "settings.h"
+#include "spi_checked.h"
 #include "webhook.h"
 
 #include "catalog/pg_type.h"
@@ -70,10 +71,10 @@ webhook_signature(const char *secret, const char *timestamp, const char *body)
 void
 webhook_reset_leases(void)
 {
-	SPI_connect();
-	SPI_execute("UPDATE docextract.webhook_deliveries SET in_flight = false,"
+	spi_connect();
+	spi_execute("UPDATE docextract.webhook_deliveries SET in_flight = false,"
 				" next_attempt_at = clock_timestamp() WHERE in_flight", false, 0);
-	SPI_finish();
+	spi_finish();
 }
 
 static struct curl_slist *
@@ -130,8 +131,8 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	bool		isnull;
 	Datum		due;
 
-	SPI_connect();
-	SPI_execute_with_args(
+	spi_connect();
+	spi_execute_with_args(
 		"WITH due AS ("
 		"  SELECT d.id FROM docextract.webhook_deliveries d"
 		"  JOIN docextract.webhooks w ON w.id = d.webhook_id"
@@ -156,7 +157,7 @@ webhook_claim_and_start(int room, long *next_due_ms)
 	 * never sleeps).  Those due already wait for a slot: a delivery that
 	 * ends makes the worker look again.
 	 */
-	SPI_execute("SELECT ceil(1000 * extract(epoch FROM"
+	spi_execute("SELECT ceil(1000 * extract(epoch FROM"
 				"        min(d.next_attempt_at) - clock_timestamp()))::bigint"
 				"  FROM docextract.webhook_deliveries d"
 				"  JOIN docextract.webhooks w ON w.id = d.webhook_id"
@@ -164,7 +165,7 @@ webhook_claim_and_start(int room, long *next_due_ms)
 				"   AND d.next_attempt_at > clock_timestamp()", true, 1);
 	due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*next_due_ms = isnull ? -1 : Max(0, (long) DatumGetInt64(due));
-	SPI_finish();
+	spi_finish();
 	return n;
 }
 
@@ -183,7 +184,7 @@ webhook_claim_and_start(int room, long *next_due_ms)
 static void
 record_delivered(Delivery *d)
 {
-	SPI_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
+	spi_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
 						  "   SET status = 'delivered', in_flight = false, delivered_at = clock_timestamp(),"
 						  "       response_status = $2, last_error = NULL"
 						  "  WHERE id = " DELIVERY_UNLOCKED " RETURNING webhook_id),"
@@ -203,7 +204,7 @@ record_delivered(Delivery *d)
 static void
 record_failed(Delivery *d, const char *error)
 {
-	SPI_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
+	spi_execute_with_args("WITH d AS (UPDATE docextract.webhook_deliveries"
 						  "   SET in_flight = false, response_status = $2, last_error = $3,"
 						  "       status = CASE WHEN attempts >= $4 THEN 'failed' ELSE 'pending' END,"
 						  "       next_attempt_at = clock_timestamp() + make_interval(secs => $5)"
@@ -233,7 +234,7 @@ webhook_done(HttpRequest *req)
 {
 	Delivery   *d = req->arg;
 
-	SPI_connect();
+	spi_connect();
 	if (req->curl_code == 0 && req->status >= 200 && req->status < 300)
 		record_delivered(d);
 	else if (req->curl_code != 0)
@@ -243,7 +244,7 @@ webhook_done(HttpRequest *req)
 	else
 		record_failed(d, psprintf("HTTP %ld: %s", req->status,
 								  answer_excerpt(req->response.data, req->response.len, 200)));
-	SPI_finish();
+	spi_finish();
 }
 
 void

@@ -14,6 +14,7 @@
 #include "document.h"
 #include "privileged.h"
 #include "queue.h"
+#include "spi_checked.h"
 #include "workerset.h"
 #include "writeback.h"
 
@@ -78,23 +79,11 @@ column_of(TriggerTarget *t, const char *role, const char *name, Oid type1, Oid t
 static Datum
 template_of(TriggerTarget *t, const char *arg)
 {
-	bool		isnull;
-	bool		is_uuid = strlen(arg) == 36 && strspn(arg, "0123456789abcdefABCDEF-") == 36;
+	int			sqlstate;
+	char	   *problem = trigger_row_template_problem(arg, &t->template_id, &sqlstate);
 
-	SPI_connect();
-	SPI_execute_with_args(is_uuid
-						  ? "SELECT id FROM docextract.templates WHERE id = $1::uuid"
-						  : "SELECT id FROM docextract.templates WHERE name = $1 AND is_active"
-						  "  ORDER BY owner IS NULL, created_at DESC LIMIT 1",
-						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
-						  NULL, true, 1);
-	if (SPI_processed != 1)
-		trigger_error(t, ERRCODE_UNDEFINED_OBJECT,
-					  psprintf("template \"%s\" does not exist", arg));
-	t->template_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
-													 SPI_tuptable->tupdesc, 1, &isnull),
-									   false, UUID_LEN);
-	SPI_finish();
+	if (problem)
+		trigger_error(t, sqlstate, problem);
 	return t->template_id;
 }
 
@@ -171,10 +160,10 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 
 	nulls[3] = t->result_col ? ' ' : 'n';
 	nulls[4] = t->status_col ? ' ' : 'n';
-	SPI_connect();
+	spi_connect();
 	privileged_begin(&priv);
 	/* Due now: the write-back worker mirrors 'pending' (or what follows). */
-	SPI_execute_with_args("UPDATE docextract.extractions SET target_table = $2, target_pk = $3,"
+	spi_execute_with_args("UPDATE docextract.extractions SET target_table = $2, target_pk = $3,"
 						  " target_result_column = $4, target_status_column = $5,"
 						  " writeback_due = clock_timestamp()"
 						  " WHERE id = $1",
@@ -184,7 +173,7 @@ remember_row(Datum extraction, TriggerTarget *t, Datum key)
 							  t->status_col ? CStringGetTextDatum(t->status_col) : (Datum) 0},
 						  nulls, false, 0);
 	privileged_end(&priv);
-	SPI_finish();
+	spi_finish();
 	writeback_wake_at_commit();
 }
 
@@ -204,7 +193,8 @@ submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, 
 	const char *status = "failed";
 	Datum		doc;
 	RowTarget	target = {RelationGetRelid(t->rel), key, t->result_col, t->status_col};
-	char	   *problem = trigger_row_template_problem(t->template_arg, &t->template_id);
+	int			sqlstate;
+	char	   *problem = trigger_row_template_problem(t->template_arg, &t->template_id, &sqlstate);
 	char	   *doc_problem = document_problem(label, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ,
 											   &type, &pages, &text);
 

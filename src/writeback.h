@@ -45,7 +45,7 @@ typedef struct RowTarget
 	const char *status_col;		/* may be NULL */
 } RowTarget;
 
-extern char *trigger_row_template_problem(const char *arg, Datum *template_id);
+extern char *trigger_row_template_problem(const char *arg, Datum *template_id, int *sqlstate);
 extern char *trigger_row_refusal(int pages, const char **status);
 extern Datum trigger_row_record(Datum document, Datum template_id, const char *status,
 								const char *reason, const RowTarget *target);

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "job.h"
+#include "spi_checked.h"
 #include "util.h"
 #include "workerset.h"
 #include "writeback.h"
@@ -198,11 +199,10 @@ write_back_step(WriteBack *w)
 	values[1] = CStringGetTextDatum(w->status);
 	for (int i = 0; i < w->nkey; i++)
 		values[i + 2] = w->key[i];
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0) < 0)
+	spi_connect();
+	if (spi_execute_with_args(sql, nargs, types, values, nulls, false, 0) < 0)
 		elog(ERROR, "the write-back statement failed");
-	SPI_finish();
+	spi_finish();
 	restricted_end(&as_role);
 }
 
@@ -299,7 +299,7 @@ load_write_back(Datum id, WriteBack *w)
 	bool		isnull;
 	ArrayType  *key;
 
-	SPI_execute_with_args("SELECT e.owner::oid, e.target_table::oid, e.target_result_column,"
+	spi_execute_with_args("SELECT e.owner::oid, e.target_table::oid, e.target_result_column,"
 						  "       e.target_status_column, e.status, r.data, e.target_pk,"
 						  "       e.writeback_due"
 						  "  FROM docextract.extractions e"
@@ -327,7 +327,7 @@ load_write_back(Datum id, WriteBack *w)
 static bool
 row_locked(Datum id, Datum due)
 {
-	if (SPI_execute_with_args("SELECT 1 FROM docextract.extractions e"
+	if (spi_execute_with_args("SELECT 1 FROM docextract.extractions e"
 							  " WHERE e.id = $1 AND e.writeback_due = $2",
 							  2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, (Datum[]) {id, due},
 							  NULL, true, 1) != SPI_OK_SELECT)
@@ -343,7 +343,7 @@ row_locked(Datum id, Datum due)
 static bool
 record_outcome(Datum id, Datum due, const char *err, bool retry)
 {
-	SPI_execute_with_args("WITH mine AS (SELECT e.id FROM docextract.extractions e"
+	spi_execute_with_args("WITH mine AS (SELECT e.id FROM docextract.extractions e"
 						  "  WHERE e.id = $1 AND e.writeback_due = $2 FOR UPDATE SKIP LOCKED)"
 						  " UPDATE docextract.extractions e"
 						  " SET writeback_due = CASE WHEN $4 THEN clock_timestamp()"
@@ -393,9 +393,8 @@ writeback_lease(Datum id)
 {
 	bool		leased;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("UPDATE docextract.extractions"
+	spi_connect();
+	if (spi_execute_with_args("UPDATE docextract.extractions"
 							  " SET writeback_due = clock_timestamp() + $2 * interval '1 millisecond'"
 							  " WHERE id = (SELECT x.id FROM docextract.extractions x WHERE x.id = $1"
 							  "             AND x.writeback_due IS NOT NULL FOR UPDATE SKIP LOCKED)",
@@ -404,7 +403,7 @@ writeback_lease(Datum id)
 							  NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not lease a write-back");
 	leased = SPI_processed == 1;
-	SPI_finish();
+	spi_finish();
 	return leased;
 }
 
@@ -422,11 +421,10 @@ writeback_run(Datum id, bool bounded)
 	bool		retry;
 	bool		recorded;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	spi_connect();
 	if (!load_write_back(id, &w))
 	{
-		SPI_finish();
+		spi_finish();
 		return true;
 	}
 	w.bounded = bounded;
@@ -444,7 +442,7 @@ writeback_run(Datum id, bool bounded)
 		ereport(WARNING,
 				(errmsg("docextract: could not write extraction %s back to its row: %s",
 						uuid_text(id), err)));
-	SPI_finish();
+	spi_finish();
 	if (bounded)
 		clean_session();
 	return recorded;
@@ -462,15 +460,15 @@ docextract_run_write_backs(PG_FUNCTION_ARGS)
 
 	/* Users' triggers run here: nothing of theirs may stay in this session. */
 	check_no_temp_schema("run_write_backs() runs users' triggers: not in a session that has temporary objects");
-	SPI_connect();
-	SPI_execute("SELECT id FROM docextract.extractions WHERE writeback_due <= clock_timestamp()"
+	spi_connect();
+	spi_execute("SELECT id FROM docextract.extractions WHERE writeback_due <= clock_timestamp()"
 				" ORDER BY writeback_due, id", true, 0);
 	n = SPI_processed;
 	ids = MemoryContextAlloc(outer, sizeof(Datum) * (n + 1));
 	for (uint64 i = 0; i < n; i++)
 		ids[i] = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
 												 1, &isnull), false, UUID_LEN);
-	SPI_finish();
+	spi_finish();
 	for (uint64 i = 0; i < n; i++)
 		done += writeback_run(ids[i], false) ? 1 : 0;	/* recorded */
 	PG_RETURN_INT32(done);

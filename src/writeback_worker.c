@@ -12,6 +12,7 @@
 
 #include "privileged.h"
 #include "settings.h"
+#include "spi_checked.h"
 #include "util.h"
 #include "workerset.h"
 #include "writeback.h"
@@ -139,9 +140,8 @@ pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
 	bool		found;
 	char	   *skip = skipped_ids();
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(pick_sql, 2, (Oid[]) {OIDOID, TEXTOID},
+	spi_connect();
+	if (spi_execute_with_args(pick_sql, 2, (Oid[]) {OIDOID, TEXTOID},
 							  (Datum[]) {ObjectIdGetDatum(last_owner), CStringGetTextDatum(skip)},
 							  NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for due write-backs");
@@ -156,7 +156,7 @@ pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
 		*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 												2, &isnull));
 	}
-	else if (SPI_execute(next_due_sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	else if (spi_execute(next_due_sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		Datum		ms = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
@@ -166,7 +166,7 @@ pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
 
 		*next_ms = Min(*next_ms, wait);
 	}
-	SPI_finish();
+	spi_finish();
 	return found;
 }
 
@@ -218,12 +218,12 @@ record_stopped_write_back(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (docextract_schema_ready() && SPI_connect() == SPI_OK_CONNECT)
 	{
-		SPI_execute_with_args("UPDATE docextract.extractions SET writeback_error ="
+		spi_execute_with_args("UPDATE docextract.extractions SET writeback_error ="
 							  " 'the write-back did not finish: its triggers ran past"
 							  " docextract.writeback_timeout and ignored the cancel, so the"
 							  " write-back worker was stopped' WHERE id = $1",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&id)}, NULL, false, 0);
-		SPI_finish();
+		spi_finish();
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -40,3 +40,14 @@ build_release() {
     touch "$dest/.built-$commit"
     echo "$inst"
 }
+
+# No error of pg_regress's server may be XX000 (internal_error): its log
+# (test/regress.conf puts each error's SQLSTATE in it) is checked after the run.
+check_regress_log() {
+    local log="$1/tmp_regress/log/postmaster.log"
+    [ -f "$log" ] || return 0
+    if grep -E '\] XX000 .*(ERROR|FATAL|PANIC):' "$log"; then
+        echo "pg_regress: errors logged as XX000 (internal_error) in $log" >&2
+        return 1
+    fi
+}

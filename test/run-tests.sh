@@ -20,7 +20,9 @@ DOCEXTRACT_0_1_0_INSTALL=$(build_release "$RELEASE_0_1_0" /tmp/docextract-releas
 export DOCEXTRACT_0_1_0_INSTALL
 
 if [ "$(id -u)" -ne 0 ]; then
-    exec make installcheck "$@"
+    make installcheck "$@"
+    check_regress_log .
+    exit
 fi
 
 user=${DOCEXTRACT_TEST_USER:-docextract_test}
@@ -31,6 +33,7 @@ tar --exclude=.git -cf - . | tar -C "$work" -xf -
 chown -R "$user" "$work"
 status=0
 runuser -u "$user" -- make -C "$work" installcheck "$@" || status=$?
+check_regress_log "$work" || status=1
 if [ "$status" -ne 0 ]; then
     for f in "$work"/regression.diffs "$work"/tmp_check/log/*.log "$work"/tmp_check/log/regress_log_*; do
         [ -f "$f" ] && { echo "=== $f"; tail -n 60 "$f"; }

@@ -250,6 +250,7 @@ $node->stop;
 # -- without the preload: a dynamic worker all the same -------------------------------
 my $plain = PostgreSQL::Test::Cluster->new('plain');
 $plain->init;
+$plain->append_conf('postgresql.conf', "log_line_prefix = '%m [%p] %e %q%a '");	# SQLSTATEs checked (DxTest)
 $plain->start;
 $plain->safe_psql('postgres', qq{CREATE EXTENSION docextract;
 	SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model');

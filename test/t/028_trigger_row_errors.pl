@@ -210,4 +210,60 @@ is(sq(q{SELECT count(*) FROM docextract.credit_ledger l JOIN docextract.extracti
 	q{LISTEN docextract; SET ROLE app; INSERT INTO public.inbox (id, doc) VALUES (20001, '\x00'); SELECT 1});
 like($out, qr/"event" : "extraction.failed".*"status" : "failed"/, 'the failed row is sent by NOTIFY');
 
+# -- a deactivated template: 55000 "is deactivated", not "does not exist" -----------
+my $retired = sq(qq{SELECT docextract.create_system_template('retired', '$DxTest::INVOICE_SCHEMA')});
+sq(qq{SELECT docextract.set_template_active('$retired', false);
+	CREATE TABLE public.retired (id int PRIMARY KEY, doc bytea, state text);
+	GRANT SELECT, INSERT, UPDATE ON public.retired TO app;
+	CREATE TRIGGER retired_extract AFTER INSERT ON public.retired FOR EACH ROW
+	  EXECUTE FUNCTION docextract.extract_document('retired', 'doc', '', 'state')});
+sq(q{SET ROLE app; INSERT INTO public.retired SELECT 1, doc FROM public.inbox WHERE id = 1});
+is(sq(q{SELECT status || ': ' || error_message FROM docextract.extractions
+	WHERE target_table = 'public.retired'::regclass}),
+	'failed: template "retired" is deactivated', 'record: a row naming a deactivated template fails, saying so');
+($rc, $out, $err) = $node->psql('postgres', q{\set VERBOSITY verbose
+	SET ROLE app; SET docextract.trigger_errors = 'raise';
+	INSERT INTO public.retired SELECT 2, doc FROM public.inbox WHERE id = 1});
+like($err, qr/ERROR:  55000: trigger "retired_extract" on table "retired": template "retired" is deactivated/,
+	'raise: 55000, the template is deactivated');
+is(sq('SELECT count(*) FROM public.retired'), '1', '... and the row is not stored');
+
+# -- a PDF that crashes the parser, or outlives docextract.parser_timeout -----------
+# Under 'record' that row fails with the reason and the others go on; under
+# 'raise' the statement fails with 22023.
+sq(q{CREATE TABLE public.parsed (id int PRIMARY KEY, doc bytea, state text);
+	GRANT SELECT, INSERT, UPDATE ON public.parsed TO app;
+	CREATE TRIGGER parsed_extract AFTER INSERT ON public.parsed FOR EACH ROW
+	  EXECUTE FUNCTION docextract.extract_document('invoice', 'doc', '', 'state');
+	SELECT docextract.grant_credits('app', 10);});
+my $parsed_copy = "$PostgreSQL::Test::Utils::tmp_check/parsed.copy";
+open($fh, '>', $parsed_copy) or die;
+print $fh "$_\t\\\\x" . ($_ % 2 ? $png : $pdf2) . "\n" for 1 .. 4;
+close $fh;
+chmod 0644, $parsed_copy;
+($rc, $out, $err) = $node->psql('postgres', qq{\\set VERBOSITY verbose
+	SET docextract.parser_fault = 'crash'; SET ROLE app; SET docextract.trigger_errors = 'raise';
+	COPY public.parsed (id, doc) FROM '$parsed_copy'});
+like($err, qr/ERROR:  22023: could not parse document "parsed\/2": the parser was killed by signal 11/,
+	'raise: a PDF that crashes the parser fails the COPY with 22023');
+is(sq('SELECT count(*) FROM public.parsed'), '0', '... storing nothing');
+sq(qq{SET docextract.parser_fault = 'crash'; SET ROLE app; COPY public.parsed (id, doc) FROM '$parsed_copy'});
+is(sq(q{SELECT string_agg(x.target_pk[1] || ' ' || x.status || ' ' || coalesce(x.error_message, ''), E'\n'
+	ORDER BY x.target_pk[1]) FROM docextract.extractions x WHERE x.target_table = 'public.parsed'::regclass
+	AND x.status = 'failed'}),
+	join("\n", map { qq{$_ failed could not parse document "parsed/$_": the parser was killed by signal 11} } 2, 4),
+	'record: the COPY goes through, each PDF that crashed the parser failed with the reason');
+$node->poll_query_until('postgres', q{SELECT count(*) = 2 FROM public.parsed WHERE id IN (1, 3) AND state = 'completed'})
+  or die 'the other rows of the COPY did not complete';
+pass('... and the other rows complete');
+sq(qq{SET docextract.parser_fault = 'hang'; SET docextract.parser_timeout = '1s'; SET ROLE app;
+	INSERT INTO public.parsed SELECT 6, doc FROM public.inbox WHERE id = 50});
+is(sq(q{SELECT status || ': ' || error_message FROM docextract.extractions WHERE target_pk = '{6}'
+	AND target_table = 'public.parsed'::regclass}),
+	'failed: could not parse document "parsed/6": the parser took longer than docextract.parser_timeout (1000 ms)',
+	'record: a PDF past docextract.parser_timeout fails its row, saying so');
+$node->poll_query_until('postgres', q{SELECT count(*) = 3 FROM public.parsed WHERE state = 'failed'})
+  or die 'no write-back of the failed rows';
+pass('... and the status columns of the failed rows say failed');
+
 done_testing();

@@ -5,7 +5,7 @@ package DxTest;
 use strict;
 use warnings;
 use Cwd qw(abs_path);
-use File::Basename qw(dirname);
+use File::Basename qw(basename dirname);
 use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
@@ -187,11 +187,14 @@ sub worker_pid
 
 # No error of docextract's may reach anyone as XX000 (internal_error): each
 # node's log names every error's SQLSTATE (log_line_prefix %e), and a test
-# file whose servers logged one fails here, listing them.
+# file whose servers logged one fails here, listing them.  Only this file's
+# nodes: PostgreSQL::Test::Cluster names their logs <test>_<node>.log.
 sub internal_errors
 {
 	my @found;
-	for my $log (glob("$PostgreSQL::Test::Utils::log_path/*.log"))
+	my $test = basename($0);
+	$test =~ s/\.[^.]+$//;
+	for my $log (glob("$PostgreSQL::Test::Utils::log_path/${test}_*.log"))
 	{
 		open(my $fh, '<', $log) or next;
 		while (my $line = <$fh>)

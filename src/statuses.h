@@ -1,0 +1,24 @@
+/*
+ * statuses.h: the sets of extraction statuses the C code's SQL tests, one
+ * definition each, as SQL lists ready for "status IN " ... .  The install
+ * script keeps its own (docextract.extractions' CHECK constraint is the
+ * whole set).
+ */
+#ifndef STATUSES_H
+#define STATUSES_H
+
+/* Queued or running: they count against docextract.max_active_per_role. */
+#define STATUS_LIST_ACTIVE "'pending','classifying','processing','retrying'"
+/* Not ended yet: cancel_extraction (and deleting a document) ends them. */
+#define STATUS_LIST_CANCELLABLE STATUS_LIST_ACTIVE ",'awaiting_approval'"
+/* An earlier extraction of these makes a new submit return it (no duplicate). */
+#define STATUS_LIST_ACTIVE_OR_DONE STATUS_LIST_CANCELLABLE ",'completed'"
+/* Ended for good: retention may delete them. */
+#define STATUS_LIST_FINAL "'completed','failed','cancelled','insufficient_credits'"
+
+#define STATUSES_ACTIVE "(" STATUS_LIST_ACTIVE ")"
+#define STATUSES_CANCELLABLE "(" STATUS_LIST_CANCELLABLE ")"
+#define STATUSES_ACTIVE_OR_DONE "(" STATUS_LIST_ACTIVE_OR_DONE ")"
+#define STATUSES_FINAL "(" STATUS_LIST_FINAL ")"
+
+#endif							/* STATUSES_H */
