@@ -545,7 +545,26 @@ typedef struct FinishBatch
 	int			nended;			/* the jobs this batch ended, for a failed commit */
 	pg_uuid_t  *ended;
 	const char *error;			/* why its commit failed */
+	Job		  **ready;			/* answered jobs for batch_finish.c */
+	int			nready;
+	BatchOutcome *outcome;		/* what batch_finish() did with each */
 } FinishBatch;
+
+/* Store one job's answer (in a subtransaction when in a transaction), or keep it. */
+static void
+finish_one(Job *job)
+{
+	char	   *err = in_transaction("docextract: storing a result", finish_step, job);
+
+	if (err && transient_retry(job_id(job), err))
+		defer(job, NULL, false);	/* the answer is kept, stored later */
+	else if (err)
+		fail_job(job, err);
+	else if (job_busy(job))
+		defer(job, NULL, true);
+	else
+		job_release(job);
+}
 
 /*
  * Store the answer of every job whose requests are done, each in a
@@ -586,16 +605,10 @@ finish_all_step(void *arg)
 		b->ended = repalloc(b->ended, sizeof(pg_uuid_t) * (b->nended + 1));
 		b->ended[b->nended++] = *job_id(job);
 		b->retry = true;		/* its model has room again */
-		err = in_transaction("docextract: storing a result", finish_step, job);
-
-		if (err && transient_retry(job_id(job), err))
-			defer(job, NULL, false);	/* the answer is kept, stored later */
-		else if (err)
-			fail_job(job, err);
-		else if (job_busy(job))
-			defer(job, NULL, true);
+		if (job_batchable(job))
+			b->ready[b->nready++] = job;	/* stored with the others: store_ready */
 		else
-			job_release(job);
+			finish_one(job);
 	}
 }
 
@@ -605,6 +618,65 @@ requeue_step(void *arg)
 	FinishBatch *b = arg;
 
 	queue_requeue_uncommitted(b->ended, b->nended, b->error);
+}
+
+static void
+batch_step(void *arg)
+{
+	FinishBatch *b = arg;
+
+	batch_finish(b->ready, b->nready, b->outcome);
+}
+
+static void
+finish_each_step(void *arg)
+{
+	FinishBatch *b = arg;
+
+	for (int i = 0; i < b->nready; i++)
+		finish_one(b->ready[i]);
+}
+
+/*
+ * Store the answered jobs together, in one transaction without
+ * subtransactions (batch_finish.c).  If that fails, one by one, each in a
+ * subtransaction of one transaction: only a faulty job fails; if that
+ * commit fails too, they go back to the queue.
+ */
+static void
+store_ready(FinishBatch *b)
+{
+	BatchOutcome *outcome = palloc(sizeof(BatchOutcome) * b->nready);
+	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * b->nready);
+	FinishBatch each = *b;
+	char	   *err;
+
+	if (b->nready == 0)
+		return;
+	for (int i = 0; i < b->nready; i++)
+		ids[i] = *job_id(b->ready[i]);
+	b->outcome = outcome;
+	err = in_transaction("docextract: storing results", batch_step, b);
+	for (int i = 0; i < b->nready && (err == NULL || step_stepped_aside()); i++)
+	{
+		if (err || outcome[i] == BATCH_BUSY)
+			defer(b->ready[i], NULL, err == NULL);
+		else
+			job_release(b->ready[i]);
+	}
+	if (err == NULL || step_stepped_aside())
+		return;
+	elog(DEBUG1, "docextract worker: a batch of %d results could not be stored at once (%s); storing each apart",
+		 b->nready, err);
+	if ((err = in_transaction("docextract: storing results one by one", finish_each_step, b)) == NULL)
+		return;
+	elog(WARNING, "docextract worker: could not store results: %s", err);
+	each.ended = ids;
+	each.nended = b->nready;
+	each.error = err;
+	if ((err = in_transaction("docextract: requeueing a batch", requeue_step, &each)) != NULL)
+		elog(WARNING, "docextract worker: could not requeue %d extraction(s) of a failed batch: %s",
+			 b->nready, err);
 }
 
 /*
@@ -617,24 +689,30 @@ static bool
 finish_done(bool *delivered)
 {
 	static HttpRequest *kept = NULL;	/* taken when the step stepped aside */
-	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL};
+	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL,
+	NULL, 0, NULL};
 	char	   *err;
 
 	if (b.first == NULL)
 		return false;
 	kept = NULL;
-	err = in_transaction("docextract: storing results", finish_all_step, &b);
+	b.ready = palloc(sizeof(Job *) * (list_length(inflight_jobs) + 1));
+	err = in_transaction("docextract: reading answers", finish_all_step, &b);
 	if (err && step_stepped_aside())
 		kept = b.first;
 	else if (err)
 	{
 		elog(WARNING, "docextract worker: could not store results: %s", err);
+		for (int i = 0; i < b.nready; i++)
+			job_release(b.ready[i]);	/* requeued below, as the others */
 		b.error = err;
 		if (b.nended > 0 &&
 			(err = in_transaction("docextract: requeueing a batch", requeue_step, &b)) != NULL)
 			elog(WARNING, "docextract worker: could not requeue %d extraction(s) of a failed batch: %s",
 				 b.nended, err);
 	}
+	else
+		store_ready(&b);
 	*delivered = *delivered || b.delivered;
 	return b.retry;
 }
