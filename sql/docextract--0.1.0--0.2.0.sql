@@ -394,6 +394,135 @@ SELECT e.model_name, e.owner,
  GROUP BY e.model_name, e.owner;
 
 
+-- Status changes announced and counted once per statement (transition
+-- tables), not once per row; credits settled only by the rows that settle;
+-- extraction.queued is no longer sent by NOTIFY (its outbox row stays).
+DROP TRIGGER extractions_announce ON docextract.extractions;
+DROP TRIGGER extractions_count_outcome ON docextract.extractions;
+DROP TRIGGER extractions_settle_credits ON docextract.extractions;
+CREATE OR REPLACE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    notify boolean := pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+        pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
+    ids bigint[];
+    events text[];
+    owners regrole[];
+    extractions uuid[];
+    sent integer;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+            RETURN NULL;    -- loaded with its state (a restore): its events come with it
+        END IF;
+        WITH changed AS (
+            SELECT n.*, docextract.event_name(NULL, n.status) AS event FROM new_rows n),
+        stored AS (
+            INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+            SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
+                'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
+                'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
+                'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
+                'created_at', clock_timestamp())
+              FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.* FROM changed c) e
+            RETURNING id, event, extraction_id, owner, payload)
+        SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
+               array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
+               count(CASE WHEN notify AND s.event <> 'extraction.queued'
+                          THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
+          INTO ids, events, owners, extractions, sent FROM stored s;
+    ELSE
+        WITH changed AS (
+            SELECT n.*, CASE
+                   WHEN n.status IS DISTINCT FROM o.status THEN docextract.event_name(o.status, n.status)
+                   -- One request of a multi-request extraction is done.
+                   WHEN n.status = 'processing' AND n.completion_percentage > o.completion_percentage
+                   THEN 'extraction.progress' END AS event
+              FROM new_rows n JOIN old_rows o ON o.id = n.id),
+        stored AS (
+            INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+            SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
+                'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
+                'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
+                'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
+                'created_at', clock_timestamp())
+              FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.*
+                      FROM changed c WHERE c.event IS NOT NULL) e
+            RETURNING id, event, extraction_id, owner, payload)
+        SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
+               array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
+               count(CASE WHEN notify THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
+          INTO ids, events, owners, extractions, sent FROM stored s;
+    END IF;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The events stay in the outbox.
+    IF NOT notify THEN
+        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
+            CONTINUE WHEN TG_OP = 'INSERT' AND events[i] = 'extraction.queued';
+            RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                          events[i], extractions[i], pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+                USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || ids[i] || ').',
+                      HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+        END LOOP;
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, e.id, w.owner
+      FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(events), pg_catalog.unnest(owners))
+           AS e(id, event, owner), docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR e.event = ANY (w.events))
+       AND pg_has_role(w.owner, e.owner, 'MEMBER')
+     ORDER BY e.id
+    -- A webhook a session is dropping (its row held until that session
+    -- ends) gets no delivery: the worker, whose status changes land
+    -- here, never waits for a role's open transaction.
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_announce
+    AFTER UPDATE ON docextract.extractions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
+CREATE TRIGGER extractions_announce_insert
+    AFTER INSERT ON docextract.extractions
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
+
+CREATE OR REPLACE FUNCTION docextract.count_outcome() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
+    SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
+           sum((n.status = 'failed')::integer), sum((n.status = 'cancelled')::integer),
+           sum(CASE WHEN o.status = 'awaiting_approval' THEN 0
+                    ELSE greatest(n.attempts - 1, 0) END)
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.status IS DISTINCT FROM o.status
+       AND n.status IN ('completed', 'failed', 'cancelled', 'awaiting_approval', 'insufficient_credits')
+     GROUP BY n.model_name, n.owner;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_count_outcome
+    AFTER UPDATE ON docextract.extractions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION docextract.count_outcome();
+
+CREATE TRIGGER extractions_settle_credits
+    BEFORE UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status AND OLD.credits_reserved <> 0
+                       AND NEW.status IN ('completed', 'awaiting_approval', 'failed', 'cancelled',
+                                          'insufficient_credits'))
+    EXECUTE FUNCTION docextract.settle_credits();
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

@@ -201,7 +201,8 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 							  6, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
 							  (Datum[]) {args[0], args[1], args[2], args[3],
 								  CStringGetTextDatum(model), page_numbers},
-							  page_numbers ? NULL : "     n", false, 1) != SPI_OK_INSERT_RETURNING)
+							  /* count 0: a count would stop it before its statement triggers */
+							  page_numbers ? NULL : "     n", false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not enqueue the extraction");
 	AtEOXact_GUC(true, nestlevel);
 	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
