@@ -169,12 +169,6 @@ claim_step(void *arg)
 }
 
 static void
-prepare_step(void *arg)
-{
-	job_prepare((Job *) arg);
-}
-
-static void
 finish_step(void *arg)
 {
 	job_finish((Job *) arg);
@@ -318,29 +312,51 @@ requeue_unsent(Job *job, char *err)
 		job_release(job);
 }
 
-/* Start every claimed job's request, each in a subtransaction of one transaction. */
-static void
-start_all_step(void *arg)
+/*
+ * Starting claimed jobs' requests: one transaction for all, without
+ * subtransactions (loading a job only reads).  A job whose loading fails
+ * aborts that transaction: it fails (or goes back to the queue), and the
+ * jobs after it start in a new one.
+ */
+typedef struct StartRun
 {
-	ClaimStep  *c = arg;
-	/* Those whose bodies fit in memory now (inflight.c); the rest wait. */
-	int			n = inflight_admit(c->jobs, c->claimed, c->max);
+	ClaimStep  *c;
+	int			n;				/* admitted (inflight.c), -1 until known */
+	int			next;			/* the next to start */
+	Job		   *current;		/* the one loading, if it failed */
+} StartRun;
 
-	for (int i = 0; i < n; i++)
+static void
+start_run_step(void *arg)
+{
+	StartRun   *s = arg;
+	ClaimStep  *c = s->c;
+
+	/* Those whose bodies fit in memory now (inflight.c); the rest wait. */
+	if (s->n < 0)
+		s->n = inflight_admit(c->jobs, c->claimed, c->max);
+	for (; s->next < s->n; s->next++)
 	{
+		int			i = s->next;
 		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts, c->jobs[i].parts);
-		char	   *err;
 
 		job_hold_slots(job, c->jobs[i].model, c->jobs[i].parts);
 		c->handed = i + 1;
-		err = in_transaction("docextract: starting a request", prepare_step, job);
-		if (err && transient_retry(job_id(job), err))
-			requeue_unsent(job, err);
-		else if (err)
-			fail_job(job, err);
-		else
-			track(job);
+		s->current = job;
+		job_prepare(job);
+		s->current = NULL;
+		track(job);
 	}
+}
+
+/* The job being loaded failed with err: back to the queue, or failed. */
+static void
+start_failed(Job *job, char *err)
+{
+	if (transient_retry(job_id(job), err))
+		requeue_unsent(job, err);
+	else
+		fail_job(job, err);
 }
 
 /* Claimed jobs not handed to a Job give their model slots back. */
@@ -359,8 +375,30 @@ static ClaimStep unstarted = {NULL, 0, 0, 0, -1, true, true};
 static bool
 start_claimed(ClaimStep *c)
 {
-	char	   *err = in_transaction("docextract: starting requests", start_all_step, c);
+	StartRun	s = {c, -1, 0, NULL};
+	char	   *err;
 
+	while ((err = in_transaction("docextract: starting requests", start_run_step, &s)) != NULL &&
+		   s.current != NULL)
+	{
+		start_failed(s.current, err);
+		s.current = NULL;
+		s.next++;
+	}
+	if (err && step_stepped_aside() && s.n >= 0)
+	{
+		/* Between two runs: the admitted jobs not started yet wait, as below. */
+		ClaimedJob *rest = MemoryContextAlloc(TopMemoryContext, sizeof(ClaimedJob) * Max(s.n - s.next, 1));
+
+		memcpy(rest, c->jobs + s.next, sizeof(ClaimedJob) * (s.n - s.next));
+		if (c == &unstarted)
+			pfree(unstarted.jobs);
+		unstarted = *c;
+		unstarted.jobs = rest;
+		unstarted.claimed = s.n - s.next;
+		unstarted.handed = 0;
+		return false;
+	}
 	if (err && step_stepped_aside())
 	{
 		if (c != &unstarted && c->claimed > 0)
