@@ -3,6 +3,7 @@
 # N one-page PDFs (the plain path of compare.sh's first run): the report, by
 # symbol with children, goes to $DIR/perf.txt and its head is printed.
 #   BENCH_SCALE=0.5 bash bench/profile.sh       (N = 2000 x BENCH_SCALE)
+#   BENCH_SUBMITTERS=4 bash bench/profile.sh    submitted by 4 pgbench clients instead
 # Needs perf (linux-perf).  Also PG_CONFIG, BENCH_DIR, BENCH_CONF (bench/lib.sh).
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -18,7 +19,7 @@ W=$(worker_pids | awk '{print $1}')
 perf record -q -g -p "$W" -o "$DIR/perf.data" 2>/dev/null &
 PERF=$!
 sleep 0.5
-drain docextract "$N"
+drain docextract "$N" "${BENCH_SUBMITTERS:-0}"
 kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true
 print_results
 perf report -i "$DIR/perf.data" --children --stdio --percent-limit 1.5 2>/dev/null \

@@ -305,12 +305,9 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The one place that announces status changes, once per statement (the
--- worker changes a batch of rows at once): an outbox row per change, its
--- NOTIFY (sent at commit, with the change), and a delivery per matching
--- webhook of a role that may see the extraction.  A new pending row
--- (extraction.queued) gets its outbox row and deliveries but no NOTIFY:
--- the contract does not ask for it, and every notifying commit takes a
--- cluster-wide lock through its flush, which would serialise submits.
+-- worker changes a batch of rows at once; transition tables): an outbox row
+-- per change, its NOTIFY (sent at commit, with the change), and a delivery
+-- per matching webhook of a role that may see the extraction.
 CREATE FUNCTION docextract.announce_status() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
@@ -322,49 +319,27 @@ DECLARE
     extractions uuid[];
     sent integer;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
-            RETURN NULL;    -- loaded with its state (a restore): its events come with it
-        END IF;
-        WITH changed AS (
-            SELECT n.*, docextract.event_name(NULL, n.status) AS event FROM new_rows n),
-        stored AS (
-            INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
-            SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
-                'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
-                'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
-                'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
-                'created_at', clock_timestamp())
-              FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.* FROM changed c) e
-            RETURNING id, event, extraction_id, owner, payload)
-        SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
-               array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
-               count(CASE WHEN notify AND s.event <> 'extraction.queued'
-                          THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
-          INTO ids, events, owners, extractions, sent FROM stored s;
-    ELSE
-        WITH changed AS (
-            SELECT n.*, CASE
-                   WHEN n.status IS DISTINCT FROM o.status THEN docextract.event_name(o.status, n.status)
-                   -- One request of a multi-request extraction is done.
-                   WHEN n.status = 'processing' AND n.completion_percentage > o.completion_percentage
-                   THEN 'extraction.progress' END AS event
-              FROM new_rows n JOIN old_rows o ON o.id = n.id),
-        stored AS (
-            INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
-            SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
-                'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
-                'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
-                'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
-                'created_at', clock_timestamp())
-              FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.*
-                      FROM changed c WHERE c.event IS NOT NULL) e
-            RETURNING id, event, extraction_id, owner, payload)
-        SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
-               array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
-               count(CASE WHEN notify THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
-          INTO ids, events, owners, extractions, sent FROM stored s;
-    END IF;
+    WITH changed AS (
+        SELECT n.*, CASE
+               WHEN n.status IS DISTINCT FROM o.status THEN docextract.event_name(o.status, n.status)
+               -- One request of a multi-request extraction is done.
+               WHEN n.status = 'processing' AND n.completion_percentage > o.completion_percentage
+               THEN 'extraction.progress' END AS event
+          FROM new_rows n JOIN old_rows o ON o.id = n.id),
+    stored AS (
+        INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+        SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
+            'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
+            'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
+            'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
+            'created_at', clock_timestamp())
+          FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.*
+                  FROM changed c WHERE c.event IS NOT NULL) e
+        RETURNING id, event, extraction_id, owner, payload)
+    SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
+           array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
+           count(CASE WHEN notify THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
+      INTO ids, events, owners, extractions, sent FROM stored s;
     IF ids IS NULL THEN
         RETURN NULL;
     END IF;
@@ -372,7 +347,6 @@ BEGIN
     -- full, NOTIFY would fail this commit.  The events stay in the outbox.
     IF NOT notify THEN
         FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
-            CONTINUE WHEN TG_OP = 'INSERT' AND events[i] = 'extraction.queued';
             RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
                           events[i], extractions[i], pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
                 USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || ids[i] || ').',
@@ -397,14 +371,65 @@ BEGIN
 END
 $$;
 
+-- A new row, as announce_status() does (one at a time: a submit inserts
+-- one).  A new pending row (extraction.queued) gets its outbox row and
+-- deliveries but no NOTIFY: the contract does not ask for it, and every
+-- notifying commit takes a cluster-wide lock through its flush, which would
+-- serialise submits.
+CREATE FUNCTION docextract.announce_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    event text;
+    event_id bigint;
+    payload json;
+BEGIN
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NULL;    -- loaded with its state (a restore): its events come with it
+    END IF;
+    event := docextract.event_name(NULL, NEW.status);
+    event_id := nextval('docextract.events_id_seq');
+    payload := json_build_object(
+        'event', event,
+        'extraction_id', NEW.id,
+        'document_id', NEW.document_id,
+        'status', NEW.status,
+        'template_id', NEW.template_id,
+        'attempts', NEW.attempts,
+        'completion_percentage', NEW.completion_percentage,
+        'event_id', event_id,
+        'created_at', clock_timestamp());
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+    IF event = 'extraction.queued' THEN
+        NULL;   -- in the outbox only
+    ELSIF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
+        PERFORM pg_catalog.pg_notify('docextract', payload::text);
+    ELSE
+        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
+                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER extractions_announce
     AFTER UPDATE ON docextract.extractions
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
 CREATE TRIGGER extractions_announce_insert
     AFTER INSERT ON docextract.extractions
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
+    FOR EACH ROW EXECUTE FUNCTION docextract.announce_insert();
 
 -- Credits -----------------------------------------------------------------
 
@@ -952,6 +977,7 @@ GRANT SELECT ON docextract.worker_stats TO PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
 REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.announce_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.deliveries_queued() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.write_back() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.run_write_backs() FROM PUBLIC;
