@@ -586,6 +586,7 @@ typedef struct FinishBatch
 	Job		  **ready;			/* answered jobs for batch_finish.c */
 	int			nready;
 	BatchOutcome *outcome;		/* what batch_finish() did with each */
+	bool		kept_before;	/* the ready jobs were deferred already */
 } FinishBatch;
 
 /* Store one job's answer (in a subtransaction when in a transaction), or keep it. */
@@ -698,7 +699,7 @@ store_ready(FinishBatch *b)
 	for (int i = 0; i < b->nready && (err == NULL || step_stepped_aside()); i++)
 	{
 		if (err || outcome[i] == BATCH_BUSY)
-			defer(b->ready[i], NULL, err == NULL);
+			defer(b->ready[i], NULL, err == NULL && !b->kept_before);
 		else
 			job_release(b->ready[i]);
 	}
@@ -728,7 +729,7 @@ finish_done(bool *delivered)
 {
 	static HttpRequest *kept = NULL;	/* taken when the step stepped aside */
 	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL,
-	NULL, 0, NULL};
+	NULL, 0, NULL, false};
 	char	   *err;
 
 	if (b.first == NULL)
@@ -765,6 +766,7 @@ store_deferred(TimestampTz *next_poll)
 	static TimestampTz due = 0;
 	List	   *jobs = deferred_jobs;
 	ListCell   *lc;
+	FinishBatch b = {0};
 
 	if (GetCurrentTimestamp() < due)
 	{
@@ -772,11 +774,19 @@ store_deferred(TimestampTz *next_poll)
 		return;
 	}
 	deferred_jobs = NIL;
+	b.ready = palloc(sizeof(Job *) * (list_length(jobs) + 1));
+	b.kept_before = true;
 	foreach(lc, jobs)
 	{
 		Deferred   *d = lfirst(lc);
 		char	   *err = NULL;
 
+		if (d->failure == NULL && job_batchable(d->job))
+		{
+			b.ready[b.nready++] = d->job;	/* stored together, below */
+			pfree(d);
+			continue;
+		}
 		if (d->failure == NULL)
 			err = in_transaction("docextract: storing a result", finish_step, d->job);
 		if (err && transient_retry(job_id(d->job), err))
@@ -796,6 +806,7 @@ store_deferred(TimestampTz *next_poll)
 		pfree(d);
 	}
 	list_free(jobs);
+	store_ready(&b);
 	due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
 	if (deferred_jobs != NIL)
 		*next_poll = Min(*next_poll, due);
