@@ -414,6 +414,159 @@ CREATE TRIGGER extractions_zero_retention
                        AND (NEW.options->>'zero_retention')::boolean)
     EXECUTE FUNCTION docextract.drop_document_bytes();
 
+-- Status changes announced and counted once per statement (transition
+-- tables), not once per row; new rows announced by a row trigger of their
+-- own, extraction.queued no longer sent by NOTIFY (its outbox row stays);
+-- credits settled only by the rows that settle.
+DROP TRIGGER extractions_announce ON docextract.extractions;
+DROP TRIGGER extractions_count_outcome ON docextract.extractions;
+DROP TRIGGER extractions_settle_credits ON docextract.extractions;
+CREATE OR REPLACE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    notify boolean := pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+        pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
+    ids bigint[];
+    events text[];
+    owners regrole[];
+    extractions uuid[];
+    sent integer;
+BEGIN
+    WITH changed AS (
+        SELECT n.*, CASE
+               WHEN n.status IS DISTINCT FROM o.status THEN docextract.event_name(o.status, n.status)
+               -- One request of a multi-request extraction is done.
+               WHEN n.status = 'processing' AND n.completion_percentage > o.completion_percentage
+               THEN 'extraction.progress' END AS event
+          FROM new_rows n JOIN old_rows o ON o.id = n.id),
+    stored AS (
+        INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+        SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
+            'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
+            'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
+            'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
+            'created_at', clock_timestamp())
+          FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.*
+                  FROM changed c WHERE c.event IS NOT NULL) e
+        RETURNING id, event, extraction_id, owner, payload)
+    SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
+           array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
+           count(CASE WHEN notify THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
+      INTO ids, events, owners, extractions, sent FROM stored s;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The events stay in the outbox.
+    IF NOT notify THEN
+        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
+            RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                          events[i], extractions[i], pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+                USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || ids[i] || ').',
+                      HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+        END LOOP;
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, e.id, w.owner
+      FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(events), pg_catalog.unnest(owners))
+           AS e(id, event, owner), docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR e.event = ANY (w.events))
+       AND pg_has_role(w.owner, e.owner, 'MEMBER')
+     ORDER BY e.id
+    -- A webhook a session is dropping (its row held until that session
+    -- ends) gets no delivery: the worker, whose status changes land
+    -- here, never waits for a role's open transaction.
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION docextract.announce_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    event text;
+    event_id bigint;
+    payload json;
+BEGIN
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NULL;    -- loaded with its state (a restore): its events come with it
+    END IF;
+    event := docextract.event_name(NULL, NEW.status);
+    event_id := nextval('docextract.events_id_seq');
+    payload := json_build_object(
+        'event', event,
+        'extraction_id', NEW.id,
+        'document_id', NEW.document_id,
+        'status', NEW.status,
+        'template_id', NEW.template_id,
+        'attempts', NEW.attempts,
+        'completion_percentage', NEW.completion_percentage,
+        'event_id', event_id,
+        'created_at', clock_timestamp());
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+    IF event = 'extraction.queued' THEN
+        NULL;   -- in the outbox only
+    ELSIF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
+        PERFORM pg_catalog.pg_notify('docextract', payload::text);
+    ELSE
+        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
+                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_announce
+    AFTER UPDATE ON docextract.extractions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
+REVOKE ALL ON FUNCTION docextract.announce_insert() FROM PUBLIC;
+CREATE TRIGGER extractions_announce_insert
+    AFTER INSERT ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.announce_insert();
+
+CREATE OR REPLACE FUNCTION docextract.count_outcome() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
+    SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
+           sum((n.status = 'failed')::integer), sum((n.status = 'cancelled')::integer),
+           sum(CASE WHEN o.status = 'awaiting_approval' THEN 0
+                    ELSE greatest(n.attempts - 1, 0) END)
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.status IS DISTINCT FROM o.status
+       AND n.status = ANY (docextract.outcome_statuses())
+     GROUP BY n.model_name, n.owner;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_count_outcome
+    AFTER UPDATE ON docextract.extractions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION docextract.count_outcome();
+
+CREATE TRIGGER extractions_settle_credits
+    BEFORE UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status AND OLD.credits_reserved <> 0
+                       AND NEW.status = ANY (docextract.outcome_statuses()))
+    EXECUTE FUNCTION docextract.settle_credits();
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

@@ -315,30 +315,89 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         ELSE new_status END
 $$;
 
--- The one place that announces status changes: an outbox row, the NOTIFY
--- (sent at commit, with the change), and a delivery per matching webhook of
--- a role that may see the extraction.
+-- The one place that announces status changes, once per statement (the
+-- worker changes a batch of rows at once; transition tables): an outbox row
+-- per change, its NOTIFY (sent at commit, with the change), and a delivery
+-- per matching webhook of a role that may see the extraction.
 CREATE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    notify boolean := pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+        pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
+    ids bigint[];
+    events text[];
+    owners regrole[];
+    extractions uuid[];
+    sent integer;
+BEGIN
+    WITH changed AS (
+        SELECT n.*, CASE
+               WHEN n.status IS DISTINCT FROM o.status THEN docextract.event_name(o.status, n.status)
+               -- One request of a multi-request extraction is done.
+               WHEN n.status = 'processing' AND n.completion_percentage > o.completion_percentage
+               THEN 'extraction.progress' END AS event
+          FROM new_rows n JOIN old_rows o ON o.id = n.id),
+    stored AS (
+        INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+        SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
+            'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
+            'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
+            'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
+            'created_at', clock_timestamp())
+          FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.*
+                  FROM changed c WHERE c.event IS NOT NULL) e
+        RETURNING id, event, extraction_id, owner, payload)
+    SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
+           array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
+           count(CASE WHEN notify THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
+      INTO ids, events, owners, extractions, sent FROM stored s;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The events stay in the outbox.
+    IF NOT notify THEN
+        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
+            RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                          events[i], extractions[i], pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+                USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || ids[i] || ').',
+                      HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+        END LOOP;
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, e.id, w.owner
+      FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(events), pg_catalog.unnest(owners))
+           AS e(id, event, owner), docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR e.event = ANY (w.events))
+       AND pg_has_role(w.owner, e.owner, 'MEMBER')
+     ORDER BY e.id
+    -- A webhook a session is dropping (its row held until that session
+    -- ends) gets no delivery: the worker, whose status changes land
+    -- here, never waits for a role's open transaction.
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A new row, as announce_status() does (one at a time: a submit inserts
+-- one).  A new pending row (extraction.queued) gets its outbox row and
+-- deliveries but no NOTIFY: the contract does not ask for it, and every
+-- notifying commit takes a cluster-wide lock through its flush, which would
+-- serialise submits.
+CREATE FUNCTION docextract.announce_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     event text;
     event_id bigint;
     payload json;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
-            RETURN NULL;    -- loaded with its state (a restore): its events come with it
-        END IF;
-        event := docextract.event_name(NULL, NEW.status);
-    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
-        event := docextract.event_name(OLD.status, NEW.status);
-    ELSIF NEW.status = 'processing'
-          AND NEW.completion_percentage > OLD.completion_percentage THEN
-        -- One request of a multi-request extraction is done.
-        event := 'extraction.progress';
-    ELSE
-        RETURN NULL;
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NULL;    -- loaded with its state (a restore): its events come with it
     END IF;
+    event := docextract.event_name(NULL, NEW.status);
     event_id := nextval('docextract.events_id_seq');
     payload := json_build_object(
         'event', event,
@@ -352,9 +411,9 @@ BEGIN
         'created_at', clock_timestamp());
     INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
     VALUES (event_id, event, NEW.id, NEW.owner, payload);
-    -- A listener that keeps a transaction open pins the NOTIFY queue; once
-    -- full, NOTIFY would fail this commit.  The event stays in the outbox.
-    IF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+    IF event = 'extraction.queued' THEN
+        NULL;   -- in the outbox only
+    ELSIF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
            pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
         PERFORM pg_catalog.pg_notify('docextract', payload::text);
     ELSE
@@ -367,9 +426,6 @@ BEGIN
     SELECT w.id, event_id, w.owner FROM docextract.webhooks w
      WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
        AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
-    -- A webhook a session is dropping (its row held until that session
-    -- ends) gets no delivery: the worker, whose status changes land
-    -- here, never waits for a role's open transaction.
        FOR KEY SHARE OF w SKIP LOCKED;
     IF FOUND THEN
         PERFORM docextract.deliveries_queued();
@@ -379,8 +435,12 @@ END
 $$;
 
 CREATE TRIGGER extractions_announce
-    AFTER INSERT OR UPDATE OF status, completion_percentage ON docextract.extractions
-    FOR EACH ROW EXECUTE FUNCTION docextract.announce_status();
+    AFTER UPDATE ON docextract.extractions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
+CREATE TRIGGER extractions_announce_insert
+    AFTER INSERT ON docextract.extractions
+    FOR EACH ROW EXECUTE FUNCTION docextract.announce_insert();
 
 -- Credits -----------------------------------------------------------------
 
@@ -475,7 +535,9 @@ $$;
 
 CREATE TRIGGER extractions_settle_credits
     BEFORE UPDATE OF status ON docextract.extractions
-    FOR EACH ROW EXECUTE FUNCTION docextract.settle_credits();
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status AND OLD.credits_reserved <> 0
+                       AND NEW.status = ANY (docextract.outcome_statuses()))
+    EXECUTE FUNCTION docextract.settle_credits();
 
 -- Add (or, negative, take away) credits.  For the extension owner and those
 -- it grants EXECUTE to.
@@ -849,26 +911,30 @@ GRANT SELECT ON docextract.model_stats, docextract.model_stat_deltas TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('docextract.model_stats', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.model_stat_deltas', '');
 
--- An extraction ended (or awaits review: its attempts are over).  Its
--- retries are counted once, when its attempts end.  Only status changes
--- count: rows loaded by a restore come with their counts.
+-- Extractions ended (or await review: their attempts are over), counted
+-- once per statement and per model and owner.  Their retries are counted
+-- once, when their attempts end.  Only status changes count: rows loaded by
+-- a restore come with their counts.
 CREATE FUNCTION docextract.count_outcome() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 BEGIN
     INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
-    VALUES (NEW.model_name, NEW.owner, (NEW.status = 'completed')::integer,
-            (NEW.status = 'failed')::integer, (NEW.status = 'cancelled')::integer,
-            CASE WHEN OLD.status = 'awaiting_approval' THEN 0
-                 ELSE greatest(NEW.attempts - 1, 0) END);
+    SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
+           sum((n.status = 'failed')::integer), sum((n.status = 'cancelled')::integer),
+           sum(CASE WHEN o.status = 'awaiting_approval' THEN 0
+                    ELSE greatest(n.attempts - 1, 0) END)
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.status IS DISTINCT FROM o.status
+       AND n.status = ANY (docextract.outcome_statuses())
+     GROUP BY n.model_name, n.owner;
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER extractions_count_outcome
-    AFTER UPDATE OF status ON docextract.extractions
-    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status
-                       AND NEW.status = ANY (docextract.outcome_statuses()))
-    EXECUTE FUNCTION docextract.count_outcome();
+    AFTER UPDATE ON docextract.extractions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION docextract.count_outcome();
 
 -- For operators: the queue and its outcomes per model.  security_invoker, so
 -- each role counts the rows it may see; superusers see everything.  Live
@@ -919,6 +985,7 @@ GRANT SELECT ON docextract.worker_stats TO PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA docextract TO PUBLIC;
 REVOKE ALL ON FUNCTION docextract.add_model(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.announce_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.announce_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.deliveries_queued() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.write_back() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.run_write_backs() FROM PUBLIC;

@@ -183,7 +183,7 @@ crashguard_claim_suspect(ClaimedJob *out)
 				" WHERE e.id = (SELECT x.id FROM docextract.extractions x"
 				"               WHERE x.status = 'pending' AND x.crashes > 0"
 				"               ORDER BY x.created_at, x.id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-				" RETURNING e.id, e.attempts, e.model_name, e.parts", false, 1);
+				" RETURNING e.id, e.attempts, e.model_name, e.parts", false, 0);	/* 0: see queue.c */
 	n = (int) SPI_processed;
 	if (n == 1)
 	{

@@ -235,8 +235,10 @@ load_model(Job *job, char **options, int32 **pages, int *npages)
 {
 	bool		isnull;
 
-	if (spi_execute_with_args(model_query, 1, (Oid[]) {UUIDOID},
-							  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
+	static SPIPlanPtr plan = NULL;
+
+	if (spi_execute_plan(spi_kept_plan(&plan, model_query, 1, (Oid[]) {UUIDOID}),
+						 (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -277,10 +279,12 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 	bool		isnull;
 	char	   *err;
 
+	static SPIPlanPtr plan = NULL;
+
 	act_as_begin(&as_owner, job->owner);
 	/* Not read-only: extract_sync's rows are of this very statement. */
-	spi_execute_with_args(document_query, 1, (Oid[]) {UUIDOID},
-						  (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1);
+	spi_execute_plan(spi_kept_plan(&plan, document_query, 1, (Oid[]) {UUIDOID}),
+					 (Datum[]) {UUIDPGetDatum(&job->id)}, NULL, false, 1);
 	act_as_end(&as_owner);
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -442,18 +446,6 @@ usage_json(Job *job)
 	return text;
 }
 
-/* What job_finish() stores, as JSON texts (attributions may be NULL). */
-typedef struct StoredResult
-{
-	char	   *data;
-	char	   *raw;
-	char	   *usage;
-	char	   *attributions;
-	char	   *table_attributions;	/* per line item, when attributions are */
-	char	   *citations;
-	char	   *validation;
-	bool		needs_review;	/* a rule failed, or auto_approve is false */
-} StoredResult;
 
 static Datum
 optional_text(const char *s)
@@ -672,11 +664,7 @@ merged_answer(Job *job)
 void
 job_finish(Job *job)
 {
-	json_object *answer;
-	json_object *data;
-	json_object *validation;
 	StoredResult r;
-	bool		passed;
 
 	/* The worker does not wait for a session's locks: it keeps the job. */
 	job->busy = docextract_never_wait && !queue_lock_nowait(&job->id);
@@ -687,6 +675,23 @@ job_finish(Job *job)
 		handle_failure(job);
 		return;
 	}
+	job_build_result(job, &r);
+	store_result(job, &r);
+}
+
+/*
+ * The answers typed and checked, as the texts to store (batch_finish.c
+ * stores a batch of them in one statement).
+ */
+void
+job_build_result(Job *job, StoredResult *rp)
+{
+	json_object *answer;
+	json_object *data;
+	json_object *validation;
+	StoredResult r;
+	bool		passed;
+
 	answer = merged_answer(job);
 	data = coerce_output(answer, &job->tmpl);
 	validation = validation_run(job->rules, data, &passed);
@@ -703,7 +708,14 @@ job_finish(Job *job)
 		? json_text_of(coerce_table_attributions(answer, &job->tmpl)) : NULL;
 	r.raw = pstrdup(json_object_to_json_string_ext(answer, JSON_C_TO_STRING_PLAIN));
 	r.usage = usage_json(job);
-	store_result(job, &r);
+	*rp = r;
+}
+
+/* Can batch_finish.c store it: answered, and nothing that runs SQL of its own (citations)? */
+bool
+job_batchable(Job *job)
+{
+	return job->failed == NULL && !job->citations;
 }
 
 bool

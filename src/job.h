@@ -41,4 +41,30 @@ extern bool step_stepped_aside(void);
 extern bool transient_retry(pg_uuid_t *id, const char *err);
 extern void transient_requeue(pg_uuid_t *id, const char *message);
 
+/* batch_finish.c: a batch of answered jobs stored in one transaction ----- */
+
+/* What a job stores, as JSON texts (attributions, citations may be NULL). */
+typedef struct StoredResult
+{
+	char	   *data;
+	char	   *raw;
+	char	   *usage;
+	char	   *attributions;
+	char	   *table_attributions;	/* per line item, when attributions are */
+	char	   *citations;
+	char	   *validation;
+	bool		needs_review;	/* a rule failed, or auto_approve is false */
+} StoredResult;
+
+extern void job_build_result(Job *job, StoredResult *r);
+extern bool job_batchable(Job *job);
+
+typedef enum
+{
+	BATCH_STORED,				/* stored, or its row had gone or was no longer processing */
+	BATCH_BUSY					/* a session holds its row or its owner's credits: later */
+} BatchOutcome;
+
+extern void batch_finish(Job **jobs, int n, BatchOutcome *outcome);
+
 #endif							/* DOCEXTRACT_JOB_H */

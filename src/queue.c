@@ -193,7 +193,8 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 							  6, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
 							  (Datum[]) {args[0], args[1], args[2], args[3],
 								  CStringGetTextDatum(model), page_numbers},
-							  page_numbers ? NULL : "     n", false, 1) != SPI_OK_INSERT_RETURNING)
+							  /* count 0: a count would stop it before its statement triggers */
+							  page_numbers ? NULL : "     n", false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not enqueue the extraction");
 	AtEOXact_GUC(true, nestlevel);
 	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -346,18 +347,6 @@ static const char *limits_sql =
 "SELECT name, coalesce((options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0),"
 "       coalesce((options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models";
 
-/*
- * The worker claims on every wake: plan its statements once and keep them
- * (the plan cache replans them if the tables change).
- */
-static SPIPlanPtr
-kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-		*plan = spi_prepare_kept(sql, nargs, types);
-	return *plan;
-}
-
 /* The room reserved per model for one claim. */
 typedef struct Rooms
 {
@@ -374,7 +363,7 @@ reserve_rooms(Rooms *r, int max)
 	static SPIPlanPtr limits_plan = NULL;
 	uint64		nmodels;
 
-	if (spi_execute_plan(kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (spi_execute_plan(spi_kept_plan(&limits_plan, limits_sql, 0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the models' limits");
 	nmodels = SPI_processed;
 	r->n = 0;
@@ -421,7 +410,7 @@ run_claim(ClaimedJob *out, int max, Rooms *r)
 		names[i] = CStringGetTextDatum(r->models[i]);
 		rooms[i] = Int32GetDatum(r->rooms[i]);
 	}
-	if (spi_execute_plan(kept_plan(&claim_plan, queue_claim_sql, 4,
+	if (spi_execute_plan(spi_kept_plan(&claim_plan, queue_claim_sql, 4,
 								   (Oid[]) {TEXTARRAYOID, INT4ARRAYOID, INT4OID, INT4OID}),
 						 (Datum[]) {PointerGetDatum(construct_array(names, r->n, TEXTOID, -1, false, TYPALIGN_INT)),
 							 PointerGetDatum(construct_array(rooms, r->n, INT4OID, 4, true, TYPALIGN_INT)),
@@ -468,7 +457,7 @@ queue_claim(ClaimedJob *out, int max, long *next_due_ms)
 		reserve_rooms(r, max);
 		if (r->n > 0)
 			n = run_claim(out, max, r);
-		spi_execute_plan(kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
+		spi_execute_plan(spi_kept_plan(&due_plan, next_due_sql, 0, NULL), NULL, NULL, true, 1);
 	}
 	PG_CATCH();
 	{

@@ -79,3 +79,16 @@ spi_prepare_kept(const char *sql, int nargs, Oid *types)
 		spi_failed("SPI_keepplan", rc, sql);
 	return plan;
 }
+
+/*
+ * Statements run for every job or batch: planned once and kept in *plan
+ * (the plan cache replans them after DDL, or for another role where row
+ * security applies).
+ */
+SPIPlanPtr
+spi_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+		*plan = spi_prepare_kept(sql, nargs, types);
+	return *plan;
+}

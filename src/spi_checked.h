@@ -24,5 +24,6 @@ extern int	spi_execute_with_args(const char *sql, int nargs, Oid *types, Datum *
 extern int	spi_execute_plan(SPIPlanPtr plan, Datum *values, const char *nulls,
 							 bool read_only, long count);
 extern SPIPlanPtr spi_prepare_kept(const char *sql, int nargs, Oid *types);
+extern SPIPlanPtr spi_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
 
 #endif							/* SPI_CHECKED_H */

@@ -138,7 +138,7 @@ start_attempt_step(void *arg)
 							  "  (SELECT coalesce((m.options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models m"
 							  "    WHERE m.name = model_name)",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&run->id)},
-							  NULL, false, 1) != SPI_OK_UPDATE_RETURNING)
+							  NULL, false, 0) != SPI_OK_UPDATE_RETURNING)	/* 0: see queue.c */
 		elog(ERROR, "could not claim extraction %s", uuid_text(UUIDPGetDatum(&run->id)));
 	/* None: someone cancelled it (cancel_extraction) while a retry was due. */
 	run->attempts = 0;

@@ -225,7 +225,8 @@ trigger_row_record(Datum document, Datum template_id, const char *status, const 
 								  ObjectIdGetDatum(target->table), target->key,
 								  target->result_col ? CStringGetTextDatum(target->result_col) : (Datum) 0,
 								  target->status_col ? CStringGetTextDatum(target->status_col) : (Datum) 0},
-							  nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+							  /* count 0: a count would stop it before its statement triggers */
+							  nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not record the extraction of a row that was not submitted");
 	AtEOXact_GUC(true, nestlevel);
 	id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),

@@ -178,12 +178,6 @@ claim_step(void *arg)
 }
 
 static void
-prepare_step(void *arg)
-{
-	job_prepare((Job *) arg);
-}
-
-static void
 finish_step(void *arg)
 {
 	job_finish((Job *) arg);
@@ -327,29 +321,51 @@ requeue_unsent(Job *job, char *err)
 		job_release(job);
 }
 
-/* Start every claimed job's request, each in a subtransaction of one transaction. */
-static void
-start_all_step(void *arg)
+/*
+ * Starting claimed jobs' requests: one transaction for all, without
+ * subtransactions (loading a job only reads).  A job whose loading fails
+ * aborts that transaction: it fails (or goes back to the queue), and the
+ * jobs after it start in a new one.
+ */
+typedef struct StartRun
 {
-	ClaimStep  *c = arg;
-	/* Those whose bodies fit in memory now (inflight.c); the rest wait. */
-	int			n = inflight_admit(c->jobs, c->claimed, c->max);
+	ClaimStep  *c;
+	int			n;				/* admitted (inflight.c), -1 until known */
+	int			next;			/* the next to start */
+	Job		   *current;		/* the one loading, if it failed */
+} StartRun;
 
-	for (int i = 0; i < n; i++)
+static void
+start_run_step(void *arg)
+{
+	StartRun   *s = arg;
+	ClaimStep  *c = s->c;
+
+	/* Those whose bodies fit in memory now (inflight.c); the rest wait. */
+	if (s->n < 0)
+		s->n = inflight_admit(c->jobs, c->claimed, c->max);
+	for (; s->next < s->n; s->next++)
 	{
+		int			i = s->next;
 		Job		   *job = job_create(&c->jobs[i].id, c->jobs[i].attempts, c->jobs[i].parts);
-		char	   *err;
 
 		job_hold_slots(job, c->jobs[i].model, c->jobs[i].parts);
 		c->handed = i + 1;
-		err = in_transaction("docextract: starting a request", prepare_step, job);
-		if (err && transient_retry(job_id(job), err))
-			requeue_unsent(job, err);
-		else if (err)
-			fail_job(job, err);
-		else
-			track(job);
+		s->current = job;
+		job_prepare(job);
+		s->current = NULL;
+		track(job);
 	}
+}
+
+/* The job being loaded failed with err: back to the queue, or failed. */
+static void
+start_failed(Job *job, char *err)
+{
+	if (transient_retry(job_id(job), err))
+		requeue_unsent(job, err);
+	else
+		fail_job(job, err);
 }
 
 /* Claimed jobs not handed to a Job give their model slots back. */
@@ -368,8 +384,30 @@ static ClaimStep unstarted = {NULL, 0, 0, 0, -1, true, true};
 static bool
 start_claimed(ClaimStep *c)
 {
-	char	   *err = in_transaction("docextract: starting requests", start_all_step, c);
+	StartRun	s = {c, -1, 0, NULL};
+	char	   *err;
 
+	while ((err = in_transaction("docextract: starting requests", start_run_step, &s)) != NULL &&
+		   s.current != NULL)
+	{
+		start_failed(s.current, err);
+		s.current = NULL;
+		s.next++;
+	}
+	if (err && step_stepped_aside() && s.n >= 0)
+	{
+		/* Between two runs: the admitted jobs not started yet wait, as below. */
+		ClaimedJob *rest = MemoryContextAlloc(TopMemoryContext, sizeof(ClaimedJob) * Max(s.n - s.next, 1));
+
+		memcpy(rest, c->jobs + s.next, sizeof(ClaimedJob) * (s.n - s.next));
+		if (c == &unstarted)
+			pfree(unstarted.jobs);
+		unstarted = *c;
+		unstarted.jobs = rest;
+		unstarted.claimed = s.n - s.next;
+		unstarted.handed = 0;
+		return false;
+	}
 	if (err && step_stepped_aside())
 	{
 		if (c != &unstarted && c->claimed > 0)
@@ -554,7 +592,27 @@ typedef struct FinishBatch
 	int			nended;			/* the jobs this batch ended, for a failed commit */
 	pg_uuid_t  *ended;
 	const char *error;			/* why its commit failed */
+	Job		  **ready;			/* answered jobs for batch_finish.c */
+	int			nready;
+	BatchOutcome *outcome;		/* what batch_finish() did with each */
+	bool		kept_before;	/* the ready jobs were deferred already */
 } FinishBatch;
+
+/* Store one job's answer (in a subtransaction when in a transaction), or keep it. */
+static void
+finish_one(Job *job)
+{
+	char	   *err = in_transaction("docextract: storing a result", finish_step, job);
+
+	if (err && transient_retry(job_id(job), err))
+		defer(job, NULL, false);	/* the answer is kept, stored later */
+	else if (err)
+		fail_job(job, err);
+	else if (job_busy(job))
+		defer(job, NULL, true);
+	else
+		job_release(job);
+}
 
 /*
  * Store the answer of every job whose requests are done, each in a
@@ -595,16 +653,10 @@ finish_all_step(void *arg)
 		b->ended = repalloc(b->ended, sizeof(pg_uuid_t) * (b->nended + 1));
 		b->ended[b->nended++] = *job_id(job);
 		b->retry = true;		/* its model has room again */
-		err = in_transaction("docextract: storing a result", finish_step, job);
-
-		if (err && transient_retry(job_id(job), err))
-			defer(job, NULL, false);	/* the answer is kept, stored later */
-		else if (err)
-			fail_job(job, err);
-		else if (job_busy(job))
-			defer(job, NULL, true);
+		if (job_batchable(job))
+			b->ready[b->nready++] = job;	/* stored with the others: store_ready */
 		else
-			job_release(job);
+			finish_one(job);
 	}
 }
 
@@ -614,6 +666,65 @@ requeue_step(void *arg)
 	FinishBatch *b = arg;
 
 	queue_requeue_uncommitted(b->ended, b->nended, b->error);
+}
+
+static void
+batch_step(void *arg)
+{
+	FinishBatch *b = arg;
+
+	batch_finish(b->ready, b->nready, b->outcome);
+}
+
+static void
+finish_each_step(void *arg)
+{
+	FinishBatch *b = arg;
+
+	for (int i = 0; i < b->nready; i++)
+		finish_one(b->ready[i]);
+}
+
+/*
+ * Store the answered jobs together, in one transaction without
+ * subtransactions (batch_finish.c).  If that fails, one by one, each in a
+ * subtransaction of one transaction: only a faulty job fails; if that
+ * commit fails too, they go back to the queue.
+ */
+static void
+store_ready(FinishBatch *b)
+{
+	BatchOutcome *outcome = palloc(sizeof(BatchOutcome) * b->nready);
+	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * b->nready);
+	FinishBatch each = *b;
+	char	   *err;
+
+	if (b->nready == 0)
+		return;
+	for (int i = 0; i < b->nready; i++)
+		ids[i] = *job_id(b->ready[i]);
+	b->outcome = outcome;
+	err = in_transaction("docextract: storing results", batch_step, b);
+	for (int i = 0; i < b->nready && (err == NULL || step_stepped_aside()); i++)
+	{
+		if (err || outcome[i] == BATCH_BUSY)
+			defer(b->ready[i], NULL, err == NULL && !b->kept_before);
+		else
+			job_release(b->ready[i]);
+	}
+	if (err == NULL || step_stepped_aside())
+		return;
+	elog(DEBUG1, "docextract worker: a batch of %d results could not be stored at once (%s); storing each apart",
+		 b->nready, err);
+	if ((err = in_transaction("docextract: storing results one by one", finish_each_step, b)) == NULL)
+		return;
+	elog(WARNING, "docextract worker: could not store results: %s", err);
+	each.ended = ids;
+	each.nended = b->nready;
+	each.error = err;
+	if ((err = in_transaction("docextract: requeueing a batch", requeue_step, &each)) != NULL)
+		elog(WARNING, "docextract worker: could not requeue %d extraction(s) of a failed batch: %s",
+			 b->nready, err);
 }
 
 /*
@@ -626,24 +737,30 @@ static bool
 finish_done(bool *delivered)
 {
 	static HttpRequest *kept = NULL;	/* taken when the step stepped aside */
-	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL};
+	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL,
+	NULL, 0, NULL, false};
 	char	   *err;
 
 	if (b.first == NULL)
 		return false;
 	kept = NULL;
-	err = in_transaction("docextract: storing results", finish_all_step, &b);
+	b.ready = palloc(sizeof(Job *) * (list_length(inflight_jobs) + 1));
+	err = in_transaction("docextract: reading answers", finish_all_step, &b);
 	if (err && step_stepped_aside())
 		kept = b.first;
 	else if (err)
 	{
 		elog(WARNING, "docextract worker: could not store results: %s", err);
+		for (int i = 0; i < b.nready; i++)
+			job_release(b.ready[i]);	/* requeued below, as the others */
 		b.error = err;
 		if (b.nended > 0 &&
 			(err = in_transaction("docextract: requeueing a batch", requeue_step, &b)) != NULL)
 			elog(WARNING, "docextract worker: could not requeue %d extraction(s) of a failed batch: %s",
 				 b.nended, err);
 	}
+	else
+		store_ready(&b);
 	*delivered = *delivered || b.delivered;
 	return b.retry;
 }
@@ -658,6 +775,7 @@ store_deferred(TimestampTz *next_poll)
 	static TimestampTz due = 0;
 	List	   *jobs = deferred_jobs;
 	ListCell   *lc;
+	FinishBatch b = {0};
 
 	if (GetCurrentTimestamp() < due)
 	{
@@ -665,11 +783,19 @@ store_deferred(TimestampTz *next_poll)
 		return;
 	}
 	deferred_jobs = NIL;
+	b.ready = palloc(sizeof(Job *) * (list_length(jobs) + 1));
+	b.kept_before = true;
 	foreach(lc, jobs)
 	{
 		Deferred   *d = lfirst(lc);
 		char	   *err = NULL;
 
+		if (d->failure == NULL && job_batchable(d->job))
+		{
+			b.ready[b.nready++] = d->job;	/* stored together, below */
+			pfree(d);
+			continue;
+		}
 		if (d->failure == NULL)
 			err = in_transaction("docextract: storing a result", finish_step, d->job);
 		if (err && transient_retry(job_id(d->job), err))
@@ -689,6 +815,7 @@ store_deferred(TimestampTz *next_poll)
 		pfree(d);
 	}
 	list_free(jobs);
+	store_ready(&b);
 	due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
 	if (deferred_jobs != NIL)
 		*next_poll = Min(*next_poll, due);

@@ -1,0 +1,272 @@
+/*
+ * batch_finish.c: the answered jobs of one wake stored together.
+ *
+ * One transaction, no subtransaction: the extraction rows and their owners'
+ * credit accounts are locked for the whole batch (SKIP LOCKED: the worker
+ * never waits for a session, nowait.c), then one statement completes every
+ * job, stores every result and adds the usage to model_stat_deltas.  Its
+ * status changes fire the same triggers as one job's (events, NOTIFY,
+ * credits, counters), committed with the batch.  If anything in it fails,
+ * the caller stores the jobs one by one instead (worker.c), each in a
+ * subtransaction, so that only the faulty job fails.
+ */
+#include "postgres.h"
+
+
+#include "job.h"
+#include "spi_checked.h"
+
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+/* The rows free to change now; the others are held by a session. */
+static const char *lock_rows_sql =
+"SELECT x.id, x.owner::pg_catalog.oid FROM docextract.extractions x"
+" WHERE x.id = ANY ($1) FOR UPDATE SKIP LOCKED";
+static const char *rows_exist_sql =
+"SELECT x.id FROM docextract.extractions x WHERE x.id = ANY ($1)";
+static const char *lock_accounts_sql =
+"SELECT a.role::pg_catalog.oid FROM docextract.credit_accounts a"
+" WHERE a.role = ANY ($1::pg_catalog.regrole[]) FOR UPDATE SKIP LOCKED";
+static const char *accounts_exist_sql =
+"SELECT a.role::pg_catalog.oid FROM docextract.credit_accounts a"
+" WHERE a.role = ANY ($1::pg_catalog.regrole[])";
+
+/*
+ * Every job of the batch at once: those still processing complete (or
+ * await review), their results are stored and their usage counted (per
+ * model and owner: the fold sums them anyway).
+ */
+static const char *store_sql =
+"WITH i AS ("
+"  SELECT * FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::text[], $5::text[],"
+"                       $6::text[], $7::text[], $8::text[], $9::text[])"
+"    AS i(id, review, data, raw, usage, attributions, validation, table_attributions, citations)),"
+" u AS ("
+"  UPDATE docextract.extractions e"
+"     SET status = CASE WHEN i.review THEN 'awaiting_approval' ELSE 'completed' END,"
+"         completed_at = CASE WHEN i.review THEN NULL ELSE clock_timestamp() END,"
+"         completion_percentage = 100, error_message = NULL"
+"    FROM i WHERE e.id = i.id AND e.status = 'processing'"
+"  RETURNING e.id, e.document_id, e.template_id, e.owner, e.model_name),"
+" r AS ("
+"  INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, data,"
+"                                  raw_output, usage, attributions, validation,"
+"                                  table_attributions, citations)"
+"  SELECT u.id, u.document_id, u.template_id, u.owner, i.data::jsonb, i.raw::jsonb,"
+"         i.usage::jsonb, i.attributions::jsonb, i.validation::jsonb,"
+"         i.table_attributions::jsonb, i.citations::jsonb"
+"    FROM u JOIN i ON i.id = u.id"
+"  RETURNING extraction_id, owner, usage)"
+" INSERT INTO docextract.model_stat_deltas (model_name, owner, latency_ms_sum, latency_n,"
+"                                           input_tokens, output_tokens, cost)"
+" SELECT u.model_name, r.owner, sum(coalesce((r.usage->>'latency_ms')::numeric, 0)),"
+"        sum((r.usage ? 'latency_ms')::integer),"
+"        sum(coalesce((r.usage->>'input_tokens')::numeric, 0)),"
+"        sum(coalesce((r.usage->>'output_tokens')::numeric, 0)), sum((r.usage->>'cost')::numeric)"
+"   FROM r JOIN u ON u.id = r.extraction_id GROUP BY u.model_name, r.owner";
+
+#define STORE_NARGS 9
+
+static Datum
+array_of(Datum *values, bool *nulls, int n, Oid type, int len, bool byval, char align)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, type, len, byval, align));
+}
+
+static Datum
+uuid_array(Datum *ids, int n)
+{
+	return array_of(ids, NULL, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
+}
+
+static Datum
+oid_array(Datum *oids, int n)
+{
+	return array_of(oids, NULL, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT);
+}
+
+/* Run a kept one-array-argument statement; the tuples are in SPI_tuptable. */
+static void
+run_with_array(SPIPlanPtr plan, Datum array, int expected)
+{
+	if (SPI_execute_plan(plan, &array, NULL, false, 0) != expected)
+		elog(ERROR, "could not lock or read docextract rows of a batch");
+}
+
+/* Index of id in ids[n], or -1. */
+static int
+find_id(Datum *ids, int n, pg_uuid_t *id)
+{
+	for (int i = 0; i < n; i++)
+		if (memcmp(DatumGetUUIDP(ids[i]), id, UUID_LEN) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * Lock the jobs' rows: outcome BUSY for a row a session holds; owner[i]
+ * set for each locked row (InvalidOid: its row is gone, nothing to store).
+ */
+static void
+lock_rows(Datum *ids, int n, Oid *owner, BatchOutcome *outcome)
+{
+	static SPIPlanPtr lock_plan = NULL;
+	static SPIPlanPtr exist_plan = NULL;
+	Oid			types[1] = {UUIDARRAYOID};
+	bool		isnull;
+	int			locked = 0;
+
+	run_with_array(spi_kept_plan(&lock_plan, lock_rows_sql, 1, types), uuid_array(ids, n), SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		int			i = find_id(ids, n, DatumGetUUIDP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)));
+
+		owner[i] = DatumGetObjectId(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		locked++;
+	}
+	if (locked == n)
+		return;
+	/* Rows not locked: held by a session if they still exist. */
+	run_with_array(spi_kept_plan(&exist_plan, rows_exist_sql, 1, types), uuid_array(ids, n), SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		int			i = find_id(ids, n, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+																	 SPI_tuptable->tupdesc, 1, &isnull)));
+
+		if (owner[i] == InvalidOid)
+			outcome[i] = BATCH_BUSY;
+	}
+}
+
+/* Mark BUSY every job of role. */
+static void
+mark_owner_busy(Oid role, Oid *owner, int n, BatchOutcome *outcome)
+{
+	for (int i = 0; i < n; i++)
+		if (owner[i] == role)
+			outcome[i] = BATCH_BUSY;
+}
+
+/* Lock the owners' credit accounts (settling updates them): held ones make their jobs BUSY. */
+static void
+lock_accounts(Oid *owner, int n, BatchOutcome *outcome)
+{
+	static SPIPlanPtr lock_plan = NULL;
+	static SPIPlanPtr exist_plan = NULL;
+	Oid			types[1] = {OIDARRAYOID};
+	Datum	   *roles = palloc(sizeof(Datum) * n);
+	bool	   *free = palloc0(sizeof(bool) * n);
+	bool		isnull;
+	int			nroles = 0;
+
+	for (int i = 0; i < n; i++)
+		if (owner[i] != InvalidOid && outcome[i] != BATCH_BUSY)
+			roles[nroles++] = ObjectIdGetDatum(owner[i]);
+	if (nroles == 0)
+		return;
+	run_with_array(spi_kept_plan(&lock_plan, lock_accounts_sql, 1, types), oid_array(roles, nroles), SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		Oid			role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+
+		for (int k = 0; k < nroles; k++)
+			free[k] = free[k] || DatumGetObjectId(roles[k]) == role;
+	}
+	run_with_array(spi_kept_plan(&exist_plan, accounts_exist_sql, 1, types), oid_array(roles, nroles), SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		Oid			role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+
+		for (int k = 0; k < nroles; k++)
+			if (DatumGetObjectId(roles[k]) == role && !free[k])
+				mark_owner_busy(role, owner, n, outcome);
+	}
+}
+
+static void
+put_text(Datum *values, bool *nulls, int k, const char *text)
+{
+	nulls[k] = text == NULL;
+	values[k] = text ? CStringGetTextDatum(text) : (Datum) 0;
+}
+
+/* Store the results of jobs[i] whose outcome is STORED and whose row is locked. */
+static void
+store_results(Job **jobs, int n, Oid *owner, BatchOutcome *outcome)
+{
+	static SPIPlanPtr store_plan = NULL;
+	Oid			types[STORE_NARGS] = {UUIDARRAYOID, BOOLARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *review = palloc(sizeof(Datum) * n);
+	Datum	   *texts[7];
+	bool	   *nulls[7];
+	Datum		args[STORE_NARGS];
+	int			k = 0;
+
+	for (int c = 0; c < 7; c++)
+	{
+		texts[c] = palloc(sizeof(Datum) * n);
+		nulls[c] = palloc(sizeof(bool) * n);
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		StoredResult r;
+
+		if (outcome[i] != BATCH_STORED || owner[i] == InvalidOid)
+			continue;
+		job_build_result(jobs[i], &r);
+		ids[k] = UUIDPGetDatum(job_id(jobs[i]));
+		review[k] = BoolGetDatum(r.needs_review);
+		put_text(texts[0], nulls[0], k, r.data);
+		put_text(texts[1], nulls[1], k, r.raw);
+		put_text(texts[2], nulls[2], k, r.usage);
+		put_text(texts[3], nulls[3], k, r.attributions);
+		put_text(texts[4], nulls[4], k, r.validation);
+		put_text(texts[5], nulls[5], k, r.table_attributions);
+		put_text(texts[6], nulls[6], k, r.citations);
+		k++;
+	}
+	if (k == 0)
+		return;
+	args[0] = uuid_array(ids, k);
+	args[1] = array_of(review, NULL, k, BOOLOID, 1, true, TYPALIGN_CHAR);
+	for (int c = 0; c < 7; c++)
+		args[2 + c] = array_of(texts[c], nulls[c], k, TEXTOID, -1, false, TYPALIGN_INT);
+	if (spi_execute_plan(spi_kept_plan(&store_plan, store_sql, STORE_NARGS, types), args, NULL, false, 0)
+		!= SPI_OK_INSERT)
+		elog(ERROR, "could not store a batch of results");
+}
+
+/*
+ * Store the n answered jobs (each job_batchable), inside the caller's
+ * transaction; outcome[i] says which were left for later.  Any error is
+ * the batch's: the caller rolls back and stores them one by one.
+ */
+void
+batch_finish(Job **jobs, int n, BatchOutcome *outcome)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Oid		   *owner = palloc0(sizeof(Oid) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = UUIDPGetDatum(job_id(jobs[i]));
+		outcome[i] = BATCH_STORED;
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	lock_rows(ids, n, owner, outcome);
+	lock_accounts(owner, n, outcome);
+	store_results(jobs, n, owner, outcome);
+	SPI_finish();
+}
