@@ -6,7 +6,10 @@
  * runs users' code, and a trigger that sleeps or waits on a lock slows only
  * write-backs.  Among those, owners take turns (one write-back each, round
  * robin), so a role whose triggers are slow slows only its own.  Each
- * write-back is one short transaction (writeback_run.c).
+ * write-back is one short transaction (writeback_run.c), which first takes
+ * the extension's tables without waiting, as the job workers do, and steps
+ * aside for DDL on the schema (steplock.c); a write-back leased before DDL
+ * took the schema is run first once it is free.
  */
 #include "postgres.h"
 
@@ -215,6 +218,7 @@ record_stopped_write_back(void)
 	if (!was_set)
 		return;
 	StartTransactionCommand();
+	steplock_wait();			/* DDL on the schema: after it (steplock.c) */
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (docextract_schema_ready() && SPI_connect() == SPI_OK_CONNECT)
 	{
@@ -233,46 +237,100 @@ record_stopped_write_back(void)
 }
 
 /*
+ * A write-back leased, whose run stepped aside for DDL: run first when the
+ * schema is free again (its lease keeps it from being picked meanwhile).
+ */
+static bool leased_pending = false;
+static pg_uuid_t leased_id;
+
+/*
+ * A transaction for one step, holding the extension's tables as the job
+ * workers do (steplock.c: taken without waiting, all before any row is
+ * touched, so that DROP EXTENSION and this worker never wait on each other
+ * in a cycle).  False if DDL holds or waits for one of them: then nothing
+ * was done, and the transaction is over.
+ */
+static bool
+step_begin(long *next_ms)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (steplock_begin())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		return true;
+	}
+	CommitTransactionCommand();
+	*next_ms = Min(*next_ms, steplock_retry_ms());
+	return false;
+}
+
+static void
+step_end(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* Pick and lease the next due write-back (leased_pending), in its own transaction. */
+static bool
+pick_and_lease(Oid *last_owner, long *next_ms)
+{
+	Datum		id;
+	Oid			owner;
+	bool		found = false;
+
+	if (!step_begin(next_ms))
+		return false;
+	if (docextract_schema_ready() && pick(*last_owner, &id, &owner, next_ms))
+	{
+		found = true;
+		*last_owner = owner;
+		/* The id outlives the transaction that picked it (freed at commit). */
+		leased_id = *DatumGetUUIDP(id);
+		if (writeback_lease(id))
+			leased_pending = true;
+		else
+			skip_for_a_while(id);
+	}
+	step_end();
+	return found;
+}
+
+/* Run the leased write-back in a transaction of its own, unless DDL holds the schema. */
+static bool
+run_leased(long *next_ms)
+{
+	Datum		id = UUIDPGetDatum(&leased_id);
+
+	if (!step_begin(next_ms))
+		return false;			/* still leased: tried again first */
+	leased_pending = false;
+	if (docextract_schema_ready())	/* not dropped meanwhile */
+	{
+		set_running(id);
+		if (!writeback_run(id, true))
+			skip_for_a_while(id);
+		set_running((Datum) 0);
+	}
+	step_end();
+	return true;
+}
+
+/*
  * One write-back: picked and leased in a transaction, run in another.  True
- * if one was due.
+ * if one was due and done.
  */
 static bool
 run_one(Oid *last_owner, long *next_ms)
 {
 	volatile bool found = false;
-	Datum		id;
-	pg_uuid_t	uid;
-	Oid			owner;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "docextract: writing a result back");
 	PG_TRY();
 	{
-		if (docextract_schema_ready() && pick(*last_owner, &id, &owner, next_ms))
-		{
-			found = true;
-			*last_owner = owner;
-			/* The id outlives the transaction that picked it (freed at commit). */
-			uid = *DatumGetUUIDP(id);
-			id = UUIDPGetDatum(&uid);
-			if (!writeback_lease(id))
-				skip_for_a_while(id);
-			else
-			{
-				PopActiveSnapshot();
-				CommitTransactionCommand();
-				StartTransactionCommand();
-				PushActiveSnapshot(GetTransactionSnapshot());
-				set_running(id);
-				if (!writeback_run(id, true))
-					skip_for_a_while(id);
-				set_running((Datum) 0);
-			}
-		}
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		if (leased_pending || pick_and_lease(last_owner, next_ms))
+			found = !leased_pending || run_leased(next_ms);
 	}
 	PG_CATCH();
 	{

@@ -1,11 +1,14 @@
 # DROP EXTENSION docextract CASCADE while the workers are busy: requests in
 # flight at a model server that holds them, extractions pending behind them,
 # a stream of extractions answered at once, webhook deliveries failing and
-# falling due again, write-backs of the trigger form.  The workers take their
-# tables' locks without waiting and step aside for DDL on the schema, so
-# every DROP succeeds at its first try and no deadlock is ever detected.  In
-# half of the rounds the DROP is held open while the held answers arrive,
-# then rolled back: the work goes on and completes, none of it failed.
+# falling due again, write-backs of the trigger form in flight (a stream of
+# rows answered at once, whose write-backs a user's trigger slows down; it
+# reads one of the extension's tables, as users' triggers do).  The
+# workers, the write-back worker too, take their tables' locks without
+# waiting and step aside for DDL on the schema, so every DROP succeeds at its
+# first try and no deadlock is ever detected.  In half of the rounds the DROP
+# is held open while the held answers arrive, then rolled back: the work goes
+# on and completes, none of it failed, every row written back.
 use strict;
 use warnings;
 use FindBin;
@@ -18,6 +21,7 @@ use Time::HiRes qw(usleep);
 
 my $ROUNDS = 20;
 my $FAST = 20;		# per round, besides the 4 held at the model server
+my $ROWS = 30;		# trigger-form rows per round answered at once, besides the 2 held
 
 my $srv = start_model_server();
 my $node = new_node('drop', no_extension => 1, conf => q{
@@ -66,11 +70,16 @@ sub asides { my @l = slurp_file($node->logfile) =~ /stepping aside/g; return sca
 
 my $pdf = fixture('invoice.pdf');
 sq(qq{CREATE TABLE public.invoices (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
-	CREATE TABLE public.fixture AS SELECT pg_read_binary_file('$pdf') AS pdf;});
+	CREATE TABLE public.fixture AS SELECT pg_read_binary_file('$pdf') AS pdf;
+	CREATE FUNCTION public.slow_write_back() RETURNS trigger LANGUAGE plpgsql AS
+	  \$\$BEGIN PERFORM pg_sleep(0.02); PERFORM 1 FROM docextract.documents LIMIT 1; RETURN NEW; END\$\$;
+	CREATE TRIGGER invoices_slow BEFORE UPDATE ON public.invoices FOR EACH ROW
+	  EXECUTE FUNCTION public.slow_write_back();});
 
 # The extension, models, a template, webhooks whose receiver keeps failing,
 # the trigger form on a table; extractions, 4 requests held at the model
-# server, a stream of others answered at once.
+# server, a stream of others answered at once, trigger-form rows among them
+# whose write-backs are under way.
 sub queue_work
 {
 	my ($round) = @_;
@@ -79,7 +88,7 @@ sub queue_work
 	server_script($srv, map { { hold => "r$round" } } 1 .. 4);
 	sq(qq{CREATE EXTENSION docextract;
 		SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL,
-		  '{"max_concurrency": 4, "max_retries": 0}');
+		  '{"max_concurrency": 8, "max_retries": 0}');
 		SELECT docextract.add_model('fast', 'openai', '$srv->{url}/v1', 'test-model', NULL,
 		  '{"max_concurrency": 4, "max_retries": 0}');
 		SELECT docextract.add_webhook('$srv->{url}/hooks/r$round/' || g, 'drop-test-secret-0123456789')
@@ -94,8 +103,11 @@ sub queue_work
 	wait_until(sub { server_stats($srv)->{inflight} >= 4 }) or die "round $round: nothing held";
 	sq(qq{SELECT docextract.extract_document(d.id, t.id, jsonb_build_object('model', 'fast', 'force', true, 'seed', g))
 		FROM docextract.documents d, docextract.templates t, generate_series(1, $FAST) g WHERE t.name = 'invoice'});
+	sq(qq{INSERT INTO public.invoices (pdf) SELECT pdf FROM public.fixture, generate_series(1, $ROWS)});
 	sq_until(q{SELECT count(*) > 0 FROM docextract.extractions WHERE status = 'completed'})
 	  or die "round $round: nothing completed";
+	sq_until(q{SELECT count(*) > 0 FROM public.invoices WHERE state = 'completed'})
+	  or die "round $round: nothing written back";
 	sq_until(q{SELECT count(*) > 0 FROM docextract.webhook_deliveries WHERE attempts > 1})
 	  or die "round $round: no delivery retried";
 }
@@ -123,8 +135,13 @@ for my $round (1 .. $ROUNDS)
 			FROM docextract.extractions WHERE status <> 'completed'});
 		diag("round $round: not completed:\n$bad") if $bad ne '';
 		my $n = sq('SELECT count(*) FROM docextract.extractions');
-		diag("round $round: " . ($err // '') . " done $done, $n extractions") if $err || !$done || $n < 4 + $FAST;
-		$rolled_back_ok++ if !$err && $done && $bad eq '' && $n >= 4 + $FAST;
+		diag("round $round: " . ($err // '') . " done $done, $n extractions") if $err || !$done || $n < 4 + $FAST + $ROWS;
+		my $written = sq_until(q{SELECT count(*) FILTER (WHERE state IS DISTINCT FROM 'completed') = 0
+			FROM public.invoices});
+		my $wb = sq(q{SELECT count(*) FROM docextract.extractions
+			WHERE target_table IS NOT NULL AND (writeback_due IS NOT NULL OR writeback_error IS NOT NULL)});
+		diag("round $round: written back: $written, write-backs not done or failed: $wb") if !$written || $wb ne '0';
+		$rolled_back_ok++ if !$err && $done && $bad eq '' && $n >= 4 + $FAST + $ROWS && $written && $wb eq '0';
 	}
 	my $err = ddl('DROP EXTENSION docextract CASCADE');
 	diag("round $round: DROP EXTENSION failed: $err") if $err;
@@ -137,7 +154,8 @@ for my $round (1 .. $ROUNDS)
 	sq('TRUNCATE public.invoices');
 }
 is($first_try, $ROUNDS, "every DROP EXTENSION CASCADE with work queued succeeded at its first try ($ROUNDS rounds)");
-is($rolled_back_ok, $ROUNDS / 2, 'after each rolled-back DROP, all the queued work completed, none of it failed');
+is($rolled_back_ok, $ROUNDS / 2,
+	'after each rolled-back DROP, all the queued work completed, none of it failed, every row was written back');
 ok($stepped_aside, '... the worker stepped aside while the DROP held the schema, and said so');
 my @deadlocks = slurp_file($node->logfile) =~ /^.*deadlock detected.*$/mg;
 is(scalar @deadlocks, 0, 'no deadlock was ever detected')
@@ -148,7 +166,7 @@ queue_work($ROUNDS + 1);
 release($ROUNDS + 1);
 ok(sq_until(q{SELECT count(*) FILTER (WHERE status = 'completed') = count(*) FROM docextract.extractions}),
 	'created again, the extension processes its whole queue');
-ok(sq_until(q{SELECT count(*) = 2 FROM public.invoices WHERE state = 'completed'}), '... write-backs included')
+ok(sq_until(qq{SELECT count(*) = 2 + $ROWS FROM public.invoices WHERE state = 'completed'}), '... write-backs included')
   or diag(sq(q{SELECT string_agg(concat_ws(' ', status, writeback_due, writeback_error), E'\n')
 	FROM docextract.extractions WHERE target_table IS NOT NULL}) . "\n" .
 	sq(q{SELECT string_agg(concat_ws(' ', backend_type, state, wait_event_type, wait_event, query), E'\n')
