@@ -22,7 +22,8 @@ TAP_TESTS = 1
 # (below), never the library.
 DEPS = libcurl json-c xlsxwriter
 # -Wextra, less unused-parameter: PostgreSQL's own headers trip that one.
-PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter -DEXTVERSION=\"$(EXTVERSION)\" \
+# A function used without its declaration (a missing include) is an error.
+PG_CPPFLAGS = -std=gnu11 -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration -DEXTVERSION=\"$(EXTVERSION)\" \
 	$(shell pkg-config --cflags $(DEPS) 2>/dev/null)
 SHLIB_LINK = $(shell pkg-config --libs $(DEPS) 2>/dev/null)
 

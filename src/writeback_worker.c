@@ -17,6 +17,7 @@
 #include "settings.h"
 #include "spi_checked.h"
 #include "util.h"
+#include "worker.h"
 #include "workerset.h"
 #include "writeback.h"
 
