@@ -698,4 +698,10 @@ extern Datum trigger_row_record(Datum document, Datum template_id, const char *s
 
 extern int	stats_fold(void);
 
+/* classify_candidates.c: the templates a role may classify among --------- */
+
+/* At most this many candidates are offered (own first, then system ones). */
+#define CLASSIFY_MAX_CANDIDATES 50
+extern char *classify_candidates(Oid role, int *n, char **prompt);
+
 #endif							/* DOCEXTRACT_H */
