@@ -419,14 +419,3 @@ classify_or_extract(Datum document, Datum template_id, Datum options)
 	return result;
 }
 
-/*
- * extract_sync's template as its worker gets it: all zeroes is NULL (no
- * template has that id: ids come from gen_random_uuid()).  0 or the uuid.
- */
-Datum
-classify_sync_template(pg_uuid_t *id)
-{
-	static const pg_uuid_t none = {{0}};
-
-	return memcmp(id, &none, sizeof(pg_uuid_t)) == 0 ? (Datum) 0 : UUIDPGetDatum(id);
-}
