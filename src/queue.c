@@ -161,9 +161,14 @@ find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || coalesce($2::text, '')))",
 						  2, (Oid[]) {UUIDOID, UUIDOID}, args, nulls, false, 0);
 	/* pages compare as the pages they name: "2,1" is "1-2". */
-	SPI_execute_with_args("SELECT id FROM docextract.extractions"
-						  " WHERE document_id = $1"
-						  "   AND (template_id = $2 OR ($2 IS NULL AND classification IS NOT NULL))"
+	SPI_execute_with_args(args[1] ? "SELECT id FROM docextract.extractions"
+						  " WHERE document_id = $1 AND template_id = $2"
+						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
+						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
+						  "   AND status IN " ACTIVE_OR_DONE
+						  " ORDER BY created_at DESC LIMIT 1"
+						  : "SELECT id FROM docextract.extractions"
+						  " WHERE document_id = $1 AND $2 IS NULL AND classification IS NOT NULL"
 						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
 						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
 						  "   AND status IN " ACTIVE_OR_DONE

@@ -13,6 +13,7 @@ use DxTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use HTTP::Tiny;
 
 my $srv = start_model_server();
 my $node = new_node('classify', credits => 'enforce', conf => "restart_after_crash = on\n");
@@ -179,6 +180,25 @@ is(sq("SELECT t.name FROM docextract.extractions e JOIN docextract.templates t O
 	'team-form', "her group's template chosen by its label");
 unlike(server_requests($srv)->[0]{body}, qr/old-invoice|secret-bob/, 'neither is in the request');
 sq("REVOKE team FROM alice");
+
+# -- a classification holds one of the model's max_concurrency slots ---------------------
+sq("SELECT docextract.add_model('one', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{\"max_retries\": 0, \"max_concurrency\": 1}')");
+server_reset($srv);
+server_script($srv, { hold => 'slot' });
+my $held = as_alice("SELECT docextract.extract_document('$doc{'invoice.pdf'}', NULL, '{\"model\": \"one\", \"force\": true}')");
+for (1 .. 400)
+{
+	last if server_stats($srv)->{inflight} == 1;
+	usleep(25_000);
+}
+is(row($held, 'status'), 'classifying', 'a classification in flight on a model of max_concurrency 1');
+my $other = as_alice("SELECT docextract.extract_document('$doc{'receipt.png'}', '$receipt', '{\"model\": \"one\", \"force\": true}')");
+is(row($other, 'status'), 'pending', 'another extraction on that model waits');
+HTTP::Tiny->new->post("$srv->{url}/_release/slot");
+is(wait_for_status($node, $held, 'completed', 'failed'), 'completed', 'the classified one completes');
+is(wait_for_status($node, $other, 'completed', 'failed'), 'completed', 'then the other');
+# A false pass is possible (the worker not woken before the release), a false failure is not.
+is(server_stats($srv)->{max_inflight}, 1, 'never two requests in flight: the classification held the slot');
 
 # -- a crash while classifying -----------------------------------------------------------
 server_reset($srv);
