@@ -108,7 +108,10 @@ CREATE TABLE docextract.extractions (
     -- status change, cleared once written), for the write-back worker.
     writeback_due          timestamptz,
     -- options.pages: the pages sent and charged, ascending; NULL: all.
-    page_numbers           integer[]
+    page_numbers           integer[],
+    -- Submitted with template_id NULL: '{}' until classified, then the
+    -- candidates offered, the template chosen, by whom, and the confidence.
+    classification         jsonb
 );
 -- What the worker claims: per model, oldest first.
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
@@ -333,8 +336,9 @@ BEGIN
     WITH changed AS (
         SELECT n.*, CASE
                WHEN n.status IS DISTINCT FROM o.status THEN docextract.event_name(o.status, n.status)
-               -- One request of a multi-request extraction is done.
-               WHEN n.status = 'processing' AND n.completion_percentage > o.completion_percentage
+               -- One request of a multi-request extraction is done (a classification's too).
+               WHEN n.status IN ('classifying', 'processing')
+                    AND n.completion_percentage > o.completion_percentage
                THEN 'extraction.progress' END AS event
           FROM new_rows n JOIN old_rows o ON o.id = n.id),
     stored AS (
@@ -513,6 +517,11 @@ DECLARE
 BEGIN
     IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
        OR NOT NEW.status = ANY (docextract.outcome_statuses()) THEN
+        RETURN NEW;
+    END IF;
+    -- Classified without a fitting template, it awaits a reviewer's pick:
+    -- nothing was extracted yet, the credits stay held.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
         RETURN NEW;
     END IF;
     kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
@@ -737,6 +746,7 @@ BEGIN
         'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
         'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
         'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        'classification', e.classification,
         'sub_documents', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                        'document_id', d.id, 'page_start', d.page_start,
@@ -823,6 +833,10 @@ RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_delete_documents';
 CREATE FUNCTION docextract.drop_document_bytes() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 BEGIN
+    -- Awaiting a reviewer's pick of its template: the bytes are still to be read.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
+        RETURN NULL;
+    END IF;
     UPDATE docextract.documents d SET content = NULL, text = NULL
      WHERE d.id = NEW.document_id AND d.content IS NOT NULL;
     RETURN NULL;

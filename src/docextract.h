@@ -12,6 +12,7 @@
 #include "prelude.h"
 
 #include "answer.h"
+#include "classify.h"
 #include "document.h"
 #include "options.h"
 #include "http.h"

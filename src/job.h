@@ -67,4 +67,6 @@ typedef enum
 
 extern void batch_finish(Job **jobs, int n, BatchOutcome *outcome);
 
+extern bool job_continues(Job *job);	/* a classified job sent its extraction */
+
 #endif							/* DOCEXTRACT_JOB_H */

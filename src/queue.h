@@ -4,6 +4,8 @@
 #ifndef DOCEXTRACT_QUEUE_H
 #define DOCEXTRACT_QUEUE_H
 
+#include "statuses.h"
+
 #include "postgres.h"
 #include "fmgr.h"
 #include "utils/uuid.h"
@@ -26,7 +28,7 @@ extern const char *const queue_claim_sql;
  * (they outlive a restart of one worker).
  */
 #define ORPHANED_PROCESSING \
-	"status = 'processing' AND (worker_pid IS NULL OR worker_pid NOT IN" \
+	"status IN " IN_HAND_STATUSES " AND (worker_pid IS NULL OR worker_pid NOT IN" \
 	" (SELECT a.pid FROM pg_catalog.pg_stat_activity a" \
 	"   WHERE a.backend_type IN ('docextract sync worker', 'docextract worker')" \
 	"     AND a.datname = pg_catalog.current_database()" \

@@ -21,4 +21,7 @@
 #define STATUSES_ACTIVE_OR_DONE "(" STATUS_LIST_ACTIVE_OR_DONE ")"
 #define STATUSES_FINAL "(" STATUS_LIST_FINAL ")"
 
+/* A worker has the extraction in hand: classifying (classify.c) or processing. */
+#define IN_HAND_STATUSES "('classifying', 'processing')"
+
 #endif							/* STATUSES_H */

@@ -39,6 +39,7 @@ typedef struct SyncTask
 	char		settings[SYNC_NUM_SETTINGS][SYNC_SETTING_LEN];
 	pg_atomic_uint32 caller_gone;	/* set when the caller stops waiting */
 	pg_atomic_uint32 worker_pid;	/* the worker's, while it submits (then 0) */
+	bool		classify;		/* template_id NULL: classify (classify.c) */
 } SyncTask;
 
 #endif							/* DOCEXTRACT_SYNC_H */

@@ -19,6 +19,7 @@
  * the extraction cancelled, its credits released.  An answer that arrived is
  * stored (and charged) first.
  */
+#include "classify.h"
 #include "postgres.h"
 
 #include "document.h"
@@ -128,10 +129,11 @@ start_attempt_step(void *arg)
 	spi_connect();
 	privileged_begin(&priv);
 	if (spi_execute_with_args("UPDATE docextract.extractions"
-							  " SET status = 'processing', started_at = coalesce(started_at, clock_timestamp()),"
+							  " SET status = CASE WHEN template_id IS NULL THEN 'classifying' ELSE 'processing' END,"
+							  "     started_at = coalesce(started_at, clock_timestamp()),"
 							  "     attempts = attempts + 1, next_attempt_at = NULL, worker_pid = pg_backend_pid(),"
 							  "     completion_percentage = 0"
-							  " WHERE id = $1 AND status IN ('pending', 'processing')"
+							  " WHERE id = $1 AND status IN ('pending', 'classifying', 'processing')"
 							  " RETURNING attempts, parts, model_name,"
 							  "  (SELECT coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0) FROM docextract.models m"
 							  "    WHERE m.name = model_name),"
@@ -166,8 +168,8 @@ submit_step(void *arg)
 
 	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum("document"),
 							  PointerGetDatum(run->content));
-	id = DirectFunctionCall3(docextract_extract_document, doc,
-							 UUIDPGetDatum(&task->template_id), PointerGetDatum(run->options));
+	id = classify_or_extract(doc, task->classify ? (Datum) 0 : UUIDPGetDatum(&task->template_id),
+							 PointerGetDatum(run->options));
 	memcpy(&run->id, DatumGetUUIDP(id), sizeof(pg_uuid_t));
 	start_attempt_step(run);
 }
@@ -230,7 +232,8 @@ finish_step(void *arg)
 	if (job_will_retry(job))
 	{
 		spi_connect();
-		spi_execute_with_args("UPDATE docextract.extractions SET status = 'processing'"
+		spi_execute_with_args("UPDATE docextract.extractions"
+							  " SET status = CASE WHEN template_id IS NULL THEN 'classifying' ELSE 'processing' END"
 							  " WHERE id = $1 AND status = 'retrying'",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(job_id(job))},
 							  NULL, false, 0);
@@ -339,7 +342,7 @@ end_step(void *arg)
 	spi_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = CASE WHEN $2 THEN 'cancelled' ELSE 'failed' END,"
 						  "     error_message = $3, completed_at = clock_timestamp()"
-						  " WHERE id = $1 AND status = 'processing'",
+						  " WHERE id = $1 AND status IN " IN_HAND_STATUSES,
 						  3, (Oid[]) {UUIDOID, BOOLOID, TEXTOID},
 						  (Datum[]) {UUIDPGetDatum(e->id), BoolGetDatum(e->cancelled),
 							  CStringGetTextDatum(e->message)}, NULL, false, 0);
@@ -424,6 +427,12 @@ attempt(Run *run, bool *retry)
 	{
 		wait_for_requests(job);
 		err = finish_uninterrupted(job);
+		/* Classified: the extraction's request went out in the same job. */
+		while (err == NULL && job_continues(job))
+		{
+			wait_for_requests(job);
+			err = finish_uninterrupted(job);
+		}
 	}
 	*retry = err == NULL && job_will_retry(job);
 	current_job = NULL;

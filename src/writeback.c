@@ -9,6 +9,7 @@
  * queues the write-back of its status, and once completed its data, into
  * that row; writeback_run.c does it.
  */
+#include "classify.h"
 #include "postgres.h"
 
 #include "document.h"
@@ -193,8 +194,11 @@ submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, 
 	const char *status = "failed";
 	Datum		doc;
 	RowTarget	target = {RelationGetRelid(t->rel), key, t->result_col, t->status_col};
-	int			sqlstate;
-	char	   *problem = trigger_row_template_problem(t->template_arg, &t->template_id, &sqlstate);
+	int			sqlstate = 0;
+
+	/* Template NULL: classified by the worker (classify.c). */
+	char	   *problem = classify_trigger_arg(t->template_arg) ? NULL
+		: trigger_row_template_problem(t->template_arg, &t->template_id, &sqlstate);
 	char	   *doc_problem = document_problem(label, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ,
 											   &type, &pages, &text);
 
@@ -208,7 +212,7 @@ submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, 
 	if (problem)
 		return trigger_row_record(doc, t->template_id, status, problem, &target);
 	*recorded = false;
-	return DirectFunctionCall3(docextract_extract_document, doc, t->template_id,
+	return classify_or_extract(doc, t->template_id,
 							   DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 }
 
@@ -232,7 +236,8 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("docextract.extract_document() without arguments is a trigger function")));
 	resolve_target(td, &t);
-	if (!record)
+	t.template_id = (Datum) 0;	/* NULL: classify */
+	if (!record && !classify_trigger_arg(t.template_arg))
 		template_of(&t, t.template_arg);
 	row = td->tg_trigtuple;
 	content = heap_getattr(row, t.content_att, RelationGetDescr(t.rel), &isnull);
@@ -251,7 +256,7 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum(label), content);
-	extraction = DirectFunctionCall3(docextract_extract_document, doc, t.template_id,
+	extraction = classify_or_extract(doc, t.template_id,
 									 DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 	if (t.result_col || t.status_col)
 		remember_row(extraction, &t, key);	/* a key exists: resolve_target() checked */

@@ -153,7 +153,21 @@ def read_table(text, props):
     return rows
 
 
+def classify(labels, text):
+    """docextract's classification question ("template": one of the labels
+    "<n>. <name>", "confidence"): the candidate whose name is a line of the
+    document by itself (a title such as INVOICE), else none."""
+    lines = {line.strip().lower() for line in text.splitlines()}
+    for label in labels:
+        if label and label.split(". ", 1)[-1].lower() in lines:
+            return {"template": label, "confidence": 0.9}
+    return {"template": None, "confidence": 0.0}
+
+
 def answer_for(schema, text):
+    general = schema["properties"].get("general", {}).get("properties", {})
+    if set(general) == {"template", "confidence"} and "enum" in general["template"]:
+        return {"general": classify(general["template"]["enum"], text)}
     evidence = {}
     ans = {}
     if "general" in schema["properties"]:  # absent from the table-only part of a split
