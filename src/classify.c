@@ -19,7 +19,16 @@
  */
 #include "postgres.h"
 
-#include "docextract.h"	/* first: see the note on json_object */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "answer.h"
+#include "classify.h"
+#include "privileged.h"
+#include "queue.h"
+#include "settings.h"
+#include "spi_checked.h"
+#include "template.h"
+#include "util.h"
+#include "workerset.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

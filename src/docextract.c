@@ -6,10 +6,10 @@
  * starts the workers of every database, and the hooks that tell it of
  * CREATE/DROP EXTENSION and DATABASE (dbhooks.c).
  */
+#include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
 #include "postgres.h"
 
-#include "prelude.h"		/* first: see the note on json_object */
 #include "answer.h"
 #include "http.h"
 #include "parser.h"

@@ -11,10 +11,10 @@
  * answer is read as it arrives; the job is finished when all are in, or at
  * the first that failed.
  */
+#include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
 #include "postgres.h"
 
-#include "prelude.h"		/* first: see the note on json_object */
 #include "answer.h"
 #include "document.h"
 #include "http.h"

@@ -3,10 +3,10 @@
  * extraction awaiting approval, re-runs the template's rules and completes
  * it; validate_data() runs a template's rules against any data.
  */
+#include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
 #include "postgres.h"
 
-#include "prelude.h"		/* first: see the note on json_object */
 #include "privileged.h"
 #include "spi_checked.h"
 #include "template.h"

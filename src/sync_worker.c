@@ -19,6 +19,7 @@
  * the extraction cancelled, its credits released.  An answer that arrived is
  * stored (and charged) first.
  */
+#include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
 #include "postgres.h"
 

@@ -9,6 +9,7 @@
  * queues the write-back of its status, and once completed its data, into
  * that row; writeback_run.c does it.
  */
+#include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
 #include "postgres.h"
 
