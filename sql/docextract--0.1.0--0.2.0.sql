@@ -394,6 +394,240 @@ SELECT e.model_name, e.owner,
  GROUP BY e.model_name, e.owner;
 
 
+-- Issue 13: options.split.  Sub-documents' extractions name their parent,
+-- which holds the credits of all and follows them (trigger split_follow).
+ALTER TABLE docextract.extractions ADD COLUMN parent_extraction_id uuid;
+ALTER TABLE docextract.extractions ADD COLUMN split_count integer;
+-- A parent's sub-documents are made once: one per document of its pages.
+CREATE UNIQUE INDEX extractions_split_children ON docextract.extractions (parent_extraction_id, document_id)
+    WHERE parent_extraction_id IS NOT NULL;
+-- A split document's pages a to b are one sub-document, whichever
+-- extraction split it.
+CREATE UNIQUE INDEX documents_split_range ON docextract.documents (parent_id, page_start, page_end)
+    WHERE parent_id IS NOT NULL AND deleted_at IS NULL;
+
+CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    pages integer;
+    acct docextract.credit_accounts;
+    active bigint;
+    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
+    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
+BEGIN
+    -- Only what docextract enqueues is reserved for.  A row loaded with its
+    -- state (pg_restore of a dump) carries its reservation, and its
+    -- account and ledger rows are restored with it.
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NEW;
+    END IF;
+    -- A row the trigger form records as not submitted holds nothing; a
+    -- sub-document of a split neither: its parent holds its pages.
+    IF NEW.status <> 'pending' OR NEW.parent_extraction_id IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
+    -- options.pages: only the pages asked for are charged.
+    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+      FROM docextract.documents d WHERE d.id = NEW.document_id;
+    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
+    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    IF quota > 0 THEN
+        SELECT count(*) INTO active FROM docextract.extractions x
+         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+        IF active >= quota THEN
+            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
+                USING ERRCODE = '53400',
+                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
+        END IF;
+    END IF;
+    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
+                        NEW.owner, pages, pages, acct.balance - acct.reserved
+            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
+    END IF;
+    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
+     WHERE a.role = NEW.owner;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+            'submitted', NEW.owner);
+    NEW.credits_reserved := pages;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION docextract.split_follow() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    p docextract.extractions;
+    total integer;
+    ended integer;
+    done integer;
+    read_pages integer;
+    unread text;
+    after bigint;
+BEGIN
+    IF NEW.split_count IS NOT NULL THEN
+        IF NEW.status = 'cancelled' THEN
+            UPDATE docextract.extractions c SET status = 'cancelled', completed_at = clock_timestamp()
+             WHERE c.parent_extraction_id = NEW.id
+               AND c.status IN ('pending', 'classifying', 'processing', 'retrying', 'awaiting_approval');
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status NOT IN ('completed', 'failed', 'cancelled', 'insufficient_credits') THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO p FROM docextract.extractions x
+     WHERE x.id = NEW.parent_extraction_id AND x.status = 'processing' FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*),
+           count(*) FILTER (WHERE c.status IN ('completed', 'failed', 'cancelled', 'insufficient_credits')),
+           count(*) FILTER (WHERE c.status = 'completed'),
+           coalesce(sum(d.page_end - d.page_start + 1) FILTER (WHERE r.extraction_id IS NOT NULL), 0),
+           string_agg(format('pages %s-%s %s', d.page_start, d.page_end, c.status), ', '
+                      ORDER BY d.page_start) FILTER (WHERE c.status <> 'completed')
+      INTO total, ended, done, read_pages, unread
+      FROM docextract.extractions c
+      JOIN docextract.documents d ON d.id = c.document_id
+      LEFT JOIN docextract.results r ON r.extraction_id = c.id
+     WHERE c.parent_extraction_id = p.id;
+    IF ended < total THEN
+        UPDATE docextract.extractions x
+           SET completion_percentage = greatest(x.completion_percentage, 10 + 90 * ended / total)
+         WHERE x.id = p.id;
+        RETURN NULL;
+    END IF;
+    -- Pages no answer was stored for are returned; settle_credits charges the rest.
+    IF read_pages > 0 AND p.credits_reserved > read_pages THEN
+        UPDATE docextract.credit_accounts a
+           SET reserved = a.reserved - (p.credits_reserved - read_pages), updated_at = now()
+         WHERE a.role = p.owner
+        RETURNING a.balance - a.reserved INTO after;
+        INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                              reason, created_by)
+        VALUES (p.owner, 'release', p.credits_reserved - read_pages, after, p.id,
+                'sub-documents not read: ' || unread, p.owner);
+        -- Apart: settle_credits charges what the row held before its status change.
+        UPDATE docextract.extractions x SET credits_reserved = read_pages WHERE x.id = p.id;
+    END IF;
+    UPDATE docextract.extractions x
+       SET status = CASE WHEN read_pages > 0 THEN 'completed' ELSE 'failed' END,
+           completion_percentage = CASE WHEN read_pages > 0 THEN 100 ELSE x.completion_percentage END,
+           completed_at = clock_timestamp(),
+           error_message = CASE WHEN done < total
+                                THEN format('%s of %s sub-documents did not complete: %s',
+                                            total - done, total, unread) END
+     WHERE x.id = p.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_split_follow
+    AFTER UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status
+                       AND (NEW.parent_extraction_id IS NOT NULL OR NEW.split_count IS NOT NULL))
+    EXECUTE FUNCTION docextract.split_follow();
+
+CREATE FUNCTION docextract.split_overall_status(extraction_id uuid)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+    SELECT CASE
+        WHEN NOT coalesce((e.options->>'split')::boolean, false) THEN NULL
+        WHEN e.status IN ('cancelled', 'insufficient_credits') THEN e.status
+        WHEN e.split_count IS NULL AND e.status = 'failed' THEN 'failed'
+        WHEN e.split_count IS NULL THEN 'splitting'
+        WHEN s.active > 0 THEN 'processing'
+        WHEN s.review > 0 THEN 'awaiting_approval'
+        WHEN s.done = s.total THEN 'completed'
+        WHEN s.done > 0 THEN 'partially_completed'
+        ELSE 'failed' END
+      FROM docextract.extractions e
+      LEFT JOIN LATERAL (
+          SELECT count(*) AS total,
+                 count(*) FILTER (WHERE c.status IN ('pending', 'classifying', 'processing', 'retrying')) AS active,
+                 count(*) FILTER (WHERE c.status = 'awaiting_approval') AS review,
+                 count(*) FILTER (WHERE c.status = 'completed') AS done
+            FROM docextract.extractions c WHERE c.parent_extraction_id = e.id) s ON true
+     WHERE e.id = split_overall_status.extraction_id
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.extraction_status(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    RETURN jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id, 'status', e.status,
+        'template_id', e.template_id, 'model', e.model_name,
+        'created_at', e.created_at, 'started_at', e.started_at,
+        'completed_at', e.completed_at, 'error_message', e.error_message,
+        'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
+        'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
+        'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        -- options.split: the sub-documents and the state of the whole.
+        'overall_status', docextract.split_overall_status(e.id),
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'document_id', d.id, 'extraction_id', c.id, 'page_start', d.page_start,
+                       'page_end', d.page_end, 'page_count', d.page_count, 'status', c.status,
+                       'template_id', c.template_id, 'error_message', c.error_message)
+                       ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.get_result(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id,
+        'template_id', e.template_id, 'status', e.status,
+        'error_message', e.error_message,
+        'attributions', r.attributions,
+        'table_attributions', r.table_attributions,
+        'corrections', r.corrections))
+        -- citations keep their nulls: "bbox": null says no box was found
+        || CASE WHEN r.citations IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('citations', r.citations) END
+        || jsonb_build_object(
+        'data', r.data,
+        'validation', coalesce(r.validation, '[]'::jsonb),
+        'usage', coalesce(r.usage, '{}'::jsonb))
+        -- options.split: no data of its own; each sub-document's result.
+        || CASE WHEN e.split_count IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(
+        'overall_status', docextract.split_overall_status(e.id),
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'extraction_id', c.id, 'document_id', c.document_id,
+                       'page_start', d.page_start, 'page_end', d.page_end,
+                       'template_id', c.template_id, 'status', c.status,
+                       'error_message', c.error_message, 'data', cr.data,
+                       'validation', cr.validation) ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            LEFT JOIN docextract.results cr ON cr.extraction_id = c.id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb)) END;
+END
+$$;
+
+REVOKE ALL ON FUNCTION docextract.split_follow() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION docextract.split_overall_status(uuid) TO PUBLIC;
+
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

@@ -384,10 +384,11 @@ extern const char *const queue_claim_sql;
 /*
  * Rows a previous worker left processing, less those a live job worker of
  * this database (a sibling) or an extract_sync call's own worker is running
- * (they outlive a restart of one worker).
+ * (they outlive a restart of one worker).  A split parent waiting for its
+ * sub-documents (split_count set) is held by no worker: not an orphan.
  */
 #define ORPHANED_PROCESSING \
-	"status = 'processing' AND (worker_pid IS NULL OR worker_pid NOT IN" \
+	"status = 'processing' AND split_count IS NULL AND (worker_pid IS NULL OR worker_pid NOT IN" \
 	" (SELECT a.pid FROM pg_catalog.pg_stat_activity a" \
 	"   WHERE a.backend_type IN ('docextract sync worker', 'docextract worker')" \
 	"     AND a.datname = pg_catalog.current_database()" \
@@ -697,5 +698,25 @@ extern Datum trigger_row_record(Datum document, Datum template_id, const char *s
 /* stats.c: worker_stats' counters, folded by the worker ------------------ */
 
 extern int	stats_fold(void);
+
+/* split.c, split_ranges.c: options.split, a file of several documents --- */
+
+/* Entries of a split answer read at most; sub-documents made at most. */
+#define SPLIT_MAX_ENTRIES 1000
+#define SPLIT_MAX_DOCUMENTS 100
+
+typedef struct SplitRange
+{
+	int			page_start;		/* 1-based, inclusive */
+	int			page_end;
+	char	   *template_name;	/* the model's choice, or NULL */
+} SplitRange;
+
+extern SplitRange *split_ranges_repair(json_object *answer, int page_count, int *n);
+extern bool split_requested(const char *options);
+extern void split_check_submit(Datum document, bool with_pages);
+extern void split_request_template(Template *out, const char *template_name);
+extern char *split_template_name(pg_uuid_t *id);
+extern void split_store(pg_uuid_t *id, json_object *answer);
 
 #endif							/* DOCEXTRACT_H */

@@ -66,6 +66,7 @@ struct Job
 	bool		citations;		/* citations asked */
 	bool		will_retry;
 	bool		busy;			/* a session held what finishing needs: later */
+	bool		split;			/* options.split: asks for the documents' page ranges */
 	char		slot_model[MODEL_NAME_LEN];	/* its model's slots it holds (ratelimit.c) */
 	int			slots_held;
 };
@@ -335,6 +336,15 @@ job_prepare(Job *job)
 	SPI_connect();
 	load_model(job, &options, &pages, &npages);
 	load_document(job, outer, &doc);
+	if ((job->split = split_requested(options)))
+	{
+		/* The split request: the documents in the file (split.c), not the template's fields. */
+		MemoryContext prev = MemoryContextSwitchTo(job->cxt);
+
+		split_request_template(&job->tmpl, split_template_name(&job->id));
+		job->nparts = 1;
+		MemoryContextSwitchTo(prev);
+	}
 	{
 		MemoryContext prev = MemoryContextSwitchTo(outer);
 
@@ -349,6 +359,8 @@ job_prepare(Job *job)
 	job->auto_approve = opts.auto_approve;
 	job->max_retries = Min(opts.has_max_retries ? opts.max_retries : job->model.max_retries,
 						   MAX_RETRIES_CAP);	/* options stored before the cap */
+	if (job->split)
+		opts.per_key_attribution = opts.citations = false;
 	job->attributions = opts.per_key_attribution;
 	job->citations = opts.citations;
 	split_template(job);
@@ -670,6 +682,11 @@ job_finish(Job *job)
 		return;
 	}
 	answer = merged_answer(job);
+	if (job->split)
+	{
+		split_store(&job->id, answer);	/* sub-documents, extracted in turn */
+		return;
+	}
 	data = coerce_output(answer, &job->tmpl);
 	validation = validation_run(job->rules, data, &passed);
 	if (charlimit_apply(data, &job->tmpl, validation) > 0)

@@ -32,7 +32,7 @@ PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
 static char *
 check_options(json_object *o)
 {
-	static const char *const unsupported[] = {"split", NULL};
+	static const char *const unsupported[] = {NULL};
 	json_object *v;
 	struct json_object_iter it;
 
@@ -65,14 +65,14 @@ check_options(json_object *o)
 				json_object_get_int64(val) <= MAX_RETRIES_CAP;
 		else if (strcmp(key, "force") == 0 || strcmp(key, "auto_approve") == 0 ||
 				 strcmp(key, "per_key_attribution") == 0 || strcmp(key, "parallel_parts") == 0 ||
-				 strcmp(key, "citations") == 0 ||
+				 strcmp(key, "citations") == 0 || strcmp(key, "split") == 0 ||
 				 strcmp(key, "zero_retention") == 0)
 			ok = t == json_type_boolean;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
-					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, citations, parallel_parts, auto_approve, zero_retention, force, pages.")));
+					 errhint("Options are model, temperature, seed, max_retries, additional_instructions, per_key_attribution, citations, parallel_parts, auto_approve, zero_retention, force, pages, split.")));
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -217,6 +217,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	volatile bool force = false;
 	char	   *volatile model = NULL;
 	char	   *volatile pages = NULL;
+	volatile bool split = false;
 	Datum		page_numbers;
 	Datum		args[4];
 	Datum		id;
@@ -240,6 +241,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 
 		model = check_options(parsed);
 		force = json_object_object_get_ex(parsed, "force", &v) && json_object_get_boolean(v);
+		split = json_object_object_get_ex(parsed, "split", &v) && json_object_get_boolean(v);
 		if (json_object_object_get_ex(parsed, "pages", &v))
 			pages = pstrdup(json_object_get_string(v));
 	}
@@ -260,6 +262,8 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
 				  args[0], caller, false);
 	check_not_deleted(args[0]);
+	if (split)
+		split_check_submit(args[0], pages != NULL);	/* split.c */
 	check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
 				  args[1], caller, true);
 	check_template_usable(args[1]);
