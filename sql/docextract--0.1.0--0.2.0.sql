@@ -486,7 +486,10 @@ BEGIN
     SELECT count(*),
            count(*) FILTER (WHERE c.status IN ('completed', 'failed', 'cancelled', 'insufficient_credits')),
            count(*) FILTER (WHERE c.status = 'completed'),
-           coalesce(sum(d.page_end - d.page_start + 1) FILTER (WHERE r.extraction_id IS NOT NULL), 0),
+           -- Read: completed (its result is stored in the same transaction,
+           -- after this status change), or answered before it ended.
+           coalesce(sum(d.page_end - d.page_start + 1)
+                    FILTER (WHERE c.status = 'completed' OR r.extraction_id IS NOT NULL), 0),
            string_agg(format('pages %s-%s %s', d.page_start, d.page_end, c.status), ', '
                       ORDER BY d.page_start) FILTER (WHERE c.status <> 'completed')
       INTO total, ended, done, read_pages, unread

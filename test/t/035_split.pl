@@ -212,6 +212,7 @@ for (1 .. 600)
 ok(!-e $node->data_dir . '/postmaster.pid', 'the worker stopped after writing the sub-documents');
 like(slurp_file($node->logfile), qr/aborting on document "crash\.pdf#split"/, '... at the fault point');
 $node->append_conf('postgresql.conf', "docextract.debug_crash_on_document = ''\n");
+$node->_update_pid(0);
 $node->start;
 is(wait_for_status($node, $c, 'completed', 'failed'), 'completed', 'after the restart it is split again');
 is(children($cd), '1-2:2 3-3:1 4-6:3', 'one set of sub-documents');
