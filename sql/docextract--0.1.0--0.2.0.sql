@@ -573,8 +573,6 @@ BEGIN
         'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
         'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
         'approved_by', e.approved_by, 'approved_at', e.approved_at,
-        -- options.split: the sub-documents and the state of the whole.
-        'overall_status', docextract.split_overall_status(e.id),
         'sub_documents', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                        'document_id', d.id, 'extraction_id', c.id, 'page_start', d.page_start,
@@ -582,7 +580,9 @@ BEGIN
                        'template_id', c.template_id, 'error_message', c.error_message)
                        ORDER BY d.page_start)
             FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
-            WHERE c.parent_extraction_id = e.id), '[]'::jsonb));
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb))
+        -- options.split: the state of the whole (only then).
+        || jsonb_strip_nulls(jsonb_build_object('overall_status', docextract.split_overall_status(e.id)));
 END
 $$;
 
