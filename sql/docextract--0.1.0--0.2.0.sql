@@ -394,6 +394,150 @@ SELECT e.model_name, e.owner,
  GROUP BY e.model_name, e.owner;
 
 
+-- Classification (template_id NULL, issue 13): what was offered and chosen;
+-- a classification's progress is announced; an extraction that awaits a
+-- reviewer's pick of its template is not charged and keeps its bytes.
+ALTER TABLE docextract.extractions ADD COLUMN classification jsonb;
+
+CREATE OR REPLACE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    event text;
+    event_id bigint;
+    payload json;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+            RETURN NULL;    -- loaded with its state (a restore): its events come with it
+        END IF;
+        event := docextract.event_name(NULL, NEW.status);
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        event := docextract.event_name(OLD.status, NEW.status);
+    ELSIF NEW.status IN ('classifying', 'processing')
+          AND NEW.completion_percentage > OLD.completion_percentage THEN
+        -- One request of a multi-request extraction is done (a classification's too).
+        event := 'extraction.progress';
+    ELSE
+        RETURN NULL;
+    END IF;
+    event_id := nextval('docextract.events_id_seq');
+    payload := json_build_object(
+        'event', event,
+        'extraction_id', NEW.id,
+        'document_id', NEW.document_id,
+        'status', NEW.status,
+        'template_id', NEW.template_id,
+        'attempts', NEW.attempts,
+        'completion_percentage', NEW.completion_percentage,
+        'event_id', event_id,
+        'created_at', clock_timestamp());
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The event stays in the outbox.
+    IF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
+        PERFORM pg_catalog.pg_notify('docextract', payload::text);
+    ELSE
+        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
+                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
+    -- A webhook a session is dropping (its row held until that session
+    -- ends) gets no delivery: the worker, whose status changes land
+    -- here, never waits for a role's open transaction.
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.settle_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    kind text;
+    after bigint;
+BEGIN
+    IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
+       OR NEW.status NOT IN ('completed', 'awaiting_approval', 'failed', 'cancelled',
+                             'insufficient_credits') THEN
+        RETURN NEW;
+    END IF;
+    -- Classified without a fitting template, it awaits a reviewer's pick:
+    -- nothing was extracted yet, the credits stay held.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
+        RETURN NEW;
+    END IF;
+    kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
+    UPDATE docextract.credit_accounts a
+       SET reserved = a.reserved - OLD.credits_reserved,
+           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE 0 END,
+           updated_at = now()
+     WHERE a.role = OLD.owner
+    RETURNING a.balance - a.reserved INTO after;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (OLD.owner, kind, OLD.credits_reserved, after, OLD.id, NEW.status, OLD.owner);
+    IF kind = 'charge' THEN
+        NEW.credits_used := OLD.credits_reserved;
+    END IF;
+    NEW.credits_reserved := 0;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.drop_document_bytes() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    -- Awaiting a reviewer's pick of its template: the bytes are still to be read.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE docextract.documents d SET content = NULL, text = NULL
+     WHERE d.id = NEW.document_id AND d.content IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.extraction_status(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    RETURN jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id, 'status', e.status,
+        'template_id', e.template_id, 'model', e.model_name,
+        'created_at', e.created_at, 'started_at', e.started_at,
+        'completed_at', e.completed_at, 'error_message', e.error_message,
+        'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
+        'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
+        'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        'classification', e.classification,
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'document_id', d.id, 'page_start', d.page_start,
+                       'page_end', d.page_end, 'status', s.status,
+                       'template_id', s.template_id) ORDER BY d.page_start)
+            FROM docextract.documents d
+            LEFT JOIN LATERAL (SELECT x.status, x.template_id FROM docextract.extractions x
+                               WHERE x.document_id = d.id
+                               ORDER BY x.created_at DESC LIMIT 1) s ON true
+            WHERE d.parent_id = e.document_id), '[]'::jsonb));
+END
+$$;
+
+
 -- Issue 13: options.split.  Sub-documents' extractions name their parent,
 -- which holds the credits of all and follows them (trigger split_follow).
 ALTER TABLE docextract.extractions ADD COLUMN parent_extraction_id uuid;
@@ -573,6 +717,7 @@ BEGIN
         'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
         'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
         'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        'classification', e.classification,
         'sub_documents', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                        'document_id', d.id, 'extraction_id', c.id, 'page_start', d.page_start,
@@ -629,7 +774,6 @@ $$;
 
 REVOKE ALL ON FUNCTION docextract.split_follow() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION docextract.split_overall_status(uuid) TO PUBLIC;
-
 
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations

@@ -113,6 +113,9 @@ CREATE TABLE docextract.extractions (
     writeback_due          timestamptz,
     -- options.pages: the pages sent and charged, ascending; NULL: all.
     page_numbers           integer[],
+    -- Submitted with template_id NULL: '{}' until classified, then the
+    -- candidates offered, the template chosen, by whom, and the confidence.
+    classification         jsonb,
     -- options.split: a sub-document's extraction names the extraction it
     -- was split from; that one (the parent) holds the credits of all.
     parent_extraction_id   uuid,
@@ -334,9 +337,9 @@ BEGIN
         event := docextract.event_name(NULL, NEW.status);
     ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
         event := docextract.event_name(OLD.status, NEW.status);
-    ELSIF NEW.status = 'processing'
+    ELSIF NEW.status IN ('classifying', 'processing')
           AND NEW.completion_percentage > OLD.completion_percentage THEN
-        -- One request of a multi-request extraction is done.
+        -- One request of a multi-request extraction is done (a classification's too).
         event := 'extraction.progress';
     ELSE
         RETURN NULL;
@@ -457,6 +460,11 @@ BEGIN
     IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
        OR NEW.status NOT IN ('completed', 'awaiting_approval', 'failed', 'cancelled',
                              'insufficient_credits') THEN
+        RETURN NEW;
+    END IF;
+    -- Classified without a fitting template, it awaits a reviewer's pick:
+    -- nothing was extracted yet, the credits stay held.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
         RETURN NEW;
     END IF;
     kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
@@ -793,6 +801,7 @@ BEGIN
         'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
         'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
         'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        'classification', e.classification,
         'sub_documents', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                        'document_id', d.id, 'extraction_id', c.id, 'page_start', d.page_start,
@@ -892,6 +901,10 @@ RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_delete_documents';
 CREATE FUNCTION docextract.drop_document_bytes() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 BEGIN
+    -- Awaiting a reviewer's pick of its template: the bytes are still to be read.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
+        RETURN NULL;
+    END IF;
     UPDATE docextract.documents d SET content = NULL, text = NULL
      WHERE d.id = NEW.document_id AND d.content IS NOT NULL;
     RETURN NULL;

@@ -174,7 +174,8 @@ crashguard_claim_suspect(ClaimedJob *out)
 		return 0;
 	SPI_connect();
 	SPI_execute("UPDATE docextract.extractions e"
-				" SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
+				" SET status = CASE WHEN e.template_id IS NULL THEN 'classifying' ELSE 'processing' END,"
+				"     started_at = coalesce(e.started_at, clock_timestamp()),"
 				"     attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
 				"     completion_percentage = 0"
 				" WHERE e.id = (SELECT x.id FROM docextract.extractions x"

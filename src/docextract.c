@@ -98,6 +98,7 @@ define_settings(void)
 							NULL, &docextract_max_inflight, 256, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	inflight_define_settings();
+	classify_define_settings();
 	DefineCustomIntVariable("docextract.poll_interval",
 							"How often the worker looks at the queue when nobody wakes it.",
 							NULL, &docextract_poll_interval_ms, 5000, 10, 3600 * 1000,

@@ -387,8 +387,10 @@ extern const char *const queue_claim_sql;
  * (they outlive a restart of one worker).  A split parent waiting for its
  * sub-documents (split_count set) is held by no worker: not an orphan.
  */
+/* A worker has the extraction in hand: classifying (classify.c) or processing. */
+#define IN_HAND_STATUSES "('classifying', 'processing')"
 #define ORPHANED_PROCESSING \
-	"status = 'processing' AND split_count IS NULL AND (worker_pid IS NULL OR worker_pid NOT IN" \
+	"status IN " IN_HAND_STATUSES " AND split_count IS NULL AND (worker_pid IS NULL OR worker_pid NOT IN" \
 	" (SELECT a.pid FROM pg_catalog.pg_stat_activity a" \
 	"   WHERE a.backend_type IN ('docextract sync worker', 'docextract worker')" \
 	"     AND a.datname = pg_catalog.current_database()" \
@@ -699,6 +701,47 @@ extern Datum trigger_row_record(Datum document, Datum template_id, const char *s
 
 extern int	stats_fold(void);
 
+/* classify_candidates.c: the templates a role may classify among --------- */
+
+/* At most this many candidates are offered (own first, then system ones). */
+#define CLASSIFY_MAX_CANDIDATES 50
+extern char *classify_candidates(Oid role, int *n, char **prompt);
+
+/* classify.c: template_id NULL, the template chosen by the model ---------- */
+
+typedef struct ClassifyCandidates
+{
+	int			n;
+	char	  **ids;			/* uuid texts */
+	char	  **names;
+	char	  **labels;			/* "<n>. <name>", what the model answers */
+} ClassifyCandidates;
+
+typedef struct ClassifyChoice
+{
+	int			index;			/* into the candidates; -1: none fits */
+	bool		has_confidence;
+	double		confidence;
+	char	   *why;			/* why none fits */
+} ClassifyChoice;
+
+extern double docextract_classify_min_confidence;
+extern void classify_define_settings(void);
+extern void classify_parse_candidates(const char *json, ClassifyCandidates *c);
+extern void classify_template(const ClassifyCandidates *c, const char *prompt, Template *t);
+extern void classify_read_answer(json_object *answer, const ClassifyCandidates *c,
+								 ClassifyChoice *out);
+extern char *classify_failure_message(const ClassifyCandidates *c, const char *why);
+extern bool classify_record_choice(pg_uuid_t *id, const ClassifyCandidates *c,
+								   const ClassifyChoice *ch, int64 in_tokens, int64 out_tokens);
+extern void classify_await_review(pg_uuid_t *id, const ClassifyCandidates *c,
+								  const ClassifyChoice *ch, int64 in_tokens, int64 out_tokens);
+extern bool classify_pick(Datum id, Oid caller, Datum corrections);
+extern bool classify_trigger_arg(const char *arg);
+extern Datum classify_or_extract(Datum document, Datum template_id, Datum options);
+extern Datum classify_sync_template(pg_uuid_t *id);
+extern bool job_continues(Job *job);	/* job.c: a classified job sent its extraction */
+
 /* split.c, split_ranges.c: options.split, a file of several documents --- */
 
 /* Entries of a split answer read at most; sub-documents made at most. */
@@ -715,8 +758,9 @@ typedef struct SplitRange
 extern SplitRange *split_ranges_repair(json_object *answer, int page_count, int *n);
 extern bool split_requested(const char *options);
 extern void split_check_submit(Datum document, bool with_pages);
-extern void split_request_template(Template *out, const char *template_name);
-extern char *split_template_name(pg_uuid_t *id);
-extern void split_store(pg_uuid_t *id, json_object *answer);
+extern void split_request_template(Template *out, pg_uuid_t *id, const ClassifyCandidates *c,
+								   Oid owner);
+extern void split_store(pg_uuid_t *id, json_object *answer, const ClassifyCandidates *c);
+extern int	classify_candidate_index(const ClassifyCandidates *c, const char *s);	/* classify.c */
 
 #endif							/* DOCEXTRACT_H */

@@ -223,7 +223,7 @@ size_waiting(void)
 							  "       coalesce(octet_length(d.text), 0)::int8"
 							  "  FROM docextract.extractions e"
 							  "  JOIN docextract.documents d ON d.id = e.document_id"
-							  " WHERE e.id = ANY ($1) AND e.status = 'processing'",
+							  " WHERE e.id = ANY ($1) AND e.status IN " IN_HAND_STATUSES,
 							  1, (Oid[]) {UUIDARRAYOID},
 							  (Datum[]) {PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
 																		 false, TYPALIGN_CHAR))},

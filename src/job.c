@@ -69,6 +69,14 @@ struct Job
 	bool		split;			/* options.split: asks for the documents' page ranges */
 	char		slot_model[MODEL_NAME_LEN];	/* its model's slots it holds (ratelimit.c) */
 	int			slots_held;
+	/* template_id NULL (classify.c): first a request choosing the template. */
+	bool		classifying;	/* the request in flight is that one */
+	ClassifyCandidates candidates;
+	bool		continues;		/* job_finish() chose and sent the extraction's request */
+	bool		classified;
+	int64		classify_in_tokens;
+	int64		classify_out_tokens;
+	double		classify_ms;
 };
 
 /* Read as the worker: the model and its key, which no submitter may read. */
@@ -80,14 +88,18 @@ static const char *model_query =
 "  LEFT JOIN docextract.model_keys k ON k.model_name = m.name"
 " WHERE e.id = $1";
 
-/* Read as the submitting role, under its row-level security. */
+/*
+ * Read as the submitting role, under its row-level security.  No template
+ * (column 9): the document is classified first (classify.c).
+ */
 static const char *document_query =
 "SELECT d.filename, d.content_type, d.content, d.page_count, d.text,"
-"       t.schema_definition::text, t.prompt_set::text, t.validation_rules::text"
+"       t.schema_definition::text, t.prompt_set::text, t.validation_rules::text,"
+"       e.template_id IS NULL"
 "  FROM docextract.extractions e"
 "  JOIN docextract.documents d ON d.id = e.document_id"
-"  JOIN docextract.templates t ON t.id = e.template_id"
-" WHERE e.id = $1";
+"  LEFT JOIN docextract.templates t ON t.id = e.template_id"
+" WHERE e.id = $1 AND (e.template_id IS NULL OR t.id IS NOT NULL)";
 
 Job *
 job_create(pg_uuid_t *id, int attempts, int parts)
@@ -252,6 +264,28 @@ load_model(Job *job, char **options, int32 **pages, int *npages)
 }
 
 /*
+ * template_id NULL: the question "which of the owner's templates?" as the
+ * job's template (classify.c).
+ */
+static void
+load_candidates(Job *job)
+{
+	char	   *prompt;
+	int			n;
+	char	   *json = classify_candidates(job->owner, &n, &prompt);
+
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no template to classify the document among: role %s may use no active template",
+						GetUserNameFromId(job->owner, false))));
+	classify_parse_candidates(json, &job->candidates);
+	classify_template(&job->candidates, prompt, &job->tmpl);
+	job->rules = NULL;
+	job->classifying = true;
+}
+
+/*
  * The document into *doc and the template into the job, read as the role
  * that submitted the extraction: what it may no longer see, the worker
  * does not send.
@@ -293,6 +327,11 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 	doc->text = col_text(5);
 
 	MemoryContextSwitchTo(job->cxt);
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9, &isnull)))
+	{
+		load_candidates(job);
+		return;
+	}
 	job->rules = col_text(8);
 	err = template_parse(col_text(6), col_text(7), job->rules, &job->tmpl);
 	if (err)
@@ -338,10 +377,15 @@ job_prepare(Job *job)
 	load_document(job, outer, &doc);
 	if ((job->split = split_requested(options)))
 	{
-		/* The split request: the documents in the file (split.c), not the template's fields. */
+		/*
+		 * The split request: the documents in the file (split.c), not the
+		 * template's fields; template NULL: each range's among the candidates.
+		 */
 		MemoryContext prev = MemoryContextSwitchTo(job->cxt);
 
-		split_request_template(&job->tmpl, split_template_name(&job->id));
+		split_request_template(&job->tmpl, &job->id, job->classifying ? &job->candidates : NULL,
+							   job->owner);
+		job->classifying = false;
 		job->nparts = 1;
 		MemoryContextSwitchTo(prev);
 	}
@@ -373,7 +417,8 @@ job_prepare(Job *job)
 		ExtractOptions part_opts = opts;
 
 		/* Evidence for every value of each part: citations locate it. */
-		part_opts.per_key_attribution = opts.per_key_attribution || opts.citations;
+		part_opts.per_key_attribution = !job->classifying &&
+			(opts.per_key_attribution || opts.citations);
 		job->provider->build(&job->model, &part->tmpl, &doc, &part_opts, &url, &headers, &body);
 		MemoryContextSwitchTo(job->cxt);
 		if (job->url == NULL)
@@ -421,14 +466,18 @@ usage_json(Job *job)
 		out += job->part[i].reply.output_tokens;
 		latency = Max(latency, job->part[i].req.elapsed_ms);
 	}
+	/* The classification's request came first. */
+	in += job->classify_in_tokens;
+	out += job->classify_out_tokens;
+	latency += job->classify_ms;
 	json_object_object_add(u, "input_tokens", json_object_new_int64(in));
 	json_object_object_add(u, "output_tokens", json_object_new_int64(out));
 	json_object_object_add(u, "latency_ms", json_number_from_double(rint(latency)));
 	json_object_object_add(u, "model", json_object_new_string(job->model.model));
 	json_object_object_add(u, "model_name", json_object_new_string(job->model.name));
 	json_object_object_add(u, "attempts", json_object_new_int(job->attempts));
-	if (job->nparts > 1)
-		json_object_object_add(u, "requests", json_object_new_int(job->nparts));
+	if (job->nparts + job->classified > 1)
+		json_object_object_add(u, "requests", json_object_new_int(job->nparts + job->classified));
 	/* Prices are per million tokens; the cost is kept to the millionth. */
 	if (job->model.priced)
 		json_object_object_add(u, "cost", json_number_from_double(
@@ -577,7 +626,8 @@ job_part_done(Job *job, HttpRequest *req)
 	JobPart    *part = part_of(job, req);
 	bool		ready = true;
 
-	if (job->slots_held > 0)
+	/* A classification's slot is kept for the extraction's request. */
+	if (job->slots_held > 0 && !job->classifying)
 	{
 		ratelimit_release(job->slot_model, 1, true);
 		job->slots_held--;
@@ -660,6 +710,65 @@ merged_answer(Job *job)
 }
 
 /*
+ * The classification chose a template: recorded, the extraction's request
+ * goes out in the same job, counted as one more send of the model in the
+ * slot the classification held.
+ */
+static void
+continue_with_template(Job *job)
+{
+	JobPart    *part = &job->part[0];
+
+	json_object_put(part->reply.output);
+	memset(&part->reply, 0, sizeof(part->reply));
+	part->answered = false;
+	part->error = NULL;
+	part->unreadable = false;
+	job->classifying = false;
+	if (job->slots_held > 0)
+	{
+		(void) ratelimit_reserve(job->slot_model, 0, 0, 1, 0, true);
+		ratelimit_release(job->slot_model, 1, true);
+	}
+	job_prepare(job);
+	job->continues = true;
+}
+
+/* The classification's answer: go on with the template, wait for a reviewer, or fail. */
+static void
+finish_classification(Job *job)
+{
+	JobPart    *part = &job->part[0];
+	ClassifyChoice ch;
+
+	classify_read_answer(part->reply.output, &job->candidates, &ch);
+	job->classified = true;
+	job->classify_in_tokens = part->reply.input_tokens;
+	job->classify_out_tokens = part->reply.output_tokens;
+	job->classify_ms = part->req.elapsed_ms;
+	if (ch.index < 0 && !job->auto_approve)
+		classify_await_review(&job->id, &job->candidates, &ch, job->classify_in_tokens,
+							  job->classify_out_tokens);
+	else if (ch.index < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg_internal("%s", classify_failure_message(&job->candidates, ch.why))));
+	else if (classify_record_choice(&job->id, &job->candidates, &ch, job->classify_in_tokens,
+									job->classify_out_tokens))
+		continue_with_template(job);
+}
+
+/* Did job_finish() send the extraction's request (the job goes on)?  Asked once. */
+bool
+job_continues(Job *job)
+{
+	bool		continues = job->continues;
+
+	job->continues = false;
+	return continues;
+}
+
+/*
  * Every part answered, or one failed: type and store the answer, or
  * handle the failure.
  */
@@ -681,10 +790,15 @@ job_finish(Job *job)
 		handle_failure(job);
 		return;
 	}
+	if (job->classifying)
+	{
+		finish_classification(job);
+		return;
+	}
 	answer = merged_answer(job);
 	if (job->split)
 	{
-		split_store(&job->id, answer);	/* sub-documents, extracted in turn */
+		split_store(&job->id, answer, job->candidates.n > 0 ? &job->candidates : NULL);
 		return;
 	}
 	data = coerce_output(answer, &job->tmpl);

@@ -144,25 +144,33 @@ selected_pages(Datum document, const char *spec)
 	return PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
 }
 
-/* The earlier extraction of the same document, template and options, if any. */
+/*
+ * The earlier extraction of the same document, template and options, if
+ * any.  Template NULL (args[1] 0): an earlier one submitted for
+ * classification too (classification not NULL), whatever it chose.
+ */
 static bool
 find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 {
 	bool		isnull;
+	char		nulls[] = "     ";
 
+	nulls[1] = args[1] ? ' ' : 'n';
+	nulls[4] = page_numbers ? ' ' : 'n';
 	/* Serialize concurrent submits of the same pair; held to commit. */
-	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || $2::text))",
-						  2, (Oid[]) {UUIDOID, UUIDOID}, args, NULL, false, 0);
+	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || coalesce($2::text, '')))",
+						  2, (Oid[]) {UUIDOID, UUIDOID}, args, nulls, false, 0);
 	/* pages compare as the pages they name: "2,1" is "1-2". */
 	SPI_execute_with_args("SELECT id FROM docextract.extractions"
-						  " WHERE document_id = $1 AND template_id = $2"
+						  " WHERE document_id = $1"
+						  "   AND (template_id = $2 OR ($2 IS NULL AND classification IS NOT NULL))"
 						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
 						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
 						  "   AND status IN " ACTIVE_OR_DONE
 						  " ORDER BY created_at DESC LIMIT 1",
 						  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, INT4ARRAYOID},
 						  (Datum[]) {args[0], args[1], args[2], args[3], page_numbers},
-						  page_numbers ? NULL : "    n", false, 1);
+						  nulls, false, 1);
 	if (SPI_processed == 0)
 		return false;
 	*found = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -183,9 +191,22 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 	/*
 	 * parts = 2: the general fields and the line items go as two requests
 	 * in parallel, when the options or the model's options ask for it and
-	 * the template has both.
+	 * the template has both.  No template: classified first (classify.c),
+	 * one request at a time.
 	 */
-	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
+	if (args[1] == (Datum) 0)
+	{
+		if (SPI_execute_with_args("INSERT INTO docextract.extractions"
+								  " (document_id, options, owner, model_name, parts, page_numbers,"
+								  "  classification)"
+								  " VALUES ($1, $2, $3::regrole, $4, 1, $5, '{}') RETURNING id",
+								  5, (Oid[]) {UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
+								  (Datum[]) {args[0], args[2], args[3], CStringGetTextDatum(model),
+									  page_numbers},
+								  page_numbers ? NULL : "    n", false, 1) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not enqueue the extraction");
+	}
+	else if (SPI_execute_with_args("INSERT INTO docextract.extractions"
 							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
 							  " SELECT $1, $2, $3, $4::regrole, $5,"
 							  "   CASE WHEN coalesce(($3->>'parallel_parts')::boolean,"
@@ -227,11 +248,6 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("extract_document needs a document_id")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("classification (template_id NULL) is not available in this version of docextract"),
-				 errhint("Pass the id of the template to extract with.")));
 	options = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
 	parsed = json_tokener_parse(options ? JsonbToCString(NULL, &options->root, VARSIZE(options))
 								: "{}");
@@ -252,7 +268,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 
 	args[0] = PG_GETARG_DATUM(0);
-	args[1] = PG_GETARG_DATUM(1);
+	args[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);	/* 0: classify */
 	args[2] = options ? PointerGetDatum(options)
 		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
 	args[3] = ObjectIdGetDatum(caller);
@@ -264,9 +280,12 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	check_not_deleted(args[0]);
 	if (split)
 		split_check_submit(args[0], pages != NULL);	/* split.c */
-	check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
-				  args[1], caller, true);
-	check_template_usable(args[1]);
+	if (args[1])
+	{
+		check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
+					  args[1], caller, true);
+		check_template_usable(args[1]);
+	}
 	check_model(model);
 	page_numbers = selected_pages(args[0], pages);
 	if (force || !find_duplicate(args, page_numbers, &id))	/* force: no lookup at all */
@@ -336,7 +355,8 @@ const char *const queue_claim_sql =
 "  SELECT id FROM (SELECT id, sum(parts) OVER (ORDER BY created_at, id) AS total FROM fitting) f"
 "   WHERE total <= $3)"
 " UPDATE docextract.extractions e"
-"    SET status = 'processing', started_at = coalesce(e.started_at, clock_timestamp()),"
+"    SET status = CASE WHEN e.template_id IS NULL THEN 'classifying' ELSE 'processing' END,"
+"        started_at = coalesce(e.started_at, clock_timestamp()),"
 "        attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
 "        completion_percentage = 0"
 "   FROM picked WHERE e.id = picked.id"
@@ -545,7 +565,7 @@ queue_find_ended(pg_uuid_t **ids, int n, bool *ended)
 	appendStringInfoChar(&list, '}');
 	SPI_connect();
 	SPI_execute_with_args("SELECT id FROM docextract.extractions"
-						  " WHERE id = ANY ($1::uuid[]) AND status <> 'processing'",
+						  " WHERE id = ANY ($1::uuid[]) AND status NOT IN " IN_HAND_STATUSES,
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(list.data)},
 						  NULL, false, 0);
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -568,7 +588,7 @@ queue_retry(pg_uuid_t *id, const char *message, long delay_ms)
 	SPI_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'retrying', error_message = $2, completion_percentage = 0,"
 						  "     next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'"
-						  " WHERE id = $1 AND status = 'processing'",
+						  " WHERE id = $1 AND status IN " IN_HAND_STATUSES,
 						  3, (Oid[]) {UUIDOID, TEXTOID, INT8OID},
 						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message),
 							  Int64GetDatum(delay_ms)},
@@ -582,7 +602,7 @@ queue_fail(pg_uuid_t *id, const char *message)
 	SPI_connect();
 	SPI_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = 'failed', error_message = $2, completed_at = clock_timestamp()"
-						  " WHERE id = $1 AND status = 'processing'",
+						  " WHERE id = $1 AND status IN " IN_HAND_STATUSES,
 						  2, (Oid[]) {UUIDOID, TEXTOID},
 						  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message)},
 						  NULL, false, 0);
@@ -595,7 +615,7 @@ queue_progress(pg_uuid_t *id, int percentage)
 {
 	SPI_connect();
 	SPI_execute_with_args("UPDATE docextract.extractions SET completion_percentage = $2"
-						  " WHERE id = $1 AND status = 'processing'",
+						  " WHERE id = $1 AND status IN " IN_HAND_STATUSES,
 						  2, (Oid[]) {UUIDOID, INT4OID},
 						  (Datum[]) {UUIDPGetDatum(id), Int32GetDatum(percentage)},
 						  NULL, false, 0);
@@ -625,7 +645,7 @@ queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error)
 							  "     error_message = 'the worker could not commit this extraction''s result: ' || $2,"
 							  "     next_attempt_at = CASE WHEN attempts < 10"
 							  "       THEN clock_timestamp() + make_interval(secs => attempts) END"
-							  " WHERE id = ANY ($1::uuid[]) AND status = 'processing'",
+							  " WHERE id = ANY ($1::uuid[]) AND status IN " IN_HAND_STATUSES,
 							  2, (Oid[]) {TEXTOID, TEXTOID},
 							  (Datum[]) {CStringGetTextDatum(list.data), CStringGetTextDatum(error)},
 							  NULL, false, 0) != SPI_OK_UPDATE)

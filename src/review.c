@@ -216,6 +216,17 @@ docextract_approve(PG_FUNCTION_ARGS)
 	SPI_connect();
 	privileged_begin(&priv);
 	lock_for_approval(id, caller);
+	/* No template fitted: the reviewer picks one, the extraction goes back to the queue. */
+	if (classify_pick(id, caller, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1)))
+	{
+		SPI_execute_with_args("SELECT docextract.get_result($1)", 1, (Oid[]) {UUIDOID}, &id,
+							  NULL, false, 1);
+		result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												 &isnull), false, -1);
+		privileged_end(&priv);
+		SPI_finish();
+		PG_RETURN_DATUM(result);
+	}
 	SPI_execute_with_args("SELECT r.data::text, t.schema_definition::text, t.prompt_set::text,"
 						  "       t.validation_rules::text"
 						  "  FROM docextract.results r JOIN docextract.templates t ON t.id = r.template_id"

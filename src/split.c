@@ -99,40 +99,8 @@ range_field(const char *key, const char *name, const char *prompt, FormatType fo
 	return f;
 }
 
-/*
- * What the split request asks: one row per document in the file, its first
- * and last page and the kind of document (the template's name, or the
- * candidates' names to choose from).
- */
-void
-split_request_template(Template *out, const char *template_name)
-{
-	TemplateField *f = palloc0(sizeof(TemplateField) * 3);
-
-	memset(out, 0, sizeof(*out));
-	f[0] = range_field("page_start", "First page",
-					   "The first page of this document in the file; pages are numbered from 1.",
-					   FORMAT_NUMBER, 0);
-	f[1] = range_field("page_end", "Last page",
-					   "The last page of this document in the file.", FORMAT_NUMBER, 1);
-	f[2] = range_field("template", "Kind of document",
-					   "What kind of document it is.", FORMAT_MULTIPLE_CHOICE, 2);
-	f[2].noptions = 1;
-	f[2].options = palloc(sizeof(char *));
-	f[2].options[0] = pstrdup(template_name ? template_name : "document");
-	out->has_table = true;
-	out->ntable = 3;
-	out->table = f;
-	out->global_instructions =
-		pstrdup("The file may hold several documents one after another (for example invoices "
-				"scanned together). Find where each document begins and ends.");
-	out->table_prompt =
-		pstrdup("List every document in the file in page order, one row each. Every page "
-				"belongs to exactly one document; a document's pages are consecutive.");
-}
-
 /* The name of the template of extraction id (for the split request). */
-char *
+static char *
 split_template_name(pg_uuid_t *id)
 {
 	char	   *name = NULL;
@@ -151,6 +119,56 @@ split_template_name(pg_uuid_t *id)
 	}
 	SPI_finish();
 	return name;
+}
+
+/*
+ * What the split request of extraction id asks: one row per document in
+ * the file, its first and last page and its kind: the template's name, or
+ * (template_id NULL) one of the candidates c of role owner (classify.c),
+ * presented as classification presents them.
+ */
+void
+split_request_template(Template *out, pg_uuid_t *id, const ClassifyCandidates *c, Oid owner)
+{
+	TemplateField *f = palloc0(sizeof(TemplateField) * 3);
+	const char *intro = "The file may hold several documents one after another (for example "
+		"invoices scanned together). Find where each document begins and ends.";
+
+	memset(out, 0, sizeof(*out));
+	f[0] = range_field("page_start", "First page",
+					   "The first page of this document in the file; pages are numbered from 1.",
+					   FORMAT_NUMBER, 0);
+	f[1] = range_field("page_end", "Last page",
+					   "The last page of this document in the file.", FORMAT_NUMBER, 1);
+	f[2] = range_field("template", "Kind of document", c
+					   ? "The label of the candidate template that fits this document, exactly as listed; null if none fits."
+					   : "What kind of document it is.", FORMAT_MULTIPLE_CHOICE, 2);
+	if (c)
+	{
+		char	   *prompt;
+		int			n;
+
+		(void) classify_candidates(owner, &n, &prompt);
+		f[2].noptions = c->n;
+		f[2].options = c->labels;
+		out->global_instructions = psprintf("%s For each, choose the candidate template below "
+											"that fits it.\n%s", intro, prompt);
+	}
+	else
+	{
+		f[2].noptions = 1;
+		f[2].options = palloc(sizeof(char *));
+		f[2].options[0] = split_template_name(id);
+		if (f[2].options[0] == NULL)
+			f[2].options[0] = pstrdup("document");
+		out->global_instructions = pstrdup(intro);
+	}
+	out->has_table = true;
+	out->ntable = 3;
+	out->table = f;
+	out->table_prompt =
+		pstrdup("List every document in the file in page order, one row each. Every page "
+				"belongs to exactly one document; a document's pages are consecutive.");
 }
 
 static Datum
@@ -175,7 +193,7 @@ load_parent(pg_uuid_t *id, SplitParent *p)
 	if (SPI_execute_with_args("SELECT e.document_id, e.template_id, e.options, e.model_name, e.owner::oid,"
 							  "       d.owner::oid, d.filename, d.content_type, d.content, d.page_count, d.text"
 							  "  FROM docextract.extractions e JOIN docextract.documents d ON d.id = e.document_id"
-							  " WHERE e.id = $1 AND e.status = 'processing' AND e.split_count IS NULL",
+							  " WHERE e.id = $1 AND e.status IN " IN_HAND_STATUSES " AND e.split_count IS NULL",
 							  1, (Oid[]) {UUIDOID}, &p->id, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read extraction %s", uuid_text(p->id));
 	if (SPI_processed != 1)
@@ -204,13 +222,17 @@ load_parent(pg_uuid_t *id, SplitParent *p)
 	return true;
 }
 
-/* The parent waits for its n sub-documents from now on, held by no worker. */
+/*
+ * The parent waits for its n sub-documents from now on, processing (from
+ * classifying, when it was submitted without a template), held by no worker.
+ */
 static void
 mark_split(SplitParent *p, int n)
 {
 	if (SPI_execute_with_args("UPDATE docextract.extractions"
-							  " SET split_count = $2, completion_percentage = $3, worker_pid = NULL"
-							  " WHERE id = $1 AND status = 'processing' AND split_count IS NULL",
+							  " SET split_count = $2, completion_percentage = $3, worker_pid = NULL,"
+							  "     status = 'processing'"
+							  " WHERE id = $1 AND status IN " IN_HAND_STATUSES " AND split_count IS NULL",
 							  3, (Oid[]) {UUIDOID, INT4OID, INT4OID},
 							  (Datum[]) {p->id, Int32GetDatum(n), Int32GetDatum(SPLIT_DONE_PERCENT)},
 							  NULL, false, 0) != SPI_OK_UPDATE || SPI_processed != 1)
@@ -261,9 +283,30 @@ child_document(SplitParent *p, const SplitRange *r)
 	return column(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 }
 
-/* The sub-document's extraction: the parent's template, model, owner and options less split. */
+/*
+ * The template of range r: the parent's; with candidates c (template_id
+ * NULL), the one the model named, or none (NULL): the sub-document is then
+ * classified on its own (classify.c).
+ */
+static Datum
+range_template(SplitParent *p, const ClassifyCandidates *c, const SplitRange *r, bool *isnull)
+{
+	int			i;
+
+	*isnull = p->template_null;
+	if (c == NULL)
+		return p->template_id;
+	i = classify_candidate_index(c, r->template_name);
+	*isnull = i < 0;
+	return i < 0 ? (Datum) 0 : DirectFunctionCall1(uuid_in, CStringGetDatum(c->ids[i]));
+}
+
+/*
+ * The sub-document's extraction: the template of its range, the parent's
+ * model, owner and options less split.
+ */
 static void
-child_extraction(SplitParent *p, Datum document)
+child_extraction(SplitParent *p, Datum document, Datum template_id, bool template_null)
 {
 	int			nestlevel = NewGUCNestLevel();
 
@@ -271,24 +314,27 @@ child_extraction(SplitParent *p, Datum document)
 	(void) set_config_option("docextract.submitting", "on", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_execute_with_args("INSERT INTO docextract.extractions"
-							  " (document_id, template_id, options, owner, model_name, parent_extraction_id)"
-							  " VALUES ($1, $2, $3 - 'split' - 'force', $4::regrole, $5, $6)"
+							  " (document_id, template_id, options, owner, model_name, parent_extraction_id,"
+							  "  classification)"
+							  " VALUES ($1, $2, $3 - 'split' - 'force', $4::regrole, $5, $6,"
+							  "         CASE WHEN $2 IS NULL THEN '{}'::jsonb END)"
 							  " ON CONFLICT (parent_extraction_id, document_id)"
 							  "   WHERE parent_extraction_id IS NOT NULL DO NOTHING",
 							  6, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID, UUIDOID},
-							  (Datum[]) {document, p->template_id, p->options, p->owner, p->model, p->id},
-							  p->template_null ? " n    " : NULL, false, 0) != SPI_OK_INSERT)
+							  (Datum[]) {document, template_id, p->options, p->owner, p->model, p->id},
+							  template_null ? " n    " : NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not enqueue a sub-document of extraction %s", uuid_text(p->id));
 	AtEOXact_GUC(true, nestlevel);
 }
 
 /*
  * The split answer of extraction id: its sub-documents and their
- * extractions, in the caller's transaction.  Nothing if it is no longer
+ * extractions, in the caller's transaction (c: the candidates, when it was
+ * submitted without a template).  Nothing if it is no longer
  * processing (cancelled meanwhile).
  */
 void
-split_store(pg_uuid_t *id, json_object *answer)
+split_store(pg_uuid_t *id, json_object *answer, const ClassifyCandidates *c)
 {
 	SplitParent p;
 	SplitRange *ranges;
@@ -303,7 +349,12 @@ split_store(pg_uuid_t *id, json_object *answer)
 	ranges = split_ranges_repair(answer, p.doc.page_count, &n);
 	mark_split(&p, n);
 	for (int i = 0; i < n; i++)
-		child_extraction(&p, child_document(&p, &ranges[i]));
+	{
+		bool		template_null;
+		Datum		template_id = range_template(&p, c, &ranges[i], &template_null);
+
+		child_extraction(&p, child_document(&p, &ranges[i]), template_id, template_null);
+	}
 	/* Tests: the worker stops here, children written but not committed. */
 	crashguard_fault_point(psprintf("%s#split", p.doc.filename));
 	SPI_finish();

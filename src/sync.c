@@ -64,7 +64,9 @@ fill_task(SyncTask *task, Datum template_id)
 	task->dboid = MyDatabaseId;
 	task->login_role = GetAuthenticatedUserId();
 	GetUserIdAndSecContext(&task->role, &task->sec_context);
-	memcpy(&task->template_id, DatumGetUUIDP(template_id), sizeof(pg_uuid_t));
+	/* NULL (0): all zeroes, classify (classify_sync_template()). */
+	if (template_id)
+		memcpy(&task->template_id, DatumGetUUIDP(template_id), sizeof(pg_uuid_t));
 	for (int i = 0; i < SYNC_NUM_SETTINGS; i++)
 		strlcpy(task->settings[i], GetConfigOption(sync_setting_names[i], false, false),
 				SYNC_SETTING_LEN);
@@ -217,11 +219,6 @@ docextract_extract_sync(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("extract_sync needs the document's content")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("classification (template_id NULL) is not available in this version of docextract"),
-				 errhint("Pass the id of the template to extract with.")));
 	PreventCommandIfReadOnly("extract_sync()");
 	content = PG_GETARG_BYTEA_P(0);
 	if ((int64) VARSIZE(content) - VARHDRSZ > (int64) docextract_max_document_size * 1024)
@@ -240,7 +237,7 @@ docextract_extract_sync(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("option \"split\" is not available in extract_sync"),
 				 errhint("Use docextract.add_document() and docextract.extract_document() with \"split\".")));
-	seg = make_segment(content, PG_GETARG_DATUM(1), options, &mq);
+	seg = make_segment(content, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1), options, &mq);
 	mqh = shm_mq_attach(mq, seg, NULL);
 	handle = start_worker(seg);
 	shm_mq_set_handle(mqh, handle);

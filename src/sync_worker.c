@@ -118,10 +118,11 @@ start_attempt_step(void *arg)
 	SPI_connect();
 	privileged_begin(&priv);
 	if (SPI_execute_with_args("UPDATE docextract.extractions"
-							  " SET status = 'processing', started_at = coalesce(started_at, clock_timestamp()),"
+							  " SET status = CASE WHEN template_id IS NULL THEN 'classifying' ELSE 'processing' END,"
+							  "     started_at = coalesce(started_at, clock_timestamp()),"
 							  "     attempts = attempts + 1, next_attempt_at = NULL, worker_pid = pg_backend_pid(),"
 							  "     completion_percentage = 0"
-							  " WHERE id = $1 AND status IN ('pending', 'processing')"
+							  " WHERE id = $1 AND status IN ('pending', 'classifying', 'processing')"
 							  " RETURNING attempts, parts, model_name,"
 							  "  (SELECT coalesce((m.options->>'max_concurrency')::int, 0) FROM docextract.models m"
 							  "    WHERE m.name = model_name),"
@@ -156,8 +157,9 @@ submit_step(void *arg)
 
 	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum("document"),
 							  PointerGetDatum(run->content));
-	id = DirectFunctionCall3(docextract_extract_document, doc,
-							 UUIDPGetDatum(&task->template_id), PointerGetDatum(run->options));
+	/* An all-zero template_id is NULL: classify (sync.c). */
+	id = classify_or_extract(doc, classify_sync_template(&task->template_id),
+							 PointerGetDatum(run->options));
 	memcpy(&run->id, DatumGetUUIDP(id), sizeof(pg_uuid_t));
 	start_attempt_step(run);
 }
@@ -220,7 +222,8 @@ finish_step(void *arg)
 	if (job_will_retry(job))
 	{
 		SPI_connect();
-		SPI_execute_with_args("UPDATE docextract.extractions SET status = 'processing'"
+		SPI_execute_with_args("UPDATE docextract.extractions"
+							  " SET status = CASE WHEN template_id IS NULL THEN 'classifying' ELSE 'processing' END"
 							  " WHERE id = $1 AND status = 'retrying'",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(job_id(job))},
 							  NULL, false, 0);
@@ -329,7 +332,7 @@ end_step(void *arg)
 	SPI_execute_with_args("UPDATE docextract.extractions"
 						  " SET status = CASE WHEN $2 THEN 'cancelled' ELSE 'failed' END,"
 						  "     error_message = $3, completed_at = clock_timestamp()"
-						  " WHERE id = $1 AND status = 'processing'",
+						  " WHERE id = $1 AND status IN " IN_HAND_STATUSES,
 						  3, (Oid[]) {UUIDOID, BOOLOID, TEXTOID},
 						  (Datum[]) {UUIDPGetDatum(e->id), BoolGetDatum(e->cancelled),
 							  CStringGetTextDatum(e->message)}, NULL, false, 0);
@@ -414,6 +417,12 @@ attempt(Run *run, bool *retry)
 	{
 		wait_for_requests(job);
 		err = finish_uninterrupted(job);
+		/* Classified: the extraction's request went out in the same job. */
+		while (err == NULL && job_continues(job))
+		{
+			wait_for_requests(job);
+			err = finish_uninterrupted(job);
+		}
 	}
 	*retry = err == NULL && job_will_retry(job);
 	current_job = NULL;

@@ -155,7 +155,7 @@ transient_requeue(pg_uuid_t *id, const char *message)
 							  " SET status = 'retrying', attempts = greatest(attempts - 1, 0),"
 							  "     worker_pid = NULL, completion_percentage = 0, error_message = $2,"
 							  "     next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'"
-							  " WHERE id = $1 AND status = 'processing'",
+							  " WHERE id = $1 AND status IN " IN_HAND_STATUSES,
 							  3, (Oid[]) {UUIDOID, TEXTOID, INT8OID},
 							  (Datum[]) {UUIDPGetDatum(id), CStringGetTextDatum(message),
 								  Int64GetDatum(delay)},

@@ -594,6 +594,8 @@ finish_all_step(void *arg)
 			fail_job(job, err);
 		else if (job_busy(job))
 			defer(job, NULL, true);
+		else if (job_continues(job))
+			track(job);			/* classified: its extraction's request is out */
 		else
 			job_release(job);
 	}
@@ -669,6 +671,8 @@ store_deferred(TimestampTz *next_poll)
 			record_failure(d->job, d->failure ? d->failure : err, d->failure == NULL);
 		else if (job_busy(d->job))
 			defer(d->job, NULL, false);
+		else if (job_continues(d->job))
+			track(d->job);		/* classified: its extraction's request is out */
 		else
 		{
 			if (job_will_retry(d->job))

@@ -200,7 +200,9 @@ submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, 
 	const char *status = "failed";
 	Datum		doc;
 	RowTarget	target = {RelationGetRelid(t->rel), key, t->result_col, t->status_col};
-	char	   *problem = trigger_row_template_problem(t->template_arg, &t->template_id);
+	/* Template NULL: classified by the worker (classify.c). */
+	char	   *problem = classify_trigger_arg(t->template_arg) ? NULL
+		: trigger_row_template_problem(t->template_arg, &t->template_id);
 	char	   *doc_problem = document_problem(label, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ,
 											   &type, &pages, &text);
 
@@ -214,7 +216,7 @@ submit_or_record(TriggerTarget *t, const char *label, Datum content, Datum key, 
 	if (problem)
 		return trigger_row_record(doc, t->template_id, status, problem, &target);
 	*recorded = false;
-	return DirectFunctionCall3(docextract_extract_document, doc, t->template_id,
+	return classify_or_extract(doc, t->template_id,
 							   DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 }
 
@@ -238,7 +240,8 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("docextract.extract_document() without arguments is a trigger function")));
 	resolve_target(td, &t);
-	if (!record)
+	t.template_id = (Datum) 0;	/* NULL: classify */
+	if (!record && !classify_trigger_arg(t.template_arg))
 		template_of(&t, t.template_arg);
 	row = td->tg_trigtuple;
 	content = heap_getattr(row, t.content_att, RelationGetDescr(t.rel), &isnull);
@@ -257,7 +260,7 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum(label), content);
-	extraction = DirectFunctionCall3(docextract_extract_document, doc, t.template_id,
+	extraction = classify_or_extract(doc, t.template_id,
 									 DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 	if (t.result_col || t.status_col)
 		remember_row(extraction, &t, key);	/* a key exists: resolve_target() checked */

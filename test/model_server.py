@@ -166,7 +166,21 @@ def split_rows(text, props):
     return [{"page_start": s, "page_end": e, "template": choice} for s, e in zip(starts, ends)]
 
 
+def classify(labels, text):
+    """docextract's classification question ("template": one of the labels
+    "<n>. <name>", "confidence"): the candidate whose name is a line of the
+    document by itself (a title such as INVOICE), else none."""
+    lines = {line.strip().lower() for line in text.splitlines()}
+    for label in labels:
+        if label and label.split(". ", 1)[-1].lower() in lines:
+            return {"template": label, "confidence": 0.9}
+    return {"template": None, "confidence": 0.0}
+
+
 def answer_for(schema, text):
+    general = schema["properties"].get("general", {}).get("properties", {})
+    if set(general) == {"template", "confidence"} and "enum" in general["template"]:
+        return {"general": classify(general["template"]["enum"], text)}
     evidence = {}
     ans = {}
     table_props = schema["properties"].get("table", {}).get("items", {}).get("properties", {})

@@ -169,6 +169,30 @@ for my $case (
 	is(ledger($x), 'reserve 6, release 6', '... and nothing charged');
 }
 
+# -- template_id NULL: each range's template among the candidates -----------------------
+my $rid = sq("SELECT docextract.create_template('receipt', '$DxTest::INVOICE_SCHEMA')");
+server_reset($srv);
+server_script($srv, { answer => { table => [
+	{ page_start => 1, page_end => 2, template => 'invoice' },
+	{ page_start => 3, page_end => 3, template => 'receipt' },
+	{ page_start => 4, page_end => 6, template => 'no such template' } ] } });
+my $nd = add_doc('unknown-kinds.pdf');
+my $n = sq("SELECT docextract.extract_document('$nd', NULL, '{\"split\": true}')");
+is(wait_for_status($node, $n, 'completed', 'failed'), 'completed', 'split without a template completes');
+my $split_body = server_requests($srv)->[0]{body};
+like($split_body, qr/page_start/, 'one request splits and names the kinds');
+like($split_body, qr/invoice/, '... offering the invoice template');
+like($split_body, qr/receipt/, '... and the receipt template');
+is(sq("SELECT string_agg(d.page_start || ':' || x.template_id::text, ' ' ORDER BY d.page_start)"
+	  . " FROM docextract.documents d JOIN docextract.extractions x ON x.document_id = d.id"
+	  . " WHERE x.parent_extraction_id = '$n'"),
+	"1:$tid 3:$rid 4:$tid", 'each sub-document has the template the model named; an unknown one is classified alone');
+ok(sq("SELECT classification IS NOT NULL AND classification <> '{}' FROM docextract.extractions x"
+	  . " JOIN docextract.documents d ON d.id = x.document_id WHERE x.parent_extraction_id = '$n' AND d.page_start = 4") eq 't',
+	'... and records its classification');
+is(status_of($n)->{overall_status}, 'completed', 'overall_status completed');
+is(ledger($n), 'reserve 6, charge 6', 'the classification and split cost nothing more');
+
 # -- what split does not take ------------------------------------------------------
 my $png = sq("SELECT docextract.add_document('r.png', pg_read_binary_file('" . fixture('receipt.png') . "'))");
 like(sq("SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$png', '$tid', '{\"split\": true}')\$\$)"),
