@@ -169,6 +169,32 @@ for my $case (
 	is(ledger($x), 'reserve 6, release 6', '... and nothing charged');
 }
 
+# More documents than sub-documents are made: rejected.
+my $many = "$PostgreSQL::Test::Utils::tmp_check/many-pages.pdf";
+system("python3", "-c", "import sys; sys.path.insert(0, '$FindBin::RealBin/../fixtures'); import make_fixtures as m;"
+	  . " open('$many', 'wb').write(m.pdf([['Invoice Number: %d' % i] for i in range(1, 121)]))") == 0 or die;
+server_reset($srv);
+server_script($srv, { answer => { table => [ map { { page_start => $_, page_end => $_ } } 1 .. 120 ] } });
+my $md = sq("SELECT docextract.add_document('many.pdf', pg_read_binary_file('$many'))");
+my $m = sq("SELECT docextract.extract_document('$md', '$tid', '{\"split\": true}')");
+is(wait_for_status($node, $m, 'completed', 'failed'), 'failed', '120 documents in 120 pages: refused');
+like(sq("SELECT error_message FROM docextract.extractions WHERE id = '$m'"),
+	qr/it names 120 documents; at most 100 sub-documents are made/, '... the bound is said');
+is(children($md), '', '... and none is made');
+
+# -- cancelling the parent cancels its sub-documents; nothing is charged ------------------
+server_reset($srv);
+server_script($srv, {}, map { { hold => 'kid' } } 1 .. 3);
+my $kd = add_doc('cancel.pdf');
+my $k = sq("SELECT docextract.extract_document('$kd', '$tid', '{\"split\": true}')");
+$node->poll_query_until('postgres', "SELECT split_count = 3 FROM docextract.extractions WHERE id = '$k'") or die;
+is(sq("SELECT docextract.cancel_extraction('$k')"), 't', 'the split parent can be cancelled');
+is(sq("SELECT string_agg(status, ' ') FROM docextract.extractions WHERE parent_extraction_id = '$k'"),
+	'cancelled cancelled cancelled', 'its sub-documents are cancelled with it');
+is(ledger($k), 'reserve 6, release 6', 'nothing charged');
+HTTP::Tiny->new->post("$srv->{url}/_release/kid")->{success} or die 'release failed';
+is(sq("SELECT docextract.extraction_status('$k')->>'overall_status'"), 'cancelled', 'overall_status cancelled');
+
 # -- template_id NULL: each range's template among the candidates -----------------------
 my $rid = sq("SELECT docextract.create_template('receipt', '$DxTest::INVOICE_SCHEMA')");
 server_reset($srv);
