@@ -7,7 +7,9 @@
  * documents row with parent_id, page_start, page_end and a PDF of only those
  * pages, written by libqpdf in the sandboxed parser helper (pages.c), and
  * an extraction of it with the parent's template, model, owner and options
- * (less split).  All of it is written in the transaction that stores the
+ * (less split).  Submitted without a template, the same request has the
+ * model name each range's template among the classification candidates
+ * (classify.c); a range it names none for is classified on its own.  All of it is written in the transaction that stores the
  * parent's answer, which marks the parent split (split_count): a worker
  * that dies before that commit leaves nothing, and the parent is split
  * again; after it, never again.  Unique indexes on (parent, range) make a
@@ -171,15 +173,9 @@ split_request_template(Template *out, pg_uuid_t *id, const ClassifyCandidates *c
 				"belongs to exactly one document; a document's pages are consecutive.");
 }
 
-static Datum
-column(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
-{
-	return SPI_getbinval(tup, desc, col, isnull);
-}
-
 /*
- * The parent, still processing and not split yet, with its document; false
- * if it is not (cancelled meanwhile, or split already).
+ * The parent, still in a worker's hand and not split yet, with its
+ * document; false if it is not (cancelled meanwhile, or split already).
  */
 static bool
 load_parent(pg_uuid_t *id, SplitParent *p)
@@ -200,16 +196,16 @@ load_parent(pg_uuid_t *id, SplitParent *p)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	p->document = column(tup, desc, 1, &isnull);
-	p->template_id = column(tup, desc, 2, &p->template_null);
-	p->options = column(tup, desc, 3, &isnull);
-	p->model = column(tup, desc, 4, &isnull);
-	p->owner = column(tup, desc, 5, &isnull);
-	p->doc_owner = column(tup, desc, 6, &isnull);
+	p->document = SPI_getbinval(tup, desc, 1, &isnull);
+	p->template_id = SPI_getbinval(tup, desc, 2, &p->template_null);
+	p->options = SPI_getbinval(tup, desc, 3, &isnull);
+	p->model = SPI_getbinval(tup, desc, 4, &isnull);
+	p->owner = SPI_getbinval(tup, desc, 5, &isnull);
+	p->doc_owner = SPI_getbinval(tup, desc, 6, &isnull);
 	memset(&p->doc, 0, sizeof(p->doc));
 	p->doc.filename = SPI_getvalue(tup, desc, 7);
 	p->doc.content_type = SPI_getvalue(tup, desc, 8);
-	content = (bytea *) DatumGetPointer(column(tup, desc, 9, &isnull));
+	content = (bytea *) DatumGetPointer(SPI_getbinval(tup, desc, 9, &isnull));
 	if (isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -217,7 +213,7 @@ load_parent(pg_uuid_t *id, SplitParent *p)
 	content = DatumGetByteaPP(PointerGetDatum(content));
 	p->doc.data = VARDATA_ANY(content);
 	p->doc.len = VARSIZE_ANY_EXHDR(content);
-	p->doc.page_count = DatumGetInt32(column(tup, desc, 10, &isnull));
+	p->doc.page_count = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 	p->doc.text = SPI_getvalue(tup, desc, 11);
 	return true;
 }
@@ -280,7 +276,7 @@ child_document(SplitParent *p, const SplitRange *r)
 		SPI_processed < 1)
 		elog(ERROR, "could not store pages %d-%d of document \"%s\"", r->page_start, r->page_end,
 			 p->doc.filename);
-	return column(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 }
 
 /*
