@@ -281,8 +281,9 @@ classify_record_choice(pg_uuid_t *id, const ClassifyCandidates *c, const Classif
 	if (!recorded)
 	{
 		/* Cancelled, or the template went meanwhile: which? */
-		SPI_execute_with_args("SELECT 1 FROM docextract.extractions WHERE id = $1 AND status = 'classifying'",
-							  1, (Oid[]) {UUIDOID}, args, NULL, true, 1);
+		if (SPI_execute_with_args("SELECT 1 FROM docextract.extractions WHERE id = $1 AND status = 'classifying'",
+								  1, (Oid[]) {UUIDOID}, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read extraction %s", uuid_text(args[0]));
 		if (SPI_processed == 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -336,9 +337,10 @@ classify_pick(Datum id, Oid caller, Datum corrections)
 	json_object *v;
 	const char *picked;
 
-	SPI_execute_with_args("SELECT owner::oid FROM docextract.extractions"
-						  " WHERE id = $1 AND template_id IS NULL AND classification IS NOT NULL",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, true, 1);
+	if (SPI_execute_with_args("SELECT 1 FROM docextract.extractions"
+							  " WHERE id = $1 AND template_id IS NULL AND classification IS NOT NULL",
+							  1, (Oid[]) {UUIDOID}, &id, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read extraction %s", uuid_text(id));
 	if (SPI_processed == 0)
 		return false;
 	if (corrections)
@@ -417,18 +419,6 @@ classify_or_extract(Datum document, Datum template_id, Datum options)
 	if (fcinfo->isnull)
 		elog(ERROR, "extract_document returned NULL");
 	return result;
-}
-
-/*
- * extract_sync's template as its worker gets it: all zeroes is NULL (no
- * template has that id: ids come from gen_random_uuid()).  0 or the uuid.
- */
-Datum
-classify_sync_template(pg_uuid_t *id)
-{
-	static const pg_uuid_t none = {{0}};
-
-	return memcmp(id, &none, sizeof(pg_uuid_t)) == 0 ? (Datum) 0 : UUIDPGetDatum(id);
 }
 
 /* The candidate a string names (as candidate_named()); for split.c's ranges. */

@@ -496,6 +496,7 @@ typedef struct SyncTask
 	char		settings[SYNC_NUM_SETTINGS][SYNC_SETTING_LEN];
 	pg_atomic_uint32 caller_gone;	/* set when the caller stops waiting */
 	pg_atomic_uint32 worker_pid;	/* the worker's, while it submits (then 0) */
+	bool		classify;		/* template_id NULL: classify (classify.c) */
 } SyncTask;
 
 /* nowait.c: the job worker never waits on a session's lock ---------------- */
@@ -739,7 +740,6 @@ extern void classify_await_review(pg_uuid_t *id, const ClassifyCandidates *c,
 extern bool classify_pick(Datum id, Oid caller, Datum corrections);
 extern bool classify_trigger_arg(const char *arg);
 extern Datum classify_or_extract(Datum document, Datum template_id, Datum options);
-extern Datum classify_sync_template(pg_uuid_t *id);
 extern bool job_continues(Job *job);	/* job.c: a classified job sent its extraction */
 
 /* split.c, split_ranges.c: options.split, a file of several documents --- */

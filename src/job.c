@@ -719,18 +719,28 @@ continue_with_template(Job *job)
 {
 	JobPart    *part = &job->part[0];
 
+	/* Failing here (a step tried again later), the job still holds the classification's answer. */
+	job->classifying = false;
+	PG_TRY();
+	{
+		job_prepare(job);
+	}
+	PG_CATCH();
+	{
+		job->classifying = true;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	json_object_put(part->reply.output);
 	memset(&part->reply, 0, sizeof(part->reply));
 	part->answered = false;
 	part->error = NULL;
 	part->unreadable = false;
-	job->classifying = false;
 	if (job->slots_held > 0)
 	{
 		(void) ratelimit_reserve(job->slot_model, 0, 0, 1, 0, true);
 		ratelimit_release(job->slot_model, 1, true);
 	}
-	job_prepare(job);
 	job->continues = true;
 }
 

@@ -64,7 +64,8 @@ fill_task(SyncTask *task, Datum template_id)
 	task->dboid = MyDatabaseId;
 	task->login_role = GetAuthenticatedUserId();
 	GetUserIdAndSecContext(&task->role, &task->sec_context);
-	/* NULL (0): all zeroes, classify (classify_sync_template()). */
+	/* NULL (0): classify. */
+	task->classify = template_id == (Datum) 0;
 	if (template_id)
 		memcpy(&task->template_id, DatumGetUUIDP(template_id), sizeof(pg_uuid_t));
 	for (int i = 0; i < SYNC_NUM_SETTINGS; i++)

@@ -157,8 +157,7 @@ submit_step(void *arg)
 
 	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum("document"),
 							  PointerGetDatum(run->content));
-	/* An all-zero template_id is NULL: classify (sync.c). */
-	id = classify_or_extract(doc, classify_sync_template(&task->template_id),
+	id = classify_or_extract(doc, task->classify ? (Datum) 0 : UUIDPGetDatum(&task->template_id),
 							 PointerGetDatum(run->options));
 	memcpy(&run->id, DatumGetUUIDP(id), sizeof(pg_uuid_t));
 	start_attempt_step(run);

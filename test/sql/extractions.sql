@@ -39,7 +39,6 @@ SELECT docextract.extract_document(:'did', :'tid', '{"temperature": 0.2, "seed":
 SELECT count(*) AS before FROM docextract.extractions \gset
 SELECT sqlstate_of(format('SELECT docextract.extract_document(%L, %L, %L)', d, t, o))
   FROM (VALUES (NULL, :'tid', '{}'),
-               (:'did', NULL, '{}'),
                ('00000000-0000-0000-0000-000000000000', :'tid', '{}'),
                (:'did', '00000000-0000-0000-0000-000000000000', '{}'),
                (:'did', :'tid', '{"model": "nope"}'),

@@ -167,6 +167,19 @@ is(sq("SELECT string_agg(extracted->'general'->>'invoice_number', ',' ORDER BY i
 is(sq("SELECT string_agg(t.name, ',' ORDER BY e.target_pk[1]::int) FROM docextract.extractions e JOIN docextract.templates t ON t.id = e.template_id WHERE e.target_table = 'inbox'::regclass"),
 	'invoice,receipt', 'each with its own template');
 
+# -- the candidates: a group's templates count, deactivated ones do not --------------------
+sq(qq{CREATE ROLE team; GRANT team TO alice;
+	SET ROLE team; SELECT docextract.create_template('team-form', '$schema');});
+my $old = sq(qq{SET ROLE alice; SELECT docextract.create_template('old-invoice', '$schema')});
+as_alice("SELECT docextract.set_template_active('$old', false)");
+($id, $status) = classify('invoice.pdf', '', { answer => { general => { template => '2. team-form', confidence => 0.8 } } });
+is_deeply([ map { $_->{name} } @{ json_of(row($id, 'classification'))->{candidates} } ], [ 'invoice', 'team-form', 'receipt' ],
+	"candidates: alice's, her group's, system ones; not a deactivated one, not bob's");
+is(sq("SELECT t.name FROM docextract.extractions e JOIN docextract.templates t ON t.id = e.template_id WHERE e.id = '$id'"),
+	'team-form', "her group's template chosen by its label");
+unlike(server_requests($srv)->[0]{body}, qr/old-invoice|secret-bob/, 'neither is in the request');
+sq("REVOKE team FROM alice");
+
 # -- a crash while classifying -----------------------------------------------------------
 server_reset($srv);
 server_script($srv, { hold => 'classifying' });
