@@ -195,6 +195,20 @@ is(ledger($k), 'reserve 6, release 6', 'nothing charged');
 HTTP::Tiny->new->post("$srv->{url}/_release/kid")->{success} or die 'release failed';
 is(sq("SELECT docextract.extraction_status('$k')->>'overall_status'"), 'cancelled', 'overall_status cancelled');
 
+# -- sub-documents in review: the parent waits for the reviewer -------------------------
+server_reset($srv);
+my $ad = add_doc('review.pdf');
+my $a = sq("SELECT docextract.extract_document('$ad', '$tid', '{\"split\": true, \"auto_approve\": false}')");
+$node->poll_query_until('postgres', "SELECT count(*) = 3 FROM docextract.extractions"
+	  . " WHERE parent_extraction_id = '$a' AND status = 'awaiting_approval'") or die;
+is(sq("SELECT status FROM docextract.extractions WHERE id = '$a'"), 'processing',
+	'sub-documents awaiting approval: the parent is still processing');
+is(status_of($a)->{overall_status}, 'awaiting_approval', '... overall_status awaiting_approval');
+sq("SELECT docextract.approve(id) FROM docextract.extractions WHERE parent_extraction_id = '$a'");
+is(sq("SELECT status FROM docextract.extractions WHERE id = '$a'"), 'completed',
+	'the last approval completes the parent, in its transaction');
+is(ledger($a), 'reserve 6, charge 6', '... charged once');
+
 # -- template_id NULL: each range's template among the candidates -----------------------
 my $rid = sq("SELECT docextract.create_template('receipt', '$DxTest::INVOICE_SCHEMA')");
 server_reset($srv);
