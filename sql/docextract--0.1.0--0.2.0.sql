@@ -714,6 +714,563 @@ END
 $$;
 
 
+-- Issue 13: options.split.  Sub-documents' extractions name their parent,
+-- which holds the credits of all and follows them (trigger split_follow).
+ALTER TABLE docextract.extractions ADD COLUMN parent_extraction_id uuid;
+ALTER TABLE docextract.extractions ADD COLUMN split_count integer;
+-- A parent's sub-documents are made once: one per document of its pages.
+CREATE UNIQUE INDEX extractions_split_children ON docextract.extractions (parent_extraction_id, document_id)
+    WHERE parent_extraction_id IS NOT NULL;
+-- A split document's pages a to b are one sub-document, whichever
+-- extraction split it.
+CREATE UNIQUE INDEX documents_split_range ON docextract.documents (parent_id, page_start, page_end)
+    WHERE parent_id IS NOT NULL AND deleted_at IS NULL;
+
+CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    pages integer;
+    acct docextract.credit_accounts;
+    active bigint;
+    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
+    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
+BEGIN
+    -- Only what docextract enqueues is reserved for.  A row loaded with its
+    -- state (pg_restore of a dump) carries its reservation, and its
+    -- account and ledger rows are restored with it.
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NEW;
+    END IF;
+    -- A row the trigger form records as not submitted holds nothing; a
+    -- sub-document of a split neither: its parent holds its pages.
+    IF NEW.status <> 'pending' OR NEW.parent_extraction_id IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
+    -- options.pages: only the pages asked for are charged.
+    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+      FROM docextract.documents d WHERE d.id = NEW.document_id;
+    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
+    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    IF quota > 0 THEN
+        SELECT count(*) INTO active FROM docextract.extractions x
+         WHERE x.owner = NEW.owner AND x.status IN ('pending', 'classifying', 'processing', 'retrying');
+        IF active >= quota THEN
+            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
+                USING ERRCODE = '53400',
+                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
+        END IF;
+    END IF;
+    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
+                        NEW.owner, pages, pages, acct.balance - acct.reserved
+            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
+    END IF;
+    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
+     WHERE a.role = NEW.owner;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+            'submitted', NEW.owner);
+    NEW.credits_reserved := pages;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION docextract.split_follow() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    p docextract.extractions;
+    total integer;
+    ended integer;
+    done integer;
+    read_pages integer;
+    unread text;
+    after bigint;
+BEGIN
+    IF NEW.split_count IS NOT NULL THEN
+        IF NEW.status = 'cancelled' THEN
+            UPDATE docextract.extractions c SET status = 'cancelled', completed_at = clock_timestamp()
+             WHERE c.parent_extraction_id = NEW.id
+               AND c.status IN ('pending', 'classifying', 'processing', 'retrying', 'awaiting_approval');
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status NOT IN ('completed', 'failed', 'cancelled', 'insufficient_credits') THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO p FROM docextract.extractions x
+     WHERE x.id = NEW.parent_extraction_id AND x.status = 'processing' FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*),
+           count(*) FILTER (WHERE c.status IN ('completed', 'failed', 'cancelled', 'insufficient_credits')),
+           count(*) FILTER (WHERE c.status = 'completed'),
+           -- Read: completed (its result is stored in the same transaction,
+           -- after this status change), or answered before it ended.
+           coalesce(sum(d.page_end - d.page_start + 1)
+                    FILTER (WHERE c.status = 'completed' OR r.extraction_id IS NOT NULL), 0),
+           string_agg(format('pages %s-%s %s', d.page_start, d.page_end, c.status), ', '
+                      ORDER BY d.page_start) FILTER (WHERE c.status <> 'completed')
+      INTO total, ended, done, read_pages, unread
+      FROM docextract.extractions c
+      JOIN docextract.documents d ON d.id = c.document_id
+      LEFT JOIN docextract.results r ON r.extraction_id = c.id
+     WHERE c.parent_extraction_id = p.id;
+    IF ended < total THEN
+        UPDATE docextract.extractions x
+           SET completion_percentage = greatest(x.completion_percentage, 10 + 90 * ended / total)
+         WHERE x.id = p.id;
+        RETURN NULL;
+    END IF;
+    -- Pages no answer was stored for are returned; settle_credits charges the rest.
+    IF read_pages > 0 AND p.credits_reserved > read_pages THEN
+        UPDATE docextract.credit_accounts a
+           SET reserved = a.reserved - (p.credits_reserved - read_pages), updated_at = now()
+         WHERE a.role = p.owner
+        RETURNING a.balance - a.reserved INTO after;
+        INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                              reason, created_by)
+        VALUES (p.owner, 'release', p.credits_reserved - read_pages, after, p.id,
+                'sub-documents not read: ' || unread, p.owner);
+        -- Apart: settle_credits charges what the row held before its status change.
+        UPDATE docextract.extractions x SET credits_reserved = read_pages WHERE x.id = p.id;
+    END IF;
+    UPDATE docextract.extractions x
+       SET status = CASE WHEN read_pages > 0 THEN 'completed' ELSE 'failed' END,
+           completion_percentage = CASE WHEN read_pages > 0 THEN 100 ELSE x.completion_percentage END,
+           completed_at = clock_timestamp(),
+           error_message = CASE WHEN done < total
+                                THEN format('%s of %s sub-documents did not complete: %s',
+                                            total - done, total, unread) END
+     WHERE x.id = p.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_split_follow
+    AFTER UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status
+                       AND (NEW.parent_extraction_id IS NOT NULL OR NEW.split_count IS NOT NULL))
+    EXECUTE FUNCTION docextract.split_follow();
+
+CREATE FUNCTION docextract.split_overall_status(extraction_id uuid)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+    SELECT CASE
+        WHEN NOT coalesce((e.options->>'split')::boolean, false) THEN NULL
+        WHEN e.status IN ('cancelled', 'insufficient_credits') THEN e.status
+        WHEN e.split_count IS NULL AND e.status = 'failed' THEN 'failed'
+        WHEN e.split_count IS NULL THEN 'splitting'
+        WHEN s.active > 0 THEN 'processing'
+        WHEN s.review > 0 THEN 'awaiting_approval'
+        WHEN s.done = s.total THEN 'completed'
+        WHEN s.done > 0 THEN 'partially_completed'
+        ELSE 'failed' END
+      FROM docextract.extractions e
+      LEFT JOIN LATERAL (
+          SELECT count(*) AS total,
+                 count(*) FILTER (WHERE c.status IN ('pending', 'classifying', 'processing', 'retrying')) AS active,
+                 count(*) FILTER (WHERE c.status = 'awaiting_approval') AS review,
+                 count(*) FILTER (WHERE c.status = 'completed') AS done
+            FROM docextract.extractions c WHERE c.parent_extraction_id = e.id) s ON true
+     WHERE e.id = split_overall_status.extraction_id
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.extraction_status(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    RETURN jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id, 'status', e.status,
+        'template_id', e.template_id, 'model', e.model_name,
+        'created_at', e.created_at, 'started_at', e.started_at,
+        'completed_at', e.completed_at, 'error_message', e.error_message,
+        'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
+        'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
+        'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        'classification', e.classification,
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'document_id', d.id, 'extraction_id', c.id, 'page_start', d.page_start,
+                       'page_end', d.page_end, 'page_count', d.page_count, 'status', c.status,
+                       'template_id', c.template_id, 'error_message', c.error_message)
+                       ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb))
+        -- options.split: the state of the whole (only then).
+        || jsonb_strip_nulls(jsonb_build_object('overall_status', docextract.split_overall_status(e.id)));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.get_result(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id,
+        'template_id', e.template_id, 'status', e.status,
+        'error_message', e.error_message,
+        'attributions', r.attributions,
+        'table_attributions', r.table_attributions,
+        'corrections', r.corrections))
+        -- citations keep their nulls: "bbox": null says no box was found
+        || CASE WHEN r.citations IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('citations', r.citations) END
+        || jsonb_build_object(
+        'data', r.data,
+        'validation', coalesce(r.validation, '[]'::jsonb),
+        'usage', coalesce(r.usage, '{}'::jsonb))
+        -- options.split: no data of its own; each sub-document's result.
+        || CASE WHEN e.split_count IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(
+        'overall_status', docextract.split_overall_status(e.id),
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'extraction_id', c.id, 'document_id', c.document_id,
+                       'page_start', d.page_start, 'page_end', d.page_end,
+                       'template_id', c.template_id, 'status', c.status,
+                       'error_message', c.error_message, 'data', cr.data,
+                       'validation', cr.validation) ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            LEFT JOIN docextract.results cr ON cr.extraction_id = c.id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb)) END;
+END
+$$;
+
+REVOKE ALL ON FUNCTION docextract.split_follow() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION docextract.split_overall_status(uuid) TO PUBLIC;
+
+-- The functions more than one change above replaced, as this version has them
+-- (a later CREATE OR REPLACE above may have been written before another's).
+CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    pages integer;
+    acct docextract.credit_accounts;
+    active bigint;
+    quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
+    mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
+BEGIN
+    -- Only what docextract enqueues is reserved for.  A row loaded with its
+    -- state (pg_restore of a dump) carries its reservation, and its
+    -- account and ledger rows are restored with it.
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NEW;
+    END IF;
+    -- A row the trigger form records as not submitted holds nothing; a
+    -- sub-document of a split neither: its parent holds its pages.
+    IF NEW.status <> 'pending' OR NEW.parent_extraction_id IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
+    -- options.pages: only the pages asked for are charged.
+    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+      FROM docextract.documents d WHERE d.id = NEW.document_id;
+    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
+    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    IF quota > 0 THEN
+        SELECT count(*) INTO active FROM docextract.extractions x
+         WHERE x.owner = NEW.owner AND x.status = ANY (docextract.active_statuses());
+        IF active >= quota THEN
+            RAISE EXCEPTION 'role % has % active extractions, the limit is %', NEW.owner, active, quota
+                USING ERRCODE = '53400',
+                      HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
+        END IF;
+    END IF;
+    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+        RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
+                        NEW.owner, pages, pages, acct.balance - acct.reserved
+            USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
+    END IF;
+    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
+     WHERE a.role = NEW.owner;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+            'submitted', NEW.owner);
+    NEW.credits_reserved := pages;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.settle_credits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    kind text;
+    after bigint;
+BEGIN
+    IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
+       OR NOT NEW.status = ANY (docextract.outcome_statuses()) THEN
+        RETURN NEW;
+    END IF;
+    -- Classified without a fitting template, it awaits a reviewer's pick:
+    -- nothing was extracted yet, the credits stay held.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
+        RETURN NEW;
+    END IF;
+    kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
+    UPDATE docextract.credit_accounts a
+       SET reserved = a.reserved - OLD.credits_reserved,
+           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE 0 END,
+           updated_at = now()
+     WHERE a.role = OLD.owner
+    RETURNING a.balance - a.reserved INTO after;
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                          reason, created_by)
+    VALUES (OLD.owner, kind, OLD.credits_reserved, after, OLD.id, NEW.status, OLD.owner);
+    IF kind = 'charge' THEN
+        NEW.credits_used := OLD.credits_reserved;
+    END IF;
+    NEW.credits_reserved := 0;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.announce_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    notify boolean := pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+        pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
+    ids bigint[];
+    events text[];
+    owners regrole[];
+    extractions uuid[];
+    sent integer;
+BEGIN
+    WITH changed AS (
+        SELECT n.*, CASE
+               WHEN n.status IS DISTINCT FROM o.status THEN docextract.event_name(o.status, n.status)
+               -- One request of a multi-request extraction is done (a classification's too).
+               WHEN n.status IN ('classifying', 'processing')
+                    AND n.completion_percentage > o.completion_percentage
+               THEN 'extraction.progress' END AS event
+          FROM new_rows n JOIN old_rows o ON o.id = n.id),
+    stored AS (
+        INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+        SELECT e.event_id, e.event, e.id, e.owner, json_build_object(
+            'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
+            'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
+            'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
+            'created_at', clock_timestamp())
+          FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.*
+                  FROM changed c WHERE c.event IS NOT NULL) e
+        RETURNING id, event, extraction_id, owner, payload)
+    SELECT array_agg(s.id ORDER BY s.id), array_agg(s.event ORDER BY s.id),
+           array_agg(s.owner ORDER BY s.id), array_agg(s.extraction_id ORDER BY s.id),
+           count(CASE WHEN notify THEN pg_catalog.pg_notify('docextract', s.payload::text) END)
+      INTO ids, events, owners, extractions, sent FROM stored s;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The events stay in the outbox.
+    IF NOT notify THEN
+        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
+            RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                          events[i], extractions[i], pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+                USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || ids[i] || ').',
+                      HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+        END LOOP;
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, e.id, w.owner
+      FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(events), pg_catalog.unnest(owners))
+           AS e(id, event, owner), docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR e.event = ANY (w.events))
+       AND pg_has_role(w.owner, e.owner, 'MEMBER')
+     ORDER BY e.id
+    -- A webhook a session is dropping (its row held until that session
+    -- ends) gets no delivery: the worker, whose status changes land
+    -- here, never waits for a role's open transaction.
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.announce_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    event text;
+    event_id bigint;
+    payload json;
+BEGIN
+    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
+        RETURN NULL;    -- loaded with its state (a restore): its events come with it
+    END IF;
+    event := docextract.event_name(NULL, NEW.status);
+    event_id := nextval('docextract.events_id_seq');
+    payload := json_build_object(
+        'event', event,
+        'extraction_id', NEW.id,
+        'document_id', NEW.document_id,
+        'status', NEW.status,
+        'template_id', NEW.template_id,
+        'attempts', NEW.attempts,
+        'completion_percentage', NEW.completion_percentage,
+        'event_id', event_id,
+        'created_at', clock_timestamp());
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+    IF event = 'extraction.queued' THEN
+        NULL;   -- in the outbox only
+    ELSIF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
+        PERFORM pg_catalog.pg_notify('docextract', payload::text);
+    ELSE
+        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
+                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
+       AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.count_outcome() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
+    SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
+           sum((n.status = 'failed')::integer), sum((n.status = 'cancelled')::integer),
+           sum(CASE WHEN o.status = 'awaiting_approval' THEN 0
+                    ELSE greatest(n.attempts - 1, 0) END)
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.status IS DISTINCT FROM o.status
+       AND n.status = ANY (docextract.outcome_statuses())
+     GROUP BY n.model_name, n.owner;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.drop_document_bytes() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    -- Awaiting a reviewer's pick of its template: the bytes are still to be read.
+    IF NEW.status = 'awaiting_approval' AND NEW.template_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE docextract.documents d SET content = NULL, text = NULL
+     WHERE d.id = NEW.document_id AND d.content IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.extraction_status(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    RETURN jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id, 'status', e.status,
+        'template_id', e.template_id, 'model', e.model_name,
+        'created_at', e.created_at, 'started_at', e.started_at,
+        'completed_at', e.completed_at, 'error_message', e.error_message,
+        'attempts', e.attempts, 'completion_percentage', e.completion_percentage,
+        'credits_used', e.credits_used, 'credits_reserved', e.credits_reserved,
+        'approved_by', e.approved_by, 'approved_at', e.approved_at,
+        'classification', e.classification,
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'document_id', d.id, 'extraction_id', c.id, 'page_start', d.page_start,
+                       'page_end', d.page_end, 'page_count', d.page_count, 'status', c.status,
+                       'template_id', c.template_id, 'error_message', c.error_message)
+                       ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb))
+        -- options.split: the state of the whole (only then).
+        || jsonb_strip_nulls(jsonb_build_object('overall_status', docextract.split_overall_status(e.id)));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.get_result(extraction_id uuid)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    e docextract.extractions;
+    r docextract.results;
+BEGIN
+    SELECT * INTO e FROM docextract.extractions x WHERE x.id = extraction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'extraction % does not exist', extraction_id USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO r FROM docextract.results x WHERE x.extraction_id = e.id;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'extraction_id', e.id, 'document_id', e.document_id,
+        'template_id', e.template_id, 'status', e.status,
+        'error_message', e.error_message,
+        'attributions', r.attributions,
+        'table_attributions', r.table_attributions,
+        'corrections', r.corrections))
+        -- citations keep their nulls: "bbox": null says no box was found
+        || CASE WHEN r.citations IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('citations', r.citations) END
+        || jsonb_build_object(
+        'data', r.data,
+        'validation', coalesce(r.validation, '[]'::jsonb),
+        'usage', coalesce(r.usage, '{}'::jsonb))
+        -- options.split: no data of its own; each sub-document's result.
+        || CASE WHEN e.split_count IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(
+        'overall_status', docextract.split_overall_status(e.id),
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'extraction_id', c.id, 'document_id', c.document_id,
+                       'page_start', d.page_start, 'page_end', d.page_end,
+                       'template_id', c.template_id, 'status', c.status,
+                       'error_message', c.error_message, 'data', cr.data,
+                       'validation', cr.validation) ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            LEFT JOIN docextract.results cr ON cr.extraction_id = c.id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb)) END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.split_overall_status(extraction_id uuid)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+    SELECT CASE
+        WHEN NOT coalesce((e.options->>'split')::boolean, false) THEN NULL
+        WHEN e.status IN ('cancelled', 'insufficient_credits') THEN e.status
+        WHEN e.split_count IS NULL AND e.status = 'failed' THEN 'failed'
+        WHEN e.split_count IS NULL THEN 'splitting'
+        WHEN s.active > 0 THEN 'processing'
+        WHEN s.review > 0 THEN 'awaiting_approval'
+        WHEN s.done = s.total THEN 'completed'
+        WHEN s.done > 0 THEN 'partially_completed'
+        ELSE 'failed' END
+      FROM docextract.extractions e
+      LEFT JOIN LATERAL (
+          SELECT count(*) AS total,
+                 count(*) FILTER (WHERE c.status IN ('pending', 'classifying', 'processing', 'retrying')) AS active,
+                 count(*) FILTER (WHERE c.status = 'awaiting_approval') AS review,
+                 count(*) FILTER (WHERE c.status = 'completed') AS done
+            FROM docextract.extractions c WHERE c.parent_extraction_id = e.id) s ON true
+     WHERE e.id = split_overall_status.extraction_id
+$$;
+
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

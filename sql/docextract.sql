@@ -64,6 +64,10 @@ CREATE TABLE docextract.documents (
 -- PDFs and images are compressed already: don't spend CPU trying again.
 ALTER TABLE docextract.documents ALTER COLUMN content SET STORAGE EXTERNAL;
 CREATE INDEX documents_sha256 ON docextract.documents (sha256);
+-- A split document's pages a to b are one sub-document, whichever
+-- extraction split it.
+CREATE UNIQUE INDEX documents_split_range ON docextract.documents (parent_id, page_start, page_end)
+    WHERE parent_id IS NOT NULL AND deleted_at IS NULL;
 
 -- Extractions: the queue and its statuses.
 CREATE TABLE docextract.extractions (
@@ -111,7 +115,13 @@ CREATE TABLE docextract.extractions (
     page_numbers           integer[],
     -- Submitted with template_id NULL: '{}' until classified, then the
     -- candidates offered, the template chosen, by whom, and the confidence.
-    classification         jsonb
+    classification         jsonb,
+    -- options.split: a sub-document's extraction names the extraction it
+    -- was split from; that one (the parent) holds the credits of all.
+    parent_extraction_id   uuid,
+    -- The parent: sub-documents made, once the model's answer was stored
+    -- (NULL before); it then waits for them, held by no worker.
+    split_count            integer
 );
 -- What the worker claims: per model, oldest first.
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
@@ -123,6 +133,9 @@ CREATE INDEX extractions_in_flight ON docextract.extractions (model_name)
     WHERE status = 'processing';
 CREATE INDEX extractions_retry_due ON docextract.extractions (next_attempt_at)
     WHERE status = 'retrying';
+-- A parent's sub-documents are made once: one per document of its pages.
+CREATE UNIQUE INDEX extractions_split_children ON docextract.extractions (parent_extraction_id, document_id)
+    WHERE parent_extraction_id IS NOT NULL;
 CREATE INDEX extractions_writeback_due ON docextract.extractions (writeback_due)
     WHERE writeback_due IS NOT NULL;
 -- The status sets the install script tests, one definition each (the C
@@ -466,8 +479,9 @@ BEGIN
     IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
         RETURN NEW;
     END IF;
-    -- A row the trigger form records as not submitted holds nothing.
-    IF NEW.status <> 'pending' THEN
+    -- A row the trigger form records as not submitted holds nothing; a
+    -- sub-document of a split neither: its parent holds its pages.
+    IF NEW.status <> 'pending' OR NEW.parent_extraction_id IS NOT NULL THEN
         RETURN NEW;
     END IF;
     -- options.pages: only the pages asked for are charged.
@@ -547,6 +561,120 @@ CREATE TRIGGER extractions_settle_credits
     FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status AND OLD.credits_reserved <> 0
                        AND NEW.status = ANY (docextract.outcome_statuses()))
     EXECUTE FUNCTION docextract.settle_credits();
+
+-- Splitting ----------------------------------------------------------------
+
+-- A split parent follows its sub-documents' extractions.  As each ends, the
+-- parent's completion_percentage moves (event extraction.progress); when the
+-- last has ended, the parent completes (failed if none was read).  Only the
+-- pages of sub-documents whose answer was stored are charged, once, on the
+-- parent; the rest of its reservation is released.  A cancelled parent
+-- cancels its sub-documents.  The parent's row is locked first, so that two
+-- sub-documents ending at once in two transactions see each other.
+CREATE FUNCTION docextract.split_follow() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    p docextract.extractions;
+    total integer;
+    ended integer;
+    done integer;
+    read_pages integer;
+    unread text;
+    after bigint;
+BEGIN
+    IF NEW.split_count IS NOT NULL THEN
+        IF NEW.status = 'cancelled' THEN
+            UPDATE docextract.extractions c SET status = 'cancelled', completed_at = clock_timestamp()
+             WHERE c.parent_extraction_id = NEW.id
+               AND c.status IN ('pending', 'classifying', 'processing', 'retrying', 'awaiting_approval');
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status NOT IN ('completed', 'failed', 'cancelled', 'insufficient_credits') THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO p FROM docextract.extractions x
+     WHERE x.id = NEW.parent_extraction_id AND x.status = 'processing' FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*),
+           count(*) FILTER (WHERE c.status IN ('completed', 'failed', 'cancelled', 'insufficient_credits')),
+           count(*) FILTER (WHERE c.status = 'completed'),
+           -- Read: completed (its result is stored in the same transaction,
+           -- after this status change), or answered before it ended.
+           coalesce(sum(d.page_end - d.page_start + 1)
+                    FILTER (WHERE c.status = 'completed' OR r.extraction_id IS NOT NULL), 0),
+           string_agg(format('pages %s-%s %s', d.page_start, d.page_end, c.status), ', '
+                      ORDER BY d.page_start) FILTER (WHERE c.status <> 'completed')
+      INTO total, ended, done, read_pages, unread
+      FROM docextract.extractions c
+      JOIN docextract.documents d ON d.id = c.document_id
+      LEFT JOIN docextract.results r ON r.extraction_id = c.id
+     WHERE c.parent_extraction_id = p.id;
+    IF ended < total THEN
+        UPDATE docextract.extractions x
+           SET completion_percentage = greatest(x.completion_percentage, 10 + 90 * ended / total)
+         WHERE x.id = p.id;
+        RETURN NULL;
+    END IF;
+    -- Pages no answer was stored for are returned; settle_credits charges the rest.
+    IF read_pages > 0 AND p.credits_reserved > read_pages THEN
+        UPDATE docextract.credit_accounts a
+           SET reserved = a.reserved - (p.credits_reserved - read_pages), updated_at = now()
+         WHERE a.role = p.owner
+        RETURNING a.balance - a.reserved INTO after;
+        INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                              reason, created_by)
+        VALUES (p.owner, 'release', p.credits_reserved - read_pages, after, p.id,
+                'sub-documents not read: ' || unread, p.owner);
+        -- Apart: settle_credits charges what the row held before its status change.
+        UPDATE docextract.extractions x SET credits_reserved = read_pages WHERE x.id = p.id;
+    END IF;
+    UPDATE docextract.extractions x
+       SET status = CASE WHEN read_pages > 0 THEN 'completed' ELSE 'failed' END,
+           completion_percentage = CASE WHEN read_pages > 0 THEN 100 ELSE x.completion_percentage END,
+           completed_at = clock_timestamp(),
+           error_message = CASE WHEN done < total
+                                THEN format('%s of %s sub-documents did not complete: %s',
+                                            total - done, total, unread) END
+     WHERE x.id = p.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER extractions_split_follow
+    AFTER UPDATE OF status ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status
+                       AND (NEW.parent_extraction_id IS NOT NULL OR NEW.split_count IS NOT NULL))
+    EXECUTE FUNCTION docextract.split_follow();
+
+-- A split extraction's state as a whole, from its sub-documents (the
+-- extraction's own status stays within the contract's set): splitting
+-- (not split yet), processing, awaiting_approval, completed,
+-- partially_completed (some did not complete), failed or cancelled.  NULL
+-- for an extraction that was not asked to split.
+CREATE FUNCTION docextract.split_overall_status(extraction_id uuid)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+    SELECT CASE
+        WHEN NOT coalesce((e.options->>'split')::boolean, false) THEN NULL
+        WHEN e.status IN ('cancelled', 'insufficient_credits') THEN e.status
+        WHEN e.split_count IS NULL AND e.status = 'failed' THEN 'failed'
+        WHEN e.split_count IS NULL THEN 'splitting'
+        WHEN s.active > 0 THEN 'processing'
+        WHEN s.review > 0 THEN 'awaiting_approval'
+        WHEN s.done = s.total THEN 'completed'
+        WHEN s.done > 0 THEN 'partially_completed'
+        ELSE 'failed' END
+      FROM docextract.extractions e
+      LEFT JOIN LATERAL (
+          SELECT count(*) AS total,
+                 count(*) FILTER (WHERE c.status IN ('pending', 'classifying', 'processing', 'retrying')) AS active,
+                 count(*) FILTER (WHERE c.status = 'awaiting_approval') AS review,
+                 count(*) FILTER (WHERE c.status = 'completed') AS done
+            FROM docextract.extractions c WHERE c.parent_extraction_id = e.id) s ON true
+     WHERE e.id = split_overall_status.extraction_id
+$$;
 
 -- Add (or, negative, take away) credits.  For the extension owner and those
 -- it grants EXECUTE to.
@@ -749,14 +877,14 @@ BEGIN
         'classification', e.classification,
         'sub_documents', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
-                       'document_id', d.id, 'page_start', d.page_start,
-                       'page_end', d.page_end, 'status', s.status,
-                       'template_id', s.template_id) ORDER BY d.page_start)
-            FROM docextract.documents d
-            LEFT JOIN LATERAL (SELECT x.status, x.template_id FROM docextract.extractions x
-                               WHERE x.document_id = d.id
-                               ORDER BY x.created_at DESC LIMIT 1) s ON true
-            WHERE d.parent_id = e.document_id), '[]'::jsonb));
+                       'document_id', d.id, 'extraction_id', c.id, 'page_start', d.page_start,
+                       'page_end', d.page_end, 'page_count', d.page_count, 'status', c.status,
+                       'template_id', c.template_id, 'error_message', c.error_message)
+                       ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb))
+        -- options.split: the state of the whole (only then).
+        || jsonb_strip_nulls(jsonb_build_object('overall_status', docextract.split_overall_status(e.id)));
 END
 $$;
 
@@ -784,7 +912,20 @@ BEGIN
         || jsonb_build_object(
         'data', r.data,
         'validation', coalesce(r.validation, '[]'::jsonb),
-        'usage', coalesce(r.usage, '{}'::jsonb));
+        'usage', coalesce(r.usage, '{}'::jsonb))
+        -- options.split: no data of its own; each sub-document's result.
+        || CASE WHEN e.split_count IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(
+        'overall_status', docextract.split_overall_status(e.id),
+        'sub_documents', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'extraction_id', c.id, 'document_id', c.document_id,
+                       'page_start', d.page_start, 'page_end', d.page_end,
+                       'template_id', c.template_id, 'status', c.status,
+                       'error_message', c.error_message, 'data', cr.data,
+                       'validation', cr.validation) ORDER BY d.page_start)
+            FROM docextract.extractions c JOIN docextract.documents d ON d.id = c.document_id
+            LEFT JOIN docextract.results cr ON cr.extraction_id = c.id
+            WHERE c.parent_extraction_id = e.id), '[]'::jsonb)) END;
 END
 $$;
 
@@ -1007,6 +1148,7 @@ REVOKE ALL ON FUNCTION docextract.drop_document_bytes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.count_outcome() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.split_follow() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.grant_credits(name, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.create_system_template(text, jsonb, jsonb, jsonb, text) FROM PUBLIC;
 

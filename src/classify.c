@@ -430,3 +430,9 @@ classify_or_extract(Datum document, Datum template_id, Datum options)
 	return result;
 }
 
+/* The candidate a string names (as candidate_named()); for split.c's ranges. */
+int
+classify_candidate_index(const ClassifyCandidates *c, const char *s)
+{
+	return s ? candidate_named(c, s) : -1;
+}

@@ -1,6 +1,7 @@
 /*
  * classify.h: template_id NULL, the template chosen by the model among
- * those the submitting role may use (classify_candidates.c, classify.c).
+ * those the submitting role may use (classify_candidates.c, classify.c);
+ * options.split, whose ranges name a template each (split.c, split_ranges.c).
  */
 #ifndef DOCEXTRACT_CLASSIFY_H
 #define DOCEXTRACT_CLASSIFY_H
@@ -46,5 +47,27 @@ extern void classify_await_review(pg_uuid_t *id, const ClassifyCandidates *c,
 extern bool classify_pick(Datum id, Oid caller, Datum corrections);
 extern bool classify_trigger_arg(const char *arg);
 extern Datum classify_or_extract(Datum document, Datum template_id, Datum options);
+
+extern int	classify_candidate_index(const ClassifyCandidates *c, const char *s);
+
+/* split.c, split_ranges.c: options.split, a file of several documents --- */
+
+/* Entries of a split answer read at most; sub-documents made at most. */
+#define SPLIT_MAX_ENTRIES 1000
+#define SPLIT_MAX_DOCUMENTS 100
+
+typedef struct SplitRange
+{
+	int			page_start;		/* 1-based, inclusive */
+	int			page_end;
+	char	   *template_name;	/* the model's choice, or NULL */
+} SplitRange;
+
+extern SplitRange *split_ranges_repair(json_object *answer, int page_count, int *n);
+extern bool split_requested(const char *options);
+extern void split_check_submit(Datum document, bool with_pages);
+extern void split_request_template(Template *out, pg_uuid_t *id, const ClassifyCandidates *c,
+								   Oid owner);
+extern void split_store(pg_uuid_t *id, json_object *answer, const ClassifyCandidates *c);
 
 #endif							/* DOCEXTRACT_CLASSIFY_H */

@@ -81,6 +81,8 @@ struct Job
 	bool		citations;		/* citations asked */
 	bool		will_retry;
 	bool		busy;			/* a session held what finishing needs: later */
+	bool		split;			/* options.split: asks for the documents' page ranges */
+	bool		sub_document;	/* a split's: its end locks its parent (split_follow) */
 	char		slot_model[MODEL_NAME_LEN];	/* its model's slots it holds (ratelimit.c) */
 	int			slots_held;
 	/* template_id NULL (classify.c): first a request choosing the template. */
@@ -96,7 +98,8 @@ struct Job
 /* Read as the worker: the model and its key, which no submitter may read. */
 static const char *model_query =
 "SELECT e.owner::oid, e.options::text,"
-"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key, e.page_numbers"
+"       m.name, m.provider, m.base_url, m.model, m.options::text, k.api_key, e.page_numbers,"
+"       e.parent_extraction_id IS NOT NULL"
 "  FROM docextract.extractions e"
 "  LEFT JOIN docextract.models m ON m.name = e.model_name"
 "  LEFT JOIN docextract.model_keys k ON k.model_name = m.name"
@@ -267,6 +270,8 @@ load_model(Job *job, char **options, int32 **pages, int *npages)
 	MemoryContextSwitchTo(job->cxt);
 	job->owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												&isnull));
+	job->sub_document = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 10,
+												   &isnull));
 	job->model.name = col_text(3);
 	job->model.provider = col_text(4);
 	job->model.base_url = col_text(5);
@@ -394,6 +399,20 @@ job_prepare(Job *job)
 	spi_connect();
 	load_model(job, &options, &pages, &npages);
 	load_document(job, outer, &doc);
+	if ((job->split = split_requested(options)))
+	{
+		/*
+		 * The split request: the documents in the file (split.c), not the
+		 * template's fields; template NULL: each range's among the candidates.
+		 */
+		MemoryContext prev = MemoryContextSwitchTo(job->cxt);
+
+		split_request_template(&job->tmpl, &job->id, job->classifying ? &job->candidates : NULL,
+							   job->owner);
+		job->classifying = false;
+		job->nparts = 1;
+		MemoryContextSwitchTo(prev);
+	}
 	{
 		MemoryContext prev = MemoryContextSwitchTo(outer);
 
@@ -408,6 +427,8 @@ job_prepare(Job *job)
 	job->auto_approve = opts.auto_approve;
 	job->max_retries = Min(opts.has_max_retries ? opts.max_retries : job->model.max_retries,
 						   MAX_RETRIES_CAP);	/* options stored before the cap */
+	if (job->split)
+		opts.per_key_attribution = opts.citations = false;
 	job->attributions = opts.per_key_attribution;
 	job->citations = opts.citations;
 	split_template(job);
@@ -795,6 +816,11 @@ job_finish(Job *job)
 		finish_classification(job);
 		return;
 	}
+	if (job->split)
+	{
+		split_store(&job->id, merged_answer(job), job->candidates.n > 0 ? &job->candidates : NULL);
+		return;
+	}
 	job_build_result(job, &r);
 	store_result(job, &r);
 }
@@ -831,11 +857,17 @@ job_build_result(Job *job, StoredResult *rp)
 	*rp = r;
 }
 
-/* Can batch_finish.c store it: answered, and nothing that runs SQL of its own (citations)? */
+/* Can batch_finish.c store it with others? */
 bool
 job_batchable(Job *job)
 {
-	return job->failed == NULL && !job->citations && !job->classifying;
+	/*
+	 * Not: a failure, citations (SQL of their own), a classification or a
+	 * split request (they go on), a sub-document (its parent's row is
+	 * locked too, queue_lock_nowait()).
+	 */
+	return job->failed == NULL && !job->citations && !job->classifying && !job->split &&
+		!job->sub_document;
 }
 
 bool

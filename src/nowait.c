@@ -43,7 +43,7 @@ queue_lock_nowait(pg_uuid_t *id)
 	Datum		owner;
 
 	spi_connect();
-	if (spi_execute_with_args("SELECT x.owner::oid FROM docextract.extractions x"
+	if (spi_execute_with_args("SELECT x.owner::oid, x.parent_extraction_id FROM docextract.extractions x"
 							  " WHERE x.id = $1 FOR UPDATE SKIP LOCKED",
 							  1, (Oid[]) {UUIDOID}, &idd, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not lock extraction %s", uuid_text(idd));
@@ -51,13 +51,27 @@ queue_lock_nowait(pg_uuid_t *id)
 		free = !row_exists("SELECT 1 FROM docextract.extractions x WHERE x.id = $1", UUIDOID, idd);
 	else
 	{
+		bool		orphan;
+		Datum		parent = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &orphan);
+
 		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		/* A split's sub-document: its end moves the parent on (trigger split_follow). */
+		if (!orphan)
+		{
+			if (spi_execute_with_args("SELECT 1 FROM docextract.extractions x"
+									  " WHERE x.id = $1 FOR UPDATE SKIP LOCKED",
+									  1, (Oid[]) {UUIDOID}, &parent, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not lock extraction %s", uuid_text(parent));
+			if (SPI_processed == 0)
+				free = !row_exists("SELECT 1 FROM docextract.extractions x WHERE x.id = $1",
+								   UUIDOID, parent);
+		}
 		if (spi_execute_with_args("SELECT 1 FROM docextract.credit_accounts a"
 								  " WHERE a.role = $1::pg_catalog.regrole FOR UPDATE SKIP LOCKED",
 								  1, (Oid[]) {OIDOID}, &owner, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not lock a credit account");
 		if (SPI_processed == 0)
-			free = !row_exists("SELECT 1 FROM docextract.credit_accounts a"
+			free = free && !row_exists("SELECT 1 FROM docextract.credit_accounts a"
 							   " WHERE a.role = $1::pg_catalog.regrole", OIDOID, owner);
 	}
 	spi_finish();

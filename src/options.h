@@ -41,6 +41,7 @@ struct json_object;
 #define EXTRACT_OPT_ZERO_RETENTION "zero_retention"
 #define EXTRACT_OPT_FORCE "force"
 #define EXTRACT_OPT_PAGES "pages"
+#define EXTRACT_OPT_SPLIT "split"
 
 /* What a value must be. */
 typedef enum OptionType

@@ -5,9 +5,10 @@
  * worker when that transaction commits.  The worker claims with
  * FOR UPDATE SKIP LOCKED; every status change fires the announce trigger.
  */
+#include "prelude.h"		/* first: see the note on json_object */
+#include "classify.h"
 #include "postgres.h"
 
-#include "prelude.h"		/* first: see the note on json_object */
 #include "document.h"
 #include "options.h"
 #include "privileged.h"
@@ -37,11 +38,10 @@ PG_FUNCTION_INFO_V1(docextract_extract_document);
 PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
 
 
-/* Options this version acts on; the rest of the contract's keys come later. */
+/* Every option is known and of its type (options.c); returns the model's name. */
 static char *
 check_options(json_object *o)
 {
-	static const char *const unsupported[] = {"split", NULL};
 	json_object *v;
 	struct json_object_iter it;
 
@@ -55,11 +55,6 @@ check_options(json_object *o)
 		json_object *val = it.val;
 		const OptionSpec *spec = option_find(extraction_options, key);
 
-		for (int i = 0; unsupported[i]; i++)
-			if (strcmp(key, unsupported[i]) == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("option \"%s\" is not available in this version of docextract", key)));
 		if (spec == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -236,6 +231,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	volatile bool force = false;
 	char	   *volatile model = NULL;
 	char	   *volatile pages = NULL;
+	volatile bool split = false;
 	Datum		page_numbers;
 	Datum		args[4];
 	Datum		id;
@@ -254,6 +250,7 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 
 		model = check_options(parsed);
 		force = json_object_object_get_ex(parsed, EXTRACT_OPT_FORCE, &v) && json_object_get_boolean(v);
+		split = json_object_object_get_ex(parsed, EXTRACT_OPT_SPLIT, &v) && json_object_get_boolean(v);
 		if (json_object_object_get_ex(parsed, EXTRACT_OPT_PAGES, &v))
 			pages = pstrdup(json_object_get_string(v));
 	}
@@ -274,6 +271,8 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
 				  args[0], caller, false);
 	check_not_deleted(args[0]);
+	if (split)
+		split_check_submit(args[0], pages != NULL);	/* split.c */
 	if (args[1])
 	{
 		check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",

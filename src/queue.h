@@ -25,10 +25,11 @@ extern const char *const queue_claim_sql;
 /*
  * Rows a previous worker left processing, less those a live job worker of
  * this database (a sibling) or an extract_sync call's own worker is running
- * (they outlive a restart of one worker).
+ * (they outlive a restart of one worker).  A split parent waiting for its
+ * sub-documents (split_count set) is held by no worker: not an orphan.
  */
 #define ORPHANED_PROCESSING \
-	"status IN " IN_HAND_STATUSES " AND (worker_pid IS NULL OR worker_pid NOT IN" \
+	"status IN " IN_HAND_STATUSES " AND split_count IS NULL AND (worker_pid IS NULL OR worker_pid NOT IN" \
 	" (SELECT a.pid FROM pg_catalog.pg_stat_activity a" \
 	"   WHERE a.backend_type IN ('docextract sync worker', 'docextract worker')" \
 	"     AND a.datname = pg_catalog.current_database()" \

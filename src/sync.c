@@ -12,6 +12,7 @@
  * once; leaving tells the worker (the segment's detach callback), which then
  * drops the request and cancels the extraction unless the model answered.
  */
+#include "options.h"
 #include "postgres.h"
 
 #include "settings.h"
@@ -233,6 +234,13 @@ docextract_extract_sync(PG_FUNCTION_ARGS)
 	options = PG_ARGISNULL(2) ? DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")))
 		: PG_GETARG_JSONB_P(2);
 
+	/* A split's sub-documents are extracted by the job workers, later. */
+	if (DatumGetBool(DirectFunctionCall2(jsonb_exists, PointerGetDatum(options),
+										 CStringGetTextDatum(EXTRACT_OPT_SPLIT))))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("option \"split\" is not available in extract_sync"),
+				 errhint("Use docextract.add_document() and docextract.extract_document() with \"split\".")));
 	seg = make_segment(content, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1), options, &mq);
 	mqh = shm_mq_attach(mq, seg, NULL);
 	handle = start_worker(seg);

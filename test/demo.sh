@@ -47,6 +47,7 @@ stop
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 cp test/fixtures/invoice.pdf test/fixtures/receipt.pdf test/fixtures/receipt.png \
+   test/fixtures/three-invoices.pdf \
    test/demo.sql test/model_server.py "$DEMO_DIR/"
 [ "$(id -u)" -eq 0 ] && chown -R "$user" "$DEMO_DIR"
 run initdb -D "$DEMO_DIR/data" -A trust -U postgres >/dev/null

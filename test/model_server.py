@@ -153,6 +153,19 @@ def read_table(text, props):
     return rows
 
 
+def split_rows(text, props):
+    """docextract's split request (table columns page_start, page_end): a
+    document begins on each page that shows an invoice number."""
+    pages = text.split("\f")
+    if len(pages) > 1 and not pages[-1].strip():
+        pages.pop()
+    starts = [i for i, page in enumerate(pages, 1) if "Invoice Number:" in page] or [1]
+    starts[0] = 1
+    choice = next((c for c in props["template"].get("enum", []) if c is not None), None)
+    ends = [s - 1 for s in starts[1:]] + [len(pages)]
+    return [{"page_start": s, "page_end": e, "template": choice} for s, e in zip(starts, ends)]
+
+
 def classify(labels, text):
     """docextract's classification question ("template": one of the labels
     "<n>. <name>", "confidence"): the candidate whose name is a line of the
@@ -170,6 +183,9 @@ def answer_for(schema, text):
         return {"general": classify(general["template"]["enum"], text)}
     evidence = {}
     ans = {}
+    table_props = schema["properties"].get("table", {}).get("items", {}).get("properties", {})
+    if "page_start" in table_props and "page_end" in table_props:
+        return {"table": split_rows(text, table_props)}
     if "general" in schema["properties"]:  # absent from the table-only part of a split
         ans["general"] = read_fields(text, schema["properties"]["general"]["properties"], evidence)
     if "table" in schema["properties"]:

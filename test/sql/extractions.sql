@@ -49,7 +49,7 @@ SELECT sqlstate_of(format('SELECT docextract.extract_document(%L, %L, %L)', d, t
                (:'did', :'tid', '{"max_retries": -1}'),
                (:'did', :'tid', '{"per_key_attribution": "yes"}'),
                (:'did', :'tid', '[]'),
-               (:'did', :'tid', '{"split": true}'),
+               (:'did', :'tid', '{"split": "yes"}'),
                (:'did', :'tid', '{"auto_approve": "no"}')) AS bad(d, t, o);
 -- one shown in full, with its hint
 SELECT docextract.extract_document(:'did', :'tid', '{"model": "nope"}');
