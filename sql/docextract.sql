@@ -352,7 +352,14 @@ BEGIN
                -- One request of a multi-request extraction is done (a classification's too).
                WHEN n.status IN ('classifying', 'processing')
                     AND n.completion_percentage > o.completion_percentage
-               THEN 'extraction.progress' END AS event
+               THEN 'extraction.progress' END AS event,
+               -- A progress event's step: the classification answered, the
+               -- file split, one more sub-document ended, or one part in.
+               CASE WHEN n.status IS DISTINCT FROM o.status THEN NULL
+                    WHEN n.status = 'classifying' THEN 'classification'
+                    WHEN n.split_count IS NOT NULL AND o.split_count IS NULL THEN 'split'
+                    WHEN n.split_count IS NOT NULL THEN 'sub_document'
+                    ELSE 'part' END AS step
           FROM new_rows n JOIN old_rows o ON o.id = n.id),
     stored AS (
         INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
@@ -360,7 +367,7 @@ BEGIN
             'event', e.event, 'extraction_id', e.id, 'document_id', e.document_id,
             'status', e.status, 'template_id', e.template_id, 'attempts', e.attempts,
             'completion_percentage', e.completion_percentage, 'event_id', e.event_id,
-            'created_at', clock_timestamp())
+            'created_at', clock_timestamp(), 'step', e.step)
           FROM (SELECT nextval('docextract.events_id_seq') AS event_id, c.*
                   FROM changed c WHERE c.event IS NOT NULL) e
         RETURNING id, event, extraction_id, owner, payload)

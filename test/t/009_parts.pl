@@ -68,6 +68,8 @@ ok($r->{usage}{latency_ms} >= 1400, "latency is the slower part's ($r->{usage}{l
 my $events = $listener->query_safe('SELECT 1');
 like($events, qr/"event" : "extraction\.progress", "extraction_id" : "$e".*"completion_percentage" : 50/,
 	'extraction.progress at 50% when the first part is in');
+like($events, qr/"event" : "extraction\.progress", "extraction_id" : "$e".*"step" : "part"/,
+	'... naming its step: a part');
 like($events, qr/extraction\.progress.*"extraction_id" : "$e".*extraction\.completed/s,
 	'... before extraction.completed');
 is($node->safe_psql('postgres', "SELECT completion_percentage FROM docextract.extractions WHERE id = '$e'"),

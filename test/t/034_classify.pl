@@ -83,6 +83,8 @@ is(row($id, 'template_id'), $receipt, 'a receipt: the system template chosen');
 is(sq("SELECT string_agg(event || ':' || (payload->>'completion_percentage'), ',' ORDER BY id) FROM docextract.events WHERE extraction_id = '$id'"),
 	'extraction.queued:0,extraction.classifying:0,extraction.progress:50,extraction.started:50,extraction.completed:100',
 	'events: classifying, a progress event for it, then the extraction');
+is(sq("SELECT payload->>'step' FROM docextract.events WHERE extraction_id = '$id' AND event = 'extraction.progress'"),
+	'classification', 'the progress event names its step: the classification');
 
 # -- nothing fits ------------------------------------------------------------------------
 ($id, $status) = classify('two-pages.pdf', '', { answer => { general => { template => undef, confidence => 0 } } });

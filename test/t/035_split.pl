@@ -100,6 +100,9 @@ is(sq("SELECT string_agg(event || ':' || (payload->>'completion_percentage'), ' 
 	'extraction.queued:0 extraction.started:0 extraction.progress:10 extraction.progress:40 '
 	  . 'extraction.progress:70 extraction.completed:100',
 	'progress events: split, then each sub-document');
+is(sq("SELECT string_agg(payload->>'step', ' ' ORDER BY id) FROM docextract.events"
+	  . " WHERE extraction_id = '$e' AND event = 'extraction.progress'"),
+	'split sub_document sub_document', 'each progress event names its step');
 my $split_req = server_requests($srv)->[0];
 like($split_req->{body}, qr/page_start/, 'the first request asks for the page ranges');
 is(scalar @{ server_requests($srv) }, 4, 'one split request and one per sub-document');
