@@ -951,6 +951,19 @@ $$;
 REVOKE ALL ON FUNCTION docextract.split_follow() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION docextract.split_overall_status(uuid) TO PUBLIC;
 
+-- A split parent's pages whose sub-documents were read: completed, or
+-- answered (a result stored) before they ended otherwise.
+CREATE FUNCTION docextract.split_pages_read(parent uuid) RETURNS integer
+LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp
+RETURN (SELECT coalesce(sum(d.page_end - d.page_start + 1), 0)::integer
+          FROM docextract.extractions c
+          JOIN docextract.documents d ON d.id = c.document_id
+         WHERE c.parent_extraction_id = parent
+           AND (c.status = 'completed'
+                OR EXISTS (SELECT 1 FROM docextract.results r WHERE r.extraction_id = c.id)));
+
+REVOKE ALL ON FUNCTION docextract.split_pages_read(uuid) FROM PUBLIC;
+
 -- The functions more than one change above replaced, as this version has them
 -- (a later CREATE OR REPLACE above may have been written before another's).
 CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
@@ -1008,6 +1021,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_t
 DECLARE
     kind text;
     after bigint;
+    read_pages integer := 0;
 BEGIN
     IF NEW.status IS NOT DISTINCT FROM OLD.status OR OLD.credits_reserved = 0
        OR NOT NEW.status = ANY (docextract.outcome_statuses()) THEN
@@ -1019,17 +1033,32 @@ BEGIN
         RETURN NEW;
     END IF;
     kind := CASE WHEN NEW.status IN ('completed', 'awaiting_approval') THEN 'charge' ELSE 'release' END;
+    -- A split parent cancelled or failed: its sub-documents already read
+    -- were model work, paid for; only the rest is returned.
+    IF kind = 'release' AND OLD.split_count IS NOT NULL THEN
+        read_pages := least(docextract.split_pages_read(OLD.id), OLD.credits_reserved);
+    END IF;
     UPDATE docextract.credit_accounts a
        SET reserved = a.reserved - OLD.credits_reserved,
-           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE 0 END,
+           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE read_pages END,
            updated_at = now()
      WHERE a.role = OLD.owner
     RETURNING a.balance - a.reserved INTO after;
-    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
-                                          reason, created_by)
-    VALUES (OLD.owner, kind, OLD.credits_reserved, after, OLD.id, NEW.status, OLD.owner);
+    IF read_pages > 0 THEN
+        INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                              reason, created_by)
+        VALUES (OLD.owner, 'charge', read_pages, after, OLD.id,
+                'sub-documents read before it was ' || NEW.status, OLD.owner);
+    END IF;
+    IF OLD.credits_reserved > read_pages THEN
+        INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
+                                              reason, created_by)
+        VALUES (OLD.owner, kind, OLD.credits_reserved - read_pages, after, OLD.id, NEW.status, OLD.owner);
+    END IF;
     IF kind = 'charge' THEN
         NEW.credits_used := OLD.credits_reserved;
+    ELSIF read_pages > 0 THEN
+        NEW.credits_used := read_pages;
     END IF;
     NEW.credits_reserved := 0;
     RETURN NEW;

@@ -282,8 +282,7 @@ classify_record_choice(pg_uuid_t *id, const ClassifyCandidates *c, const Classif
 							  " WHERE e.id = $1 AND e.status = 'classifying'"
 							  "   AND EXISTS (SELECT 1 FROM docextract.templates t"
 							  "                WHERE t.id = $2::uuid AND t.is_active"
-							  "                  AND (t.owner IS NULL"
-							  "                       OR pg_catalog.pg_has_role(e.owner::oid, t.owner::oid, 'MEMBER')))",
+							  "                  AND " TEMPLATE_USABLE_BY("e.owner::pg_catalog.oid") ")",
 							  3, (Oid[]) {UUIDOID, TEXTOID, TEXTOID}, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the classification of extraction %s", uuid_text(args[0]));
 	recorded = SPI_processed == 1;
@@ -379,8 +378,7 @@ classify_pick(Datum id, Oid caller, Datum corrections)
 							  "       'chosen_by', 'reviewer', 'reviewer', $3::regrole::text)"
 							  "  FROM docextract.templates t"
 							  " WHERE e.id = $1 AND t.id::text = lower($2) AND t.is_active"
-							  "   AND (t.owner IS NULL"
-							  "        OR pg_catalog.pg_has_role(e.owner::oid, t.owner::oid, 'MEMBER'))",
+							  "   AND " TEMPLATE_USABLE_BY("e.owner::pg_catalog.oid"),
 							  3, (Oid[]) {UUIDOID, TEXTOID, OIDOID},
 							  (Datum[]) {id, CStringGetTextDatum(json_object_get_string(v)),
 								  ObjectIdGetDatum(caller)},

@@ -37,7 +37,7 @@ static const char *const candidates_sql =
 "SELECT t.id::text, t.name, t.description, t.schema_definition::text, t.owner IS NULL"
 "  FROM docextract.templates t"
 " WHERE t.is_active"
-"   AND (t.owner IS NULL OR pg_catalog.pg_has_role($1, t.owner::oid, 'MEMBER'))"
+"   AND " TEMPLATE_USABLE_BY("$1")
 " ORDER BY t.owner IS NULL, t.name, t.created_at, t.id"
 " LIMIT " CppAsString2(CLASSIFY_MAX_CANDIDATES);
 

@@ -31,6 +31,21 @@
 
 #include "parser/parser_protocol.h"
 
+/*
+ * Set while the parser raises a failure of the document's (it crashed, hit
+ * a limit, ran out of time, answered out of protocol), never another error:
+ * only those may parser_run_or_problem() record instead of raising.
+ */
+static bool document_failed = false;
+
+/* The errcode() of such a failure: 22023. */
+static int
+document_failure(void)
+{
+	document_failed = true;
+	return errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+}
+
 int			docextract_parser_timeout_ms = 30000;
 int			docextract_parser_memory_mb = 1024;
 int			docextract_parser_fault = PARSER_INJECT_NONE;
@@ -218,7 +233,7 @@ wait_for_helper(Exchange *x, int fd, int event)
 
 		if (left_ms <= 0)
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					(document_failure(),
 					 errmsg("could not parse document \"%s\": the parser took longer than docextract.parser_timeout (%d ms)",
 							x->filename, docextract_parser_timeout_ms)));
 		rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | event,
@@ -247,11 +262,11 @@ helper_lost(Exchange *x)
 	helper_stop();
 	if (rc > 0 && WIFSIGNALED(status))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(document_failure(),
 				 errmsg("could not parse document \"%s\": the parser was killed by signal %d",
 						x->filename, WTERMSIG(status))));
 	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			(document_failure(),
 			 errmsg("could not parse document \"%s\": the parser exited unexpectedly (code %d)",
 					x->filename, rc > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1)));
 }
@@ -302,12 +317,12 @@ check_outcome(const ParserReply *reply, const char *filename)
 		return;
 	if (reply->outcome == PARSER_SIGNALLED && reply->value == SIGXCPU)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(document_failure(),
 				 errmsg("could not parse document \"%s\": the parser used more CPU time than docextract.parser_timeout allows",
 						filename)));
 	if (reply->outcome == PARSER_SIGNALLED)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(document_failure(),
 				 errmsg("could not parse document \"%s\": the parser was killed by signal %d",
 						filename, reply->value),
 				 reply->value == SIGABRT ?
@@ -315,12 +330,12 @@ check_outcome(const ParserReply *reply, const char *filename)
 						 docextract_parser_memory_mb) : 0));
 	if (reply->outcome == PARSER_TOO_LARGE)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(document_failure(),
 				 errmsg("could not parse document \"%s\": what the parser made of it (text, pages or images) is larger than %d MB",
 						filename, PARSER_MAX_OUTPUT / (1024 * 1024))));
 	if (reply->outcome == PARSER_FAILED && reply->value == ENOMEM)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(document_failure(),
 				 errmsg("could not parse document \"%s\": it does not fit in docextract.parser_memory_limit (%d MB)",
 						filename, docextract_parser_memory_mb)));
 	if (reply->outcome == PARSER_FAILED)
@@ -332,7 +347,7 @@ check_outcome(const ParserReply *reply, const char *filename)
 						filename)));
 	}
 	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			(document_failure(),
 			 errmsg("could not parse document \"%s\": the parser exited with code %d",
 					filename, reply->value)));
 }
@@ -365,7 +380,7 @@ exchange(Exchange *x, const ParserRequest *req, const char *data, const int32 *p
 		receive_all(x, (char *) reply, sizeof(*reply));
 		if (reply->magic != PARSER_MAGIC || reply->len > PARSER_MAX_OUTPUT)
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					(document_failure(),
 					 errmsg("could not parse document \"%s\": the parser answered out of protocol",
 							x->filename)));
 		out = palloc(reply->len + 1);
@@ -440,7 +455,13 @@ parser_run_or_problem(const char *data, size_t len, bool want_text, const char *
 	MemoryContext cxt = CurrentMemoryContext;
 	char	   *volatile out = NULL;
 
+	/* errfinish() zeroes these for an ERROR: put them back if we go on. */
+	uint32		holdoff = InterruptHoldoffCount;
+	uint32		cancel_holdoff = QueryCancelHoldoffCount;
+	uint32		crit = CritSectionCount;
+
 	*problem = NULL;
+	document_failed = false;
 	PG_TRY();
 	{
 		out = parser_run(data, len, want_text, filename, out_len);
@@ -451,9 +472,13 @@ parser_run_or_problem(const char *data, size_t len, bool want_text, const char *
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (edata->elevel != ERROR || edata->sqlerrcode != ERRCODE_INVALID_PARAMETER_VALUE)
+		if (!document_failed || edata->elevel != ERROR ||
+			edata->sqlerrcode != ERRCODE_INVALID_PARAMETER_VALUE)
 			PG_RE_THROW();
 		FlushErrorState();
+		InterruptHoldoffCount = holdoff;
+		QueryCancelHoldoffCount = cancel_holdoff;
+		CritSectionCount = crit;
 		*problem = edata->message;
 	}
 	PG_END_TRY();

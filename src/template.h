@@ -90,4 +90,16 @@ extern json_object *citations_build(json_object *answer, json_object *data, cons
 #define GENERAL_PATH_PREFIX "general_part."
 #define TABLE_PATH_PREFIX "table_part."
 
+/*
+ * SQL: may the role (an SQL expression giving its oid) use template t?  A
+ * system template; its own; or one of a group it belongs to that cannot
+ * log in.  Not any role it is a member of: on PostgreSQL 15 a login role
+ * may grant itself to anyone (GRANT me TO you), which would put its
+ * templates in another's classification.
+ */
+#define TEMPLATE_USABLE_BY(role) \
+	"(t.owner IS NULL OR t.owner::pg_catalog.oid = " role \
+	" OR (pg_catalog.pg_has_role(" role ", t.owner::pg_catalog.oid, 'MEMBER')" \
+	"     AND NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles r WHERE r.oid = t.owner::pg_catalog.oid)))"
+
 #endif							/* DOCEXTRACT_TEMPLATE_H */

@@ -12,10 +12,12 @@
  */
 #include "postgres.h"
 
+#include "prelude.h"		/* first: see the note on json_object */
 #include "privileged.h"
 #include "settings.h"
 #include "spi_checked.h"
 #include "statuses.h"
+#include "template.h"
 #include "workerset.h"
 #include "writeback.h"
 
@@ -69,8 +71,9 @@ trigger_row_template_problem(const char *arg, Datum *template_id, int *sqlstate)
 							  ? "SELECT t.id, EXISTS (SELECT 1 FROM docextract.templates g"
 							  "                     WHERE g.group_id = t.group_id AND g.is_active)"
 							  "  FROM docextract.templates t WHERE t.id = $1::uuid"
-							  : "SELECT id, is_active FROM docextract.templates WHERE name = $1"
-							  "  ORDER BY is_active DESC, owner IS NULL, created_at DESC LIMIT 1",
+							  : "SELECT t.id, t.is_active FROM docextract.templates t WHERE t.name = $1"
+							  "   AND " TEMPLATE_USABLE_BY("pg_catalog.current_user::pg_catalog.regrole::pg_catalog.oid")
+							  "  ORDER BY t.is_active DESC, t.owner IS NULL, t.created_at DESC LIMIT 1",
 							  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
 							  NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up template \"%s\"", arg);

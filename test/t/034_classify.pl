@@ -183,6 +183,20 @@ is(sq("SELECT t.name FROM docextract.extractions e JOIN docextract.templates t O
 unlike(server_requests($srv)->[0]{body}, qr/old-invoice|secret-bob/, 'neither is in the request');
 sq("REVOKE team FROM alice");
 
+# bob, a login role, grants himself to alice (PostgreSQL 15 lets a role do so as
+# its own session user): that makes alice a member of bob, but bob's templates
+# must not reach her classification, nor win a trigger form's lookup by name.
+$node->safe_psql('postgres', 'GRANT bob TO alice', connstr => $node->connstr('postgres') . ' user=bob');
+is(sq("SELECT pg_has_role('alice', 'bob', 'MEMBER')"), 't', 'bob made alice a member of himself');
+($id, $status) = classify('invoice.pdf', '', { answer => { general => { template => 'secret-bob', confidence => 1 } } });
+is($status, 'failed', "alice's classification: bob's template cannot be chosen, even named");
+is_deeply([ map { $_->{name} } @{ json_of(row($id, 'classification'))->{candidates} } ], [ 'invoice', 'receipt' ],
+	'... nor is it offered: only NOLOGIN groups share their templates');
+unlike(server_requests($srv)->[0]{body}, qr/secret-bob|invoice-bob/, '... nor in the request');
+is(sq("SET ROLE alice; SELECT count(*) FROM docextract.templates t WHERE t.name = 'invoice-bob'"), '1',
+	'(row security still lets alice see it: the rule is about using it)');
+sq("REVOKE bob FROM alice");
+
 # -- a classification holds one of the model's max_concurrency slots ---------------------
 sq("SELECT docextract.add_model('one', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{\"max_retries\": 0, \"max_concurrency\": 1}')");
 server_reset($srv);

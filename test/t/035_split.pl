@@ -198,6 +198,22 @@ is(ledger($k), 'reserve 6, release 6', 'nothing charged');
 HTTP::Tiny->new->post("$srv->{url}/_release/kid")->{success} or die 'release failed';
 is(sq("SELECT docextract.extraction_status('$k')->>'overall_status'"), 'cancelled', 'overall_status cancelled');
 
+# -- cancelled once a sub-document was read: its pages are charged, the rest returned ----
+server_reset($srv);
+server_script($srv, {}, {}, map { { hold => 'late' } } 1 .. 2);
+my $pd = add_doc('partly.pdf');
+my $pc = sq("SELECT docextract.extract_document('$pd', '$tid', '{\"split\": true}')");
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM docextract.extractions"
+	  . " WHERE parent_extraction_id = '$pc' AND status = 'completed'") or die;
+my $read = sq("SELECT sum(d.page_end - d.page_start + 1) FROM docextract.extractions c"
+	  . " JOIN docextract.documents d ON d.id = c.document_id"
+	  . " WHERE c.parent_extraction_id = '$pc' AND c.status = 'completed'");
+is(sq("SELECT docextract.cancel_extraction('$pc')"), 't', 'a split parent cancelled after one sub-document was read');
+is(ledger($pc), "reserve 6, charge $read, release " . (6 - $read),
+	'... the pages read are charged, the rest returned: cancelling gets no model work free');
+is(sq("SELECT credits_used FROM docextract.extractions WHERE id = '$pc'"), $read, '... and counted as used');
+HTTP::Tiny->new->post("$srv->{url}/_release/late")->{success} or die 'release failed';
+
 # -- sub-documents in review: the parent waits for the reviewer -------------------------
 server_reset($srv);
 my $ad = add_doc('review.pdf');
