@@ -268,5 +268,5 @@ batch_finish(Job **jobs, int n, BatchOutcome *outcome)
 	lock_rows(ids, n, owner, outcome);
 	lock_accounts(owner, n, outcome);
 	store_results(jobs, n, owner, outcome);
-	SPI_finish();
+	spi_finish();
 }

@@ -302,7 +302,7 @@ classify_record_choice(pg_uuid_t *id, const ClassifyCandidates *c, const Classif
 								   " WHERE id = $1 AND status = 'classifying'",
 								   1, (Oid[]) {UUIDOID}, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not start extraction %s", uuid_text(args[0]));
-	SPI_finish();
+	spi_finish();
 	return recorded;
 }
 
@@ -328,7 +328,7 @@ classify_await_review(pg_uuid_t *id, const ClassifyCandidates *c, const Classify
 							  NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the classification of extraction %s",
 			 uuid_text(UUIDPGetDatum(id)));
-	SPI_finish();
+	spi_finish();
 }
 
 /*

@@ -144,7 +144,7 @@ classify_candidates(Oid role, int *n, char **prompt)
 	*n = (int) SPI_processed;
 	result = pstrdup(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
 	json_object_put(arr);
-	SPI_finish();
+	spi_finish();
 	if (prompt)
 		*prompt = text.data;
 	return result;

@@ -118,7 +118,7 @@ split_template_name(pg_uuid_t *id)
 {
 	char	   *name = NULL;
 
-	SPI_connect();
+	spi_connect();
 	if (SPI_execute_with_args("SELECT t.name FROM docextract.extractions e"
 							  " JOIN docextract.templates t ON t.id = e.template_id WHERE e.id = $1",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(id)}, NULL, true, 1)
@@ -130,7 +130,7 @@ split_template_name(pg_uuid_t *id)
 
 		name = v ? MemoryContextStrdup(CurTransactionContext, v) : NULL;
 	}
-	SPI_finish();
+	spi_finish();
 	return name;
 }
 
@@ -346,24 +346,32 @@ split_store(pg_uuid_t *id, json_object *answer, const ClassifyCandidates *c)
 	SplitParent p;
 	SplitRange *ranges;
 	int			n;
+	MemoryContext range_cxt;
 
-	SPI_connect();
+	spi_connect();
 	if (!load_parent(id, &p))
 	{
-		SPI_finish();
+		spi_finish();
 		return;
 	}
 	ranges = split_ranges_repair(answer, p.doc.page_count, &n);
 	mark_split(&p, n);
+	/* Each sub-document's bytes are freed once stored: one at a time in memory. */
+	range_cxt = AllocSetContextCreate(CurrentMemoryContext, "docextract split range",
+									  ALLOCSET_DEFAULT_SIZES);
 	for (int i = 0; i < n; i++)
 	{
 		bool		template_null;
 		Datum		template_id = range_template(&p, c, &ranges[i], &template_null);
+		MemoryContext old = MemoryContextSwitchTo(range_cxt);
 
 		child_extraction(&p, child_document(&p, &ranges[i]), template_id, template_null);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(range_cxt);
 	}
+	MemoryContextDelete(range_cxt);
 	/* Tests: the worker stops here, children written but not committed. */
 	crashguard_fault_point(psprintf("%s#split", p.doc.filename));
-	SPI_finish();
+	spi_finish();
 	docextract_wake_worker_at_commit();
 }
