@@ -199,6 +199,22 @@ review_data(const char *stored, const char *corrections, const Template *t, cons
 	PG_END_TRY();
 }
 
+/* What approve() returns: get_result(id); then leaves SPI and the owner's rights. */
+static Datum
+approval_result(Datum id, Privileged *priv)
+{
+	bool		isnull;
+	Datum		result;
+
+	spi_execute_with_args("SELECT docextract.get_result($1)", 1, (Oid[]) {UUIDOID}, &id,
+						  NULL, false, 1);
+	result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+											 &isnull), false, -1);
+	privileged_end(priv);
+	spi_finish();
+	return result;
+}
+
 Datum
 docextract_approve(PG_FUNCTION_ARGS)
 {
@@ -210,8 +226,6 @@ docextract_approve(PG_FUNCTION_ARGS)
 	char	   *rules;
 	char	   *data_text;
 	char	   *validation_text;
-	bool		isnull;
-	Datum		result;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -224,13 +238,7 @@ docextract_approve(PG_FUNCTION_ARGS)
 	/* No template fitted: the reviewer picks one, the extraction goes back to the queue. */
 	if (classify_pick(id, caller, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1)))
 	{
-		spi_execute_with_args("SELECT docextract.get_result($1)", 1, (Oid[]) {UUIDOID}, &id,
-							  NULL, false, 1);
-		result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-												 &isnull), false, -1);
-		privileged_end(&priv);
-		spi_finish();
-		PG_RETURN_DATUM(result);
+		PG_RETURN_DATUM(approval_result(id, &priv));
 	}
 	spi_execute_with_args("SELECT r.data::text, t.schema_definition::text, t.prompt_set::text,"
 						  "       t.validation_rules::text"
@@ -265,13 +273,7 @@ docextract_approve(PG_FUNCTION_ARGS)
 						  " WHERE id = $1",
 						  2, (Oid[]) {UUIDOID, OIDOID}, (Datum[]) {id, ObjectIdGetDatum(caller)},
 						  NULL, false, 0);
-	spi_execute_with_args("SELECT docextract.get_result($1)", 1, (Oid[]) {UUIDOID}, &id,
-						  NULL, false, 1);
-	result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-											 &isnull), false, -1);
-	privileged_end(&priv);
-	spi_finish();
-	PG_RETURN_DATUM(result);
+	PG_RETURN_DATUM(approval_result(id, &priv));
 }
 
 /* The rules of a template the caller can see, run against data. */
