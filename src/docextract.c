@@ -6,9 +6,10 @@
  * starts the workers of every database, and the hooks that tell it of
  * CREATE/DROP EXTENSION and DATABASE (dbhooks.c).
  */
+#include "postgres.h"
+
 #include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
-#include "postgres.h"
 
 #include "answer.h"
 #include "http.h"
@@ -26,7 +27,6 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
-
 
 PG_MODULE_MAGIC;
 

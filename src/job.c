@@ -11,9 +11,10 @@
  * answer is read as it arrives; the job is finished when all are in, or at
  * the first that failed.
  */
+#include "postgres.h"
+
 #include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
-#include "postgres.h"
 
 #include "answer.h"
 #include "document.h"
@@ -41,12 +42,10 @@
 
 #include <math.h>
 
-
 /* When neither the extraction nor the model says otherwise. */
 #define DEFAULT_MAX_RETRIES 2
 #define DEFAULT_RETRY_BACKOFF_MS 1000
 #define MAX_RETRY_DELAY_MS (5 * 60 * 1000)
-
 
 #define MAX_PARTS 2
 
@@ -511,7 +510,6 @@ usage_json(Job *job)
 	json_object_put(u);
 	return text;
 }
-
 
 static Datum
 optional_text(const char *s)

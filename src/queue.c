@@ -5,9 +5,10 @@
  * worker when that transaction commits.  The worker claims with
  * FOR UPDATE SKIP LOCKED; every status change fires the announce trigger.
  */
+#include "postgres.h"
+
 #include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
-#include "postgres.h"
 
 #include "document.h"
 #include "options.h"
@@ -33,10 +34,8 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
-
 PG_FUNCTION_INFO_V1(docextract_extract_document);
 PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
-
 
 /* Every option is known and of its type (options.c); returns the model's name. */
 static char *

@@ -3,9 +3,10 @@
  * extraction awaiting approval, re-runs the template's rules and completes
  * it; validate_data() runs a template's rules against any data.
  */
+#include "postgres.h"
+
 #include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
-#include "postgres.h"
 
 #include "privileged.h"
 #include "spi_checked.h"
@@ -21,7 +22,6 @@
 
 PG_FUNCTION_INFO_V1(docextract_approve);
 PG_FUNCTION_INFO_V1(docextract_validate_data);
-
 
 static char *
 jsonb_text(Datum d)

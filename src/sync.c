@@ -12,8 +12,9 @@
  * once; leaving tells the worker (the segment's detach callback), which then
  * drops the request and cancels the extraction unless the model answered.
  */
-#include "options.h"
 #include "postgres.h"
+
+#include "options.h"
 
 #include "settings.h"
 #include "sync.h"

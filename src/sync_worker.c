@@ -19,9 +19,10 @@
  * the extraction cancelled, its credits released.  An answer that arrived is
  * stored (and charged) first.
  */
+#include "postgres.h"
+
 #include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
-#include "postgres.h"
 
 #include "document.h"
 #include "http.h"

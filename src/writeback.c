@@ -9,9 +9,10 @@
  * queues the write-back of its status, and once completed its data, into
  * that row; writeback_run.c does it.
  */
+#include "postgres.h"
+
 #include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
-#include "postgres.h"
 
 #include "document.h"
 #include "privileged.h"

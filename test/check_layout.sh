@@ -61,6 +61,12 @@ for f in $(grep -l 'PG_FUNCTION_INFO_V1' -- *.c); do
     done
 done
 
+# postgres.h before anything else, as PostgreSQL requires of an extension's sources.
+for f in *.c; do
+    first=$(grep -m1 '^#include' "$f")
+    [ "$first" = '#include "postgres.h"' ] || fail "$f: its first include must be \"postgres.h\", not $first"
+done
+
 # No header includes every other: each file includes what it uses.
 [ -f docextract.h ] && fail "docextract.h: the umbrella header is gone; include the subsystem headers"
 
