@@ -1,0 +1,308 @@
+/*
+ * submit.c: extract_document() and cancel_extraction(), the SQL side of the
+ * queue.  extract_document() checks its arguments, enqueues inside the
+ * caller's transaction and wakes a worker when that transaction commits;
+ * the worker's side (claiming, requeueing, failing) is queue.c.
+ */
+#include "postgres.h"
+
+#include "prelude.h"		/* first: see the note on json_object */
+#include "classify.h"
+
+#include "options.h"
+#include "privileged.h"
+#include "provider.h"
+#include "spi_checked.h"
+#include "statuses.h"
+#include "util.h"
+#include "workerset.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/guc.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+PG_FUNCTION_INFO_V1(docextract_extract_document);
+PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
+
+/* Every option is known and of its type (options.c); returns the model's name. */
+static char *
+check_options(json_object *o)
+{
+	json_object *v;
+	struct json_object_iter it;
+
+	if (!json_object_is_type(o, json_type_object))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object")));
+	json_object_object_foreachC(o, it)
+	{
+		const char *key = it.key;
+		json_object *val = it.val;
+		const OptionSpec *spec = option_find(extraction_options, key);
+
+		if (spec == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown option \"%s\"", key),
+					 errhint("Options are %s.", option_names(extraction_options))));
+		if (!option_value_ok(spec, val))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"%s\" has an invalid value %s", key,
+							json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN))));
+	}
+	return json_object_object_get_ex(o, EXTRACT_OPT_MODEL, &v) ? pstrdup(json_object_get_string(v))
+		: pstrdup("default");
+}
+
+static void
+check_not_deleted(Datum document)
+{
+	char	   *rejection;
+
+	/* A rejected document (bytes that were not one) has nothing to extract. */
+	spi_execute_with_args("SELECT rejection FROM docextract.documents"
+						  " WHERE id = $1 AND (deleted_at IS NOT NULL OR rejection IS NOT NULL)",
+						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
+	if (SPI_processed == 0)
+		return;
+	rejection = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (rejection)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document %s was rejected: %s", uuid_text(document), rejection)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("document %s was deleted", uuid_text(document))));
+}
+
+static void
+check_model(const char *model)
+{
+	spi_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
+						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
+						  NULL, false, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", model),
+				 errhint("Add it with docextract.add_model(); the model named \"default\" is used when options name none.")));
+}
+
+/*
+ * options.pages checked against the document: its pages as an int4[], or 0
+ * (NULL) when the option is absent or names every page (the same work).
+ */
+static Datum
+selected_pages(Datum document, const char *spec)
+{
+	bool		isnull;
+	int			n;
+	int32	   *pages;
+	int			page_count;
+	Datum	   *elems;
+
+	if (spec == NULL)
+		return (Datum) 0;
+	spi_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
+						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
+	page_count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	pages = pages_parse(spec, page_count, &n);
+	if (n == page_count)
+		return (Datum) 0;
+	elems = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		elems[i] = Int32GetDatum(pages[i]);
+	return PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+}
+
+/*
+ * The earlier extraction of the same document, template and options, if
+ * any.  Template NULL (args[1] 0): an earlier one submitted for
+ * classification too (classification not NULL), whatever it chose.
+ */
+static bool
+find_duplicate(Datum *args, Datum page_numbers, Datum *found)
+{
+	bool		isnull;
+	char		nulls[] = "     ";
+
+	nulls[1] = args[1] ? ' ' : 'n';
+	nulls[4] = page_numbers ? ' ' : 'n';
+	/* Serialize concurrent submits of the same pair; held to commit. */
+	spi_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || coalesce($2::text, '')))",
+						  2, (Oid[]) {UUIDOID, UUIDOID}, args, nulls, false, 0);
+	/* pages compare as the pages they name: "2,1" is "1-2". */
+	spi_execute_with_args(args[1] ? "SELECT id FROM docextract.extractions"
+						  " WHERE document_id = $1 AND template_id = $2"
+						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
+						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
+						  "   AND status IN " STATUSES_ACTIVE_OR_DONE
+						  " ORDER BY created_at DESC LIMIT 1"
+						  : "SELECT id FROM docextract.extractions"
+						  " WHERE document_id = $1 AND $2 IS NULL AND classification IS NOT NULL"
+						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
+						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
+						  "   AND status IN " STATUSES_ACTIVE_OR_DONE
+						  " ORDER BY created_at DESC LIMIT 1",
+						  5, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, INT4ARRAYOID},
+						  (Datum[]) {args[0], args[1], args[2], args[3], page_numbers},
+						  nulls, false, 1);
+	if (SPI_processed == 0)
+		return false;
+	*found = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+											 &isnull), false, UUID_LEN);
+	return true;
+}
+
+static Datum
+insert_extraction(Datum *args, const char *model, Datum page_numbers)
+{
+	bool		isnull;
+	int			nestlevel = NewGUCNestLevel();
+
+	/* The INSERT triggers act on what we enqueue (see docextract.submitting). */
+	(void) set_config_option("docextract.submitting", "on", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * parts = 2: the general fields and the line items go as two requests
+	 * in parallel, when the options or the model's options ask for it and
+	 * the template has both.  No template: classified first (classify.c),
+	 * one request at a time.
+	 */
+	if (args[1] == (Datum) 0)
+	{
+		if (spi_execute_with_args("INSERT INTO docextract.extractions"
+								  " (document_id, options, owner, model_name, parts, page_numbers,"
+								  "  classification)"
+								  " VALUES ($1, $2, $3::regrole, $4, 1, $5, '{}') RETURNING id",
+								  5, (Oid[]) {UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
+								  (Datum[]) {args[0], args[2], args[3], CStringGetTextDatum(model),
+									  page_numbers},
+								  page_numbers ? NULL : "    n", false, 0) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not enqueue the extraction");
+	}
+	else if (spi_execute_with_args("INSERT INTO docextract.extractions"
+							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
+							  " SELECT $1, $2, $3, $4::regrole, $5,"
+							  "   CASE WHEN coalesce(($3->>'" EXTRACT_OPT_PARALLEL_PARTS "')::boolean,"
+							  "                      (m.options->>'" MODEL_OPT_PARALLEL_PARTS "')::boolean, false)"
+							  "         AND jsonb_typeof(t.schema_definition->'table_part') = 'object'"
+							  "         AND t.schema_definition->'table_part' <> '{}'"
+							  "         AND jsonb_typeof(t.schema_definition->'general_part') = 'object'"
+							  "         AND t.schema_definition->'general_part' <> '{}'"
+							  "         AND coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 2) >= 2"
+							  "        THEN 2 ELSE 1 END, $6"
+							  "   FROM docextract.templates t, docextract.models m"
+							  "  WHERE t.id = $2 AND m.name = $5 RETURNING id",
+							  6, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
+							  (Datum[]) {args[0], args[1], args[2], args[3],
+								  CStringGetTextDatum(model), page_numbers},
+							  /* count 0: a count would stop it before its statement triggers */
+							  page_numbers ? NULL : "     n", false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not enqueue the extraction");
+	AtEOXact_GUC(true, nestlevel);
+	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+										   &isnull), false, UUID_LEN);
+}
+
+Datum
+docextract_extract_document(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Jsonb	   *options;
+	json_object *parsed;
+	volatile bool force = false;
+	char	   *volatile model = NULL;
+	char	   *volatile pages = NULL;
+	volatile bool split = false;
+	Datum		page_numbers;
+	Datum		args[4];
+	Datum		id;
+	Privileged	priv;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("extract_document needs a document_id")));
+	options = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	parsed = json_tokener_parse(options ? JsonbToCString(NULL, &options->root, VARSIZE(options))
+								: "{}");
+	PG_TRY();
+	{
+		json_object *v;
+
+		model = check_options(parsed);
+		force = json_object_object_get_ex(parsed, EXTRACT_OPT_FORCE, &v) && json_object_get_boolean(v);
+		split = json_object_object_get_ex(parsed, EXTRACT_OPT_SPLIT, &v) && json_object_get_boolean(v);
+		if (json_object_object_get_ex(parsed, EXTRACT_OPT_PAGES, &v))
+			pages = pstrdup(json_object_get_string(v));
+	}
+	PG_FINALLY();
+	{
+		json_object_put(parsed);
+	}
+	PG_END_TRY();
+
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);	/* 0: classify */
+	args[2] = options ? PointerGetDatum(options)
+		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+	args[3] = ObjectIdGetDatum(caller);
+
+	spi_connect();
+	privileged_begin(&priv);
+	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
+				  args[0], caller, false);
+	check_not_deleted(args[0]);
+	if (split)
+		split_check_submit(args[0], pages != NULL);	/* split.c */
+	if (args[1])
+	{
+		check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
+					  args[1], caller, true);
+		check_template_usable(args[1]);
+	}
+	check_model(model);
+	page_numbers = selected_pages(args[0], pages);
+	if (force || !find_duplicate(args, page_numbers, &id))	/* force: no lookup at all */
+	{
+		id = insert_extraction(args, model, page_numbers);
+		docextract_wake_worker_at_commit();
+	}
+	privileged_end(&priv);
+	spi_finish();
+	PG_RETURN_DATUM(id);
+}
+
+Datum
+docextract_cancel_extraction(PG_FUNCTION_ARGS)
+{
+	Datum		id = PG_GETARG_DATUM(0);
+	Oid			caller = GetUserId();	/* before acting as the owner */
+	Privileged	priv;
+	bool		cancelled;
+
+	spi_connect();
+	privileged_begin(&priv);
+	check_visible("extraction", "SELECT owner::oid FROM docextract.extractions WHERE id = $1",
+				  id, caller, false);
+	spi_execute_with_args("UPDATE docextract.extractions"
+						  " SET status = 'cancelled', completed_at = clock_timestamp()"
+						  " WHERE id = $1 AND status IN " STATUSES_CANCELLABLE,
+						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
+	cancelled = SPI_processed == 1;
+	privileged_end(&priv);
+	spi_finish();
+	if (cancelled)
+		docextract_signal_at_commit(SIGNAL_CANCEL);
+	PG_RETURN_BOOL(cancelled);
+}
