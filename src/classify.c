@@ -405,27 +405,11 @@ classify_trigger_arg(const char *arg)
 	return arg == NULL || arg[0] == '\0' || pg_strcasecmp(arg, "null") == 0;
 }
 
-/*
- * extract_document(document, template, options) from C; template 0 means
- * NULL (classify), which DirectFunctionCall cannot pass.
- */
+/* extract_document(document, template, options) from C; template 0: classify. */
 Datum
 classify_or_extract(Datum document, Datum template_id, Datum options)
 {
-	LOCAL_FCINFO(fcinfo, 3);
-	Datum		result;
-
-	InitFunctionCallInfoData(*fcinfo, NULL, 3, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = document;
-	fcinfo->args[0].isnull = false;
-	fcinfo->args[1].value = template_id;
-	fcinfo->args[1].isnull = template_id == (Datum) 0;
-	fcinfo->args[2].value = options;
-	fcinfo->args[2].isnull = false;
-	result = docextract_extract_document(fcinfo);
-	if (fcinfo->isnull)
-		elog(ERROR, "extract_document returned NULL");
-	return result;
+	return submit_extraction(document, template_id, DatumGetJsonbP(options));
 }
 
 /* The candidate a string names (as candidate_named()); for split.c's ranges. */

@@ -21,13 +21,12 @@ extern void check_document_size(const char *filename, size_t len);
 
 extern char *document_problem(const char *filename, const char *data, size_t len,
 							  const char **type, int *pages, char **text);
+extern Datum document_add(const char *filename, bytea *content);
 extern Datum document_store(const char *filename, const char *type, bytea *content,
 							int pages, const char *text);
 extern Datum document_store_rejected(const char *filename, const char *type, bytea *content,
 									 const char *rejection);
 
-/* SQL-callable, also called directly (sync_worker.c, writeback.c). */
-extern Datum docextract_add_document(PG_FUNCTION_ARGS);
 
 /* provider_*.c: the document as sent */
 typedef struct DocumentInput

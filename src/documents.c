@@ -252,14 +252,28 @@ document_store_rejected(const char *filename, const char *type, bytea *content,
 	return id;
 }
 
+/*
+ * Store a document for the current user: checked (type, size, pages) and
+ * parsed first; a bad one raises 22023 and nothing is stored.
+ * add_document() and extract_sync's worker both store through here.
+ */
+Datum
+document_add(const char *filename, bytea *content)
+{
+	const char *type;
+	int			pages;
+	char	   *doc_text;
+
+	type = check_document(filename, VARDATA(content), VARSIZE(content) - VARHDRSZ, &pages, &doc_text);
+	return insert_document(filename, type, content,
+						   sha256_hex(VARDATA(content), VARSIZE(content) - VARHDRSZ),
+						   pages, doc_text, GetUserId());
+}
+
 Datum
 docextract_add_document(PG_FUNCTION_ARGS)
 {
 	char	   *filename;
-	bytea	   *content;
-	const char *type;
-	int			pages;
-	char	   *doc_text;
 
 	if (PG_ARGISNULL(0) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)) == 0)
 		ereport(ERROR,
@@ -270,12 +284,7 @@ docextract_add_document(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document \"%s\" has no content (NULL)", filename)));
-	content = PG_GETARG_BYTEA_P(1);
-	type = check_document(filename, VARDATA(content), VARSIZE(content) - VARHDRSZ, &pages, &doc_text);
-
-	PG_RETURN_DATUM(insert_document(filename, type, content,
-									sha256_hex(VARDATA(content), VARSIZE(content) - VARHDRSZ),
-									pages, doc_text, GetUserId()));
+	PG_RETURN_DATUM(document_add(filename, PG_GETARG_BYTEA_P(1)));
 }
 
 /*

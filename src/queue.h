@@ -8,6 +8,7 @@
 
 #include "postgres.h"
 #include "fmgr.h"
+#include "utils/jsonb.h"
 #include "utils/uuid.h"
 
 /* queue.c: status transitions shared by the SQL functions and the worker ------ */
@@ -42,12 +43,13 @@ extern void queue_progress(pg_uuid_t *id, int percentage);
 extern void queue_find_ended(pg_uuid_t **ids, int n, bool *ended);
 extern void queue_requeue_uncommitted(pg_uuid_t *ids, int n, const char *error);
 
-/* SQL-callable, also called directly (sync_worker.c, writeback.c). */
-extern Datum docextract_extract_document(PG_FUNCTION_ARGS);
 
 /* nowait.c: the job worker never waits on a session's lock ---------------- */
 
 extern bool docextract_never_wait;
 extern bool queue_lock_nowait(pg_uuid_t *id);
+
+/* submit.c: enqueue (template_id 0: classify; options NULL: none). */
+extern Datum submit_extraction(Datum document, Datum template_id, Jsonb *options);
 
 #endif							/* DOCEXTRACT_QUEUE_H */

@@ -1,8 +1,10 @@
 /*
- * submit.c: extract_document() and cancel_extraction(), the SQL side of the
- * queue.  extract_document() checks its arguments, enqueues inside the
- * caller's transaction and wakes a worker when that transaction commits;
- * the worker's side (claiming, requeueing, failing) is queue.c.
+ * submit.c: enqueueing an extraction (submit_extraction), for
+ * extract_document() (extractions.c), extract_sync's worker and the trigger
+ * form: the options, document, template and model checked, a duplicate
+ * found or a row inserted inside the caller's transaction, a worker woken
+ * when it commits.  The worker's side (claiming, requeueing, failing) is
+ * queue.c.
  */
 #include "postgres.h"
 
@@ -12,8 +14,8 @@
 #include "options.h"
 #include "privileged.h"
 #include "provider.h"
+#include "queue.h"
 #include "spi_checked.h"
-#include "statuses.h"
 #include "util.h"
 #include "workerset.h"
 
@@ -27,8 +29,6 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
-PG_FUNCTION_INFO_V1(docextract_extract_document);
-PG_FUNCTION_INFO_V1(docextract_cancel_extraction);
 
 /* Every option is known and of its type (options.c); returns the model's name. */
 static char *
@@ -214,11 +214,16 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 										   &isnull), false, UUID_LEN);
 }
 
+/*
+ * Enqueue an extraction of document with template_id (0: classify) and
+ * options (NULL: none) for the current user, or return the earlier one
+ * (a duplicate).  extract_document(), extract_sync's worker and the trigger
+ * form all submit through here.
+ */
 Datum
-docextract_extract_document(PG_FUNCTION_ARGS)
+submit_extraction(Datum document, Datum template_id, Jsonb *options)
 {
 	Oid			caller = GetUserId();
-	Jsonb	   *options;
 	json_object *parsed;
 	volatile bool force = false;
 	char	   *volatile model = NULL;
@@ -229,11 +234,6 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	Datum		id;
 	Privileged	priv;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("extract_document needs a document_id")));
-	options = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
 	parsed = json_tokener_parse(options ? JsonbToCString(NULL, &options->root, VARSIZE(options))
 								: "{}");
 	PG_TRY();
@@ -252,8 +252,8 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
-	args[0] = PG_GETARG_DATUM(0);
-	args[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);	/* 0: classify */
+	args[0] = document;
+	args[1] = template_id;		/* 0: classify */
 	args[2] = options ? PointerGetDatum(options)
 		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
 	args[3] = ObjectIdGetDatum(caller);
@@ -280,29 +280,5 @@ docextract_extract_document(PG_FUNCTION_ARGS)
 	}
 	privileged_end(&priv);
 	spi_finish();
-	PG_RETURN_DATUM(id);
-}
-
-Datum
-docextract_cancel_extraction(PG_FUNCTION_ARGS)
-{
-	Datum		id = PG_GETARG_DATUM(0);
-	Oid			caller = GetUserId();	/* before acting as the owner */
-	Privileged	priv;
-	bool		cancelled;
-
-	spi_connect();
-	privileged_begin(&priv);
-	check_visible("extraction", "SELECT owner::oid FROM docextract.extractions WHERE id = $1",
-				  id, caller, false);
-	spi_execute_with_args("UPDATE docextract.extractions"
-						  " SET status = 'cancelled', completed_at = clock_timestamp()"
-						  " WHERE id = $1 AND status IN " STATUSES_CANCELLABLE,
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 0);
-	cancelled = SPI_processed == 1;
-	privileged_end(&priv);
-	spi_finish();
-	if (cancelled)
-		docextract_signal_at_commit(SIGNAL_CANCEL);
-	PG_RETURN_BOOL(cancelled);
+	return id;
 }

@@ -168,8 +168,7 @@ submit_step(void *arg)
 	Datum		doc;
 	Datum		id;
 
-	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum("document"),
-							  PointerGetDatum(run->content));
+	doc = document_add("document", run->content);
 	id = classify_or_extract(doc, task->classify ? (Datum) 0 : UUIDPGetDatum(&task->template_id),
 							 PointerGetDatum(run->options));
 	memcpy(&run->id, DatumGetUUIDP(id), sizeof(pg_uuid_t));

@@ -257,7 +257,7 @@ docextract_extract_document_trigger(PG_FUNCTION_ARGS)
 			remember_row(extraction, &t, key);
 		return PointerGetDatum(NULL);
 	}
-	doc = DirectFunctionCall2(docextract_add_document, CStringGetTextDatum(label), content);
+	doc = document_add(label, DatumGetByteaP(content));
 	extraction = classify_or_extract(doc, t.template_id,
 									 DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 	if (t.result_col || t.status_col)

@@ -46,12 +46,13 @@ done
 
 # SQL entry points and the worker's pipeline stay in separate files.
 pipeline_files="webhook_delivery.c template_parse.c provider.c provider_openai.c
-    provider_gemini.c provider_anthropic.c queue.c"
+    provider_gemini.c provider_anthropic.c queue.c submit.c"
 pipeline_functions="webhook_claim_and_start webhook_done webhook_release
     webhook_reset_leases webhook_signature template_parse format_type_name
     provider_lookup provider_error_message append_secret_header request_body
     document_intro answer_object base64_encode redact_secret
-    queue_claim queue_requeue_orphans queue_retry queue_fail queue_progress"
+    queue_claim queue_requeue_orphans queue_retry queue_fail queue_progress
+    submit_extraction"
 for f in $pipeline_files; do
     [ -f "$f" ] || { fail "$f: missing (doc/layout.md lists it in the pipeline)"; continue; }
     grep -q 'PG_FUNCTION_INFO_V1' "$f" && fail "$f: pipeline code only, no SQL entry points (PG_FUNCTION_INFO_V1)"
@@ -66,6 +67,12 @@ done
 for f in *.c; do
     first=$(grep -m1 '^#include' "$f")
     [ "$first" = '#include "postgres.h"' ] || fail "$f: its first include must be \"postgres.h\", not $first"
+done
+
+# C code submits through the pipeline (document_add, submit_extraction), never
+# by calling an SQL entry point.
+for f in $(grep -lE 'DirectFunctionCall[0-9]+\(docextract_|docextract_(add_document|extract_document)\(fcinfo' -- *.c); do
+    fail "$f: calls an SQL entry point of docextract's; call the pipeline function instead"
 done
 
 # No header includes every other: each file includes what it uses.
