@@ -72,7 +72,7 @@ trigger_row_template_problem(const char *arg, Datum *template_id, int *sqlstate)
 							  "                     WHERE g.group_id = t.group_id AND g.is_active)"
 							  "  FROM docextract.templates t WHERE t.id = $1::uuid"
 							  : "SELECT t.id, t.is_active FROM docextract.templates t WHERE t.name = $1"
-							  "   AND " TEMPLATE_USABLE_BY("pg_catalog.current_user::pg_catalog.regrole::pg_catalog.oid")
+							  "   AND " TEMPLATE_USABLE_BY("CURRENT_USER::pg_catalog.regrole::pg_catalog.oid")
 							  "  ORDER BY t.is_active DESC, t.owner IS NULL, t.created_at DESC LIMIT 1",
 							  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(arg)},
 							  NULL, true, 1) != SPI_OK_SELECT)
