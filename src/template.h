@@ -93,9 +93,10 @@ extern json_object *citations_build(json_object *answer, json_object *data, cons
 /*
  * SQL: may the role (an SQL expression giving its oid) use template t?  A
  * system template; its own; or one of a group it belongs to that cannot
- * log in.  Not any role it is a member of: on PostgreSQL 15 a login role
- * may grant itself to anyone (GRANT me TO you), which would put its
- * templates in another's classification.
+ * log in.  Not any role it is a member of: a login role may have been
+ * granted to it for another purpose (or, on older PostgreSQL 15 releases,
+ * have granted itself), which would put its templates in its
+ * classification.
  */
 #define TEMPLATE_USABLE_BY(role) \
 	"(t.owner IS NULL OR t.owner::pg_catalog.oid = " role \

@@ -183,11 +183,12 @@ is(sq("SELECT t.name FROM docextract.extractions e JOIN docextract.templates t O
 unlike(server_requests($srv)->[0]{body}, qr/old-invoice|secret-bob/, 'neither is in the request');
 sq("REVOKE team FROM alice");
 
-# bob, a login role, grants himself to alice (PostgreSQL 15 lets a role do so as
-# its own session user): that makes alice a member of bob, but bob's templates
-# must not reach her classification, nor win a trigger form's lookup by name.
-$node->safe_psql('postgres', 'GRANT bob TO alice', connstr => $node->connstr('postgres') . ' user=bob');
-is(sq("SELECT pg_has_role('alice', 'bob', 'MEMBER')"), 't', 'bob made alice a member of himself');
+# alice becomes a member of bob, a login role (PostgreSQL 15 releases before the
+# change let a role grant itself as its own session user; an administrator may
+# grant it for some other purpose): bob's templates must still not reach her
+# classification, nor win a trigger form's lookup by name.
+sq('GRANT bob TO alice');
+is(sq("SELECT pg_has_role('alice', 'bob', 'MEMBER')"), 't', 'alice is a member of bob, a login role');
 ($id, $status) = classify('invoice.pdf', '', { answer => { general => { template => 'secret-bob', confidence => 1 } } });
 is($status, 'failed', "alice's classification: bob's template cannot be chosen, even named");
 is_deeply([ map { $_->{name} } @{ json_of(row($id, 'classification'))->{candidates} } ], [ 'invoice', 'receipt' ],
