@@ -33,6 +33,9 @@ ifneq ($(PGXS),)
 include $(PGXS)
 # TAP tests live in test/t; PGXS looks for t/*.pl under $(srcdir).
 PROVE_TESTS = test/t/*.pl
+# Two test files at a time (each has clusters and servers of its own): the
+# suite takes about half as long on two cores.  PROVE_FLAGS=-j1 runs one.
+PROVE_FLAGS = -j2
 else
 all:
 	@echo "pg_config not found: install postgresql-server-dev-15, or run 'make test' (installs it)"
