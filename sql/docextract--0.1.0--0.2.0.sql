@@ -163,10 +163,14 @@ CREATE FUNCTION docextract.count_outcome() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 BEGIN
     INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
-    VALUES (NEW.model_name, NEW.owner, (NEW.status = 'completed')::integer,
-            (NEW.status = 'failed')::integer, (NEW.status = 'cancelled')::integer,
-            CASE WHEN OLD.status = 'awaiting_approval' THEN 0
-                 ELSE greatest(NEW.attempts - 1, 0) END);
+    SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
+           sum((n.status = 'failed')::integer), sum((n.status = 'cancelled')::integer),
+           sum(CASE WHEN o.status = 'awaiting_approval' THEN 0
+                    ELSE greatest(n.attempts - 1, 0) END)
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.status IS DISTINCT FROM o.status
+       AND n.status = ANY (docextract.outcome_statuses())
+     GROUP BY n.model_name, n.owner;
     RETURN NULL;
 END
 $$;
@@ -630,69 +634,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION docextract.announce_insert() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
-DECLARE
-    event text;
-    event_id bigint;
-    payload json;
-BEGIN
-    IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
-        RETURN NULL;    -- loaded with its state (a restore): its events come with it
-    END IF;
-    event := docextract.event_name(NULL, NEW.status);
-    event_id := nextval('docextract.events_id_seq');
-    payload := json_build_object(
-        'event', event,
-        'extraction_id', NEW.id,
-        'document_id', NEW.document_id,
-        'status', NEW.status,
-        'template_id', NEW.template_id,
-        'attempts', NEW.attempts,
-        'completion_percentage', NEW.completion_percentage,
-        'event_id', event_id,
-        'created_at', clock_timestamp());
-    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
-    VALUES (event_id, event, NEW.id, NEW.owner, payload);
-    IF event = 'extraction.queued' THEN
-        NULL;   -- in the outbox only
-    ELSIF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
-           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
-        PERFORM pg_catalog.pg_notify('docextract', payload::text);
-    ELSE
-        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
-                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
-            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
-                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
-    END IF;
-    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
-    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
-     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
-       AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
-       FOR KEY SHARE OF w SKIP LOCKED;
-    IF FOUND THEN
-        PERFORM docextract.deliveries_queued();
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION docextract.count_outcome() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
-BEGIN
-    INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
-    SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
-           sum((n.status = 'failed')::integer), sum((n.status = 'cancelled')::integer),
-           sum(CASE WHEN o.status = 'awaiting_approval' THEN 0
-                    ELSE greatest(n.attempts - 1, 0) END)
-      FROM new_rows n JOIN old_rows o ON o.id = n.id
-     WHERE n.status IS DISTINCT FROM o.status
-       AND n.status = ANY (docextract.outcome_statuses())
-     GROUP BY n.model_name, n.owner;
-    RETURN NULL;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION docextract.drop_document_bytes() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 BEGIN
@@ -776,28 +717,6 @@ BEGIN
             LEFT JOIN docextract.results cr ON cr.extraction_id = c.id
             WHERE c.parent_extraction_id = e.id), '[]'::jsonb)) END;
 END
-$$;
-
-CREATE OR REPLACE FUNCTION docextract.split_overall_status(extraction_id uuid)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
-    SELECT CASE
-        WHEN NOT coalesce((e.options->>'split')::boolean, false) THEN NULL
-        WHEN e.status IN ('cancelled', 'insufficient_credits') THEN e.status
-        WHEN e.split_count IS NULL AND e.status = 'failed' THEN 'failed'
-        WHEN e.split_count IS NULL THEN 'splitting'
-        WHEN s.active > 0 THEN 'processing'
-        WHEN s.review > 0 THEN 'awaiting_approval'
-        WHEN s.done = s.total THEN 'completed'
-        WHEN s.done > 0 THEN 'partially_completed'
-        ELSE 'failed' END
-      FROM docextract.extractions e
-      LEFT JOIN LATERAL (
-          SELECT count(*) AS total,
-                 count(*) FILTER (WHERE c.status IN ('pending', 'classifying', 'processing', 'retrying')) AS active,
-                 count(*) FILTER (WHERE c.status = 'awaiting_approval') AS review,
-                 count(*) FILTER (WHERE c.status = 'completed') AS done
-            FROM docextract.extractions c WHERE c.parent_extraction_id = e.id) s ON true
-     WHERE e.id = split_overall_status.extraction_id
 $$;
 
 
