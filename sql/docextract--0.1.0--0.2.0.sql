@@ -261,12 +261,45 @@ CREATE TRIGGER extractions_zero_retention
 DROP TRIGGER extractions_announce ON docextract.extractions;
 DROP TRIGGER extractions_count_outcome ON docextract.extractions;
 DROP TRIGGER extractions_settle_credits ON docextract.extractions;
+CREATE FUNCTION docextract.deliver_events(ids bigint[], events text[], owners regrole[],
+                                          extractions uuid[], notified boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    -- A listener that keeps a transaction open pins the NOTIFY queue; once
+    -- full, NOTIFY would fail this commit.  The events stay in the outbox.
+    IF NOT notified THEN
+        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
+            RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
+                          events[i], extractions[i], pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
+                USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || ids[i] || ').',
+                      HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
+        END LOOP;
+    END IF;
+    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
+    SELECT w.id, e.id, w.owner
+      FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(events), pg_catalog.unnest(owners))
+           AS e(id, event, owner), docextract.webhooks w
+     WHERE w.enabled AND (w.events IS NULL OR e.event = ANY (w.events))
+       AND pg_has_role(w.owner, e.owner, 'MEMBER')
+     ORDER BY e.id
+    -- A webhook a session is dropping (its row held until that session
+    -- ends) gets no delivery: the worker, whose status changes land
+    -- here, never waits for a role's open transaction.
+       FOR KEY SHARE OF w SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM docextract.deliveries_queued();
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION docextract.deliver_events(bigint[], text[], regrole[], uuid[], boolean) FROM PUBLIC;
+
 CREATE FUNCTION docextract.announce_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     event text;
     event_id bigint;
     payload json;
+    notified boolean;
 BEGIN
     IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
         RETURN NULL;    -- loaded with its state (a restore): its events come with it
@@ -285,25 +318,14 @@ BEGIN
         'created_at', clock_timestamp());
     INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
     VALUES (event_id, event, NEW.id, NEW.owner, payload);
-    IF event = 'extraction.queued' THEN
-        NULL;   -- in the outbox only
-    ELSIF pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
-           pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9) THEN
+    -- extraction.queued: in the outbox only.
+    notified := event = 'extraction.queued' OR pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
+        pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
+    IF notified AND event <> 'extraction.queued' THEN
         PERFORM pg_catalog.pg_notify('docextract', payload::text);
-    ELSE
-        RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
-                      event, NEW.id, pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
-            USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || event_id || ').',
-                  HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
     END IF;
-    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
-    SELECT w.id, event_id, w.owner FROM docextract.webhooks w
-     WHERE w.enabled AND (w.events IS NULL OR event = ANY (w.events))
-       AND pg_has_role(w.owner, NEW.owner, 'MEMBER')
-       FOR KEY SHARE OF w SKIP LOCKED;
-    IF FOUND THEN
-        PERFORM docextract.deliveries_queued();
-    END IF;
+    PERFORM docextract.deliver_events(ARRAY[event_id], ARRAY[event], ARRAY[NEW.owner::regrole],
+                                      ARRAY[NEW.id], notified);
     RETURN NULL;
 END
 $$;
@@ -606,30 +628,7 @@ BEGIN
     IF ids IS NULL THEN
         RETURN NULL;
     END IF;
-    -- A listener that keeps a transaction open pins the NOTIFY queue; once
-    -- full, NOTIFY would fail this commit.  The events stay in the outbox.
-    IF NOT notify THEN
-        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
-            RAISE WARNING 'docextract: % of extraction % not sent by NOTIFY: the notification queue is % full',
-                          events[i], extractions[i], pg_catalog.to_char(100 * pg_catalog.pg_notification_queue_usage(), 'FM990.0%')
-                USING DETAIL = 'Above docextract.notify_queue_limit.  The event is in docextract.events (id ' || ids[i] || ').',
-                      HINT = 'A session that LISTENs on docextract and keeps a transaction open stops the queue from emptying: end it.';
-        END LOOP;
-    END IF;
-    INSERT INTO docextract.webhook_deliveries (webhook_id, event_id, owner)
-    SELECT w.id, e.id, w.owner
-      FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(events), pg_catalog.unnest(owners))
-           AS e(id, event, owner), docextract.webhooks w
-     WHERE w.enabled AND (w.events IS NULL OR e.event = ANY (w.events))
-       AND pg_has_role(w.owner, e.owner, 'MEMBER')
-     ORDER BY e.id
-    -- A webhook a session is dropping (its row held until that session
-    -- ends) gets no delivery: the worker, whose status changes land
-    -- here, never waits for a role's open transaction.
-       FOR KEY SHARE OF w SKIP LOCKED;
-    IF FOUND THEN
-        PERFORM docextract.deliveries_queued();
-    END IF;
+    PERFORM docextract.deliver_events(ids, events, owners, extractions, notify);
     RETURN NULL;
 END
 $$;
