@@ -417,10 +417,10 @@ BEGIN
     END IF;
     -- Pages no answer was stored for are returned; settle_credits charges the rest.
     IF read_pages > 0 AND p.credits_reserved > read_pages THEN
-        UPDATE docextract.credit_accounts a
+        UPDATE docextract.credit_slots a
            SET reserved = a.reserved - (p.credits_reserved - read_pages), updated_at = now()
-         WHERE a.role = p.owner
-        RETURNING a.balance - a.reserved INTO after;
+         WHERE a.role = p.owner AND a.slot = coalesce(p.credit_slot, 0);
+        after := docextract.credit_available(p.owner);
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                               reason, created_by)
         VALUES (p.owner, 'release', p.credits_reserved - read_pages, after, p.id,
@@ -484,13 +484,146 @@ RETURN (SELECT coalesce(sum(d.page_end - d.page_start + 1), 0)::integer
 
 REVOKE ALL ON FUNCTION docextract.split_pages_read(uuid) FROM PUBLIC;
 
+-- Issue 12: a role's credit account in eight slots, so that its concurrent
+-- submits reserve in different rows instead of committing one after the
+-- other; credit_accounts becomes the view that sums them.  The 0.1.0 row
+-- is slot 0; its free credits are spread over the eight at the first
+-- gather (a grant, or a submit that finds no slot free enough).
+ALTER TABLE docextract.credit_accounts RENAME TO credit_slots;
+ALTER TABLE docextract.credit_slots RENAME CONSTRAINT credit_accounts_reserved_check TO credit_slots_reserved_check;
+ALTER TABLE docextract.credit_slots
+    ADD COLUMN slot smallint NOT NULL DEFAULT 0 CHECK (slot >= 0 AND slot < 8),
+    DROP CONSTRAINT credit_accounts_pkey,
+    ADD PRIMARY KEY (role, slot);
+ALTER POLICY credit_accounts_visible ON docextract.credit_slots RENAME TO credit_slots_visible;
+INSERT INTO docextract.credit_slots (role, slot, updated_at)
+SELECT a.role, g, a.updated_at FROM docextract.credit_slots a, pg_catalog.generate_series(1, 7) g;
+ALTER TABLE docextract.extractions ADD COLUMN credit_slot smallint;
+-- A role's account as one row: the sum of its slots, read with the
+-- reader's rights (so credit_slots' row-level security applies).
+CREATE VIEW docextract.credit_accounts WITH (security_invoker = true) AS
+SELECT s.role, sum(s.balance)::bigint AS balance, sum(s.reserved)::bigint AS reserved,
+       max(s.updated_at) AS updated_at
+  FROM docextract.credit_slots s GROUP BY s.role;
+GRANT SELECT ON docextract.credit_accounts TO PUBLIC;
+-- Written only through grant_credits and the submit: without this trigger
+-- an UPDATE would fail as "not automatically updatable" (55000) before the
+-- permission check (42501) that says why.
+CREATE FUNCTION docextract.credit_accounts_read_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'docextract.credit_accounts cannot be changed directly'
+        USING ERRCODE = '42809', HINT = 'docextract.grant_credits() adds or takes away credits.';
+END
+$$;
+CREATE TRIGGER credit_accounts_read_only
+    INSTEAD OF INSERT OR UPDATE OR DELETE ON docextract.credit_accounts
+    FOR EACH ROW EXECUTE FUNCTION docextract.credit_accounts_read_only();
+
+-- A role's credits free to reserve: granted, minus charged, minus held.
+CREATE FUNCTION docextract.credit_available(r regrole) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp
+RETURN (SELECT coalesce(sum(s.balance - s.reserved), 0)::bigint
+          FROM docextract.credit_slots s WHERE s.role = r);
+
+-- The slot of role r this transaction reserves pages in, locked until it
+-- ends: one with that many free credits (any, unless enforce) that no other
+-- transaction holds, so that a role's concurrent submits do not wait for
+-- each other; else gathered (credit_gather).  NULL: too few credits.
+-- serialize (a quota to check) gathers always: the quota's count is then
+-- made under every slot's lock, as one submit after another.
+CREATE FUNCTION docextract.credit_slot_for(r regrole, pages integer, enforce boolean,
+                                           serialize boolean DEFAULT false)
+RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    candidates smallint[];
+    c smallint;
+    free bigint;
+BEGIN
+    -- Not INSERT ... ON CONFLICT every time: that waits for a slot's
+    -- uncommitted update to learn whether the row still conflicts.
+    IF NOT EXISTS (SELECT 1 FROM docextract.credit_slots s WHERE s.role = r) THEN
+        INSERT INTO docextract.credit_slots (role, slot)
+        SELECT r, g FROM pg_catalog.generate_series(0, 7) g ON CONFLICT DO NOTHING;
+    END IF;
+    IF NOT serialize THEN
+        -- Candidates as this snapshot sees them, each session starting at
+        -- a slot of its own; each then locked without waiting, and its free
+        -- credits read again under the lock (a lock taken is known: the
+        -- balance is no condition of the locking statement).
+        SELECT pg_catalog.array_agg(s.slot ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8)
+          INTO candidates FROM docextract.credit_slots s
+         WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved >= pages);
+        FOREACH c IN ARRAY coalesce(candidates, '{}') LOOP
+            SELECT s.balance - s.reserved INTO free FROM docextract.credit_slots s
+             WHERE s.role = r AND s.slot = c FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
+                IF NOT enforce OR free >= pages THEN
+                    RETURN c;
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN docextract.credit_gather(r, pages, enforce, 0);
+END
+$$;
+
+-- Lock role r's slots in slot order and spread their free credits, plus
+-- delta, evenly over them, the first getting pages more; returns that slot,
+-- or NULL (nothing changed) when enforce and fewer than pages are free.
+-- It waits for a slot another submit holds, unless this transaction holds
+-- a slot already (docextract.credit_slot_held): waiting then could close a
+-- cycle with another gatherer, so slots held elsewhere are left out, and
+-- their free credits with them.  Waits go only to slots above every slot
+-- the waiter holds, and the fast path never waits: no deadlock.
+CREATE FUNCTION docextract.credit_gather(r regrole, pages integer, enforce boolean, delta bigint)
+RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    slots smallint[];
+    total bigint;
+    n integer;
+    share bigint;
+BEGIN
+    IF pg_catalog.current_setting('docextract.credit_slot_held', true) = 'on' THEN
+        SELECT pg_catalog.array_agg(l.slot), sum(l.free) INTO slots, total FROM (
+            SELECT s.slot, s.balance - s.reserved AS free FROM docextract.credit_slots s
+             WHERE s.role = r ORDER BY s.slot FOR UPDATE SKIP LOCKED) l;
+    ELSE
+        SELECT pg_catalog.array_agg(l.slot), sum(l.free) INTO slots, total FROM (
+            SELECT s.slot, s.balance - s.reserved AS free FROM docextract.credit_slots s
+             WHERE s.role = r ORDER BY s.slot FOR UPDATE) l;
+    END IF;
+    n := coalesce(pg_catalog.cardinality(slots), 0);
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
+    total := total + delta;
+    IF total < pages OR total < 0 THEN
+        RETURN CASE WHEN enforce THEN NULL ELSE slots[1] END;
+    END IF;
+    share := (total - pages) / n;
+    UPDATE docextract.credit_slots s
+       SET balance = s.reserved + share
+                     + CASE WHEN s.slot = slots[1] THEN pages + (total - pages) % n ELSE 0 END,
+           updated_at = now()
+     WHERE s.role = r AND s.slot = ANY (slots);
+    RETURN slots[1];
+END
+$$;
+GRANT EXECUTE ON FUNCTION docextract.credit_available(regrole) TO PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_for(regrole, integer, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_gather(regrole, integer, boolean, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_accounts_read_only() FROM PUBLIC;
+
 -- The functions more than one change above replaced, as this version has them
 -- (a later CREATE OR REPLACE above may have been written before another's).
 CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     pages integer;
-    acct docextract.credit_accounts;
+    chosen smallint;
     active bigint;
     quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
     mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
@@ -509,8 +642,7 @@ BEGIN
     -- options.pages: only the pages asked for are charged.
     SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
       FROM docextract.documents d WHERE d.id = NEW.document_id;
-    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
-    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    chosen := docextract.credit_slot_for(NEW.owner, pages, mode = 'enforce', quota > 0);
     IF quota > 0 THEN
         SELECT count(*) INTO active FROM docextract.extractions x
          WHERE x.owner = NEW.owner AND x.status = ANY (docextract.active_statuses());
@@ -520,18 +652,19 @@ BEGIN
                       HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
         END IF;
     END IF;
-    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+    IF chosen IS NULL THEN
         RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
-                        NEW.owner, pages, pages, acct.balance - acct.reserved
+                        NEW.owner, pages, pages, docextract.credit_available(NEW.owner)
             USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
     END IF;
-    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
-     WHERE a.role = NEW.owner;
+    UPDATE docextract.credit_slots s SET reserved = s.reserved + pages, updated_at = now()
+     WHERE s.role = NEW.owner AND s.slot = chosen;
     INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                           reason, created_by)
-    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+    VALUES (NEW.owner, 'reserve', pages, docextract.credit_available(NEW.owner), NEW.id,
             'submitted', NEW.owner);
     NEW.credits_reserved := pages;
+    NEW.credit_slot := chosen;
     RETURN NEW;
 END
 $$;
@@ -558,12 +691,12 @@ BEGIN
     IF kind = 'release' AND OLD.split_count IS NOT NULL THEN
         read_pages := least(docextract.split_pages_read(OLD.id), OLD.credits_reserved);
     END IF;
-    UPDATE docextract.credit_accounts a
+    UPDATE docextract.credit_slots a
        SET reserved = a.reserved - OLD.credits_reserved,
            balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE read_pages END,
            updated_at = now()
-     WHERE a.role = OLD.owner
-    RETURNING a.balance - a.reserved INTO after;
+     WHERE a.role = OLD.owner AND a.slot = coalesce(OLD.credit_slot, 0);
+    after := docextract.credit_available(OLD.owner);
     IF read_pages > 0 THEN
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                               reason, created_by)
@@ -582,6 +715,44 @@ BEGIN
     END IF;
     NEW.credits_reserved := 0;
     RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.grant_credits(role name, amount bigint, reason text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    r regrole;
+    available bigint;
+BEGIN
+    IF role IS NULL OR amount IS NULL OR amount = 0 THEN
+        RAISE EXCEPTION 'grant_credits needs a role and a non-zero amount' USING ERRCODE = '22023';
+    END IF;
+    r := quote_ident(role)::regrole;
+    IF NOT EXISTS (SELECT 1 FROM docextract.credit_slots s WHERE s.role = r) THEN
+        INSERT INTO docextract.credit_slots (role, slot)
+        SELECT r, g FROM pg_catalog.generate_series(0, 7) g ON CONFLICT DO NOTHING;
+    END IF;
+    IF docextract.credit_gather(r, 0, true, amount) IS NULL THEN
+        RAISE EXCEPTION 'cannot take % credits from role %: only % are available',
+                        -amount, r, docextract.credit_available(r) USING ERRCODE = '22023';
+    END IF;
+    available := docextract.credit_available(r);
+    INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, reason, created_by)
+    VALUES (r, 'grant', amount, available, reason, session_user::regrole);
+    RETURN available;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION docextract.credit_balance(role name DEFAULT current_user)
+RETURNS bigint LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    r regrole := quote_ident(role)::regrole;
+BEGIN
+    IF NOT pg_has_role(current_user, r, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to read the credit balance of role %', r
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN docextract.credit_available(r);
 END
 $$;
 

@@ -121,7 +121,9 @@ CREATE TABLE docextract.extractions (
     parent_extraction_id   uuid,
     -- The parent: sub-documents made, once the model's answer was stored
     -- (NULL before); it then waits for them, held by no worker.
-    split_count            integer
+    split_count            integer,
+    -- The credit slot its reservation is held in (credit_slots.slot).
+    credit_slot            smallint
 );
 -- What the worker claims: per model, oldest first.
 CREATE INDEX extractions_queue ON docextract.extractions (model_name, created_at)
@@ -174,11 +176,17 @@ CREATE TABLE docextract.results (
 
 -- Credits: one page, one credit, per owning role.  available = balance -
 -- reserved; the ledger says who, how many, which extraction, when and why.
-CREATE TABLE docextract.credit_accounts (
-    role        regrole PRIMARY KEY,
+-- A role's account is kept in eight slots (view credit_accounts sums them):
+-- a submit reserves in one slot and holds that row's lock until it commits,
+-- so concurrent submits of one role take different slots instead of
+-- committing one after the other (docextract.credit_slot_for).
+CREATE TABLE docextract.credit_slots (
+    role        regrole NOT NULL,
     balance     bigint NOT NULL DEFAULT 0,     -- granted minus charged
     reserved    bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    slot        smallint NOT NULL DEFAULT 0 CHECK (slot >= 0 AND slot < 8),
+    PRIMARY KEY (role, slot)
 );
 
 CREATE TABLE docextract.credit_ledger (
@@ -203,7 +211,7 @@ ALTER TABLE docextract.templates ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.documents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.extractions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.results ENABLE ROW LEVEL SECURITY;
-ALTER TABLE docextract.credit_accounts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.credit_slots ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.credit_ledger ENABLE ROW LEVEL SECURITY;
 CREATE POLICY templates_visible ON docextract.templates FOR SELECT
     USING (owner IS NULL OR pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
@@ -213,7 +221,7 @@ CREATE POLICY extractions_visible ON docextract.extractions FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
 CREATE POLICY results_visible ON docextract.results FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
-CREATE POLICY credit_accounts_visible ON docextract.credit_accounts FOR SELECT
+CREATE POLICY credit_slots_visible ON docextract.credit_slots FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
 CREATE POLICY credit_ledger_visible ON docextract.credit_ledger FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
@@ -222,7 +230,28 @@ REVOKE ALL ON ALL TABLES IN SCHEMA docextract FROM PUBLIC;
 GRANT USAGE ON SCHEMA docextract TO PUBLIC;
 GRANT SELECT ON docextract.models, docextract.templates, docextract.documents,
                 docextract.extractions, docextract.results,
-                docextract.credit_accounts, docextract.credit_ledger TO PUBLIC;
+                docextract.credit_slots, docextract.credit_ledger TO PUBLIC;
+
+-- A role's account as one row: the sum of its slots, read with the
+-- reader's rights (so credit_slots' row-level security applies).
+CREATE VIEW docextract.credit_accounts WITH (security_invoker = true) AS
+SELECT s.role, sum(s.balance)::bigint AS balance, sum(s.reserved)::bigint AS reserved,
+       max(s.updated_at) AS updated_at
+  FROM docextract.credit_slots s GROUP BY s.role;
+GRANT SELECT ON docextract.credit_accounts TO PUBLIC;
+-- Written only through grant_credits and the submit: without this trigger
+-- an UPDATE would fail as "not automatically updatable" (55000) before the
+-- permission check (42501) that says why.
+CREATE FUNCTION docextract.credit_accounts_read_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'docextract.credit_accounts cannot be changed directly'
+        USING ERRCODE = '42809', HINT = 'docextract.grant_credits() adds or takes away credits.';
+END
+$$;
+CREATE TRIGGER credit_accounts_read_only
+    INSTEAD OF INSERT OR UPDATE OR DELETE ON docextract.credit_accounts
+    FOR EACH ROW EXECUTE FUNCTION docextract.credit_accounts_read_only();
 
 -- Events: the outbox.  Every status change writes one row here, in the
 -- transaction that makes the change; NOTIFY and webhook deliveries are
@@ -304,7 +333,7 @@ SELECT pg_catalog.pg_extension_config_dump('docextract.templates', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.documents', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.extractions', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.results', '');
-SELECT pg_catalog.pg_extension_config_dump('docextract.credit_accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_slots', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.events', '');
@@ -469,14 +498,108 @@ CREATE TRIGGER extractions_announce_insert
 
 -- Credits -----------------------------------------------------------------
 
--- At submit: hold the pages' credits in the owner's account, or refuse.  The
--- account row's lock serializes a role's submits, so two sessions cannot
--- both spend the last credits, nor both pass the active-extraction quota.
+-- A role's credits free to reserve: granted, minus charged, minus held.
+CREATE FUNCTION docextract.credit_available(r regrole) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp
+RETURN (SELECT coalesce(sum(s.balance - s.reserved), 0)::bigint
+          FROM docextract.credit_slots s WHERE s.role = r);
+
+-- The slot of role r this transaction reserves pages in, locked until it
+-- ends: one with that many free credits (any, unless enforce) that no other
+-- transaction holds, so that a role's concurrent submits do not wait for
+-- each other; else gathered (credit_gather).  NULL: too few credits.
+-- serialize (a quota to check) gathers always: the quota's count is then
+-- made under every slot's lock, as one submit after another.
+CREATE FUNCTION docextract.credit_slot_for(r regrole, pages integer, enforce boolean,
+                                           serialize boolean DEFAULT false)
+RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    candidates smallint[];
+    c smallint;
+    free bigint;
+BEGIN
+    -- Not INSERT ... ON CONFLICT every time: that waits for a slot's
+    -- uncommitted update to learn whether the row still conflicts.
+    IF NOT EXISTS (SELECT 1 FROM docextract.credit_slots s WHERE s.role = r) THEN
+        INSERT INTO docextract.credit_slots (role, slot)
+        SELECT r, g FROM pg_catalog.generate_series(0, 7) g ON CONFLICT DO NOTHING;
+    END IF;
+    IF NOT serialize THEN
+        -- Candidates as this snapshot sees them, each session starting at
+        -- a slot of its own; each then locked without waiting, and its free
+        -- credits read again under the lock (a lock taken is known: the
+        -- balance is no condition of the locking statement).
+        SELECT pg_catalog.array_agg(s.slot ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8)
+          INTO candidates FROM docextract.credit_slots s
+         WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved >= pages);
+        FOREACH c IN ARRAY coalesce(candidates, '{}') LOOP
+            SELECT s.balance - s.reserved INTO free FROM docextract.credit_slots s
+             WHERE s.role = r AND s.slot = c FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
+                IF NOT enforce OR free >= pages THEN
+                    RETURN c;
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN docextract.credit_gather(r, pages, enforce, 0);
+END
+$$;
+
+-- Lock role r's slots in slot order and spread their free credits, plus
+-- delta, evenly over them, the first getting pages more; returns that slot,
+-- or NULL (nothing changed) when enforce and fewer than pages are free.
+-- It waits for a slot another submit holds, unless this transaction holds
+-- a slot already (docextract.credit_slot_held): waiting then could close a
+-- cycle with another gatherer, so slots held elsewhere are left out, and
+-- their free credits with them.  Waits go only to slots above every slot
+-- the waiter holds, and the fast path never waits: no deadlock.
+CREATE FUNCTION docextract.credit_gather(r regrole, pages integer, enforce boolean, delta bigint)
+RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    slots smallint[];
+    total bigint;
+    n integer;
+    share bigint;
+BEGIN
+    IF pg_catalog.current_setting('docextract.credit_slot_held', true) = 'on' THEN
+        SELECT pg_catalog.array_agg(l.slot), sum(l.free) INTO slots, total FROM (
+            SELECT s.slot, s.balance - s.reserved AS free FROM docextract.credit_slots s
+             WHERE s.role = r ORDER BY s.slot FOR UPDATE SKIP LOCKED) l;
+    ELSE
+        SELECT pg_catalog.array_agg(l.slot), sum(l.free) INTO slots, total FROM (
+            SELECT s.slot, s.balance - s.reserved AS free FROM docextract.credit_slots s
+             WHERE s.role = r ORDER BY s.slot FOR UPDATE) l;
+    END IF;
+    n := coalesce(pg_catalog.cardinality(slots), 0);
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
+    total := total + delta;
+    IF total < pages OR total < 0 THEN
+        RETURN CASE WHEN enforce THEN NULL ELSE slots[1] END;
+    END IF;
+    share := (total - pages) / n;
+    UPDATE docextract.credit_slots s
+       SET balance = s.reserved + share
+                     + CASE WHEN s.slot = slots[1] THEN pages + (total - pages) % n ELSE 0 END,
+           updated_at = now()
+     WHERE s.role = r AND s.slot = ANY (slots);
+    RETURN slots[1];
+END
+$$;
+
+-- At submit: hold the pages' credits in one of the owner's slots, or
+-- refuse.  Two sessions cannot both spend the last credits: a slot's free
+-- credits are spent under its lock, and a submit that finds no slot free
+-- enough gathers them (credit_gather).
 CREATE FUNCTION docextract.reserve_credits() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     pages integer;
-    acct docextract.credit_accounts;
+    chosen smallint;
     active bigint;
     quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
     mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
@@ -495,8 +618,7 @@ BEGIN
     -- options.pages: only the pages asked for are charged.
     SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
       FROM docextract.documents d WHERE d.id = NEW.document_id;
-    INSERT INTO docextract.credit_accounts (role) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
-    SELECT * INTO acct FROM docextract.credit_accounts a WHERE a.role = NEW.owner FOR UPDATE;
+    chosen := docextract.credit_slot_for(NEW.owner, pages, mode = 'enforce', quota > 0);
     IF quota > 0 THEN
         SELECT count(*) INTO active FROM docextract.extractions x
          WHERE x.owner = NEW.owner AND x.status = ANY (docextract.active_statuses());
@@ -506,18 +628,19 @@ BEGIN
                       HINT = 'docextract.max_active_per_role limits queued and running extractions per role.';
         END IF;
     END IF;
-    IF mode = 'enforce' AND acct.balance - acct.reserved < pages THEN
+    IF chosen IS NULL THEN
         RAISE EXCEPTION 'insufficient credits: role % needs % credit(s) for % page(s), its balance is %',
-                        NEW.owner, pages, pages, acct.balance - acct.reserved
+                        NEW.owner, pages, pages, docextract.credit_available(NEW.owner)
             USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
     END IF;
-    UPDATE docextract.credit_accounts a SET reserved = a.reserved + pages, updated_at = now()
-     WHERE a.role = NEW.owner;
+    UPDATE docextract.credit_slots s SET reserved = s.reserved + pages, updated_at = now()
+     WHERE s.role = NEW.owner AND s.slot = chosen;
     INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                           reason, created_by)
-    VALUES (NEW.owner, 'reserve', pages, acct.balance - acct.reserved - pages, NEW.id,
+    VALUES (NEW.owner, 'reserve', pages, docextract.credit_available(NEW.owner), NEW.id,
             'submitted', NEW.owner);
     NEW.credits_reserved := pages;
+    NEW.credit_slot := chosen;
     RETURN NEW;
 END
 $$;
@@ -564,12 +687,12 @@ BEGIN
     IF kind = 'release' AND OLD.split_count IS NOT NULL THEN
         read_pages := least(docextract.split_pages_read(OLD.id), OLD.credits_reserved);
     END IF;
-    UPDATE docextract.credit_accounts a
+    UPDATE docextract.credit_slots a
        SET reserved = a.reserved - OLD.credits_reserved,
            balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE read_pages END,
            updated_at = now()
-     WHERE a.role = OLD.owner
-    RETURNING a.balance - a.reserved INTO after;
+     WHERE a.role = OLD.owner AND a.slot = coalesce(OLD.credit_slot, 0);
+    after := docextract.credit_available(OLD.owner);
     IF read_pages > 0 THEN
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                               reason, created_by)
@@ -655,10 +778,10 @@ BEGIN
     END IF;
     -- Pages no answer was stored for are returned; settle_credits charges the rest.
     IF read_pages > 0 AND p.credits_reserved > read_pages THEN
-        UPDATE docextract.credit_accounts a
+        UPDATE docextract.credit_slots a
            SET reserved = a.reserved - (p.credits_reserved - read_pages), updated_at = now()
-         WHERE a.role = p.owner
-        RETURNING a.balance - a.reserved INTO after;
+         WHERE a.role = p.owner AND a.slot = coalesce(p.credit_slot, 0);
+        after := docextract.credit_available(p.owner);
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                               reason, created_by)
         VALUES (p.owner, 'release', p.credits_reserved - read_pages, after, p.id,
@@ -712,27 +835,29 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_te
 $$;
 
 -- Add (or, negative, take away) credits.  For the extension owner and those
--- it grants EXECUTE to.
+-- it grants EXECUTE to.  Spread over the role's slots (credit_gather).
 CREATE FUNCTION docextract.grant_credits(role name, amount bigint, reason text DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     r regrole;
-    acct docextract.credit_accounts;
+    available bigint;
 BEGIN
     IF role IS NULL OR amount IS NULL OR amount = 0 THEN
         RAISE EXCEPTION 'grant_credits needs a role and a non-zero amount' USING ERRCODE = '22023';
     END IF;
     r := quote_ident(role)::regrole;
-    INSERT INTO docextract.credit_accounts (role) VALUES (r) ON CONFLICT DO NOTHING;
-    UPDATE docextract.credit_accounts a SET balance = a.balance + amount, updated_at = now()
-     WHERE a.role = r RETURNING * INTO acct;
-    IF amount < 0 AND acct.balance - acct.reserved < 0 THEN
-        RAISE EXCEPTION 'cannot take % credits from role %: only % are available',
-                        -amount, r, acct.balance - acct.reserved - amount USING ERRCODE = '22023';
+    IF NOT EXISTS (SELECT 1 FROM docextract.credit_slots s WHERE s.role = r) THEN
+        INSERT INTO docextract.credit_slots (role, slot)
+        SELECT r, g FROM pg_catalog.generate_series(0, 7) g ON CONFLICT DO NOTHING;
     END IF;
+    IF docextract.credit_gather(r, 0, true, amount) IS NULL THEN
+        RAISE EXCEPTION 'cannot take % credits from role %: only % are available',
+                        -amount, r, docextract.credit_available(r) USING ERRCODE = '22023';
+    END IF;
+    available := docextract.credit_available(r);
     INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, reason, created_by)
-    VALUES (r, 'grant', amount, acct.balance - acct.reserved, reason, session_user::regrole);
-    RETURN acct.balance - acct.reserved;
+    VALUES (r, 'grant', amount, available, reason, session_user::regrole);
+    RETURN available;
 END
 $$;
 
@@ -746,8 +871,7 @@ BEGIN
         RAISE EXCEPTION 'permission denied to read the credit balance of role %', r
             USING ERRCODE = '42501';
     END IF;
-    RETURN coalesce((SELECT a.balance - a.reserved FROM docextract.credit_accounts a
-                      WHERE a.role = r), 0);
+    RETURN docextract.credit_available(r);
 END
 $$;
 
@@ -1183,6 +1307,9 @@ REVOKE ALL ON FUNCTION docextract.run_write_backs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.drop_document_bytes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.reserve_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_for(regrole, integer, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_gather(regrole, integer, boolean, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_accounts_read_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.split_pages_read(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.count_outcome() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.split_follow() FROM PUBLIC;

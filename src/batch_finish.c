@@ -28,12 +28,15 @@ static const char *lock_rows_sql =
 " WHERE x.id = ANY ($1) FOR UPDATE SKIP LOCKED";
 static const char *rows_exist_sql =
 "SELECT x.id FROM docextract.extractions x WHERE x.id = ANY ($1)";
-static const char *lock_accounts_sql =
-"SELECT a.role::pg_catalog.oid FROM docextract.credit_accounts a"
-" WHERE a.role = ANY ($1::pg_catalog.regrole[]) FOR UPDATE SKIP LOCKED";
-static const char *accounts_exist_sql =
-"SELECT a.role::pg_catalog.oid FROM docextract.credit_accounts a"
-" WHERE a.role = ANY ($1::pg_catalog.regrole[])";
+/* Each job's credit slot (settling updates it), and whether it exists. */
+static const char *lock_slots_sql =
+"SELECT x.id FROM docextract.extractions x"
+" JOIN docextract.credit_slots a ON a.role = x.owner AND a.slot = coalesce(x.credit_slot, 0)"
+" WHERE x.id = ANY ($1) FOR UPDATE OF a SKIP LOCKED";
+static const char *slots_exist_sql =
+"SELECT x.id FROM docextract.extractions x"
+" JOIN docextract.credit_slots a ON a.role = x.owner AND a.slot = coalesce(x.credit_slot, 0)"
+" WHERE x.id = ANY ($1)";
 
 /*
  * Every job of the batch at once: those still processing complete (or
@@ -84,12 +87,6 @@ static Datum
 uuid_array(Datum *ids, int n)
 {
 	return array_of(ids, NULL, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
-}
-
-static Datum
-oid_array(Datum *oids, int n)
-{
-	return array_of(oids, NULL, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT);
 }
 
 /* Run a kept one-array-argument statement; the tuples are in SPI_tuptable. */
@@ -146,48 +143,35 @@ lock_rows(Datum *ids, int n, Oid *owner, BatchOutcome *outcome)
 	}
 }
 
-/* Mark BUSY every job of role. */
+/* Lock the jobs' credit slots (settling updates them): held ones make their jobs BUSY. */
 static void
-mark_owner_busy(Oid role, Oid *owner, int n, BatchOutcome *outcome)
-{
-	for (int i = 0; i < n; i++)
-		if (owner[i] == role)
-			outcome[i] = BATCH_BUSY;
-}
-
-/* Lock the owners' credit accounts (settling updates them): held ones make their jobs BUSY. */
-static void
-lock_accounts(Oid *owner, int n, BatchOutcome *outcome)
+lock_slots(Datum *ids, Oid *owner, int n, BatchOutcome *outcome)
 {
 	static SPIPlanPtr lock_plan = NULL;
 	static SPIPlanPtr exist_plan = NULL;
-	Oid			types[1] = {OIDARRAYOID};
-	Datum	   *roles = palloc(sizeof(Datum) * n);
-	bool	   *free = palloc0(sizeof(bool) * n);
+	Oid			types[1] = {UUIDARRAYOID};
+	bool	   *locked = palloc0(sizeof(bool) * n);
+	Datum	   *live = palloc(sizeof(Datum) * n);
 	bool		isnull;
-	int			nroles = 0;
+	int			nlive = 0;
 
 	for (int i = 0; i < n; i++)
 		if (owner[i] != InvalidOid && outcome[i] != BATCH_BUSY)
-			roles[nroles++] = ObjectIdGetDatum(owner[i]);
-	if (nroles == 0)
+			live[nlive++] = ids[i];
+	if (nlive == 0)
 		return;
-	run_with_array(spi_kept_plan(&lock_plan, lock_accounts_sql, 1, types), oid_array(roles, nroles), SPI_OK_SELECT);
+	run_with_array(spi_kept_plan(&lock_plan, lock_slots_sql, 1, types), uuid_array(live, nlive), SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+		locked[find_id(ids, n, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+														   SPI_tuptable->tupdesc, 1, &isnull)))] = true;
+	run_with_array(spi_kept_plan(&exist_plan, slots_exist_sql, 1, types), uuid_array(live, nlive), SPI_OK_SELECT);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
-		Oid			role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+		int			i = find_id(ids, n, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+																	 SPI_tuptable->tupdesc, 1, &isnull)));
 
-		for (int k = 0; k < nroles; k++)
-			free[k] = free[k] || DatumGetObjectId(roles[k]) == role;
-	}
-	run_with_array(spi_kept_plan(&exist_plan, accounts_exist_sql, 1, types), oid_array(roles, nroles), SPI_OK_SELECT);
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		Oid			role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
-
-		for (int k = 0; k < nroles; k++)
-			if (DatumGetObjectId(roles[k]) == role && !free[k])
-				mark_owner_busy(role, owner, n, outcome);
+		if (!locked[i])
+			outcome[i] = BATCH_BUSY;
 	}
 }
 
@@ -266,7 +250,7 @@ batch_finish(Job **jobs, int n, BatchOutcome *outcome)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	lock_rows(ids, n, owner, outcome);
-	lock_accounts(owner, n, outcome);
+	lock_slots(ids, owner, n, outcome);
 	store_results(jobs, n, owner, outcome);
 	spi_finish();
 }

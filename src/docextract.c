@@ -44,6 +44,7 @@ int			docextract_webhook_disable_after = 20;
 int			docextract_webhook_backoff_ms = 1000;
 int			docextract_retention_s = 0;
 bool		docextract_submitting = false;
+bool		docextract_credit_slot_held = false;
 int			docextract_max_webhook_inflight = 16;
 double		docextract_notify_queue_limit = 0.9;
 
@@ -153,6 +154,16 @@ define_settings(void)
 	DefineCustomBoolVariable("docextract.submitting",
 							 "Set by docextract while it enqueues an extraction.",
 							 NULL, &docextract_submitting, false,
+							 PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							 NULL, NULL, NULL);
+	/*
+	 * On, for the rest of a transaction, once it holds one of a role's
+	 * credit slots (credit_slot_for): it must then not wait for another
+	 * (credit_gather).  A placeholder, set by set_config(..., true).
+	 */
+	DefineCustomBoolVariable("docextract.credit_slot_held",
+							 "Set by docextract while a transaction holds a credit slot.",
+							 NULL, &docextract_credit_slot_held, false,
 							 PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							 NULL, NULL, NULL);
 	parser_define_settings();

@@ -91,27 +91,28 @@ trigger_row_template_problem(const char *arg, Datum *template_id, int *sqlstate)
 	return problem ? psprintf("template \"%s\" %s", arg, problem) : NULL;
 }
 
-/* The role's available credits, its account row locked as reserve_credits locks it. */
-static int64
-lock_available_credits(Oid owner)
+/*
+ * Lock a credit slot of the role with pages free, as reserve_credits will
+ * (docextract.credit_slot_for); false if it has too few credits, its
+ * available credits then in *available.
+ */
+static bool
+lock_credit_slot(Oid owner, int pages, int64 *available)
 {
-	static const char *lock_sql = "SELECT a.balance - a.reserved FROM docextract.credit_accounts a"
-		" WHERE a.role = $1::regrole FOR UPDATE";
+	Datum		args[4] = {ObjectIdGetDatum(owner), Int32GetDatum(pages),
+		BoolGetDatum(docextract_credits_mode == CREDITS_ENFORCE),
+	BoolGetDatum(docextract_max_active_per_role > 0)};
+	bool		no_slot;
 	bool		isnull;
-	Datum		arg = ObjectIdGetDatum(owner);
 
-	if (spi_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock the credit account of role %u", owner);
-	if (SPI_processed == 0)
-	{
-		/* The role's first submit: an account as reserve_credits makes it. */
-		spi_execute_with_args("INSERT INTO docextract.credit_accounts (role) VALUES ($1::regrole)"
-							  " ON CONFLICT DO NOTHING", 1, (Oid[]) {OIDOID}, &arg, NULL, false, 0);
-		spi_execute_with_args(lock_sql, 1, (Oid[]) {OIDOID}, &arg, NULL, false, 1);
-	}
-	if (SPI_processed != 1)
-		elog(ERROR, "could not lock the credit account of role %u", owner);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (spi_execute_with_args("SELECT docextract.credit_slot_for($1::pg_catalog.regrole, $2, $3, $4),"
+							  " docextract.credit_available($1::pg_catalog.regrole)",
+							  4, (Oid[]) {OIDOID, INT4OID, BOOLOID, BOOLOID}, args, NULL, false, 1)
+		!= SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not lock a credit slot of role %u", owner);
+	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_slot);
+	*available = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return !no_slot;
 }
 
 /* Not read-only: the rows this statement enqueued so far count. */
@@ -132,8 +133,8 @@ active_extractions(Oid owner)
 /*
  * Would reserve_credits refuse an extraction of these pages (the quota, or
  * too few credits under enforce)?  NULL if not; else the reason, its
- * status in *status.  The account row stays locked to the end of the
- * transaction, as the reservation itself would lock it, so the answer
+ * status in *status.  The credit slot found stays locked to the end of
+ * the transaction, as the reservation itself would lock it, so the answer
  * holds until the reservation is made.
  */
 char *
@@ -143,6 +144,7 @@ trigger_row_refusal(int pages, const char **status)
 	const char *role = quote_identifier(GetUserNameFromId(owner, false));
 	Privileged	priv;
 	int64		available;
+	bool		enough;
 	int64		active = 0;
 	char	   *refusal = NULL;
 
@@ -150,7 +152,7 @@ trigger_row_refusal(int pages, const char **status)
 		return NULL;
 	spi_connect();
 	privileged_begin(&priv);
-	available = lock_available_credits(owner);
+	enough = lock_credit_slot(owner, pages, &available);
 	if (docextract_max_active_per_role > 0)
 		active = active_extractions(owner);
 	privileged_end(&priv);
@@ -161,7 +163,7 @@ trigger_row_refusal(int pages, const char **status)
 		refusal = psprintf("role %s has %lld active extractions, the limit is %d", role,
 						   (long long) active, docextract_max_active_per_role);
 	}
-	else if (docextract_credits_mode == CREDITS_ENFORCE && available < pages)
+	else if (docextract_credits_mode == CREDITS_ENFORCE && !enough)
 	{
 		*status = "insufficient_credits";
 		refusal = psprintf("insufficient credits: role %s needs %d credit(s) for %d page(s), its balance is %lld",

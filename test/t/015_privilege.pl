@@ -305,7 +305,7 @@ my %by_type = (
 	uuid => 'pg_catalog.gen_random_uuid()', text => "'x'::pg_catalog.text", jsonb => "'{}'::pg_catalog.jsonb",
 	bytea => '(SELECT f.pdf FROM public.fixture f)', bigint => '1::pg_catalog.int8', integer => '1',
 	boolean => 'true', 'uuid[]' => "ARRAY['$done']::pg_catalog.uuid[]", 'text[]' => 'NULL::pg_catalog.text[]',
-	name => 'current_user');
+	name => 'current_user', regrole => "'mallory'::pg_catalog.regrole");
 my @functions = map { [ split /\|/, $_, -1 ] } split /\n/, as_mallory(q{
 SELECT p.oid::regprocedure, p.proname,
        array_to_string(ARRAY(SELECT a.n FROM unnest(p.proargnames,

@@ -134,13 +134,17 @@ for (1 .. 200) { last if server_stats($srv)->{abandoned} >= 1; usleep(25_000); }
 is(server_stats($srv)->{abandoned}, 1, '... the request of the one in flight dropped at its cancel');
 is(balance('alice'), '13', '... and the cancelled one in flight cost nothing');
 
-# -- a transaction that holds the credit row: an error, not a hang --------------------
+# -- a transaction that holds every credit slot: an error, not a hang -----------------
+# (A quota makes each submit lock all of the role's slots, so that its count
+# is made one submit after another; the call's worker would wait for them.)
+sq("ALTER ROLE alice SET docextract.max_active_per_role = 100");
 my $t0 = time;
 ($ret, $out, $err) = $node->psql('postgres',
 	"BEGIN; SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}') \\g /dev/null
 	 SELECT $sync); ROLLBACK;", extra_params => $as_alice);
+sq("ALTER ROLE alice RESET docextract.max_active_per_role");
 like($err, qr/extract_sync would wait for a lock held by its own transaction/,
-	'extract_sync after extract_document in one transaction: a clear error');
+	'extract_sync after extract_document in one transaction, with a quota: a clear error');
 ok(time - $t0 < 30, '... not a hang');
 $node->poll_query_until('postgres',
 	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'docextract sync worker'")
@@ -245,6 +249,17 @@ sq("SELECT pg_cancel_backend(pid) FROM pg_stat_activity
 $h->finish;
 wait_none_processing();
 is(server_stats($srv)->{count}, 1, '... and the model got one request');
+
+# -- without a quota, the call's submit takes another credit slot: no wait -----------
+server_reset($srv);
+my $before = balance('alice');
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '20s'; BEGIN; SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}') \\g /dev/null
+	 SELECT $sync); ROLLBACK;", extra_params => $as_alice);
+is(json_of($out)->{status}, 'completed',
+	'extract_sync after extract_document in one transaction, no quota: it completes')
+  or diag($err);
+is(balance('alice'), $before - 1, '... charged once (the rolled-back submit reserved nothing)');
 $node->stop;
 
 # -- without the preload: a dynamic worker all the same -------------------------------

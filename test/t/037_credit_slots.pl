@@ -1,0 +1,138 @@
+# A role's credit account is kept in eight slots (credit_slots; the view
+# credit_accounts sums them): concurrent submits of one role reserve in
+# different slots, so none waits for another's commit, and the worker settles
+# one job while a session holds another slot.  Near the end of the credits a
+# submit gathers the slots and waits for the ones in use: never more is
+# spent than granted, and no submit is refused while enough is free.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DxTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $srv = start_model_server();
+my $node = new_node('slots', credits => 'enforce');
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+
+sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{"max_retries": 0}');
+	CREATE FUNCTION public.sqlstate_of(sql text) RETURNS text LANGUAGE plpgsql AS \$\$
+	BEGIN EXECUTE sql; RETURN 'no error';
+	EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END \$\$;
+	CREATE ROLE alice LOGIN; CREATE ROLE carol LOGIN;
+	GRANT pg_read_server_files TO alice, carol;
+	GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO alice, carol;
+	SELECT docextract.grant_credits('alice', 1000, 'test');});
+my $tid = add_invoice_template($node, 'alice');
+my $pdf = sq("SET ROLE alice; SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('"
+	  . fixture('invoice.pdf') . "'))");
+my $submit = "SELECT docextract.extract_document('$pdf', '$tid', '{\"force\": true}')";
+sub balance { return sq("SELECT docextract.credit_balance('$_[0]')"); }
+
+is(sq(q{SELECT count(*) || ' ' || sum(balance) FROM docextract.credit_slots WHERE role = 'alice'::regrole}),
+	'8 1000', 'a grant is spread over eight slots');
+is(sq(q{SELECT balance || ' ' || reserved FROM docextract.credit_accounts WHERE role = 'alice'::regrole}),
+	'1000 0', 'credit_accounts: one row per role, the sum');
+
+# -- four sessions hold a submit open; a fifth does not wait for them ----------------
+my @open;
+for my $i (1 .. 4)
+{
+	my $s = $node->background_psql('postgres', on_error_stop => 1);
+	$s->query_safe('SET ROLE alice');
+	$s->query_safe('BEGIN');
+	$s->query_safe($submit);
+	push @open, $s;
+}
+my ($rc, $out, $err) = $node->psql('postgres', "SET ROLE alice; SET lock_timeout = '10s'; $submit",
+	on_error_stop => 1);
+is($rc, 0, 'a fifth submit of the role completes while four hold theirs open') or diag($err);
+is(sq(q{SELECT count(DISTINCT credit_slot) FROM docextract.extractions WHERE owner = 'alice'::regrole}),
+	'1', '... the committed one in a slot (the four are not visible yet)');
+
+# The worker settles alice's committed job while her sessions hold other slots.
+my $done = sq(q{SELECT id FROM docextract.extractions WHERE owner = 'alice'::regrole});
+$node->poll_query_until('postgres', "SELECT status = 'completed' FROM docextract.extractions WHERE id = '$done'")
+  or die 'the committed job was not stored while other slots were held';
+pass('the worker settles a job while four sessions of its role hold other slots');
+$_->query_safe('COMMIT') for @open;
+$_->quit for @open;
+$node->poll_query_until('postgres', q{SELECT count(*) = 5 FROM docextract.extractions
+	WHERE owner = 'alice'::regrole AND status = 'completed'}) or die 'the five did not complete';
+is(balance('alice'), '995', 'five pages charged, once each');
+is(sq(q{SELECT count(DISTINCT credit_slot) FROM docextract.extractions WHERE owner = 'alice'::regrole}),
+	'5', '... reserved in five different slots');
+is(sq(q{SELECT sum(balance) || ' ' || sum(reserved) FROM docextract.credit_slots WHERE role = 'alice'::regrole}),
+	'995 0', '... every slot settled');
+
+# -- the last credits: a submit waits for the slot in use, then spends exactly -------
+sq("SELECT docextract.grant_credits('carol', 3, 'three')");
+my $ctid = add_invoice_template($node, 'carol');
+my $cpdf = sq("SET ROLE carol; SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('"
+	  . fixture('invoice.pdf') . "'))");
+my $csubmit = "SELECT docextract.extract_document('$cpdf', '$ctid', '{\"force\": true}')";
+my $a = $node->background_psql('postgres', on_error_stop => 1);
+$a->query_safe('SET ROLE carol');
+$a->query_safe('BEGIN');
+$a->query_safe($csubmit);
+# Carol's other two credits may lie in the slot A holds: B gathers and waits for it.
+my $b = $node->background_psql('postgres', on_error_stop => 0);
+$b->query_until(qr/started/, "SET ROLE carol;\n\\echo started\nBEGIN;\n$csubmit;\n$csubmit;\nCOMMIT;\n\\echo submitted\n");
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'client backend' AND wait_event_type = 'Lock'})
+  or die 'B did not wait for the slot A holds';
+pass('with the last credits in the slot a session holds, the next submit waits for it');
+$a->query_safe('COMMIT');
+$a->quit;
+$b->query_until(qr/submitted/, '');
+$b->quit;
+is(sq(q{SELECT count(*) FROM docextract.extractions WHERE owner = 'carol'::regrole AND credits_reserved + credits_used = 1}),
+	'3', '... then both of its submits got the credits A did not use');
+is(balance('carol'), '0', '... and nothing is left');
+like(sq("SET ROLE carol; SELECT sqlstate_of(\$\$$csubmit\$\$)"),
+	qr/^53000: insufficient credits: role carol needs 1 credit\(s\) for 1 page\(s\), its balance is 0$/,
+	'one more is refused: 53000');
+is(sq(q{SELECT sum(balance) - sum(reserved) FROM docextract.credit_slots WHERE role = 'carol'::regrole}),
+	'0', 'never below zero');
+
+# -- several submits in one transaction (a COPY): it gathers, never waits for itself --
+# 16 credits: two a slot.  Each 6-page document needs a gather; the
+# transaction holds slots from its earlier submits by then.
+sq("SELECT docextract.grant_credits('carol', 16, 'sixteen')");
+is(sq(q{SELECT string_agg((balance - reserved)::text, ',' ORDER BY slot) FROM docextract.credit_slots
+	WHERE role = 'carol'::regrole}), '2,2,2,2,2,2,2,2', 'sixteen credits: two a slot');
+my $six = sq("SET ROLE carol; SELECT docextract.add_document('six.pdf', pg_read_binary_file('"
+	  . fixture('three-invoices.pdf') . "'))");
+is(sq("SET ROLE carol; SET lock_timeout = '10s'; BEGIN;
+	SELECT docextract.extract_document('$cpdf', '$ctid', '{\"force\": true}') \\g /dev/null
+	SELECT count(*) FROM (SELECT docextract.extract_document('$six', '$ctid', '{\"force\": true}')
+	                        FROM generate_series(1, 2)) s;
+	COMMIT;"), '2', 'one transaction submits 1 + 6 + 6 pages of its 16 credits, gathering as it goes');
+is(balance('carol'), '3', '... 3 left');
+like(sq("SET ROLE carol; SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$six', '$ctid', '{\"force\": true}')\$\$)"),
+	qr/^53000: insufficient credits: role carol needs 6 credit\(s\) for 6 page\(s\), its balance is 3$/,
+	'... a third 6-page document refused, with the balance');
+my $ledger = sq(q{SELECT sum(credits) FILTER (WHERE kind = 'grant') || ' '
+	|| sum(credits) FILTER (WHERE kind = 'reserve') FROM docextract.credit_ledger WHERE role = 'carol'::regrole});
+is($ledger, '19 16', 'the ledger: 19 granted, 16 reserved');
+
+# -- the slots are written only through docextract ------------------------------------
+for my $sql ('UPDATE docextract.credit_accounts SET balance = 10^6',
+	'UPDATE docextract.credit_slots SET balance = 10^6',
+	"INSERT INTO docextract.credit_slots (role, slot, balance) VALUES ('carol', 7, 10^6)")
+{
+	like(sq("SET ROLE carol; SELECT sqlstate_of(\$\$$sql\$\$)"), qr/^42501: permission denied/,
+		"a role cannot write its credits: $sql");
+}
+like(sq(q{SELECT sqlstate_of($$UPDATE docextract.credit_accounts SET balance = 1$$)}), qr/^42809: /,
+	'not even a superuser writes through the view');
+is(sq(q{SET ROLE carol; SELECT count(*) FROM docextract.credit_slots WHERE role = 'alice'::regrole}), '0',
+	"carol sees none of alice's slots");
+like(sq(q{SELECT sqlstate_of($$SET docextract.credit_slot_held = off$$)}), qr/^no error/,
+	'docextract.credit_slot_held: a superuser may set it');
+like(sq(q{SET ROLE carol; SELECT sqlstate_of($$SET docextract.credit_slot_held = off$$)}), qr/^42501: /,
+	'... no other role');
+
+$node->stop;
+done_testing();
