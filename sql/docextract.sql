@@ -188,6 +188,21 @@ CREATE TABLE docextract.credit_slots (
     slot        smallint NOT NULL DEFAULT 0 CHECK (slot >= 0 AND slot < 8),
     PRIMARY KEY (role, slot)
 );
+-- Settling (the worker's status changes, a cancel) locks no slot: it adds a
+-- row here, folded into its slot later (fold_credit_deltas: by the worker on
+-- its polls, and by any submit that gathers the role's slots).  A charge
+-- leaves the slot's free credits as they are (balance and reserved go down
+-- alike); a release adds to them.
+CREATE TABLE docextract.credit_slot_deltas (
+    role            regrole NOT NULL,
+    slot            smallint NOT NULL,
+    balance_delta   bigint NOT NULL,
+    reserved_delta  bigint NOT NULL
+);
+CREATE INDEX credit_slot_deltas_slot ON docextract.credit_slot_deltas (role, slot);
+-- What the available credits read: releases only (a charge adds nothing).
+CREATE INDEX credit_slot_deltas_free ON docextract.credit_slot_deltas (role, slot)
+    WHERE balance_delta <> reserved_delta;
 
 CREATE TABLE docextract.credit_ledger (
     id             bigserial PRIMARY KEY,
@@ -212,6 +227,7 @@ ALTER TABLE docextract.documents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.extractions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.results ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.credit_slots ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docextract.credit_slot_deltas ENABLE ROW LEVEL SECURITY;
 ALTER TABLE docextract.credit_ledger ENABLE ROW LEVEL SECURITY;
 CREATE POLICY templates_visible ON docextract.templates FOR SELECT
     USING (owner IS NULL OR pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
@@ -223,6 +239,8 @@ CREATE POLICY results_visible ON docextract.results FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
 CREATE POLICY credit_slots_visible ON docextract.credit_slots FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
+CREATE POLICY credit_slot_deltas_visible ON docextract.credit_slot_deltas FOR SELECT
+    USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
 CREATE POLICY credit_ledger_visible ON docextract.credit_ledger FOR SELECT
     USING (pg_catalog.pg_has_role(current_user, role, 'MEMBER'));
 
@@ -230,14 +248,17 @@ REVOKE ALL ON ALL TABLES IN SCHEMA docextract FROM PUBLIC;
 GRANT USAGE ON SCHEMA docextract TO PUBLIC;
 GRANT SELECT ON docextract.models, docextract.templates, docextract.documents,
                 docextract.extractions, docextract.results,
-                docextract.credit_slots, docextract.credit_ledger TO PUBLIC;
+                docextract.credit_slots, docextract.credit_slot_deltas, docextract.credit_ledger TO PUBLIC;
 
 -- A role's account as one row: the sum of its slots, read with the
 -- reader's rights (so credit_slots' row-level security applies).
 CREATE VIEW docextract.credit_accounts WITH (security_invoker = true) AS
-SELECT s.role, sum(s.balance)::bigint AS balance, sum(s.reserved)::bigint AS reserved,
-       max(s.updated_at) AS updated_at
-  FROM docextract.credit_slots s GROUP BY s.role;
+SELECT a.role, sum(a.balance)::bigint AS balance, sum(a.reserved)::bigint AS reserved,
+       max(a.updated_at) AS updated_at
+  FROM (SELECT s.role, s.balance, s.reserved, s.updated_at FROM docextract.credit_slots s
+        UNION ALL
+        SELECT d.role, d.balance_delta, d.reserved_delta, NULL FROM docextract.credit_slot_deltas d) a
+ GROUP BY a.role;
 GRANT SELECT ON docextract.credit_accounts TO PUBLIC;
 -- Written only through grant_credits and the submit: without this trigger
 -- an UPDATE would fail as "not automatically updatable" (55000) before the
@@ -334,6 +355,7 @@ SELECT pg_catalog.pg_extension_config_dump('docextract.documents', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.extractions', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.results', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.credit_slots', '');
+SELECT pg_catalog.pg_extension_config_dump('docextract.credit_slot_deltas', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.credit_ledger_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('docextract.events', '');
@@ -502,7 +524,43 @@ CREATE TRIGGER extractions_announce_insert
 CREATE FUNCTION docextract.credit_available(r regrole) RETURNS bigint
 LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp
 RETURN (SELECT coalesce(sum(s.balance - s.reserved), 0)::bigint
-          FROM docextract.credit_slots s WHERE s.role = r);
+          FROM docextract.credit_slots s WHERE s.role = r)
+     + (SELECT coalesce(sum(d.balance_delta - d.reserved_delta), 0)::bigint
+          FROM docextract.credit_slot_deltas d
+         WHERE d.role = r AND d.balance_delta <> d.reserved_delta);
+
+-- Fold the settled deltas into their slots, those of role r (every role's
+-- when NULL) that no other transaction holds; returns the slots folded.
+CREATE FUNCTION docextract.fold_credit_deltas(r regrole DEFAULT NULL) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, docextract, pg_temp AS $$
+WITH s AS (
+    SELECT c.role, c.slot FROM docextract.credit_slots c
+      JOIN (SELECT DISTINCT x.role, x.slot FROM docextract.credit_slot_deltas x
+             WHERE r IS NULL OR x.role = r) k ON k.role = c.role AND k.slot = c.slot
+       FOR UPDATE OF c SKIP LOCKED),
+d AS (
+    DELETE FROM docextract.credit_slot_deltas x USING s
+     WHERE x.role = s.role AND x.slot = s.slot
+    RETURNING x.role, x.slot, x.balance_delta, x.reserved_delta),
+u AS (
+    UPDATE docextract.credit_slots c
+       SET balance = c.balance + t.b, reserved = c.reserved + t.rd, updated_at = now()
+      FROM (SELECT d.role, d.slot, sum(d.balance_delta) AS b, sum(d.reserved_delta) AS rd
+              FROM d GROUP BY d.role, d.slot) t
+     WHERE c.role = t.role AND c.slot = t.slot
+    RETURNING 1)
+SELECT count(*)::integer FROM u
+$$;
+
+-- A slot's free credits, with what was released into it since its last
+-- fold: only folds (under the slot's lock) take deltas away, and new ones
+-- only add, so under the slot's lock this never shrinks.
+CREATE FUNCTION docextract.credit_slot_free(s docextract.credit_slots) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp
+RETURN s.balance - s.reserved
+     + (SELECT coalesce(sum(d.balance_delta - d.reserved_delta), 0)::bigint
+          FROM docextract.credit_slot_deltas d
+         WHERE d.role = s.role AND d.slot = s.slot AND d.balance_delta <> d.reserved_delta);
 
 -- The slot of role r this transaction reserves pages in, locked until it
 -- ends: one with that many free credits (any, unless enforce) that no other
@@ -531,9 +589,9 @@ BEGIN
         -- balance is no condition of the locking statement).
         SELECT pg_catalog.array_agg(s.slot ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8)
           INTO candidates FROM docextract.credit_slots s
-         WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved >= pages);
+         WHERE s.role = r AND (NOT enforce OR docextract.credit_slot_free(s) >= pages);
         FOREACH c IN ARRAY coalesce(candidates, '{}') LOOP
-            SELECT s.balance - s.reserved INTO free FROM docextract.credit_slots s
+            SELECT docextract.credit_slot_free(s) INTO free FROM docextract.credit_slots s
              WHERE s.role = r AND s.slot = c FOR UPDATE SKIP LOCKED;
             IF FOUND THEN
                 PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
@@ -564,12 +622,12 @@ DECLARE
     share bigint;
 BEGIN
     IF pg_catalog.current_setting('docextract.credit_slot_held', true) = 'on' THEN
-        SELECT pg_catalog.array_agg(l.slot), sum(l.free) INTO slots, total FROM (
-            SELECT s.slot, s.balance - s.reserved AS free FROM docextract.credit_slots s
+        SELECT pg_catalog.array_agg(l.slot) INTO slots FROM (
+            SELECT s.slot FROM docextract.credit_slots s
              WHERE s.role = r ORDER BY s.slot FOR UPDATE SKIP LOCKED) l;
     ELSE
-        SELECT pg_catalog.array_agg(l.slot), sum(l.free) INTO slots, total FROM (
-            SELECT s.slot, s.balance - s.reserved AS free FROM docextract.credit_slots s
+        SELECT pg_catalog.array_agg(l.slot) INTO slots FROM (
+            SELECT s.slot FROM docextract.credit_slots s
              WHERE s.role = r ORDER BY s.slot FOR UPDATE) l;
     END IF;
     n := coalesce(pg_catalog.cardinality(slots), 0);
@@ -577,7 +635,10 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
-    total := total + delta;
+    -- What was settled since counts: releases add free credits.
+    PERFORM docextract.fold_credit_deltas(r);
+    SELECT sum(s.balance - s.reserved) + delta INTO total FROM docextract.credit_slots s
+     WHERE s.role = r AND s.slot = ANY (slots);
     IF total < pages OR total < 0 THEN
         RETURN CASE WHEN enforce THEN NULL ELSE slots[1] END;
     END IF;
@@ -687,11 +748,10 @@ BEGIN
     IF kind = 'release' AND OLD.split_count IS NOT NULL THEN
         read_pages := least(docextract.split_pages_read(OLD.id), OLD.credits_reserved);
     END IF;
-    UPDATE docextract.credit_slots a
-       SET reserved = a.reserved - OLD.credits_reserved,
-           balance = a.balance - CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE read_pages END,
-           updated_at = now()
-     WHERE a.role = OLD.owner AND a.slot = coalesce(OLD.credit_slot, 0);
+    INSERT INTO docextract.credit_slot_deltas (role, slot, balance_delta, reserved_delta)
+    VALUES (OLD.owner, coalesce(OLD.credit_slot, 0),
+            -CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE read_pages END,
+            -OLD.credits_reserved);
     after := docextract.credit_available(OLD.owner);
     IF read_pages > 0 THEN
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
@@ -778,9 +838,8 @@ BEGIN
     END IF;
     -- Pages no answer was stored for are returned; settle_credits charges the rest.
     IF read_pages > 0 AND p.credits_reserved > read_pages THEN
-        UPDATE docextract.credit_slots a
-           SET reserved = a.reserved - (p.credits_reserved - read_pages), updated_at = now()
-         WHERE a.role = p.owner AND a.slot = coalesce(p.credit_slot, 0);
+        INSERT INTO docextract.credit_slot_deltas (role, slot, balance_delta, reserved_delta)
+        VALUES (p.owner, coalesce(p.credit_slot, 0), 0, -(p.credits_reserved - read_pages));
         after := docextract.credit_available(p.owner);
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                               reason, created_by)
@@ -1310,6 +1369,8 @@ REVOKE ALL ON FUNCTION docextract.settle_credits() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_slot_for(regrole, integer, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_gather(regrole, integer, boolean, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_accounts_read_only() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.fold_credit_deltas(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_free(docextract.credit_slots) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.split_pages_read(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.count_outcome() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.split_follow() FROM PUBLIC;

@@ -1,9 +1,10 @@
 /*
  * batch_finish.c: the answered jobs of one wake stored together.
  *
- * One transaction, no subtransaction: the extraction rows and their owners'
- * credit accounts are locked for the whole batch (SKIP LOCKED: the worker
- * never waits for a session, nowait.c), then one statement completes every
+ * One transaction, no subtransaction: the extraction rows are locked for
+ * the whole batch (SKIP LOCKED: the worker never waits for a session,
+ * nowait.c; credits settle into credit_slot_deltas, which takes no lock a
+ * session holds), then one statement completes every
  * job, stores every result and adds the usage to model_stat_deltas.  Its
  * status changes fire the same triggers as one job's (events, NOTIFY,
  * credits, counters), committed with the batch.  If anything in it fails,
@@ -28,16 +29,6 @@ static const char *lock_rows_sql =
 " WHERE x.id = ANY ($1) FOR UPDATE SKIP LOCKED";
 static const char *rows_exist_sql =
 "SELECT x.id FROM docextract.extractions x WHERE x.id = ANY ($1)";
-/* Each job's credit slot (settling updates it), and whether it exists. */
-static const char *lock_slots_sql =
-"SELECT x.id FROM docextract.extractions x"
-" JOIN docextract.credit_slots a ON a.role = x.owner AND a.slot = coalesce(x.credit_slot, 0)"
-" WHERE x.id = ANY ($1) FOR UPDATE OF a SKIP LOCKED";
-static const char *slots_exist_sql =
-"SELECT x.id FROM docextract.extractions x"
-" JOIN docextract.credit_slots a ON a.role = x.owner AND a.slot = coalesce(x.credit_slot, 0)"
-" WHERE x.id = ANY ($1)";
-
 /*
  * Every job of the batch at once: those still processing complete (or
  * await review), their results are stored and their usage counted (per
@@ -143,38 +134,6 @@ lock_rows(Datum *ids, int n, Oid *owner, BatchOutcome *outcome)
 	}
 }
 
-/* Lock the jobs' credit slots (settling updates them): held ones make their jobs BUSY. */
-static void
-lock_slots(Datum *ids, Oid *owner, int n, BatchOutcome *outcome)
-{
-	static SPIPlanPtr lock_plan = NULL;
-	static SPIPlanPtr exist_plan = NULL;
-	Oid			types[1] = {UUIDARRAYOID};
-	bool	   *locked = palloc0(sizeof(bool) * n);
-	Datum	   *live = palloc(sizeof(Datum) * n);
-	bool		isnull;
-	int			nlive = 0;
-
-	for (int i = 0; i < n; i++)
-		if (owner[i] != InvalidOid && outcome[i] != BATCH_BUSY)
-			live[nlive++] = ids[i];
-	if (nlive == 0)
-		return;
-	run_with_array(spi_kept_plan(&lock_plan, lock_slots_sql, 1, types), uuid_array(live, nlive), SPI_OK_SELECT);
-	for (uint64 r = 0; r < SPI_processed; r++)
-		locked[find_id(ids, n, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
-														   SPI_tuptable->tupdesc, 1, &isnull)))] = true;
-	run_with_array(spi_kept_plan(&exist_plan, slots_exist_sql, 1, types), uuid_array(live, nlive), SPI_OK_SELECT);
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		int			i = find_id(ids, n, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
-																	 SPI_tuptable->tupdesc, 1, &isnull)));
-
-		if (!locked[i])
-			outcome[i] = BATCH_BUSY;
-	}
-}
-
 static void
 put_text(Datum *values, bool *nulls, int k, const char *text)
 {
@@ -250,7 +209,6 @@ batch_finish(Job **jobs, int n, BatchOutcome *outcome)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	lock_rows(ids, n, owner, outcome);
-	lock_slots(ids, owner, n, outcome);
 	store_results(jobs, n, owner, outcome);
 	spi_finish();
 }

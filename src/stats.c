@@ -2,7 +2,8 @@
  * stats.c: worker_stats' counters.  Every ended extraction and stored
  * result adds a row to model_stat_deltas (insert-only: no status change
  * waits on another's row lock); the worker folds them into model_stats on
- * its polls, so that both stay small whatever the history.
+ * its polls, so that both stay small whatever the history.  Settled
+ * credits are folded the same way (credit_slot_deltas into credit_slots).
  */
 #include "postgres.h"
 
@@ -43,6 +44,9 @@ stats_fold(void)
 	if (spi_execute(fold_sql, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not fold docextract's statistics");
 	n = (int) SPI_processed;
+	/* Settled credits into their slots (those no submit holds now). */
+	if (spi_execute("SELECT docextract.fold_credit_deltas()", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not fold docextract's credit deltas");
 	spi_finish();
 	return n;
 }

@@ -11,9 +11,12 @@ use lib $FindBin::RealBin;
 use DxTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use HTTP::Tiny;
+use Time::HiRes qw(usleep);
 
 my $srv = start_model_server();
-my $node = new_node('slots', credits => 'enforce');
+# Polls every second: the worker folds settled credits on its polls.
+my $node = new_node('slots', credits => 'enforce', conf => "docextract.poll_interval = '1s'\n");
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 
 sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{"max_retries": 0}');
@@ -63,8 +66,35 @@ $node->poll_query_until('postgres', q{SELECT count(*) = 5 FROM docextract.extrac
 is(balance('alice'), '995', 'five pages charged, once each');
 is(sq(q{SELECT count(DISTINCT credit_slot) FROM docextract.extractions WHERE owner = 'alice'::regrole}),
 	'5', '... reserved in five different slots');
+is(sq(q{SELECT balance || ' ' || reserved FROM docextract.credit_accounts WHERE role = 'alice'::regrole}),
+	'995 0', '... every reservation settled');
+
+# -- the worker settles without a slot: a session holding them all does not stop it ---
+server_script($srv, { hold => 'settle' });
+my $held_job = sq("SET ROLE alice; $submit");
+for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+is(server_stats($srv)->{inflight}, 1, 'a job of alice in flight');
+$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM docextract.credit_slot_deltas})
+  or die 'the worker did not fold the settled credits';
+my $g = $node->background_psql('postgres', on_error_stop => 1);
+$g->query_safe('BEGIN');
+$g->query_safe("SELECT docextract.grant_credits('alice', 10, 'held')");	# gathers: every slot locked
+HTTP::Tiny->new->post("$srv->{url}/_release/settle")->{success} or die 'release failed';
+$node->poll_query_until('postgres', "SELECT status = 'completed' FROM docextract.extractions WHERE id = '$held_job'")
+  or die 'the job was not stored while a session held every slot of its role';
+pass('the worker completes a job while a session holds every credit slot of its role');
+is(sq(q{SELECT count(*) FROM docextract.credit_slot_deltas WHERE role = 'alice'::regrole}), '1',
+	'... its charge waits in credit_slot_deltas');
+is(balance('alice'), '994', '... and counts already: 995 - 1 charged');
+is(sq(q{SELECT balance || ' ' || reserved FROM docextract.credit_accounts WHERE role = 'alice'::regrole}),
+	'994 0', '... in credit_accounts too');
+$g->query_safe('COMMIT');
+$g->quit;
+$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM docextract.credit_slot_deltas})
+  or die 'the worker did not fold the delta';
 is(sq(q{SELECT sum(balance) || ' ' || sum(reserved) FROM docextract.credit_slots WHERE role = 'alice'::regrole}),
-	'995 0', '... every slot settled');
+	'1004 0', 'once the slots are free the worker folds it in: 994 + 10 granted');
+server_reset($srv);
 
 # -- the last credits: a submit waits for the slot in use, then spends exactly -------
 sq("SELECT docextract.grant_credits('carol', 3, 'three')");
