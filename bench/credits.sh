@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Concurrent submits and the credit account: extract_document's BEFORE INSERT
-# trigger (reserve_credits) locks the role's credit_accounts row until the
-# submit commits, so one role's submits take turns through each other's
-# commits (the WAL flush included).  For T seconds each, pgbench submitting
-# one extraction a transaction (documents stored beforehand; the worker
-# drains meanwhile, and its settling takes the same row):
+# trigger (reserve_credits) locks one of the role's eight credit slots until
+# the submit commits; concurrent submits of one role take different slots
+# (before the slots, they took turns through each other's commits on one
+# account row).  For T seconds each, pgbench submitting one extraction a
+# transaction (documents stored beforehand; the worker drains meanwhile, and
+# settles into credit_slot_deltas, taking no slot):
 #   1. 1 submitter;
-#   2. 4 submitters of one role (one account row);
-#   3. 4 submitters, each a role of its own (4 account rows);
-#   4. as 2, with docextract.credits = 'track' (no check; the row still updated).
+#   2. 4 submitters of one role;
+#   3. 4 submitters, each a role of its own;
+#   4. as 2, with docextract.credits = 'track' (no check; a slot still updated).
 # Prints submits/s, the mean submit latency, and the share of samples (every
 # 10 ms) in which a submitter waited for a lock.
 #   bash bench/credits.sh                 T = 10 s
