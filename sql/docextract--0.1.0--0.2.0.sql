@@ -324,8 +324,11 @@ BEGIN
     IF notified AND event <> 'extraction.queued' THEN
         PERFORM pg_catalog.pg_notify('docextract', payload::text);
     END IF;
-    PERFORM docextract.deliver_events(ARRAY[event_id], ARRAY[event], ARRAY[NEW.owner::regrole],
-                                      ARRAY[NEW.id], notified);
+    -- Nothing to warn of and no webhook: no call (it is a submit's cost).
+    IF NOT notified OR EXISTS (SELECT 1 FROM docextract.webhooks w WHERE w.enabled) THEN
+        PERFORM docextract.deliver_events(ARRAY[event_id], ARRAY[event], ARRAY[NEW.owner::regrole],
+                                          ARRAY[NEW.id], notified);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -544,13 +547,17 @@ CREATE TRIGGER credit_accounts_read_only
     FOR EACH ROW EXECUTE FUNCTION docextract.credit_accounts_read_only();
 
 -- A role's credits free to reserve: granted, minus charged, minus held.
+-- (plpgsql: its plans are kept, where an SQL function's are made per call.)
 CREATE FUNCTION docextract.credit_available(r regrole) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp
-RETURN (SELECT coalesce(sum(s.balance - s.reserved), 0)::bigint
-          FROM docextract.credit_slots s WHERE s.role = r)
-     + (SELECT coalesce(sum(d.balance_delta - d.reserved_delta), 0)::bigint
-          FROM docextract.credit_slot_deltas d
-         WHERE d.role = r AND d.balance_delta <> d.reserved_delta);
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    RETURN (SELECT coalesce(sum(s.balance - s.reserved), 0)::bigint
+              FROM docextract.credit_slots s WHERE s.role = r)
+         + (SELECT coalesce(sum(d.balance_delta - d.reserved_delta), 0)::bigint
+              FROM docextract.credit_slot_deltas d
+             WHERE d.role = r AND d.balance_delta <> d.reserved_delta);
+END
+$$;
 
 -- Fold the settled deltas into their slots, those of role r (every role's
 -- when NULL) that no other transaction holds; returns the slots folded.
@@ -574,16 +581,6 @@ u AS (
     RETURNING 1)
 SELECT count(*)::integer FROM u
 $$;
-
--- A slot's free credits, with what was released into it since its last
--- fold: only folds (under the slot's lock) take deltas away, and new ones
--- only add, so under the slot's lock this never shrinks.
-CREATE FUNCTION docextract.credit_slot_free(s docextract.credit_slots) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, docextract, pg_temp
-RETURN s.balance - s.reserved
-     + (SELECT coalesce(sum(d.balance_delta - d.reserved_delta), 0)::bigint
-          FROM docextract.credit_slot_deltas d
-         WHERE d.role = s.role AND d.slot = s.slot AND d.balance_delta <> d.reserved_delta);
 
 -- The slot of role r this transaction reserves pages in, locked until it
 -- ends: one with that many free credits (any, unless enforce) that no other
@@ -610,11 +607,21 @@ BEGIN
         -- a slot of its own; each then locked without waiting, and its free
         -- credits read again under the lock (a lock taken is known: the
         -- balance is no condition of the locking statement).
+        -- A slot's free credits count what was released into it since its
+        -- last fold: only a fold (under the slot's lock) takes deltas away.
         SELECT pg_catalog.array_agg(s.slot ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8)
-          INTO candidates FROM docextract.credit_slots s
-         WHERE s.role = r AND (NOT enforce OR docextract.credit_slot_free(s) >= pages);
+          INTO candidates
+          FROM docextract.credit_slots s
+          LEFT JOIN (SELECT d.slot, sum(d.balance_delta - d.reserved_delta) AS released
+                       FROM docextract.credit_slot_deltas d
+                      WHERE d.role = r AND d.balance_delta <> d.reserved_delta GROUP BY d.slot) d
+                 ON d.slot = s.slot
+         WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved + coalesce(d.released, 0) >= pages);
         FOREACH c IN ARRAY coalesce(candidates, '{}') LOOP
-            SELECT docextract.credit_slot_free(s) INTO free FROM docextract.credit_slots s
+            SELECT s.balance - s.reserved
+                   + coalesce((SELECT sum(d.balance_delta - d.reserved_delta) FROM docextract.credit_slot_deltas d
+                                WHERE d.role = r AND d.slot = c AND d.balance_delta <> d.reserved_delta), 0)
+              INTO free FROM docextract.credit_slots s
              WHERE s.role = r AND s.slot = c FOR UPDATE SKIP LOCKED;
             IF FOUND THEN
                 PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
@@ -675,7 +682,6 @@ BEGIN
 END
 $$;
 GRANT EXECUTE ON FUNCTION docextract.credit_available(regrole) TO PUBLIC;
-REVOKE ALL ON FUNCTION docextract.credit_slot_free(docextract.credit_slots) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_slot_for(regrole, integer, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_gather(regrole, integer, boolean, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_accounts_read_only() FROM PUBLIC;
@@ -862,7 +868,10 @@ BEGIN
     IF ids IS NULL THEN
         RETURN NULL;
     END IF;
-    PERFORM docextract.deliver_events(ids, events, owners, extractions, notify);
+    -- Nothing to warn of and no webhook: no call (it is a status change's cost).
+    IF NOT notify OR EXISTS (SELECT 1 FROM docextract.webhooks w WHERE w.enabled) THEN
+        PERFORM docextract.deliver_events(ids, events, owners, extractions, notify);
+    END IF;
     RETURN NULL;
 END
 $$;
