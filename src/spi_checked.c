@@ -92,3 +92,11 @@ spi_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 		*plan = spi_prepare_kept(sql, nargs, types);
 	return *plan;
 }
+
+/* Run sql with a plan kept in *plan (spi_kept_plan): for statements run on every call. */
+int
+spi_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types, Datum *values,
+				 const char *nulls, bool read_only, long count)
+{
+	return spi_execute_plan(spi_kept_plan(plan, sql, nargs, types), values, nulls, read_only, count);
+}

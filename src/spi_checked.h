@@ -25,5 +25,7 @@ extern int	spi_execute_plan(SPIPlanPtr plan, Datum *values, const char *nulls,
 							 bool read_only, long count);
 extern SPIPlanPtr spi_prepare_kept(const char *sql, int nargs, Oid *types);
 extern SPIPlanPtr spi_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
+extern int	spi_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,
+							 Datum *values, const char *nulls, bool read_only, long count);
 
 #endif							/* SPI_CHECKED_H */

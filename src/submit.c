@@ -65,10 +65,11 @@ check_options(json_object *o)
 static void
 check_not_deleted(Datum document)
 {
+	static SPIPlanPtr plan = NULL;
 	char	   *rejection;
 
 	/* A rejected document (bytes that were not one) has nothing to extract. */
-	spi_execute_with_args("SELECT rejection FROM docextract.documents"
+	spi_execute_kept(&plan, "SELECT rejection FROM docextract.documents"
 						  " WHERE id = $1 AND (deleted_at IS NOT NULL OR rejection IS NOT NULL)",
 						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
 	if (SPI_processed == 0)
@@ -86,7 +87,9 @@ check_not_deleted(Datum document)
 static void
 check_model(const char *model)
 {
-	spi_execute_with_args("SELECT 1 FROM docextract.models WHERE name = $1",
+	static SPIPlanPtr plan = NULL;
+
+	spi_execute_kept(&plan, "SELECT 1 FROM docextract.models WHERE name = $1",
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
 						  NULL, false, 1);
 	if (SPI_processed == 0)
@@ -131,16 +134,20 @@ selected_pages(Datum document, const char *spec)
 static bool
 find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 {
+	static SPIPlanPtr lock_plan = NULL;
+	static SPIPlanPtr by_template = NULL;
+	static SPIPlanPtr classified = NULL;
 	bool		isnull;
 	char		nulls[] = "     ";
 
 	nulls[1] = args[1] ? ' ' : 'n';
 	nulls[4] = page_numbers ? ' ' : 'n';
 	/* Serialize concurrent submits of the same pair; held to commit. */
-	spi_execute_with_args("SELECT pg_advisory_xact_lock(hashtext($1::text || coalesce($2::text, '')))",
+	spi_execute_kept(&lock_plan, "SELECT pg_advisory_xact_lock(hashtext($1::text || coalesce($2::text, '')))",
 						  2, (Oid[]) {UUIDOID, UUIDOID}, args, nulls, false, 0);
 	/* pages compare as the pages they name: "2,1" is "1-2". */
-	spi_execute_with_args(args[1] ? "SELECT id FROM docextract.extractions"
+	spi_execute_kept(args[1] ? &by_template : &classified,
+					 args[1] ? "SELECT id FROM docextract.extractions"
 						  " WHERE document_id = $1 AND template_id = $2"
 						  "   AND options - 'force' - 'pages' = $3 - 'force' - 'pages'"
 						  "   AND owner = $4::regrole AND page_numbers IS NOT DISTINCT FROM $5"
@@ -165,6 +172,8 @@ find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 static Datum
 insert_extraction(Datum *args, const char *model, Datum page_numbers)
 {
+	static SPIPlanPtr classify_plan = NULL;
+	static SPIPlanPtr template_plan = NULL;
 	bool		isnull;
 	int			nestlevel = NewGUCNestLevel();
 
@@ -180,7 +189,7 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 	 */
 	if (args[1] == (Datum) 0)
 	{
-		if (spi_execute_with_args("INSERT INTO docextract.extractions"
+		if (spi_execute_kept(&classify_plan, "INSERT INTO docextract.extractions"
 								  " (document_id, options, owner, model_name, parts, page_numbers,"
 								  "  classification)"
 								  " VALUES ($1, $2, $3::regrole, $4, 1, $5, '{}') RETURNING id",
@@ -190,7 +199,7 @@ insert_extraction(Datum *args, const char *model, Datum page_numbers)
 								  page_numbers ? NULL : "    n", false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not enqueue the extraction");
 	}
-	else if (spi_execute_with_args("INSERT INTO docextract.extractions"
+	else if (spi_execute_kept(&template_plan, "INSERT INTO docextract.extractions"
 							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
 							  " SELECT $1, $2, $3, $4::regrole, $5,"
 							  "   CASE WHEN coalesce(($3->>'" EXTRACT_OPT_PARALLEL_PARTS "')::boolean,"

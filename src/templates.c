@@ -331,7 +331,9 @@ docextract_set_template_active(PG_FUNCTION_ARGS)
 void
 check_template_usable(Datum id)
 {
-	spi_execute_with_args("SELECT t.name FROM docextract.templates t WHERE t.id = $1"
+	static SPIPlanPtr plan = NULL;
+
+	spi_execute_kept(&plan, "SELECT t.name FROM docextract.templates t WHERE t.id = $1"
 						  " AND NOT EXISTS (SELECT 1 FROM docextract.templates g"
 						  "                  WHERE g.group_id = t.group_id AND g.is_active)",
 						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);

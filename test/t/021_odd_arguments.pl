@@ -62,7 +62,8 @@ my %good_by_name = (
 	address => "'192.0.2.1'::inet", for_superuser => 'false');
 my %good_by_type = (uuid => 'gen_random_uuid()', text => "'x'", jsonb => "'{}'::jsonb",
 	bytea => '(SELECT f.pdf FROM public.fixture f)', bigint => '1::bigint', integer => '1', boolean => 'true',
-	'uuid[]' => "ARRAY['$done']::uuid[]", 'text[]' => 'NULL::text[]', name => 'current_user');
+	'uuid[]' => "ARRAY['$done']::uuid[]", 'text[]' => 'NULL::text[]', name => 'current_user',
+	regrole => 'current_user::regrole');
 
 # Odd values, by type; a few more by argument name.
 my $deep = '[' x 5000 . ']' x 5000;
