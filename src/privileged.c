@@ -96,6 +96,33 @@ act_as_end(Privileged *p)
 }
 
 /*
+ * check_visible's statements, planned once each and kept: the callers pass
+ * string literals, so their addresses tell them apart.
+ */
+static SPIPlanPtr
+visible_plan(const char *sql)
+{
+	static struct
+	{
+		const char *sql;
+		SPIPlanPtr	plan;
+	}			kept[8];
+
+	for (int i = 0; i < (int) lengthof(kept); i++)
+	{
+		if (kept[i].sql == sql)
+			return kept[i].plan;
+		if (kept[i].sql == NULL)
+		{
+			kept[i].plan = spi_prepare_kept(sql, 1, (Oid[]) {UUIDOID});
+			kept[i].sql = sql;
+			return kept[i].plan;
+		}
+	}
+	elog(ERROR, "docextract: more than %d visibility statements", (int) lengthof(kept));
+}
+
+/*
  * Does the row sql finds by id (its first column the owner) exist for the
  * caller?  Raise 42704 if not: someone else's row behaves as if it did not
  * exist.  A NULL owner (a system template) is fine if null_owner_ok.
@@ -106,7 +133,7 @@ check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null
 	bool		isnull;
 	Datum		owner;
 
-	spi_execute_with_args(sql, 1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
+	spi_execute_plan(visible_plan(sql), &id, NULL, false, 1);
 	if (SPI_processed == 1)
 	{
 		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
