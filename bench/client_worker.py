@@ -40,8 +40,8 @@ def request_for(template, filename, pages, text, content):
     body = copy.deepcopy(template)
     user = body["messages"][-1]
     if isinstance(user["content"], str):
-        user["content"] = ('Document "%s" (%d pages). Its text, pages separated by form feeds:\n\n%s'
-                           % (filename, pages, text))
+        user["content"] = ('Document "%s" (%d page%s). Its text, pages separated by form feeds:\n\n%s'
+                           % (filename, pages, "" if pages == 1 else "s", text))
     else:
         for part in user["content"]:
             if part.get("type") == "file":
