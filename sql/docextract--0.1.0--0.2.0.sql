@@ -582,20 +582,61 @@ u AS (
 SELECT count(*)::integer FROM u
 $$;
 
--- The slot of role r this transaction reserves pages in, locked until it
--- ends: one with that many free credits (any, unless enforce) that no other
--- transaction holds, so that a role's concurrent submits do not wait for
--- each other; else gathered (credit_gather).  NULL: too few credits.
--- serialize (a quota to check) gathers always: the quota's count is then
--- made under every slot's lock, as one submit after another.
+-- What this transaction holds of a role's credit slots (src/credit_state.c).
+CREATE FUNCTION docextract.credit_slot_held() RETURNS boolean
+LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'docextract_credit_slot_held';
+CREATE FUNCTION docextract.credit_slot_cache() RETURNS text
+LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'docextract_credit_slot_cache';
+CREATE FUNCTION docextract.credit_slot_note(state text) RETURNS void
+LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'docextract_credit_slot_note';
+
+-- Slot c of role r, locked by this transaction: what was settled into it
+-- since (credit_slot_deltas) folded in; returns its free credits.  No row
+-- version when there is nothing to fold.
+CREATE FUNCTION docextract.credit_slot_fold(r regrole, c smallint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+DECLARE
+    free bigint;
+BEGIN
+    WITH d AS (DELETE FROM docextract.credit_slot_deltas x WHERE x.role = r AND x.slot = c
+               RETURNING x.balance_delta, x.reserved_delta),
+         t AS (SELECT sum(d.balance_delta) AS b, sum(d.reserved_delta) AS rd, count(*) AS n FROM d)
+    UPDATE docextract.credit_slots s
+       SET balance = s.balance + t.b, reserved = s.reserved + t.rd, updated_at = now()
+      FROM t WHERE s.role = r AND s.slot = c AND t.n > 0
+    RETURNING s.balance - s.reserved INTO free;
+    IF free IS NULL THEN
+        SELECT s.balance - s.reserved INTO free FROM docextract.credit_slots s
+         WHERE s.role = r AND s.slot = c;
+    END IF;
+    RETURN free;
+END
+$$;
+
+-- The slot of role r this transaction reserves pages in (take: the caller
+-- reserves them now), locked until it ends: one with that many free
+-- credits (any, unless enforce) that no other transaction holds, so that
+-- a role's concurrent submits do not wait for each other; else gathered
+-- (credit_gather).  NULL: too few credits.  serialize (a quota to check)
+-- gathers, so that the quota's count is made under every slot's lock, one
+-- submit after another.  What this transaction holds is remembered in
+-- docextract.credit_slot_cache() (role, slot, its free credits, the role's,
+-- whether it holds every slot): its next submits read no slot again, so a
+-- transaction of many submits (a COPY) costs the same for each.
 CREATE FUNCTION docextract.credit_slot_for(r regrole, pages integer, enforce boolean,
-                                           serialize boolean DEFAULT false)
+                                           serialize boolean DEFAULT false, take boolean DEFAULT true)
 RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
+    cache text[] := pg_catalog.string_to_array(docextract.credit_slot_cache(), ',');
     candidates smallint[];
     c smallint;
     free bigint;
 BEGIN
+    IF cache[1] = r::oid::text AND (cache[5] = 't' OR NOT serialize)
+       AND (NOT enforce OR cache[3]::bigint >= pages) THEN
+        RETURN docextract.credit_slot_remember(r, cache[2]::smallint, cache[3]::bigint,
+                                               cache[4]::bigint, cache[5] = 't', pages, take);
+    END IF;
     -- Not INSERT ... ON CONFLICT every time: that waits for a slot's
     -- uncommitted update to learn whether the row still conflicts.
     IF NOT EXISTS (SELECT 1 FROM docextract.credit_slots s WHERE s.role = r) THEN
@@ -603,35 +644,45 @@ BEGIN
         SELECT r, g FROM pg_catalog.generate_series(0, 7) g ON CONFLICT DO NOTHING;
     END IF;
     IF NOT serialize THEN
-        -- Candidates as this snapshot sees them, each session starting at
-        -- a slot of its own; each then locked without waiting, and its free
-        -- credits read again under the lock (a lock taken is known: the
-        -- balance is no condition of the locking statement).
-        -- A slot's free credits count what was released into it since its
-        -- last fold: only a fold (under the slot's lock) takes deltas away.
+        -- Candidates as this snapshot sees their rows (deltas not folded
+        -- yet are not read here: after a large transaction there can be
+        -- many), each session starting at a slot of its own; each then
+        -- locked without waiting (a lock taken is known: the balance is no
+        -- condition of the locking statement), folded, and its free
+        -- credits read under the lock.
         SELECT pg_catalog.array_agg(s.slot ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8)
           INTO candidates
           FROM docextract.credit_slots s
-          LEFT JOIN (SELECT d.slot, sum(d.balance_delta - d.reserved_delta) AS released
-                       FROM docextract.credit_slot_deltas d
-                      WHERE d.role = r AND d.balance_delta <> d.reserved_delta GROUP BY d.slot) d
-                 ON d.slot = s.slot
-         WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved + coalesce(d.released, 0) >= pages);
+         WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved >= pages);
         FOREACH c IN ARRAY coalesce(candidates, '{}') LOOP
-            SELECT s.balance - s.reserved
-                   + coalesce((SELECT sum(d.balance_delta - d.reserved_delta) FROM docextract.credit_slot_deltas d
-                                WHERE d.role = r AND d.slot = c AND d.balance_delta <> d.reserved_delta), 0)
-              INTO free FROM docextract.credit_slots s
-             WHERE s.role = r AND s.slot = c FOR UPDATE SKIP LOCKED;
+            PERFORM FROM docextract.credit_slots s WHERE s.role = r AND s.slot = c FOR UPDATE SKIP LOCKED;
             IF FOUND THEN
-                PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
+                PERFORM docextract.credit_slot_note(NULL);
+                free := docextract.credit_slot_fold(r, c);
                 IF NOT enforce OR free >= pages THEN
-                    RETURN c;
+                    RETURN docextract.credit_slot_remember(r, c, free, docextract.credit_available(r),
+                                                           false, pages, take);
                 END IF;
             END IF;
         END LOOP;
     END IF;
-    RETURN docextract.credit_gather(r, pages, enforce, 0);
+    RETURN docextract.credit_gather(r, pages, enforce, 0, take);
+END
+$$;
+
+-- Remember slot c as this transaction's (docextract.credit_slot_cache()), with
+-- pages taken from its free credits and the role's when take; returns c.
+CREATE FUNCTION docextract.credit_slot_remember(r regrole, c smallint, free bigint, available bigint,
+                                                every_slot boolean, pages integer, take boolean)
+RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    IF take THEN
+        free := free - pages;
+        available := available - pages;
+    END IF;
+    PERFORM docextract.credit_slot_note(
+        pg_catalog.concat_ws(',', r::oid, c, free, available, CASE WHEN every_slot THEN 't' ELSE 'f' END));
+    RETURN c;
 END
 $$;
 
@@ -639,11 +690,12 @@ $$;
 -- delta, evenly over them, the first getting pages more; returns that slot,
 -- or NULL (nothing changed) when enforce and fewer than pages are free.
 -- It waits for a slot another submit holds, unless this transaction holds
--- a slot already (docextract.credit_slot_held): waiting then could close a
+-- a slot already (docextract.credit_slot_held()): waiting then could close a
 -- cycle with another gatherer, so slots held elsewhere are left out, and
 -- their free credits with them.  Waits go only to slots above every slot
 -- the waiter holds, and the fast path never waits: no deadlock.
-CREATE FUNCTION docextract.credit_gather(r regrole, pages integer, enforce boolean, delta bigint)
+CREATE FUNCTION docextract.credit_gather(r regrole, pages integer, enforce boolean, delta bigint,
+                                         take boolean DEFAULT false)
 RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     slots smallint[];
@@ -651,7 +703,7 @@ DECLARE
     n integer;
     share bigint;
 BEGIN
-    IF pg_catalog.current_setting('docextract.credit_slot_held', true) = 'on' THEN
+    IF docextract.credit_slot_held() THEN
         SELECT pg_catalog.array_agg(l.slot) INTO slots FROM (
             SELECT s.slot FROM docextract.credit_slots s
              WHERE s.role = r ORDER BY s.slot FOR UPDATE SKIP LOCKED) l;
@@ -664,13 +716,16 @@ BEGIN
     IF n = 0 THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_catalog.set_config('docextract.credit_slot_held', 'on', true);
+    PERFORM docextract.credit_slot_note(NULL);
     -- What was settled since counts: releases add free credits.
     PERFORM docextract.fold_credit_deltas(r);
     SELECT sum(s.balance - s.reserved) + delta INTO total FROM docextract.credit_slots s
      WHERE s.role = r AND s.slot = ANY (slots);
     IF total < pages OR total < 0 THEN
-        RETURN CASE WHEN enforce THEN NULL ELSE slots[1] END;
+        IF enforce THEN
+            RETURN NULL;
+        END IF;
+        RETURN docextract.credit_slot_remember(r, slots[1], 0, total, n = 8, pages, take);
     END IF;
     share := (total - pages) / n;
     UPDATE docextract.credit_slots s
@@ -678,12 +733,20 @@ BEGIN
                      + CASE WHEN s.slot = slots[1] THEN pages + (total - pages) % n ELSE 0 END,
            updated_at = now()
      WHERE s.role = r AND s.slot = ANY (slots);
-    RETURN slots[1];
+    -- Every slot locked but those another transaction held: the role's
+    -- available credits are these, and what those hold.
+    RETURN docextract.credit_slot_remember(r, slots[1], share + (total - pages) % n + pages,
+                                           docextract.credit_available(r), n = 8, pages, take);
 END
 $$;
 GRANT EXECUTE ON FUNCTION docextract.credit_available(regrole) TO PUBLIC;
-REVOKE ALL ON FUNCTION docextract.credit_slot_for(regrole, integer, boolean, boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION docextract.credit_gather(regrole, integer, boolean, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_for(regrole, integer, boolean, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_gather(regrole, integer, boolean, bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_fold(regrole, smallint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_held() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_cache() FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_note(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_remember(regrole, smallint, bigint, bigint, boolean, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_accounts_read_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.fold_credit_deltas(regrole) FROM PUBLIC;
 
@@ -712,7 +775,7 @@ BEGIN
     -- options.pages: only the pages asked for are charged.
     SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
       FROM docextract.documents d WHERE d.id = NEW.document_id;
-    chosen := docextract.credit_slot_for(NEW.owner, pages, mode = 'enforce', quota > 0);
+    chosen := docextract.credit_slot_for(NEW.owner, pages, mode = 'enforce', quota > 0, true);
     IF quota > 0 THEN
         SELECT count(*) INTO active FROM docextract.extractions x
          WHERE x.owner = NEW.owner AND x.status = ANY (docextract.active_statuses());
@@ -727,12 +790,15 @@ BEGIN
                         NEW.owner, pages, pages, docextract.credit_available(NEW.owner)
             USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
     END IF;
-    UPDATE docextract.credit_slots s SET reserved = s.reserved + pages, updated_at = now()
-     WHERE s.role = NEW.owner AND s.slot = chosen;
+    -- Recorded as a delta, not an update of the slot: a transaction of many
+    -- submits would otherwise make one row version of the slot per submit.
+    INSERT INTO docextract.credit_slot_deltas (role, slot, balance_delta, reserved_delta)
+    VALUES (NEW.owner, chosen, 0, pages);
     INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                           reason, created_by)
-    VALUES (NEW.owner, 'reserve', pages, docextract.credit_available(NEW.owner), NEW.id,
-            'submitted', NEW.owner);
+    VALUES (NEW.owner, 'reserve', pages,
+            pg_catalog.split_part(docextract.credit_slot_cache(), ',', 4)::bigint,
+            NEW.id, 'submitted', NEW.owner);
     NEW.credits_reserved := pages;
     NEW.credit_slot := chosen;
     RETURN NEW;

@@ -44,7 +44,6 @@ int			docextract_webhook_disable_after = 20;
 int			docextract_webhook_backoff_ms = 1000;
 int			docextract_retention_s = 0;
 bool		docextract_submitting = false;
-bool		docextract_credit_slot_held = false;
 int			docextract_max_webhook_inflight = 16;
 double		docextract_notify_queue_limit = 0.9;
 
@@ -161,11 +160,6 @@ define_settings(void)
 	 * credit slots (credit_slot_for): it must then not wait for another
 	 * (credit_gather).  A placeholder, set by set_config(..., true).
 	 */
-	DefineCustomBoolVariable("docextract.credit_slot_held",
-							 "Set by docextract while a transaction holds a credit slot.",
-							 NULL, &docextract_credit_slot_held, false,
-							 PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
-							 NULL, NULL, NULL);
 	parser_define_settings();
 	DefineCustomIntVariable("docextract.max_webhook_inflight",
 							"Webhook deliveries the worker keeps in flight at once, besides max_inflight model requests.",

@@ -28,7 +28,6 @@ extern int	docextract_webhook_disable_after;
 extern int	docextract_webhook_backoff_ms;
 extern int	docextract_retention_s;
 extern bool docextract_submitting;
-extern bool docextract_credit_slot_held;
 
 typedef struct DocextractShared
 {

@@ -34,6 +34,27 @@ static const char *fold_sql =
 "   cost = CASE WHEN s.cost IS NULL AND EXCLUDED.cost IS NULL THEN NULL"
 "               ELSE coalesce(s.cost, 0) + coalesce(EXCLUDED.cost, 0) END";
 
+/*
+ * Credits reserved or released but not folded yet are summed by every
+ * look at a role's available credits (credit_available): once there are
+ * many, the slots no submit holds get them now rather than at the next poll.
+ */
+static const char *fold_credits_sql =
+"SELECT docextract.fold_credit_deltas()"
+" WHERE (SELECT count(*) FROM (SELECT FROM docextract.credit_slot_deltas d"
+"                              WHERE d.balance_delta <> d.reserved_delta LIMIT 256) x) = 256";
+
+/* Fold settled credits if many wait; in a transaction. */
+void
+stats_fold_credits_if_many(void)
+{
+	static SPIPlanPtr plan = NULL;
+
+	spi_connect();
+	spi_execute_kept(&plan, fold_credits_sql, 0, NULL, NULL, NULL, false, 1);
+	spi_finish();
+}
+
 /* Fold the counters' deltas; in a transaction.  Returns the rows folded into. */
 int
 stats_fold(void)

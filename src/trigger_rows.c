@@ -105,7 +105,8 @@ lock_credit_slot(Oid owner, int pages, int64 *available)
 	bool		no_slot;
 	bool		isnull;
 
-	if (spi_execute_with_args("SELECT docextract.credit_slot_for($1::pg_catalog.regrole, $2, $3, $4),"
+	/* take false: the row's reservation, if it is made, takes them. */
+	if (spi_execute_with_args("SELECT docextract.credit_slot_for($1::pg_catalog.regrole, $2, $3, $4, false),"
 							  " docextract.credit_available($1::pg_catalog.regrole)",
 							  4, (Oid[]) {OIDOID, INT4OID, BOOLOID, BOOLOID}, args, NULL, false, 1)
 		!= SPI_OK_SELECT || SPI_processed != 1)

@@ -596,7 +596,20 @@ typedef struct FinishBatch
 	int			nready;
 	BatchOutcome *outcome;		/* what batch_finish() did with each */
 	bool		kept_before;	/* the ready jobs were deferred already */
+	bool		more;			/* answers left for the next turn of the loop */
 } FinishBatch;
+
+/*
+ * Answers stored per turn of the loop at most: then the loop claims and
+ * sends as many (their model slots are free), and comes back at once for
+ * the rest.  Answers that arrive together (requests sent together) would
+ * otherwise all be stored before any slot is used again, and every round
+ * of requests would wait for the whole of the last one's storing.
+ */
+#define FINISH_BATCH_MAX 32
+
+/* Set when answers were left for the next turn: the loop does not sleep. */
+static bool answers_waiting = false;
 
 /* Store one job's answer (in a subtransaction when in a transaction), or keep it. */
 static void
@@ -626,7 +639,7 @@ finish_all_step(void *arg)
 	FinishBatch *b = arg;
 	HttpRequest *req = b->first;
 
-	for (; req != NULL; req = http_next_done())
+	for (; req != NULL; req = (b->more = b->nended >= FINISH_BATCH_MAX) ? NULL : http_next_done())
 	{
 		Job		   *job;
 		char	   *err;
@@ -740,7 +753,7 @@ finish_done(bool *delivered)
 {
 	static HttpRequest *kept = NULL;	/* taken when the step stepped aside */
 	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL,
-	NULL, 0, NULL, false};
+	NULL, 0, NULL, false, false};
 	char	   *err;
 
 	if (b.first == NULL)
@@ -764,6 +777,7 @@ finish_done(bool *delivered)
 	else
 		store_ready(&b);
 	*delivered = *delivered || b.delivered;
+	answers_waiting = b.more;
 	return b.retry;
 }
 
@@ -886,6 +900,26 @@ fold_stats(void)
 }
 
 static void
+fold_credits_step(void *arg)
+{
+	if (docextract_schema_ready())
+		stats_fold_credits_if_many();	/* stats.c */
+}
+
+/* Settled credits folded when many wait (stats.c). */
+static void
+fold_credits(void)
+{
+	char	   *err;
+
+	if (!orphans_requeued)
+		return;
+	err = in_transaction("docextract: folding credits", fold_credits_step, NULL);
+	if (err && !step_transient())
+		elog(WARNING, "docextract worker: could not fold credits: %s", err);
+}
+
+static void
 worker_exit(int code, Datum arg)
 {
 	crashguard_worker_exit();
@@ -1000,7 +1034,10 @@ docextract_worker_main(Datum main_arg)
 			look_deliveries = true;
 		}
 		if (finish_done(&look_deliveries))
+		{
 			look = true;		/* learn when the retry falls due */
+			fold_credits();
+		}
 		if (GetCurrentTimestamp() >= next_poll)
 		{
 			look = look_deliveries = true;
@@ -1030,7 +1067,8 @@ docextract_worker_main(Datum main_arg)
 
 		stats_ms = report_stats();
 		workerset_idle(jobs_inflight() < docextract_max_inflight, jobs_inflight());
-		n = WaitEventSetWait(set, stats_ms >= 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),
+		n = WaitEventSetWait(set, answers_waiting ? 0 :
+							 stats_ms >= 0 ? Min(stats_ms, sleep_ms(next_poll)) : sleep_ms(next_poll),
 							 events, lengthof(events), PG_WAIT_EXTENSION);
 		workerset_idle(false, jobs_inflight());
 		for (int i = 0; i < n; i++)

@@ -49,5 +49,6 @@ extern bool retention_cleanup(void);
 /* stats.c: worker_stats' counters, folded by the worker ------------------ */
 
 extern int	stats_fold(void);
+extern void stats_fold_credits_if_many(void);
 
 #endif							/* DOCEXTRACT_WORKER_H */

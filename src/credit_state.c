@@ -1,0 +1,78 @@
+/*
+ * credit_state.c: what the current transaction holds of a role's credit
+ * slots (sql: credit_slot_for, credit_gather).
+ *
+ * Kept here, not in settings: a submit's triggers run as the extension
+ * owner, and everything they set is rolled back when the submit returns
+ * (privileged.c).  Two facts, both for the current transaction only:
+ * whether it holds a slot (then a gather must not wait: deadlock), and the
+ * slot it reserves in with its free credits (its next submits read no slot
+ * again).  A subtransaction that aborts releases the row locks it took, so
+ * its abort forgets the slot (the next submit locks one again); "holds a
+ * slot" stays, which only makes a gather more careful.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+PG_FUNCTION_INFO_V1(docextract_credit_slot_held);
+PG_FUNCTION_INFO_V1(docextract_credit_slot_cache);
+PG_FUNCTION_INFO_V1(docextract_credit_slot_note);
+
+static LocalTransactionId held_in = InvalidLocalTransactionId;
+static LocalTransactionId cached_in = InvalidLocalTransactionId;
+static char cache[128];
+
+static void
+forget_on_subabort(SubXactEvent event, SubTransactionId mySubid,
+				   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		cached_in = InvalidLocalTransactionId;
+}
+
+/* Does this transaction hold one of a role's credit slots? */
+Datum
+docextract_credit_slot_held(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(held_in == MyProc->lxid);
+}
+
+/* "role,slot,free,available,every slot" of this transaction's slot, or NULL. */
+Datum
+docextract_credit_slot_cache(PG_FUNCTION_ARGS)
+{
+	if (cached_in != MyProc->lxid)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(cache));
+}
+
+/* This transaction holds a slot; remember it as given (NULL: none remembered). */
+Datum
+docextract_credit_slot_note(PG_FUNCTION_ARGS)
+{
+	static bool registered = false;
+	char	   *state;
+
+	if (!registered)
+	{
+		RegisterSubXactCallback(forget_on_subabort, NULL);
+		registered = true;
+	}
+	held_in = MyProc->lxid;
+	cached_in = InvalidLocalTransactionId;
+	if (PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	state = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strlen(state) >= sizeof(cache))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("credit slot state too long")));
+	strlcpy(cache, state, sizeof(cache));
+	cached_in = MyProc->lxid;
+	PG_RETURN_VOID();
+}
