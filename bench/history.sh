@@ -17,7 +17,7 @@
 #   bash bench/history.sh
 #   BENCH_SCALE=0.01 bash bench/history.sh     quick check (3k/10k history, ...)
 # Also: BENCH_HISTORY="0 300000 1000000", BENCH_BACKLOGS="1000 10000 100000",
-# BENCH_COPIES="1000 10000", BENCH_BATCH (10000); PG_CONFIG, BENCH_CONF, ... (bench/lib.sh)
+# BENCH_COPIES="1000 10000" (set empty: none), BENCH_BATCH (10000); PG_CONFIG, BENCH_CONF, ... (bench/lib.sh)
 # BENCH_STATEMENTS=1: with pg_stat_statements (track = all: the triggers' and
 # the worker's statements too), each history drain of part 1 starts after a
 # CHECKPOINT and prints its top statements by shared buffers per extraction,
@@ -28,8 +28,8 @@ cd "$(dirname "$0")/.."
 N=$(scaled 1000)
 BATCH=${BENCH_BATCH:-10000}
 HISTORY=${BENCH_HISTORY:-"0 300000 1000000"}
-BACKLOGS=${BENCH_BACKLOGS:-"1000 10000 100000"}
-COPIES=${BENCH_COPIES:-"1000 10000"}
+BACKLOGS=${BENCH_BACKLOGS-"1000 10000 100000"}
+COPIES=${BENCH_COPIES-"1000 10000"}
 bench_init history
 bench_model 0
 if [ -n "${BENCH_STATEMENTS:-}" ]; then

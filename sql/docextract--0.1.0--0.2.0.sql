@@ -726,6 +726,10 @@ LANGUAGE C VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'docextract_time_ordered
 GRANT EXECUTE ON FUNCTION docextract.time_ordered_uuid() TO PUBLIC;
 ALTER TABLE docextract.documents ALTER COLUMN id SET DEFAULT docextract.time_ordered_uuid();
 ALTER TABLE docextract.extractions ALTER COLUMN id SET DEFAULT docextract.time_ordered_uuid();
+-- A worker's start finds what a previous worker left classifying or
+-- processing through this index and extractions_in_flight.
+CREATE INDEX extractions_classifying ON docextract.extractions (model_name)
+    WHERE status = 'classifying';
 
 
 -- Every function of the extension searches pg_catalog, its own schema, and

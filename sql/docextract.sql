@@ -139,6 +139,11 @@ CREATE INDEX extractions_in_flight ON docextract.extractions (model_name)
     WHERE status = 'processing';
 CREATE INDEX extractions_retry_due ON docextract.extractions (next_attempt_at)
     WHERE status = 'retrying';
+-- A worker's start finds what a previous worker left classifying or
+-- processing (ORPHANED_PROCESSING, src/queue.h) through this index and the
+-- one above, not by reading the whole history.
+CREATE INDEX extractions_classifying ON docextract.extractions (model_name)
+    WHERE status = 'classifying';
 -- A parent's sub-documents are made once: one per document of its pages.
 CREATE UNIQUE INDEX extractions_split_children ON docextract.extractions (parent_extraction_id, document_id)
     WHERE parent_extraction_id IS NOT NULL;

@@ -7,7 +7,9 @@
 #    extract_sync's workers together never exceed it at the model server;
 #  - worker_stats counts what ended without reading history;
 #  - new extractions and their results write to as many index pages with
-#    220,000 stored as with none (their ids ascend).
+#    220,000 stored as with none (their ids ascend);
+#  - a worker's start finds the orphans of a previous one without reading
+#    history.
 use strict;
 use warnings;
 use FindBin;
@@ -132,6 +134,22 @@ my ($big_dirtied, $big_fpi) = insert_dirtied();
 ok($big_dirtied <= 1.5 * $small_dirtied + 50,
 	"1,000 new extractions and results dirty $big_dirtied pages ($big_fpi full-page images) "
 	  . "with 220,500 stored, as with 500 ($small_dirtied, $small_fpi)");
+
+# What a worker's start requeues (src/queue.h's ORPHANED_PROCESSING, as
+# the worker runs it): found through the partial indexes of the two
+# in-hand statuses, not by reading the history.
+my $statuses_h = slurp_file("$DxTest::root/src/statuses.h");
+my %macro = $statuses_h =~ /#define (IN_HAND_\w+) (".*?")\n/g;
+my $queue_h = slurp_file("$DxTest::root/src/queue.h");
+$queue_h =~ /#define ORPHANED_PROCESSING \\\n(.*?)\n\n/s or die 'no ORPHANED_PROCESSING in src/queue.h';
+(my $orphaned = $1) =~ s/\b(IN_HAND_\w+)\b/$macro{$1} or die "no $1 in src\/statuses.h"/ge;
+$orphaned = join('', $orphaned =~ /"((?:[^"\\]|\\.)*)"/g);
+my $orph = $h->(qq{EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+	SELECT count(*) FROM docextract.extractions WHERE $orphaned});
+$orph =~ s/^.*?(\[\s*\{)/$1/s;
+my $op = decode_json($orph)->[0]{Plan};
+my $orph_buffers = $op->{'Shared Hit Blocks'} + $op->{'Shared Read Blocks'};
+ok($orph_buffers < 100, "orphans left by a previous worker are found in $orph_buffers shared buffers, whatever the history");
 
 # The due-retry lookup, too, reads live rows only.
 my $due = $h->(q{EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
