@@ -115,6 +115,10 @@ statements() {
     sql -F ' | ' -c "SELECT relname, 'index fetches/extraction', round(coalesce(idx_tup_fetch, 0) / $N.0, 2),
             'seq scans', seq_scan FROM pg_stat_user_tables WHERE schemaname = 'docextract'
         AND relname IN ('extractions', 'events', 'results', 'documents', 'credit_ledger') ORDER BY 1"
+    sql -F ' | ' -c "SELECT indexrelname, 'scans/extraction', round(idx_scan / $N.0, 2),
+            'entries read', round(idx_tup_read / $N.0, 2), 'rows fetched', round(idx_tup_fetch / $N.0, 2)
+       FROM pg_stat_user_indexes WHERE schemaname = 'docextract' AND relname = 'extractions'
+        AND idx_tup_read > 0 ORDER BY 1"
 }
 before_drain() {
     [ -n "${BENCH_STATEMENTS:-}" ] || return 0
