@@ -17,17 +17,28 @@
 #   bash bench/history.sh
 #   BENCH_SCALE=0.01 bash bench/history.sh     quick check (3k/10k history, ...)
 # Also: BENCH_HISTORY="0 300000 1000000", BENCH_BACKLOGS="1000 10000 100000",
-# BENCH_COPIES="1000 10000", BENCH_BATCH (10000); PG_CONFIG, BENCH_CONF, ... (bench/lib.sh)
+# BENCH_COPIES="1000 10000" (set empty: none), BENCH_BATCH (10000); PG_CONFIG, BENCH_CONF, ... (bench/lib.sh)
+# BENCH_STATEMENTS=1: with pg_stat_statements (track = all: the triggers' and
+# the worker's statements too), each history drain of part 1 starts after a
+# CHECKPOINT and prints its top statements by shared buffers per extraction,
+# with their reads, full-page images and WAL bytes per extraction: figures
+# that do not depend on the machine's load, to compare across histories.
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 N=$(scaled 1000)
 BATCH=${BENCH_BATCH:-10000}
 HISTORY=${BENCH_HISTORY:-"0 300000 1000000"}
-BACKLOGS=${BENCH_BACKLOGS:-"1000 10000 100000"}
-COPIES=${BENCH_COPIES:-"1000 10000"}
+BACKLOGS=${BENCH_BACKLOGS-"1000 10000 100000"}
+COPIES=${BENCH_COPIES-"1000 10000"}
 bench_init history
 bench_model 0
-bench_cluster
+if [ -n "${BENCH_STATEMENTS:-}" ]; then
+    bench_cluster "shared_preload_libraries = 'docextract,pg_stat_statements'" \
+                  "pg_stat_statements.track = all" "pg_stat_statements.max = 10000"
+    sql -c "CREATE EXTENSION pg_stat_statements" >/dev/null
+else
+    bench_cluster
+fi
 bench_setup 100
 sql -c "CREATE TABLE bench.hist_batch (id uuid)"
 wait_workers 1
@@ -90,6 +101,30 @@ stored() {
         pg_size_pretty(pg_total_relation_size('docextract.results')))"
 }
 
+# statements LABEL: what the last drain's statements touched, per extraction
+# (nested statements count in their caller's figures too; drain's own
+# closing query, on created_at, reads the whole table).
+statements() {
+    [ -n "${BENCH_STATEMENTS:-}" ] || return 0
+    sleep 2     # the worker reports its table statistics at most once a second
+    echo "$1: top statements, per extraction: shared buffers (hit + read), reads, full-page images, WAL bytes"
+    sql -F ' | ' -c "SELECT to_char((shared_blks_hit + shared_blks_read) / $N.0, 'FM99990.00'),
+            to_char(shared_blks_read / $N.0, 'FM9990.00'), to_char(wal_fpi / $N.0, 'FM990.00'),
+            round(wal_bytes / $N), calls, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+       FROM pg_stat_statements ORDER BY shared_blks_hit + shared_blks_read DESC LIMIT 15"
+    sql -F ' | ' -c "SELECT relname, 'index fetches/extraction', round(coalesce(idx_tup_fetch, 0) / $N.0, 2),
+            'seq scans', seq_scan FROM pg_stat_user_tables WHERE schemaname = 'docextract'
+        AND relname IN ('extractions', 'events', 'results', 'documents', 'credit_ledger') ORDER BY 1"
+    sql -F ' | ' -c "SELECT indexrelname, 'scans/extraction', round(idx_scan / $N.0, 2),
+            'entries read', round(idx_tup_read / $N.0, 2), 'rows fetched', round(idx_tup_fetch / $N.0, 2)
+       FROM pg_stat_user_indexes WHERE schemaname = 'docextract' AND relname = 'extractions'
+        AND idx_tup_read > 0 ORDER BY 1"
+}
+before_drain() {
+    [ -n "${BENCH_STATEMENTS:-}" ] || return 0
+    sql -c "CHECKPOINT" -c "SELECT pg_stat_statements_reset(), pg_stat_reset()" >/dev/null
+}
+
 echo "-- 1. history: throughput of a $N-extraction backlog with finished extractions stored"
 have=0
 for h in $HISTORY; do
@@ -98,7 +133,9 @@ for h in $HISTORY; do
     add_history $((h - have))
     have=$h
     echo "history $h: built in $(( $(date +%s) - t0 )) s; $(stored)"
+    before_drain
     drain docextract "$N" 0 "history $h"
+    statements "history $h"
     have=$((have + N))
 done
 

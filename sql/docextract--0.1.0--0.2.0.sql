@@ -1028,6 +1028,19 @@ END
 $$;
 
 
+-- Issue 12: ids of new documents and extractions ascend with time (src/ids.c
+-- says why); those already stored keep theirs.
+CREATE FUNCTION docextract.time_ordered_uuid() RETURNS uuid
+LANGUAGE C VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'docextract_time_ordered_uuid';
+GRANT EXECUTE ON FUNCTION docextract.time_ordered_uuid() TO PUBLIC;
+ALTER TABLE docextract.documents ALTER COLUMN id SET DEFAULT docextract.time_ordered_uuid();
+ALTER TABLE docextract.extractions ALTER COLUMN id SET DEFAULT docextract.time_ordered_uuid();
+-- A worker's start finds what a previous worker left classifying or
+-- processing through this index and extractions_in_flight.
+CREATE INDEX extractions_classifying ON docextract.extractions (model_name)
+    WHERE status = 'classifying';
+
+
 -- Every function of the extension searches pg_catalog, its own schema, and
 -- pg_temp last: listed last, so that no role's temporary types or relations
 -- can stand in for the extension's (unlisted, pg_temp is searched first for

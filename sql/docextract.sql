@@ -41,8 +41,14 @@ CREATE UNIQUE INDEX templates_one_active_per_group
 CREATE INDEX templates_name ON docextract.templates (name) WHERE is_active;
 
 -- Documents: the bytes and what we learnt from them on the way in.
+-- Ids of documents and extractions ascend with time (src/ids.c says why:
+-- with random ids, each extraction's index inserts would land on random
+-- pages of indexes that grow with the history).
+CREATE FUNCTION docextract.time_ordered_uuid() RETURNS uuid
+LANGUAGE C VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'docextract_time_ordered_uuid';
+
 CREATE TABLE docextract.documents (
-    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id            uuid PRIMARY KEY DEFAULT docextract.time_ordered_uuid(),
     filename      text NOT NULL,
     content_type  text NOT NULL,
     size_bytes    bigint NOT NULL,
@@ -71,7 +77,7 @@ CREATE UNIQUE INDEX documents_split_range ON docextract.documents (parent_id, pa
 
 -- Extractions: the queue and its statuses.
 CREATE TABLE docextract.extractions (
-    id                     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id                     uuid PRIMARY KEY DEFAULT docextract.time_ordered_uuid(),
     document_id            uuid NOT NULL REFERENCES docextract.documents (id),
     template_id            uuid REFERENCES docextract.templates (id),
     model_name             text NOT NULL REFERENCES docextract.models (name),
@@ -135,6 +141,11 @@ CREATE INDEX extractions_in_flight ON docextract.extractions (model_name)
     WHERE status = 'processing';
 CREATE INDEX extractions_retry_due ON docextract.extractions (next_attempt_at)
     WHERE status = 'retrying';
+-- A worker's start finds what a previous worker left classifying or
+-- processing (ORPHANED_PROCESSING, src/queue.h) through this index and the
+-- one above, not by reading the whole history.
+CREATE INDEX extractions_classifying ON docextract.extractions (model_name)
+    WHERE status = 'classifying';
 -- A parent's sub-documents are made once: one per document of its pages.
 CREATE UNIQUE INDEX extractions_split_children ON docextract.extractions (parent_extraction_id, document_id)
     WHERE parent_extraction_id IS NOT NULL;

@@ -30,7 +30,7 @@ extern const char *const queue_claim_sql;
  * sub-documents (split_count set) is held by no worker: not an orphan.
  */
 #define ORPHANED_PROCESSING \
-	"status IN " IN_HAND_STATUSES " AND split_count IS NULL AND (worker_pid IS NULL OR worker_pid NOT IN" \
+	IN_HAND_STATUS_TEST " AND split_count IS NULL AND (worker_pid IS NULL OR worker_pid NOT IN" \
 	" (SELECT a.pid FROM pg_catalog.pg_stat_activity a" \
 	"   WHERE a.backend_type IN ('docextract sync worker', 'docextract worker')" \
 	"     AND a.datname = pg_catalog.current_database()" \

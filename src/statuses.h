@@ -23,5 +23,12 @@
 
 /* A worker has the extraction in hand: classifying (classify.c) or processing. */
 #define IN_HAND_STATUSES "('classifying', 'processing')"
+/*
+ * The same set as a test of the column status: an OR of equalities, which
+ * the planner answers with a bitmap OR of the partial indexes
+ * extractions_classifying and extractions_in_flight (an IN list matches
+ * neither, and would read every row).
+ */
+#define IN_HAND_STATUS_TEST "(status = 'classifying' OR status = 'processing')"
 
 #endif							/* STATUSES_H */

@@ -5,7 +5,11 @@
 #  - a 2,000-row backlog drains in claims of many jobs each;
 #  - a model's max_concurrency holds across processes: the job worker and
 #    extract_sync's workers together never exceed it at the model server;
-#  - worker_stats counts what ended without reading history.
+#  - worker_stats counts what ended without reading history;
+#  - new extractions and their results write to as many index pages with
+#    220,000 stored as with none (their ids ascend);
+#  - a worker's start finds the orphans of a previous one without reading
+#    history.
 use strict;
 use warnings;
 use FindBin;
@@ -74,10 +78,35 @@ sub claim_buffers
 	return ($plan->{'Shared Hit Blocks'} + $plan->{'Shared Read Blocks'}, $plan->{'Actual Rows'});
 }
 
+# Pages a batch of 1,000 new extractions and their results dirties, first
+# written since a checkpoint (each one also a full-page image in the WAL):
+# the index inserts of random ids would land on as many random pages of
+# indexes that grow with the history (ids ascend instead: src/ids.c).
+# Rolled back.
+sub insert_dirtied
+{
+	$h->('CHECKPOINT');
+	my $out = $h->(q{SET session_replication_role = replica;
+		BEGIN;
+		EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON)
+		WITH x AS (
+		  INSERT INTO docextract.extractions (document_id, template_id, model_name, owner, status)
+		  SELECT '00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002',
+		         'default', current_user::regrole, 'completed' FROM generate_series(1, 1000)
+		  RETURNING id, document_id, template_id, owner)
+		INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, data)
+		SELECT id, document_id, template_id, owner, '{}' FROM x;
+		ROLLBACK;});
+	$out =~ s/^.*?(\[\s*\{)/$1/s;
+	my $plan = decode_json($out)->[0]{Plan};
+	return ($plan->{'Shared Dirtied Blocks'}, $plan->{'WAL FPI'});
+}
+
 queue_rows(500, '1 hour', 0);
 $h->('VACUUM ANALYZE docextract.extractions');
 my ($small, $small_rows) = claim_buffers();
 is($small_rows, 16, 'no history, 500 queued: the claim takes the 16 it has room for');
+my ($small_dirtied, $small_fpi) = insert_dirtied();
 
 queue_rows(100_000, '3 days', 1);
 queue_rows(100_000, '2 days', 1);
@@ -100,6 +129,27 @@ my ($big, $big_rows) = claim_buffers();
 is($big_rows, 16, '... and 20,000 queued: the claim still takes 16');
 ok($big <= 1.5 * $small + 100,
 	"... touching $big shared buffers, as without history or backlog ($small)");
+
+my ($big_dirtied, $big_fpi) = insert_dirtied();
+ok($big_dirtied <= 1.5 * $small_dirtied + 50,
+	"1,000 new extractions and results dirty $big_dirtied pages ($big_fpi full-page images) "
+	  . "with 220,500 stored, as with 500 ($small_dirtied, $small_fpi)");
+
+# What a worker's start requeues (src/queue.h's ORPHANED_PROCESSING, as
+# the worker runs it): found through the partial indexes of the two
+# in-hand statuses, not by reading the history.
+my $statuses_h = slurp_file("$DxTest::root/src/statuses.h");
+my %macro = $statuses_h =~ /#define (IN_HAND_\w+) (".*?")\n/g;
+my $queue_h = slurp_file("$DxTest::root/src/queue.h");
+$queue_h =~ /#define ORPHANED_PROCESSING \\\n(.*?)\n\n/s or die 'no ORPHANED_PROCESSING in src/queue.h';
+(my $orphaned = $1) =~ s/\b(IN_HAND_\w+)\b/$macro{$1} or die "no $1 in src\/statuses.h"/ge;
+$orphaned = join('', $orphaned =~ /"((?:[^"\\]|\\.)*)"/g);
+my $orph = $h->(qq{EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+	SELECT count(*) FROM docextract.extractions WHERE $orphaned});
+$orph =~ s/^.*?(\[\s*\{)/$1/s;
+my $op = decode_json($orph)->[0]{Plan};
+my $orph_buffers = $op->{'Shared Hit Blocks'} + $op->{'Shared Read Blocks'};
+ok($orph_buffers < 100, "orphans left by a previous worker are found in $orph_buffers shared buffers, whatever the history");
 
 # The due-retry lookup, too, reads live rows only.
 my $due = $h->(q{EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
