@@ -58,7 +58,8 @@ const char *const queue_claim_sql =
 "        started_at = coalesce(e.started_at, clock_timestamp()),"
 "        attempts = e.attempts + 1, worker_pid = pg_backend_pid(), next_attempt_at = NULL,"
 "        completion_percentage = 0"
-"   FROM picked WHERE e.id = picked.id"
+/* By id, not joined: a kept (generic) plan may hash-join the whole table. */
+"  WHERE e.id = ANY (ARRAY(SELECT picked.id FROM picked))"
 " RETURNING e.id, e.attempts, e.model_name, least(e.parts, $4)";
 
 /*
