@@ -502,7 +502,8 @@ INSERT INTO docextract.credit_slots (role, slot, updated_at)
 SELECT a.role, g, a.updated_at FROM docextract.credit_slots a, pg_catalog.generate_series(1, 7) g;
 ALTER TABLE docextract.extractions ADD COLUMN credit_slot smallint;
 -- Settling (the worker's status changes, a cancel) locks no slot: it adds a
--- row here, folded into its slot later (fold_credit_deltas: by the worker on
+-- row here (every extraction adds and removes a few: vacuumed after every
+-- thousand dead rows, not a fraction of the table), folded into its slot later (fold_credit_deltas: by the worker on
 -- its polls, and by any submit that gathers the role's slots).  A charge
 -- leaves the slot's free credits as they are (balance and reserved go down
 -- alike); a release adds to them.
@@ -511,7 +512,7 @@ CREATE TABLE docextract.credit_slot_deltas (
     slot            smallint NOT NULL,
     balance_delta   bigint NOT NULL,
     reserved_delta  bigint NOT NULL
-);
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 CREATE INDEX credit_slot_deltas_slot ON docextract.credit_slot_deltas (role, slot);
 -- What the available credits read: releases only (a charge adds nothing).
 CREATE INDEX credit_slot_deltas_free ON docextract.credit_slot_deltas (role, slot)
@@ -548,8 +549,11 @@ CREATE TRIGGER credit_accounts_read_only
 
 -- A role's credits free to reserve: granted, minus charged, minus held.
 -- (plpgsql: its plans are kept, where an SQL function's are made per call.)
+-- A plain index scan, not a bitmap one: it marks the entries of folded
+-- (deleted) deltas dead as it passes them, so the next does not read them
+-- again while the table waits for its vacuum.
 CREATE FUNCTION docextract.credit_available(r regrole) RETURNS bigint
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, docextract, pg_temp SET enable_bitmapscan = off AS $$
 BEGIN
     RETURN (SELECT coalesce(sum(s.balance - s.reserved), 0)::bigint
               FROM docextract.credit_slots s WHERE s.role = r)
@@ -594,7 +598,7 @@ LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'docextract_credit_slot_note';
 -- since (credit_slot_deltas) folded in; returns its free credits.  No row
 -- version when there is nothing to fold.
 CREATE FUNCTION docextract.credit_slot_fold(r regrole, c smallint) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp SET enable_bitmapscan = off AS $$
 DECLARE
     free bigint;
 BEGIN
