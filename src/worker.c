@@ -6,8 +6,9 @@
  * WaitEventSet holding its latch (set by committing backends), postmaster
  * death, and the epoll descriptor of its libcurl multi handle.  Each wake it
  * finishes the requests that are done, then claims as many queued jobs as it
- * has room for.  Every database step runs in its own transaction; an error
- * there fails that job and the loop goes on.
+ * has room for, in the transaction that stores the answers when there are
+ * some (one notifying commit a turn).  Every database step runs in its own
+ * transaction; an error there fails that job and the loop goes on.
  */
 #include "postgres.h"
 
@@ -468,43 +469,55 @@ report_extension(bool exists)
 }
 
 /*
- * Claim what there is room for and start each request.  True if more may
- * wait; *next_poll is brought forward to when the next retry falls due.
+ * Before a claim: start what waits from an earlier one, and find the room.
+ * False when there is nothing to claim now (*more: look again soon).
  */
 static bool
-claim_and_start(TimestampTz *next_poll)
+claim_prepare(ClaimStep *c, bool *more)
 {
-	ClaimStep	c;
-	char	   *err;
+	*more = true;
+	if (unstarted.claimed > 0 && !start_claimed(&unstarted))
+		return false;
+	/* The worker's room: max_inflight, descriptors, memory (inflight.c). */
+	c->max = inflight_claim_room(jobs_inflight(), http_inflight());
+	if (inflight_waiting_jobs() > 0)
+	{
+		*more = start_waiting();
+		return false;
+	}
+	if (c->max <= 0 || (crashguard_single_mode() && inflight_jobs != NIL))
+		return false;
+	c->jobs = palloc(sizeof(ClaimedJob) * c->max);
+	launcher_extension_events_seen = launcher_extension_events();	/* before the snapshot */
+	c->claimed = c->handed = 0;
+	return true;
+}
+
+/*
+ * After the claim's transaction (err: its error): start each request.
+ * True if more may wait; *next_poll is brought forward to when the next
+ * retry falls due.
+ */
+static bool
+claim_conclude(ClaimStep *c, char *err, TimestampTz *next_poll)
+{
 	int			requests = 0;
 
-	if (unstarted.claimed > 0 && !start_claimed(&unstarted))
-		return true;
-	/* The worker's room: max_inflight, descriptors, memory (inflight.c). */
-	c.max = inflight_claim_room(jobs_inflight(), http_inflight());
-	if (inflight_waiting_jobs() > 0)
-		return start_waiting();
-	if (c.max <= 0 || (crashguard_single_mode() && inflight_jobs != NIL))
-		return true;
-	c.jobs = palloc(sizeof(ClaimedJob) * c.max);
-	launcher_extension_events_seen = launcher_extension_events();	/* before the snapshot */
-	c.claimed = c.handed = 0;
-	err = in_transaction("docextract: claiming", claim_step, &c);
 	if (err)
 	{
-		release_unhanded(&c);	/* the claim's commit failed */
+		release_unhanded(c);	/* the claim's commit failed */
 		if (!step_transient())
 			elog(WARNING, "docextract worker: could not claim jobs: %s", err);
 		return step_transient();	/* look again soon */
 	}
-	report_extension(c.extension_exists);
-	for (int i = 0; i < c.claimed; i++)
-		requests += c.jobs[i].parts;
-	if (c.claimed > 0 && !start_claimed(&c))
+	report_extension(c->extension_exists);
+	for (int i = 0; i < c->claimed; i++)
+		requests += c->jobs[i].parts;
+	if (c->claimed > 0 && !start_claimed(c))
 		return true;
-	if (c.next_due_ms >= 0)
+	if (c->next_due_ms >= 0)
 	{
-		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), c.next_due_ms);
+		TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), c->next_due_ms);
 
 		if (due < *next_poll)
 			*next_poll = due;
@@ -516,11 +529,23 @@ claim_and_start(TimestampTz *next_poll)
 		if (free_at != 0 && free_at < *next_poll)
 			*next_poll = free_at;
 	}
-	inflight_claimed(requests, c.max);
+	inflight_claimed(requests, c->max);
 	/* A full batch: more may wait, for a sibling with room too. */
-	if (requests >= c.max && !crashguard_single_mode())
+	if (requests >= c->max && !crashguard_single_mode())
 		workerset_wake_sibling();
-	return requests >= c.max || crashguard_single_mode();
+	return requests >= c->max || crashguard_single_mode();
+}
+
+/* Claim what there is room for and start each request; true if more may wait. */
+static bool
+claim_and_start(TimestampTz *next_poll)
+{
+	ClaimStep	c;
+	bool		more;
+
+	if (!claim_prepare(&c, &more))
+		return more;
+	return claim_conclude(&c, in_transaction("docextract: claiming", claim_step, &c), next_poll);
 }
 
 static bool leases_reset = false;
@@ -597,7 +622,22 @@ typedef struct FinishBatch
 	BatchOutcome *outcome;		/* what batch_finish() did with each */
 	bool		kept_before;	/* the ready jobs were deferred already */
 	bool		more;			/* answers left for the next turn of the loop */
+	struct TurnClaim *turn;		/* the loop's claim, if it may join the store */
+	ClaimStep  *claim;			/* that claim, made in the store's transaction */
 } FinishBatch;
+
+/*
+ * The turn's claim made in the transaction that stores the turn's answers:
+ * one notifying commit a turn, not two (every notifying commit takes a
+ * cluster-wide lock through its WAL flush).
+ */
+typedef struct TurnClaim
+{
+	bool		wanted;			/* the loop would claim this turn */
+	bool		done;			/* claimed with the store: the loop claims no more */
+	bool		more;			/* what claim_and_start() would have returned */
+	TimestampTz *next_poll;
+} TurnClaim;
 
 /*
  * Answers stored per turn of the loop at most: then the loop claims and
@@ -689,6 +729,8 @@ batch_step(void *arg)
 	FinishBatch *b = arg;
 
 	batch_finish(b->ready, b->nready, b->outcome);
+	if (b->claim)
+		claim_step(b->claim);
 }
 
 static void
@@ -701,8 +743,40 @@ finish_each_step(void *arg)
 }
 
 /*
+ * The loop's claim joins the store unless something must run before it:
+ * claimed jobs not started yet or waiting for memory, a crash's orphans
+ * (they run alone).
+ */
+static ClaimStep *
+turn_claim_prepare(TurnClaim *turn, ClaimStep *c)
+{
+	bool		more;
+
+	if (turn == NULL || !turn->wanted || unstarted.claimed > 0 ||
+		inflight_waiting_jobs() > 0 || crashguard_single_mode())
+		return NULL;
+	return claim_prepare(c, &more) ? c : NULL;
+}
+
+/* After the store's commit (err: its error), start what the turn claimed. */
+static void
+turn_claim_conclude(FinishBatch *b, char *err)
+{
+	if (b->claim == NULL)
+		return;
+	if (err == NULL)
+	{
+		b->turn->done = true;
+		b->turn->more = claim_conclude(b->claim, NULL, b->turn->next_poll);
+	}
+	else
+		release_unhanded(b->claim); /* rolled back: the loop claims apart */
+	b->claim = NULL;
+}
+
+/*
  * Store the answered jobs together, in one transaction without
- * subtransactions (batch_finish.c).  If that fails, one by one, each in a
+ * subtransactions (batch_finish.c), with the turn's claim.  If that fails, one by one, each in a
  * subtransaction of one transaction: only a faulty job fails; if that
  * commit fails too, they go back to the queue.
  */
@@ -712,6 +786,7 @@ store_ready(FinishBatch *b)
 	BatchOutcome *outcome = palloc(sizeof(BatchOutcome) * b->nready);
 	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * b->nready);
 	FinishBatch each = *b;
+	ClaimStep	c;
 	char	   *err;
 
 	if (b->nready == 0)
@@ -719,6 +794,7 @@ store_ready(FinishBatch *b)
 	for (int i = 0; i < b->nready; i++)
 		ids[i] = *job_id(b->ready[i]);
 	b->outcome = outcome;
+	b->claim = turn_claim_prepare(b->turn, &c);
 	err = in_transaction("docextract: storing results", batch_step, b);
 	for (int i = 0; i < b->nready && (err == NULL || step_stepped_aside()); i++)
 	{
@@ -727,6 +803,7 @@ store_ready(FinishBatch *b)
 		else
 			job_release(b->ready[i]);
 	}
+	turn_claim_conclude(b, err);
 	if (err == NULL || step_stepped_aside())
 		return;
 	elog(DEBUG1, "docextract worker: a batch of %d results could not be stored at once (%s); storing each apart",
@@ -749,11 +826,11 @@ store_ready(FinishBatch *b)
  * its jobs are put back in the queue rather than left processing.
  */
 static bool
-finish_done(bool *delivered)
+finish_done(bool *delivered, TurnClaim *turn)
 {
 	static HttpRequest *kept = NULL;	/* taken when the step stepped aside */
 	FinishBatch b = {kept ? kept : http_next_done(), false, false, 0, palloc(sizeof(pg_uuid_t)), NULL,
-	NULL, 0, NULL, false, false};
+	NULL, 0, NULL, false, false, turn, NULL};
 	char	   *err;
 
 	if (b.first == NULL)
@@ -1012,6 +1089,7 @@ docextract_worker_main(Datum main_arg)
 		WaitEvent	events[3];
 		int			n;
 		long		stats_ms;
+		TurnClaim	turn = {MyJobWorkerIndex < launcher_job_workers(), false, false, &next_poll};
 
 		MemoryContextSwitchTo(loop_cxt);
 		MemoryContextReset(loop_cxt);
@@ -1033,7 +1111,7 @@ docextract_worker_main(Datum main_arg)
 			deliveries_seen = docextract_signal_generation(SIGNAL_DELIVERIES);
 			look_deliveries = true;
 		}
-		if (finish_done(&look_deliveries))
+		if (finish_done(&look_deliveries, &turn))
 		{
 			look = true;		/* learn when the retry falls due */
 			fold_credits();
@@ -1059,7 +1137,9 @@ docextract_worker_main(Datum main_arg)
 			look_deliveries = false;
 		if (retiring())
 			look = false;		/* finish what is in flight, claim nothing */
-		if (look)
+		else if (turn.done)
+			look = turn.more;	/* claimed with the answers' store */
+		else if (look)
 			look = claim_and_start(&next_poll);
 		if (steplock_retry_ms() >= 0)	/* stepped aside: look again soon */
 			next_poll = Min(next_poll, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
