@@ -13,6 +13,8 @@ use DxTest;
 use JSON::PP;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
+use HTTP::Tiny;
 
 my $srv = start_model_server();
 my $node = new_node('tcache', conf => "log_min_messages = debug1\n");
@@ -30,15 +32,15 @@ sub parses
 	return scalar @hits;
 }
 
-# One extraction; its status, and the schema and system prompt it sent.
+# One extraction; its status, and the request it sent (unless $quick).
 sub extract
 {
-	my ($template) = @_;
+	my ($template, $quick) = @_;
 	# force: a new extraction each time, not the earlier one of the same pair
 	my $e = sq("SELECT docextract.extract_document('$doc', '$template', '{\"force\": true}')");
 	my $status = wait_for_status($node, $e, 'completed', 'failed');
-	my $body = decode_json(server_requests($srv)->[-1]{body});
-	return ($e, $status, $body);
+	return ($e, $status) if $quick;
+	return ($e, $status, decode_json(server_requests($srv)->[-1]{body}));
 }
 sub general_keys
 {
@@ -101,5 +103,31 @@ is("$st6 $st7", 'completed completed', 'a template too big to cache still works'
 ok(length($b7->{messages}[0]{content}) > 600000, '... its instructions sent whole');
 is(parses($big), 2, '... parsed for each job, not kept');
 is(parses($tid), 4, 'the small template was not parsed again meanwhile');
+
+# -- evicted while a job holds it ---------------------------------------------------
+# The invoice template's job waits for its answer while 24 templates of
+# 400 kB each push it out of the cache (8 MB in all): the job still has
+# its template when the answer comes, and the next job parses it anew.
+server_script($srv, { hold => 'invoice' });
+my $held = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
+for (1 .. 1200) { last if server_stats($srv)->{inflight} == 1; usleep(50_000); }
+is(server_stats($srv)->{inflight}, 1, 'the invoice request is in flight, its answer held');
+my $mid = 'Read carefully. ' x 25000;	# 400 kB
+for my $i (1 .. 24)
+{
+	my $t = sq(qq{SELECT docextract.create_template('mid$i', '$DxTest::INVOICE_SCHEMA',
+		'{"global_instructions": "$mid"}')});
+	my ($e, $st) = extract($t, 1);
+	die "extraction with template mid$i: $st" unless $st eq 'completed';
+}
+HTTP::Tiny->new->post("$srv->{url}/_release/invoice")->{success} or die 'release failed';
+is(wait_for_status($node, $held, 'completed', 'failed'), 'completed',
+	'the held job completes after its template was evicted');
+my $r = decode_json(sq("SELECT docextract.get_result('$held')"));
+is($r->{data}{general}{invoice_number}, 'INV-2026-0042', '... typed by its own template');
+is(scalar @{ $r->{data}{table} }, 3, '... with its line items');
+is(parses($tid), 4, 'the invoice template was not parsed while its job waited');
+extract($tid, 1);
+is(parses($tid), 5, 'it had been evicted: the next job parses it anew');
 
 done_testing();
