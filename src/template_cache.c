@@ -150,8 +150,9 @@ keep(CacheEntry *e)
 	while (!dlist_is_empty(&lru) &&
 		   (nkept >= TEMPLATE_CACHE_ENTRIES || bytes_kept + e->bytes > TEMPLATE_CACHE_BYTES))
 		evict(dlist_container(CacheEntry, lru, dlist_tail_node(&lru)));
-	MemoryContextSetParent(e->cxt, cache_cxt);
+	/* The slot first: if that fails, e is still the holder's to free. */
 	((CacheSlot *) hash_search(slots, &e->key, HASH_ENTER, &found))->entry = e;
+	MemoryContextSetParent(e->cxt, cache_cxt);
 	dlist_push_head(&lru, &e->lru);
 	nkept++;
 	bytes_kept += e->bytes;
