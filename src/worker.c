@@ -154,7 +154,7 @@ claim_step(void *arg)
 	c->extension_exists = c->extension_present || docextract_installed_version() != NULL;
 	if (!c->extension_present)
 	{
-		template_cache_reset(); /* no parse of a dropped or other version's templates */
+		template_cache_reset();	/* no parse of a dropped or other version's templates */
 		return;
 	}
 	if (!orphans_requeued)
