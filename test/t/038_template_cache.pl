@@ -130,4 +130,18 @@ is(parses($tid), 4, 'the invoice template was not parsed while its job waited');
 extract($tid, 1);
 is(parses($tid), 5, 'it had been evicted: the next job parses it anew');
 
+# -- the extension dropped and created again: a template of the same id -------------
+sq('DROP EXTENSION docextract CASCADE; CREATE EXTENSION docextract');
+sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL,
+                                  '{"max_retries": 0}')});
+$doc = sq("SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('"
+	  . fixture('invoice.pdf') . "'))");
+my $again = sq(q{SELECT docextract.create_template('again',
+	'{"general_part": {"vendor_city": {"name": "Vendor City", "format_type": "text"}}}')});
+sq("UPDATE docextract.templates SET id = '$tid', group_id = '$tid' WHERE id = '$again'");
+my ($e8, $st8, $b8) = extract($tid);
+is($st8, 'completed', 'after DROP and CREATE EXTENSION, a template with the old id works');
+is(general_keys($b8), 'vendor_city', '... with its own definition, not the dropped one');
+is(parses($tid), 6, '... parsed anew');
+
 done_testing();
