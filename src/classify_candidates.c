@@ -27,6 +27,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
+#include "utils/memutils.h"
 
 /* How much of each candidate the model is shown. */
 #define NAME_MAX_CHARS 100
@@ -34,7 +35,7 @@
 #define FIELDS_MAX 40
 
 static const char *const candidates_sql =
-"SELECT t.id::text, t.name, t.description, t.schema_definition::text, t.owner IS NULL"
+"SELECT t.id::text, t.name, t.description, t.owner IS NULL, " TEMPLATE_ROW_COLUMNS
 "  FROM docextract.templates t"
 " WHERE t.is_active"
 "   AND " TEMPLATE_USABLE_BY("$1")
@@ -76,26 +77,32 @@ add_fields(json_object *arr, StringInfo line, const TemplateField *f, int n, con
 	}
 }
 
-/* One candidate: its JSON object, and its lines of the prompt. */
+/*
+ * One candidate: its JSON object, and its lines of the prompt.  Its parsed
+ * template is held by holder (template_cache.c).
+ */
 static json_object *
-candidate(int index, HeapTuple tup, TupleDesc desc, StringInfo prompt)
+candidate(int index, HeapTuple tup, TupleDesc desc, StringInfo prompt, MemoryContext holder)
 {
 	json_object *o = json_object_new_object();
 	json_object *fields = json_object_new_array();
 	char	   *name = clipped(SPI_getvalue(tup, desc, 2), NAME_MAX_CHARS);
 	char	   *description = clipped(SPI_getvalue(tup, desc, 3), DESCRIPTION_MAX_CHARS);
 	bool		isnull;
-	bool		system = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	bool		system = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	char	   *label = psprintf("%d. %s", index, name);
 	StringInfoData line;
-	Template	t;
+	TemplateRow row;
+	const ParsedTemplate *p;
 
 	initStringInfo(&line);
 	/* Stored templates were validated; one that no longer parses lists no fields. */
-	if (template_parse(SPI_getvalue(tup, desc, 4), NULL, NULL, &t) == NULL)
+	template_row_read(tup, desc, 5, false, &row);
+	p = template_cache_get(&row, holder);
+	if (p->err == NULL)
 	{
-		add_fields(fields, &line, t.general, t.ngeneral, "general");
-		add_fields(fields, &line, t.table, t.has_table ? t.ntable : 0, "table");
+		add_fields(fields, &line, p->tmpl.general, p->tmpl.ngeneral, "general");
+		add_fields(fields, &line, p->tmpl.table, p->tmpl.has_table ? p->tmpl.ntable : 0, "table");
 	}
 	json_object_object_add(o, "index", json_object_new_int(index));
 	json_object_object_add(o, "label", json_object_new_string(label));
@@ -125,6 +132,7 @@ char *
 classify_candidates(Oid role, int *n, char **prompt)
 {
 	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext holder;
 	json_object *arr;
 	StringInfoData text;
 	char	   *result;
@@ -135,12 +143,14 @@ classify_candidates(Oid role, int *n, char **prompt)
 							  (Datum[]) {ObjectIdGetDatum(role)}, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list the templates of role %u", role);
 	MemoryContextSwitchTo(outer);
+	holder = AllocSetContextCreate(outer, "docextract candidates", ALLOCSET_SMALL_SIZES);
 	arr = json_object_new_array();
 	initStringInfo(&text);
 	appendStringInfoString(&text, "Candidate templates:\n");
 	for (uint64 i = 0; i < SPI_processed; i++)
 		json_object_array_add(arr, candidate((int) i + 1, SPI_tuptable->vals[i],
-											 SPI_tuptable->tupdesc, &text));
+											 SPI_tuptable->tupdesc, &text, holder));
+	MemoryContextDelete(holder);
 	*n = (int) SPI_processed;
 	result = pstrdup(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
 	json_object_put(arr);

@@ -73,7 +73,7 @@ struct Job
 	JobPart		part[MAX_PARTS];
 	JobPart    *failed;			/* the part that failed, if one did */
 	Oid			owner;			/* the submitting role, whose rights the job has */
-	char	   *rules;			/* the template's validation_rules, or NULL */
+	const char *rules;			/* the template's validation_rules, or NULL */
 	bool		auto_approve;
 	int			max_retries;
 	bool		attributions;	/* per_key_attribution asked */
@@ -106,12 +106,11 @@ static const char *model_query =
 
 /*
  * Read as the submitting role, under its row-level security.  No template
- * (column 9): the document is classified first (classify.c).
+ * (column 6): the document is classified first (classify.c).
  */
 static const char *document_query =
-"SELECT d.filename, d.content_type, d.content, d.page_count, d.text,"
-"       t.schema_definition::text, t.prompt_set::text, t.validation_rules::text,"
-"       e.template_id IS NULL"
+"SELECT d.filename, d.content_type, d.content, d.page_count, d.text, e.template_id IS NULL,"
+"       " TEMPLATE_ROW_COLUMNS
 "  FROM docextract.extractions e"
 "  JOIN docextract.documents d ON d.id = e.document_id"
 "  LEFT JOIN docextract.templates t ON t.id = e.template_id"
@@ -316,7 +315,8 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 {
 	Privileged	as_owner;
 	bool		isnull;
-	char	   *err;
+	TemplateRow row;
+	const ParsedTemplate *parsed;
 
 	static SPIPlanPtr plan = NULL;
 
@@ -350,17 +350,20 @@ load_document(Job *job, MemoryContext call_cxt, DocumentInput *doc)
 	doc->text = col_text(5);
 
 	MemoryContextSwitchTo(job->cxt);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9, &isnull)))
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull)))
 	{
 		load_candidates(job);
 		return;
 	}
-	job->rules = col_text(8);
-	err = template_parse(col_text(6), col_text(7), job->rules, &job->tmpl);
-	if (err)
+	/* Shared with other jobs (template_cache.c): copied by value, never changed. */
+	template_row_read(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, true, &row);
+	parsed = template_cache_get(&row, job->cxt);
+	if (parsed->err)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("template no longer valid: %s", err)));
+				 errmsg("template no longer valid: %s", parsed->err)));
+	job->tmpl = parsed->tmpl;
+	job->rules = parsed->rules;
 }
 
 /* The parts' templates: the whole, or the general fields and the line items apart. */

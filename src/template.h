@@ -5,6 +5,8 @@
 #define DOCEXTRACT_TEMPLATE_H
 
 #include "prelude.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "utils/uuid.h"
 
 /* template_parse.c: the parsed, validated form of a template ---------------- */
@@ -47,6 +49,39 @@ typedef struct Template
 extern char *template_parse(const char *schema_json, const char *prompt_json,
 							const char *rules_json, Template *out);
 extern const char *format_type_name(FormatType f);
+
+/* template_cache.c: a process's parsed templates, by row version ------------ */
+
+/*
+ * The columns a query selects (templates aliased t), in this order, for
+ * template_row_read(): the row version's identity, then its jsonb as stored.
+ */
+#define TEMPLATE_ROW_COLUMNS \
+	"t.id, t.xmin, t.tableoid, t.schema_definition, t.prompt_set, t.validation_rules"
+
+typedef struct TemplateRow
+{
+	pg_uuid_t	id;
+	TransactionId xmin;			/* which version of the row */
+	Oid			table;			/* which templates table (the extension recreated?) */
+	Datum		schema;			/* jsonb datums, (Datum) 0 if NULL */
+	Datum		prompts;
+	Datum		rules;
+	bool		whole;			/* prompt_set and validation_rules parsed too */
+} TemplateRow;
+
+/* A parse's outcome.  Shared: whoever gets one reads it, never changes it. */
+typedef struct ParsedTemplate
+{
+	Template	tmpl;
+	const char *rules;			/* validation_rules as JSON text (whole), or NULL */
+	const char *err;			/* why it does not parse (tmpl unusable), or NULL */
+} ParsedTemplate;
+
+extern void template_row_read(HeapTuple tup, TupleDesc desc, int first_col, bool whole,
+							  TemplateRow *row);
+extern const ParsedTemplate *template_cache_get(const TemplateRow *row, MemoryContext holder);
+extern void template_cache_reset(void);
 
 /* prompt.c: what we ask the model -------------------------------------------- */
 

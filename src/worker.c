@@ -12,12 +12,14 @@
  */
 #include "postgres.h"
 
+#include "prelude.h"		/* first: template.h brings json-c */
 #include "http.h"
 #include "job.h"
 #include "privileged.h"
 #include "queue.h"
 #include "ratelimit.h"
 #include "settings.h"
+#include "template.h"
 #include "webhook.h"
 #include "worker.h"
 #include "workerset.h"
@@ -152,7 +154,10 @@ claim_step(void *arg)
 	c->extension_present = docextract_schema_ready();	/* version.c */
 	c->extension_exists = c->extension_present || docextract_installed_version() != NULL;
 	if (!c->extension_present)
+	{
+		template_cache_reset();	/* no parse of a dropped or other version's templates */
 		return;
+	}
 	if (!orphans_requeued)
 	{
 		int			failed;
