@@ -160,7 +160,8 @@ SELECT pg_catalog.pg_extension_config_dump('docextract.model_stat_deltas', '');
 -- retries are counted once, when its attempts end.  Only status changes
 -- count: rows loaded by a restore come with their counts.
 CREATE FUNCTION docextract.count_outcome() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp
+SET enable_nestloop = off AS $$
 BEGIN
     INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
     SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
@@ -896,7 +897,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION docextract.announce_status() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp SET enable_nestloop = off AS $$
 DECLARE
     notify boolean := pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
         pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
