@@ -1422,7 +1422,7 @@ SELECT s.model_name,
        sum(s.output_tokens) AS output_tokens,
        sum(s.cost) AS cost
   FROM (SELECT l.model_name,
-               count(*) FILTER (WHERE l.status = 'processing') AS in_flight,
+               count(*) FILTER (WHERE l.status IN ('processing', 'classifying')) AS in_flight,
                count(*) FILTER (WHERE l.status = 'pending') AS queued,
                count(*) FILTER (WHERE l.status = 'retrying') AS retrying,
                0 AS completed, 0 AS failed, 0 AS cancelled,
@@ -1433,7 +1433,11 @@ SELECT s.model_name,
                  WHERE x.status IN ('pending', 'retrying')
                 UNION ALL
                 SELECT x.model_name, x.status, x.attempts FROM docextract.extractions x
-                 WHERE x.status = 'processing') l
+                 WHERE x.status = 'processing'
+                -- A classification request in flight (extractions_classifying).
+                UNION ALL
+                SELECT x.model_name, x.status, x.attempts FROM docextract.extractions x
+                 WHERE x.status = 'classifying') l
          GROUP BY l.model_name
         UNION ALL
         SELECT t.model_name, 0, 0, 0, t.completed, t.failed, t.cancelled, t.retries,
