@@ -9,10 +9,10 @@
 # extractions (rolled back: every N starts from the same rows).  No worker
 # serves the database (docextract.databases names another), so nothing moves
 # meanwhile, and autovacuum is off.  Prints, per N: each trigger's time and
-# the whole UPDATE's (EXPLAIN ANALYZE), then, with auto_explain on the trigger's statements
-# (the row triggers disabled in that transaction, so that only these are
-# logged), each statement's join and the row pairs its join filter
-# rejected (a nested loop over both tables: N^2 - N).
+# the whole UPDATE's (EXPLAIN ANALYZE), then, with auto_explain on the
+# triggers' statements (the row triggers disabled in that transaction, so
+# that only these are logged), each statement's join and the row pairs its
+# join filter rejected (a nested loop over both tables: N^2 - N).
 #   bash bench/transition_joins.sh                   N = 1000 4000 16000
 #   BENCH_SIZES='1000 2000' bash bench/transition_joins.sh
 # Also PG_CONFIG, BENCH_NO_BUILD ... (bench/lib.sh).
