@@ -432,8 +432,12 @@ $$;
 -- worker changes a batch of rows at once; transition tables): an outbox row
 -- per change, its NOTIFY (sent at commit, with the change), and a delivery
 -- per matching webhook of a role that may see the extraction.
+-- enable_nestloop off: the kept plan is made at the first call's size, often
+-- one row; a nested loop over old_rows and new_rows would then compare every
+-- pair (n^2 for an UPDATE of n rows), a hash join reads each once.  Its only
+-- other join (deliver_events: no equality to hash) stays a nested loop.
 CREATE FUNCTION docextract.announce_status() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp SET enable_nestloop = off AS $$
 DECLARE
     notify boolean := pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
         pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
@@ -1373,9 +1377,11 @@ SELECT pg_catalog.pg_extension_config_dump('docextract.model_stat_deltas', '');
 -- Extractions ended (or await review: their attempts are over), counted
 -- once per statement and per model and owner.  Their retries are counted
 -- once, when their attempts end.  Only status changes count: rows loaded by
--- a restore come with their counts.
+-- a restore come with their counts.  Paired by a hash join, as in
+-- announce_status(): never n^2 whatever the size its plan was made for.
 CREATE FUNCTION docextract.count_outcome() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp
+SET enable_nestloop = off AS $$
 BEGIN
     INSERT INTO docextract.model_stat_deltas (model_name, owner, completed, failed, cancelled, retries)
     SELECT n.model_name, n.owner, sum((n.status = 'completed')::integer),
@@ -1416,7 +1422,7 @@ SELECT s.model_name,
        sum(s.output_tokens) AS output_tokens,
        sum(s.cost) AS cost
   FROM (SELECT l.model_name,
-               count(*) FILTER (WHERE l.status = 'processing') AS in_flight,
+               count(*) FILTER (WHERE l.status IN ('processing', 'classifying')) AS in_flight,
                count(*) FILTER (WHERE l.status = 'pending') AS queued,
                count(*) FILTER (WHERE l.status = 'retrying') AS retrying,
                0 AS completed, 0 AS failed, 0 AS cancelled,
@@ -1427,7 +1433,11 @@ SELECT s.model_name,
                  WHERE x.status IN ('pending', 'retrying')
                 UNION ALL
                 SELECT x.model_name, x.status, x.attempts FROM docextract.extractions x
-                 WHERE x.status = 'processing') l
+                 WHERE x.status = 'processing'
+                -- A classification request in flight (extractions_classifying).
+                UNION ALL
+                SELECT x.model_name, x.status, x.attempts FROM docextract.extractions x
+                 WHERE x.status = 'classifying') l
          GROUP BY l.model_name
         UNION ALL
         SELECT t.model_name, 0, 0, 0, t.completed, t.failed, t.cancelled, t.retries,

@@ -32,36 +32,38 @@ static const char *rows_exist_sql =
 /*
  * Every job of the batch at once: those still processing complete (or
  * await review), their results are stored and their usage counted (per
- * model and owner: the fold sums them anyway).
+ * model and owner: the fold sums them anyway).  The UPDATE returns what
+ * the two INSERTs need, its input's columns included, so that nothing joins
+ * a CTE to another: a kept plan estimates a CTE at a row or so, and a
+ * nested loop over two would compare every pair of the batch.
  */
 static const char *store_sql =
-"WITH i AS ("
-"  SELECT * FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::text[], $5::text[],"
-"                       $6::text[], $7::text[], $8::text[], $9::text[])"
-"    AS i(id, review, data, raw, usage, attributions, validation, table_attributions, citations)),"
-" u AS ("
+"WITH u AS ("
 "  UPDATE docextract.extractions e"
 "     SET status = CASE WHEN i.review THEN 'awaiting_approval' ELSE 'completed' END,"
 "         completed_at = CASE WHEN i.review THEN NULL ELSE clock_timestamp() END,"
 "         completion_percentage = 100, error_message = NULL"
-"    FROM i WHERE e.id = i.id AND e.status = 'processing'"
-"  RETURNING e.id, e.document_id, e.template_id, e.owner, e.model_name),"
+"    FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::text[], $5::text[],"
+"                $6::text[], $7::text[], $8::text[], $9::text[])"
+"      AS i(id, review, data, raw, usage, attributions, validation, table_attributions, citations)"
+"   WHERE e.id = i.id AND e.status = 'processing'"
+"  RETURNING e.id, e.document_id, e.template_id, e.owner, e.model_name, i.data::jsonb AS data,"
+"            i.raw::jsonb AS raw, i.usage::jsonb AS usage, i.attributions::jsonb AS attributions,"
+"            i.validation::jsonb AS validation, i.table_attributions::jsonb AS table_attributions,"
+"            i.citations::jsonb AS citations),"
 " r AS ("
 "  INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, data,"
 "                                  raw_output, usage, attributions, validation,"
 "                                  table_attributions, citations)"
-"  SELECT u.id, u.document_id, u.template_id, u.owner, i.data::jsonb, i.raw::jsonb,"
-"         i.usage::jsonb, i.attributions::jsonb, i.validation::jsonb,"
-"         i.table_attributions::jsonb, i.citations::jsonb"
-"    FROM u JOIN i ON i.id = u.id"
-"  RETURNING extraction_id, owner, usage)"
+"  SELECT u.id, u.document_id, u.template_id, u.owner, u.data, u.raw, u.usage,"
+"         u.attributions, u.validation, u.table_attributions, u.citations FROM u)"
 " INSERT INTO docextract.model_stat_deltas (model_name, owner, latency_ms_sum, latency_n,"
 "                                           input_tokens, output_tokens, cost)"
-" SELECT u.model_name, r.owner, sum(coalesce((r.usage->>'latency_ms')::numeric, 0)),"
-"        sum((r.usage ? 'latency_ms')::integer),"
-"        sum(coalesce((r.usage->>'input_tokens')::numeric, 0)),"
-"        sum(coalesce((r.usage->>'output_tokens')::numeric, 0)), sum((r.usage->>'cost')::numeric)"
-"   FROM r JOIN u ON u.id = r.extraction_id GROUP BY u.model_name, r.owner";
+" SELECT u.model_name, u.owner, sum(coalesce((u.usage->>'latency_ms')::numeric, 0)),"
+"        sum((u.usage ? 'latency_ms')::integer),"
+"        sum(coalesce((u.usage->>'input_tokens')::numeric, 0)),"
+"        sum(coalesce((u.usage->>'output_tokens')::numeric, 0)), sum((u.usage->>'cost')::numeric)"
+"   FROM u GROUP BY u.model_name, u.owner";
 
 #define STORE_NARGS 9
 
