@@ -427,7 +427,7 @@ BEGIN
     IF read_pages > 0 AND p.credits_reserved > read_pages THEN
         INSERT INTO docextract.credit_slot_deltas (role, slot, balance_delta, reserved_delta)
         VALUES (p.owner, coalesce(p.credit_slot, 0), 0, -(p.credits_reserved - read_pages));
-        after := docextract.credit_available(p.owner);
+        after := docextract.credit_available_after(p.owner, p.credits_reserved - read_pages);
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                               reason, created_by)
         VALUES (p.owner, 'release', p.credits_reserved - read_pages, after, p.id,
@@ -598,6 +598,22 @@ CREATE FUNCTION docextract.credit_slot_cache() RETURNS text
 LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'docextract_credit_slot_cache';
 CREATE FUNCTION docextract.credit_slot_note(state text) RETURNS void
 LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'docextract_credit_slot_note';
+CREATE FUNCTION docextract.credit_settle_known(r regrole, change bigint) RETURNS bigint
+LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'docextract_credit_settle_known';
+CREATE FUNCTION docextract.credit_settle_note(r regrole, available bigint) RETURNS bigint
+LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'docextract_credit_settle_note';
+
+-- Role r's available credits after a settle moved them by change (its
+-- delta, inserted just before), for the ledger: read once a transaction,
+-- then moved by each settle (credit_state.c), so an UPDATE that settles n
+-- rows sums the role's deltas once, not once per row.
+CREATE FUNCTION docextract.credit_available_after(r regrole, change bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+BEGIN
+    RETURN coalesce(docextract.credit_settle_known(r, change),
+                    docextract.credit_settle_note(r, docextract.credit_available(r)));
+END
+$$;
 
 -- Slot c of role r, locked by this transaction: what was settled into it
 -- since (credit_slot_deltas) folded in; returns its free credits.  No row
@@ -755,6 +771,9 @@ REVOKE ALL ON FUNCTION docextract.credit_slot_fold(regrole, smallint) FROM PUBLI
 REVOKE ALL ON FUNCTION docextract.credit_slot_held() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_slot_cache() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_slot_note(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_settle_known(regrole, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_settle_note(regrole, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_available_after(regrole, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_slot_remember(regrole, smallint, bigint, bigint, boolean, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_accounts_read_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.fold_credit_deltas(regrole) FROM PUBLIC;
@@ -840,7 +859,8 @@ BEGIN
     VALUES (OLD.owner, coalesce(OLD.credit_slot, 0),
             -CASE WHEN kind = 'charge' THEN OLD.credits_reserved ELSE read_pages END,
             -OLD.credits_reserved);
-    after := docextract.credit_available(OLD.owner);
+    after := docextract.credit_available_after(OLD.owner,
+                 CASE WHEN kind = 'charge' THEN 0 ELSE OLD.credits_reserved - read_pages END);
     IF read_pages > 0 THEN
         INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                               reason, created_by)

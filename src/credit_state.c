@@ -10,6 +10,14 @@
  * again).  A subtransaction that aborts releases the row locks it took, so
  * its abort forgets the slot (the next submit locks one again); "holds a
  * slot" stays, which only makes a gather more careful.
+ *
+ * And a third: a role's available credits as this transaction's settles
+ * (charges and releases) left them, for their ledger entries.  Read once,
+ * then moved by each settle, so a statement that settles n rows of a role
+ * (a bulk cancel) sums its unfolded deltas once, not n times (n^2).  Any
+ * other change of the role's credits in this transaction (a submit, a
+ * gather, a grant: each notes its slot state) and a subtransaction's abort
+ * make the next settle read them again.
  */
 #include "postgres.h"
 
@@ -22,17 +30,32 @@
 PG_FUNCTION_INFO_V1(docextract_credit_slot_held);
 PG_FUNCTION_INFO_V1(docextract_credit_slot_cache);
 PG_FUNCTION_INFO_V1(docextract_credit_slot_note);
+PG_FUNCTION_INFO_V1(docextract_credit_settle_known);
+PG_FUNCTION_INFO_V1(docextract_credit_settle_note);
 
 static LocalTransactionId held_in = InvalidLocalTransactionId;
 static LocalTransactionId cached_in = InvalidLocalTransactionId;
 static char cache[128];
+static LocalTransactionId settled_in = InvalidLocalTransactionId;
+static Oid	settled_role = InvalidOid;
+static int64 settled_available;
 
 static void
 forget_on_subabort(SubXactEvent event, SubTransactionId mySubid,
 				   SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
-		cached_in = InvalidLocalTransactionId;
+		cached_in = settled_in = InvalidLocalTransactionId;
+}
+
+static void
+register_subabort(void)
+{
+	static bool registered = false;
+
+	if (!registered)
+		RegisterSubXactCallback(forget_on_subabort, NULL);
+	registered = true;
 }
 
 /* Does this transaction hold one of a role's credit slots? */
@@ -55,16 +78,11 @@ docextract_credit_slot_cache(PG_FUNCTION_ARGS)
 Datum
 docextract_credit_slot_note(PG_FUNCTION_ARGS)
 {
-	static bool registered = false;
 	char	   *state;
 
-	if (!registered)
-	{
-		RegisterSubXactCallback(forget_on_subabort, NULL);
-		registered = true;
-	}
+	register_subabort();
 	held_in = MyProc->lxid;
-	cached_in = InvalidLocalTransactionId;
+	cached_in = settled_in = InvalidLocalTransactionId;
 	if (PG_ARGISNULL(0))
 		PG_RETURN_VOID();
 	state = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -75,4 +93,25 @@ docextract_credit_slot_note(PG_FUNCTION_ARGS)
 	strlcpy(cache, state, sizeof(cache));
 	cached_in = MyProc->lxid;
 	PG_RETURN_VOID();
+}
+
+/* Role r's available credits moved by change, if known here; else NULL. */
+Datum
+docextract_credit_settle_known(PG_FUNCTION_ARGS)
+{
+	if (settled_in != MyProc->lxid || settled_role != PG_GETARG_OID(0))
+		PG_RETURN_NULL();
+	settled_available += PG_GETARG_INT64(1);
+	PG_RETURN_INT64(settled_available);
+}
+
+/* Role r's available credits, just read: remember them; returns them. */
+Datum
+docextract_credit_settle_note(PG_FUNCTION_ARGS)
+{
+	register_subabort();
+	settled_in = MyProc->lxid;
+	settled_role = PG_GETARG_OID(0);
+	settled_available = PG_GETARG_INT64(1);
+	PG_RETURN_INT64(settled_available);
 }

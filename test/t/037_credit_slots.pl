@@ -159,7 +159,9 @@ like(sq(q{SELECT sqlstate_of($$UPDATE docextract.credit_accounts SET balance = 1
 	'not even a superuser writes through the view');
 is(sq(q{SET ROLE carol; SELECT count(*) FROM docextract.credit_slots WHERE role = 'alice'::regrole}), '0',
 	"carol sees none of alice's slots");
-for my $f ('credit_slot_note(NULL)', 'credit_slot_held()', 'credit_slot_cache()')
+for my $f ('credit_slot_note(NULL)', 'credit_slot_held()', 'credit_slot_cache()',
+	"credit_settle_note('carol', 1000000)", "credit_settle_known('carol', 1)",
+	"credit_available_after('carol', 1)")
 {
 	like(sq("SET ROLE carol; SELECT sqlstate_of(\$\$SELECT docextract.$f\$\$)"), qr/^42501: /,
 		"a role cannot call docextract.$f");
@@ -175,6 +177,31 @@ is(sq(qq{SET ROLE alice; BEGIN;
 	SELECT n_tup_upd <= 8 FROM pg_stat_xact_user_tables
 	 WHERE relid = 'docextract.credit_slots'::regclass;
 	COMMIT;}), 't', 'sixty submits in one transaction update the credit slots at most eight times');
+
+# -- many settles in one statement: the role's credits are summed once, not once a row ----
+# (A bulk cancel releases each row's credits and writes the role's available
+# credits in its ledger entry; summed per row over the deltas not folded
+# yet, which the cancels themselves add to, n cancels cost n^2.)
+my $bulk = 1000;
+sq("SELECT docextract.grant_credits('alice', $bulk, 'bulk cancel')");
+is(sq(qq{SET ROLE alice; BEGIN;
+	CREATE TEMP TABLE bulk AS SELECT docextract.extract_document('$pdf', '$tid', '{"force": true}') AS id
+	  FROM generate_series(1, $bulk);
+	CREATE TEMP TABLE fetched AS SELECT idx_tup_fetch FROM pg_stat_xact_user_tables
+	 WHERE relid = 'docextract.credit_slot_deltas'::regclass;
+	SELECT count(docextract.cancel_extraction(id)) FROM bulk \\g /dev/null
+	SELECT (SELECT s.idx_tup_fetch FROM pg_stat_xact_user_tables s
+	         WHERE s.relid = 'docextract.credit_slot_deltas'::regclass) - f.idx_tup_fetch < 4 * $bulk
+	  FROM fetched f;
+	COMMIT;}), 't', "$bulk cancels in one statement read the credit deltas about once each, not $bulk times");
+is(sq(qq{SELECT count(*) FROM (
+	  SELECT available_after - lag(available_after) OVER (ORDER BY id) AS moved, credits
+	    FROM (SELECT * FROM docextract.credit_ledger WHERE role = 'alice'::regrole AND kind = 'release'
+	           ORDER BY id DESC LIMIT $bulk) r) l
+	WHERE moved IS DISTINCT FROM credits}), '1',
+	'each release moves the ledger\'s available credits by its own credits (all but the first)');
+is(sq(q{SELECT available_after FROM docextract.credit_ledger WHERE role = 'alice'::regrole
+	ORDER BY id DESC LIMIT 1}), balance('alice'), '... and the last is the balance');
 
 $node->stop;
 done_testing();
