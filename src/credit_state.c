@@ -11,10 +11,11 @@
  * its abort forgets the slot (the next submit locks one again); "holds a
  * slot" stays, which only makes a gather more careful.
  *
- * And a third: a role's available credits as this transaction's settles
- * (charges and releases) left them, for their ledger entries.  Read once,
- * then moved by each settle, so a statement that settles n rows of a role
- * (a bulk cancel) sums its unfolded deltas once, not n times (n^2).  Any
+ * And a third: each role's available credits as this transaction's
+ * settles (charges and releases) left them, for their ledger entries.  Read
+ * once, then moved by each settle, so a statement that settles n rows (a
+ * bulk cancel, of one role or several) sums each role's unfolded deltas
+ * once, not n times (n^2).  Any
  * other change of the role's credits in this transaction (a submit, a
  * gather, a grant: each notes its slot state) and a subtransaction's abort
  * make the next settle read them again.
@@ -36,9 +37,12 @@ PG_FUNCTION_INFO_V1(docextract_credit_settle_note);
 static LocalTransactionId held_in = InvalidLocalTransactionId;
 static LocalTransactionId cached_in = InvalidLocalTransactionId;
 static char cache[128];
+/* Roles settled in this transaction (a statement may settle several's rows, interleaved). */
+#define SETTLED_ROLES 16
 static LocalTransactionId settled_in = InvalidLocalTransactionId;
-static Oid	settled_role = InvalidOid;
-static int64 settled_available;
+static int	nsettled;
+static Oid	settled_role[SETTLED_ROLES];
+static int64 settled_available[SETTLED_ROLES];
 
 static void
 forget_on_subabort(SubXactEvent event, SubTransactionId mySubid,
@@ -95,23 +99,41 @@ docextract_credit_slot_note(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* Role r's place among the roles settled in this transaction, or -1. */
+static int
+settled_index(Oid role)
+{
+	if (settled_in != MyProc->lxid)
+		nsettled = 0;
+	settled_in = MyProc->lxid;
+	for (int i = 0; i < nsettled; i++)
+		if (settled_role[i] == role)
+			return i;
+	return -1;
+}
+
 /* Role r's available credits moved by change, if known here; else NULL. */
 Datum
 docextract_credit_settle_known(PG_FUNCTION_ARGS)
 {
-	if (settled_in != MyProc->lxid || settled_role != PG_GETARG_OID(0))
+	int			i = settled_index(PG_GETARG_OID(0));
+
+	if (i < 0)
 		PG_RETURN_NULL();
-	settled_available += PG_GETARG_INT64(1);
-	PG_RETURN_INT64(settled_available);
+	settled_available[i] += PG_GETARG_INT64(1);
+	PG_RETURN_INT64(settled_available[i]);
 }
 
 /* Role r's available credits, just read: remember them; returns them. */
 Datum
 docextract_credit_settle_note(PG_FUNCTION_ARGS)
 {
+	int			i = settled_index(PG_GETARG_OID(0));
+
 	register_subabort();
-	settled_in = MyProc->lxid;
-	settled_role = PG_GETARG_OID(0);
-	settled_available = PG_GETARG_INT64(1);
-	PG_RETURN_INT64(settled_available);
+	if (i < 0)
+		i = nsettled < SETTLED_ROLES ? nsettled++ : (int) (PG_GETARG_OID(0) % SETTLED_ROLES);
+	settled_role[i] = PG_GETARG_OID(0);
+	settled_available[i] = PG_GETARG_INT64(1);
+	PG_RETURN_INT64(settled_available[i]);
 }

@@ -183,25 +183,39 @@ is(sq(qq{SET ROLE alice; BEGIN;
 # credits in its ledger entry; summed per row over the deltas not folded
 # yet, which the cancels themselves add to, n cancels cost n^2.)
 my $bulk = 1000;
-sq("SELECT docextract.grant_credits('alice', $bulk, 'bulk cancel')");
-is(sq(qq{SET ROLE alice; BEGIN;
-	CREATE TEMP TABLE bulk AS SELECT docextract.extract_document('$pdf', '$tid', '{"force": true}') AS id
-	  FROM generate_series(1, $bulk);
+my $half = $bulk / 2;
+sq("SELECT docextract.grant_credits('alice', $half, 'bulk cancel'), docextract.grant_credits('carol', $half, 'bulk cancel')");
+# Two roles' rows, cancelled alternately by a superuser.
+is(sq(qq{BEGIN;
+	CREATE TEMP TABLE bulk (id uuid, owner text);
+	GRANT ALL ON bulk TO alice, carol;
+	SET ROLE alice;
+	INSERT INTO bulk SELECT docextract.extract_document('$pdf', '$tid', '{"force": true}'), 'alice'
+	  FROM generate_series(1, $half);
+	SET ROLE carol;
+	INSERT INTO bulk SELECT docextract.extract_document('$cpdf', '$ctid', '{"force": true}'), 'carol'
+	  FROM generate_series(1, $half);
+	RESET ROLE;
 	CREATE TEMP TABLE fetched AS SELECT idx_tup_fetch FROM pg_stat_xact_user_tables
 	 WHERE relid = 'docextract.credit_slot_deltas'::regclass;
-	SELECT count(docextract.cancel_extraction(id)) FROM bulk \\g /dev/null
+	SELECT count(docextract.cancel_extraction(id))
+	  FROM (SELECT id, owner, row_number() OVER (PARTITION BY owner ORDER BY id) AS n FROM bulk
+	         ORDER BY n, owner) b \\g /dev/null
 	SELECT (SELECT s.idx_tup_fetch FROM pg_stat_xact_user_tables s
 	         WHERE s.relid = 'docextract.credit_slot_deltas'::regclass) - f.idx_tup_fetch < 4 * $bulk
 	  FROM fetched f;
-	COMMIT;}), 't', "$bulk cancels in one statement read the credit deltas about once each, not $bulk times");
-is(sq(qq{SELECT count(*) FROM (
-	  SELECT available_after - lag(available_after) OVER (ORDER BY id) AS moved, credits
-	    FROM (SELECT * FROM docextract.credit_ledger WHERE role = 'alice'::regrole AND kind = 'release'
-	           ORDER BY id DESC LIMIT $bulk) r) l
-	WHERE moved IS DISTINCT FROM credits}), '1',
-	'each release moves the ledger\'s available credits by its own credits (all but the first)');
-is(sq(q{SELECT available_after FROM docextract.credit_ledger WHERE role = 'alice'::regrole
-	ORDER BY id DESC LIMIT 1}), balance('alice'), '... and the last is the balance');
+	COMMIT;}), 't', "$bulk cancels of two roles' rows, alternately, in one statement read the credit deltas about once each");
+for my $role ('alice', 'carol')
+{
+	is(sq(qq{SELECT count(*) FROM (
+		  SELECT available_after - lag(available_after) OVER (ORDER BY id) AS moved, credits
+		    FROM (SELECT * FROM docextract.credit_ledger WHERE role = '$role'::regrole AND kind = 'release'
+		           ORDER BY id DESC LIMIT $half) r) l
+		WHERE moved IS DISTINCT FROM credits}), '1',
+		"each of $role\'s releases moves $role\'s available credits in the ledger by its own credits (all but the first)");
+	is(sq(qq{SELECT available_after FROM docextract.credit_ledger WHERE role = '$role'::regrole
+		ORDER BY id DESC LIMIT 1}), balance($role), "... and $role\'s last is $role\'s balance");
+}
 
 $node->stop;
 done_testing();
