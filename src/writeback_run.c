@@ -336,12 +336,30 @@ row_locked(Datum id, Datum due)
 }
 
 /*
+ * The write-back worker's statement just locked the extraction's row: if
+ * its job is still queued, a claim meanwhile skipped it (SKIP LOCKED), and
+ * nothing else would make the job worker look again before its poll.  So
+ * the commit wakes it.
+ */
+static void
+wake_if_queued(void)
+{
+	char	   *status;
+
+	if (SPI_processed != 1)
+		return;
+	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (status && (strcmp(status, "pending") == 0 || strcmp(status, "retrying") == 0))
+		docextract_wake_worker_at_commit();
+}
+
+/*
  * Record the outcome, unless the extraction changed since it was read (a
  * newer status is due: the next write-back writes it) or is locked (being
  * changed now): the worker never waits on a row a session holds.
  */
 static bool
-record_outcome(Datum id, Datum due, const char *err, bool retry)
+record_outcome(Datum id, Datum due, const char *err, bool retry, bool in_worker)
 {
 	spi_execute_with_args("WITH mine AS (SELECT e.id FROM docextract.extractions e"
 						  "  WHERE e.id = $1 AND e.writeback_due = $2 FOR UPDATE SKIP LOCKED)"
@@ -349,11 +367,13 @@ record_outcome(Datum id, Datum due, const char *err, bool retry)
 						  " SET writeback_due = CASE WHEN $4 THEN clock_timestamp()"
 						  "       + $5 * interval '1 millisecond' END,"
 						  "     writeback_error = CASE WHEN $4 THEN e.writeback_error ELSE $3 END"
-						  " FROM mine WHERE e.id = mine.id",
+						  " FROM mine WHERE e.id = mine.id RETURNING e.status",
 						  5, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, INT4OID},
 						  (Datum[]) {id, due, err ? CStringGetTextDatum(err) : (Datum) 0,
 							  BoolGetDatum(retry), Int32GetDatum(WRITEBACK_RETRY_MS)},
 						  err ? "     " : "  n  ", false, 0);
+	if (in_worker)
+		wake_if_queued();
 	if (SPI_processed == 1)
 		return true;
 	/* Not recorded: changed since (a newer write-back is due), or held. */
@@ -397,12 +417,14 @@ writeback_lease(Datum id)
 	if (spi_execute_with_args("UPDATE docextract.extractions"
 							  " SET writeback_due = clock_timestamp() + $2 * interval '1 millisecond'"
 							  " WHERE id = (SELECT x.id FROM docextract.extractions x WHERE x.id = $1"
-							  "             AND x.writeback_due IS NOT NULL FOR UPDATE SKIP LOCKED)",
+							  "             AND x.writeback_due IS NOT NULL FOR UPDATE SKIP LOCKED)"
+							  " RETURNING status",
 							  2, (Oid[]) {UUIDOID, INT4OID},
 							  (Datum[]) {id, Int32GetDatum(docextract_writeback_timeout_ms + 60 * 1000)},
-							  NULL, false, 0) != SPI_OK_UPDATE)
+							  NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not lease a write-back");
 	leased = SPI_processed == 1;
+	wake_if_queued();
 	spi_finish();
 	return leased;
 }
@@ -437,7 +459,7 @@ writeback_run(Datum id, bool bounded)
 	 * again later.  Not a cancel: that is writeback_timeout, the triggers' fault.
 	 */
 	retry = err != NULL && error_is_transient(sqlstate) && sqlstate != ERRCODE_QUERY_CANCELED;
-	recorded = record_outcome(id, w.due, err, retry);
+	recorded = record_outcome(id, w.due, err, retry, bounded);
 	if (err && !retry)
 		ereport(WARNING,
 				(errmsg("docextract: could not write extraction %s back to its row: %s",
