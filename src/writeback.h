@@ -6,6 +6,8 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
+
 /* writeback_run.c, writeback_worker.c: write-backs of the trigger form ----- */
 
 /* A write-back that met a lock is tried again this much later. */
@@ -17,12 +19,19 @@
  */
 #define WRITEBACK_GRACE_MS 1000
 extern int	writeback_deadline_timeout;	/* a TimeoutId, -1 outside the worker */
-extern bool writeback_lease(Datum id);
+extern int	writeback_lease(const Datum *ids, int n, TimestampTz lease_until, bool *leased);
+extern void writeback_unlease(Datum id, TimestampTz lease_until, TimestampTz due);
 
 extern int	docextract_writeback_timeout_ms;
 extern int	docextract_writeback_lock_timeout_ms;
 
-extern bool writeback_run(Datum id, bool bounded);
+typedef enum
+{
+	WRITEBACK_DONE,				/* written, or its failure recorded */
+	WRITEBACK_RETRY,			/* met a lock or the like: due again later */
+	WRITEBACK_HELD				/* a session holds its row: not recorded */
+} WriteBackOutcome;
+extern WriteBackOutcome writeback_run(Datum id, bool bounded);
 extern void writeback_define_settings(void);
 
 /* trigger_rows.c, documents.c, pdf.c: per-row errors of the trigger form -- */

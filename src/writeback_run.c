@@ -290,36 +290,43 @@ attempt(WriteBack *w, int *sqlstate)
 	return err;
 }
 
-/* Read the extraction as it is now: the latest status is what is written. */
+/*
+ * Read the extraction as it is now: the latest status is what is written.
+ * Found by its id alone: a condition on writeback_due would let the planner
+ * walk the due rows' partial index instead, whose cost grows with them.
+ */
 static bool
 load_write_back(Datum id, WriteBack *w)
 {
+	static SPIPlanPtr plan = NULL;
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
+	bool		due_null;
 	ArrayType  *key;
 
-	spi_execute_with_args("SELECT e.owner::oid, e.target_table::oid, e.target_result_column,"
-						  "       e.target_status_column, e.status, r.data, e.target_pk,"
-						  "       e.writeback_due"
-						  "  FROM docextract.extractions e"
-						  "  LEFT JOIN docextract.results r ON r.extraction_id = e.id"
-						  " WHERE e.id = $1 AND e.target_table IS NOT NULL"
-						  "   AND e.writeback_due IS NOT NULL",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
+	spi_execute_kept(&plan, "SELECT e.owner::oid, e.target_table::oid, e.target_result_column,"
+					 "       e.target_status_column, e.status, r.data, e.target_pk,"
+					 "       e.writeback_due"
+					 "  FROM docextract.extractions e"
+					 "  LEFT JOIN docextract.results r ON r.extraction_id = e.id"
+					 " WHERE e.id = $1",
+					 1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
 	if (SPI_processed != 1)
 		return false;
 	tup = SPI_copytuple(SPI_tuptable->vals[0]);
 	desc = SPI_tuptable->tupdesc;
-	w->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+	w->due = SPI_getbinval(tup, desc, 8, &due_null);
 	w->table = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	if (due_null || isnull)
+		return false;			/* not due, or not of the trigger form */
+	w->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
 	w->result_col = SPI_getvalue(tup, desc, 3);
 	w->status_col = SPI_getvalue(tup, desc, 4);
 	w->status = SPI_getvalue(tup, desc, 5);
 	w->data = SPI_getbinval(tup, desc, 6, &w->data_null);
 	key = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull));
 	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &w->key, NULL, &w->nkey);
-	w->due = SPI_getbinval(tup, desc, 8, &isnull);
 	return true;
 }
 
@@ -327,10 +334,12 @@ load_write_back(Datum id, WriteBack *w)
 static bool
 row_locked(Datum id, Datum due)
 {
-	if (spi_execute_with_args("SELECT 1 FROM docextract.extractions e"
-							  " WHERE e.id = $1 AND e.writeback_due = $2",
-							  2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, (Datum[]) {id, due},
-							  NULL, true, 1) != SPI_OK_SELECT)
+	static SPIPlanPtr plan = NULL;
+
+	if (spi_execute_kept(&plan, "SELECT 1 FROM docextract.extractions e"
+						 " WHERE e.id = $1 AND e.writeback_due = $2",
+						 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, (Datum[]) {id, due},
+						 NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read extraction %s", uuid_text(id));
 	return SPI_processed == 1;
 }
@@ -342,15 +351,19 @@ row_locked(Datum id, Datum due)
  * the commit wakes it.
  */
 static void
-wake_if_queued(void)
+wake_if_queued(int status_column)
 {
-	char	   *status;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *status = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+										  status_column);
 
-	if (SPI_processed != 1)
-		return;
-	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (status && (strcmp(status, "pending") == 0 || strcmp(status, "retrying") == 0))
-		docextract_wake_worker_at_commit();
+		if (status && (strcmp(status, "pending") == 0 || strcmp(status, "retrying") == 0))
+		{
+			docextract_wake_worker_at_commit();
+			return;
+		}
+	}
 }
 
 /*
@@ -361,19 +374,22 @@ wake_if_queued(void)
 static bool
 record_outcome(Datum id, Datum due, const char *err, bool retry, bool in_worker)
 {
-	spi_execute_with_args("WITH mine AS (SELECT e.id FROM docextract.extractions e"
-						  "  WHERE e.id = $1 AND e.writeback_due = $2 FOR UPDATE SKIP LOCKED)"
-						  " UPDATE docextract.extractions e"
-						  " SET writeback_due = CASE WHEN $4 THEN clock_timestamp()"
-						  "       + $5 * interval '1 millisecond' END,"
-						  "     writeback_error = CASE WHEN $4 THEN e.writeback_error ELSE $3 END"
-						  " FROM mine WHERE e.id = mine.id RETURNING e.status",
-						  5, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, INT4OID},
-						  (Datum[]) {id, due, err ? CStringGetTextDatum(err) : (Datum) 0,
-							  BoolGetDatum(retry), Int32GetDatum(WRITEBACK_RETRY_MS)},
-						  err ? "     " : "  n  ", false, 0);
+	static SPIPlanPtr plan = NULL;
+
+	/* The row by its id, as an InitPlan: never joined over the whole table. */
+	spi_execute_kept(&plan, "UPDATE docextract.extractions e"
+					 " SET writeback_due = CASE WHEN $4 THEN clock_timestamp()"
+					 "       + $5 * interval '1 millisecond' END,"
+					 "     writeback_error = CASE WHEN $4 THEN e.writeback_error ELSE $3 END"
+					 " WHERE e.id = (SELECT x.id FROM docextract.extractions x"
+					 "               WHERE x.id = $1 AND x.writeback_due = $2 FOR UPDATE SKIP LOCKED)"
+					 " RETURNING e.status",
+					 5, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, INT4OID},
+					 (Datum[]) {id, due, err ? CStringGetTextDatum(err) : (Datum) 0,
+						 BoolGetDatum(retry), Int32GetDatum(WRITEBACK_RETRY_MS)},
+					 err ? "     " : "  n  ", false, 0);
 	if (in_worker)
-		wake_if_queued();
+		wake_if_queued(1);
 	if (SPI_processed == 1)
 		return true;
 	/* Not recorded: changed since (a newer write-back is due), or held. */
@@ -401,40 +417,79 @@ clean_session(void)
 }
 
 /*
- * Before the worker runs a write-back's user code: push its due time past
- * one attempt, committed apart.  If that code stops the worker
- * (WRITEBACK_GRACE_MS), the row waits its turn like any other instead of
- * being run first again; a finished attempt records its own outcome.
- * False if a session holds the row: leave it for a while.  In a
- * transaction.
+ * Before the worker runs write-backs' user code: push their due time to
+ * lease_until, past the batch's attempts, committed apart.  If that code
+ * stops the worker (WRITEBACK_GRACE_MS), its rows wait their turn like any
+ * other instead of being run first again; a finished attempt records its
+ * own outcome.  leased[i] is false for a row a session holds (leave it for
+ * a while) or that is no longer due.  In a transaction.
+ *
+ * Not a plain "writeback_due IS NOT NULL": the planner would walk the due
+ * rows' partial index for it, and read every due row on each lease.
  */
-bool
-writeback_lease(Datum id)
+int
+writeback_lease(const Datum *ids, int n, TimestampTz lease_until, bool *leased)
 {
-	bool		leased;
+	static SPIPlanPtr plan = NULL;
+	Datum		array = PointerGetDatum(construct_array(unconstify(Datum *, ids), n, UUIDOID,
+														UUID_LEN, false, TYPALIGN_CHAR));
+	int			count = 0;
 
 	spi_connect();
-	if (spi_execute_with_args("UPDATE docextract.extractions"
-							  " SET writeback_due = clock_timestamp() + $2 * interval '1 millisecond'"
-							  " WHERE id = (SELECT x.id FROM docextract.extractions x WHERE x.id = $1"
-							  "             AND x.writeback_due IS NOT NULL FOR UPDATE SKIP LOCKED)"
-							  " RETURNING status",
-							  2, (Oid[]) {UUIDOID, INT4OID},
-							  (Datum[]) {id, Int32GetDatum(docextract_writeback_timeout_ms + 60 * 1000)},
-							  NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not lease a write-back");
-	leased = SPI_processed == 1;
-	wake_if_queued();
+	if (spi_execute_kept(&plan, "UPDATE docextract.extractions e SET writeback_due = $2"
+						 " WHERE e.id = ANY (ARRAY(SELECT x.id FROM docextract.extractions x"
+						 "   WHERE x.id = ANY ($1)"
+						 "     AND CASE WHEN x.writeback_due IS NULL THEN false ELSE true END"
+						 "   FOR UPDATE SKIP LOCKED))"
+						 " RETURNING e.id, e.status",
+						 2, (Oid[]) {UUIDARRAYOID, TIMESTAMPTZOID},
+						 (Datum[]) {array, TimestampTzGetDatum(lease_until)},
+						 NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not lease write-backs");
+	for (int i = 0; i < n; i++)
+	{
+		leased[i] = false;
+		for (uint64 r = 0; r < SPI_processed && !leased[i]; r++)
+		{
+			bool		isnull;
+			Datum		got = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+
+			leased[i] = memcmp(DatumGetPointer(got), DatumGetPointer(ids[i]), UUID_LEN) == 0;
+		}
+		count += leased[i] ? 1 : 0;
+	}
+	wake_if_queued(2);
 	spi_finish();
-	return leased;
+	return count;
+}
+
+/*
+ * Give back the lease of a write-back that the batch did not get to: due
+ * again at due.  A row a session holds keeps its lease (the worker never
+ * waits), and one changed since is due already.  In a transaction.
+ */
+void
+writeback_unlease(Datum id, TimestampTz lease_until, TimestampTz due)
+{
+	static SPIPlanPtr plan = NULL;
+
+	spi_connect();
+	spi_execute_kept(&plan, "UPDATE docextract.extractions e SET writeback_due = $3"
+					 " WHERE e.id = (SELECT x.id FROM docextract.extractions x"
+					 "               WHERE x.id = $1 AND x.writeback_due = $2 FOR UPDATE SKIP LOCKED)",
+					 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TIMESTAMPTZOID},
+					 (Datum[]) {id, TimestampTzGetDatum(lease_until), TimestampTzGetDatum(due)},
+					 NULL, false, 0);
+	spi_finish();
 }
 
 /*
  * The write-back of extraction id, in the current transaction; bounded in
- * the worker.  False if its outcome could not be recorded because a
- * session holds the extraction's row: the caller leaves it for a while.
+ * the worker.  WRITEBACK_HELD if its outcome could not be recorded because
+ * a session holds the extraction's row (the caller leaves it for a while),
+ * WRITEBACK_RETRY if it met a lock or the like and is due again later.
  */
-bool
+WriteBackOutcome
 writeback_run(Datum id, bool bounded)
 {
 	WriteBack	w;
@@ -447,7 +502,7 @@ writeback_run(Datum id, bool bounded)
 	if (!load_write_back(id, &w))
 	{
 		spi_finish();
-		return true;
+		return WRITEBACK_DONE;
 	}
 	w.bounded = bounded;
 	if (get_rel_name(w.table) == NULL)
@@ -467,7 +522,7 @@ writeback_run(Datum id, bool bounded)
 	spi_finish();
 	if (bounded)
 		clean_session();
-	return recorded;
+	return !recorded ? WRITEBACK_HELD : retry ? WRITEBACK_RETRY : WRITEBACK_DONE;
 }
 
 /* SQL: docextract.run_write_backs(), for installations without the worker. */
@@ -492,6 +547,6 @@ docextract_run_write_backs(PG_FUNCTION_ARGS)
 												 1, &isnull), false, UUID_LEN);
 	spi_finish();
 	for (uint64 i = 0; i < n; i++)
-		done += writeback_run(ids[i], false) ? 1 : 0;	/* recorded */
+		done += writeback_run(ids[i], false) != WRITEBACK_HELD ? 1 : 0;	/* recorded */
 	PG_RETURN_INT32(done);
 }

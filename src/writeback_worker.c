@@ -4,12 +4,15 @@
  * Writing a result back runs the users' code (triggers on their tables), so
  * it has a background worker of its own: the worker that calls models never
  * runs users' code, and a trigger that sleeps or waits on a lock slows only
- * write-backs.  Among those, owners take turns (one write-back each, round
- * robin), so a role whose triggers are slow slows only its own.  Each
- * write-back is one short transaction (writeback_run.c), which first takes
- * the extension's tables without waiting, as the job workers do, and steps
- * aside for DDL on the schema (steplock.c); a write-back leased before DDL
- * took the schema is run first once it is free.
+ * write-backs.  Among those, owners take turns (round robin), a batch of
+ * at most WRITEBACK_BATCH write-backs each, cut short after
+ * WRITEBACK_BATCH_MS: so a role whose triggers are slow slows only its own.
+ * A batch is leased in one short transaction and run in another (each
+ * write-back in a subtransaction of its own, writeback_run.c): two commits
+ * for the batch, not two for each row.  Both first take the extension's
+ * tables without waiting, as the job workers do, and step aside for DDL on
+ * the schema (steplock.c); a batch leased before DDL took the schema is
+ * run first once it is free.
  */
 #include "postgres.h"
 
@@ -30,6 +33,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
@@ -43,8 +47,34 @@ PGDLLEXPORT void docextract_writeback_main(Datum main_arg);
 int			docextract_writeback_timeout_ms = 5000;
 int			docextract_writeback_lock_timeout_ms = 1000;
 
-/* Write-backs done between two looks at the latch and the settings. */
-#define WRITEBACKS_PER_ROUND 100
+/* Batches run between two looks at the latch and the settings. */
+#define BATCHES_PER_ROUND 20
+
+/*
+ * A batch: one owner's due write-backs, leased and run together.  Each
+ * write-back's subtransaction takes an xid, and the users' triggers may
+ * take more: a batch ends before its transaction holds half the
+ * PGPROC_MAX_CACHED_SUBXIDS a backend advertises, past which every
+ * snapshot in the cluster slows down.
+ */
+#define WRITEBACK_BATCH 16
+/* A batch takes no new write-back after this long: the next owner's turn. */
+#define WRITEBACK_BATCH_MS 100
+
+/*
+ * The batch leased and not yet run.  It outlives the transaction that
+ * leased it: a batch whose run stepped aside for DDL is run first when the
+ * schema is free again (its leases keep it from being picked meanwhile).
+ */
+typedef struct Batch
+{
+	int			n;				/* write-backs leased; 0: none waits */
+	TimestampTz lease_until;	/* their writeback_due while leased */
+	pg_uuid_t	ids[WRITEBACK_BATCH];
+	TimestampTz due[WRITEBACK_BATCH];	/* as it was before the lease */
+} Batch;
+
+static Batch batch;
 
 void
 writeback_define_settings(void)
@@ -60,14 +90,14 @@ writeback_define_settings(void)
 }
 
 /*
- * The next due write-back, owners in turn: the oldest of the first owner
- * after last_owner that has one (else of the first owner), except those
+ * The next due write-backs, owners in turn: the oldest (at most $3) of the
+ * first owner after last_owner that has one (else of the first owner), except those
  * whose outcome could not be recorded lately ($2).  Each step is a short
  * walk of extractions_writeback_owner: no sort of every due row, which
  * made draining n due write-backs cost n squared.
  */
 static const char *pick_sql =
-"SELECT e.id, e.owner::oid FROM docextract.extractions e"
+"SELECT e.id, e.owner::oid, e.writeback_due FROM docextract.extractions e"
 " WHERE e.owner::oid = coalesce("
 "         (SELECT o.owner::oid FROM docextract.extractions o"
 "           WHERE o.writeback_due <= clock_timestamp() AND o.owner::oid > $1"
@@ -76,7 +106,7 @@ static const char *pick_sql =
 "           WHERE o.writeback_due <= clock_timestamp() AND o.id <> ALL ($2::uuid[])"
 "           ORDER BY o.owner::oid LIMIT 1))"
 "   AND e.writeback_due <= clock_timestamp() AND e.id <> ALL ($2::uuid[])"
-" ORDER BY e.writeback_due LIMIT 1";
+" ORDER BY e.writeback_due LIMIT $3";
 
 /*
  * Write-backs whose extraction row a session held when the outcome was to
@@ -135,32 +165,37 @@ static const char *next_due_sql =
 "  min(writeback_due) - clock_timestamp())))::bigint"
 " FROM docextract.extractions WHERE writeback_due IS NOT NULL";
 
-/* Pick the next write-back; none due: *next_ms brought forward to the next. */
-static bool
-pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
+/*
+ * Pick the next owner's due write-backs into batch (not leased yet); their
+ * count.  None due: *next_ms brought forward to the next.
+ */
+static int
+pick(Oid *last_owner, long *next_ms)
 {
-	MemoryContext outer = CurrentMemoryContext;
-	bool		isnull;
-	bool		found;
+	static SPIPlanPtr pick_plan = NULL;
+	static SPIPlanPtr next_plan = NULL;
 	char	   *skip = skipped_ids();
+	bool		isnull;
+	int			n;
 
 	spi_connect();
-	if (spi_execute_with_args(pick_sql, 2, (Oid[]) {OIDOID, TEXTOID},
-							  (Datum[]) {ObjectIdGetDatum(last_owner), CStringGetTextDatum(skip)},
-							  NULL, true, 1) != SPI_OK_SELECT)
+	if (spi_execute_kept(&pick_plan, pick_sql, 3, (Oid[]) {OIDOID, TEXTOID, INT4OID},
+						 (Datum[]) {ObjectIdGetDatum(*last_owner), CStringGetTextDatum(skip),
+							 Int32GetDatum(WRITEBACK_BATCH)},
+						 NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for due write-backs");
-	found = SPI_processed == 1;
-	if (found)
+	n = (int) Min(SPI_processed, WRITEBACK_BATCH);
+	for (int i = 0; i < n; i++)
 	{
-		MemoryContext spi = MemoryContextSwitchTo(outer);
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 
-		*id = datumCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
-						false, UUID_LEN);
-		MemoryContextSwitchTo(spi);
-		*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-												2, &isnull));
+		batch.ids[i] = *DatumGetUUIDP(SPI_getbinval(row, desc, 1, &isnull));
+		*last_owner = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
+		batch.due[i] = DatumGetTimestampTz(SPI_getbinval(row, desc, 3, &isnull));
 	}
-	else if (spi_execute(next_due_sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	if (n == 0 && spi_execute_kept(&next_plan, next_due_sql, 0, NULL, NULL, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
 	{
 		Datum		ms = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
@@ -171,7 +206,7 @@ pick(Oid last_owner, Datum *id, Oid *owner, long *next_ms)
 		*next_ms = Min(*next_ms, wait);
 	}
 	spi_finish();
-	return found;
+	return n;
 }
 
 int			writeback_deadline_timeout = -1;
@@ -237,12 +272,6 @@ record_stopped_write_back(void)
 					uuid_text(UUIDPGetDatum(&id)))));
 }
 
-/*
- * A write-back leased, whose run stepped aside for DDL: run first when the
- * schema is free again (its lease keeps it from being picked meanwhile).
- */
-static bool leased_pending = false;
-static pg_uuid_t leased_id;
 
 /*
  * A transaction for one step, holding the extension's tables as the job
@@ -273,69 +302,129 @@ step_end(void)
 	CommitTransactionCommand();
 }
 
-/* Pick and lease the next due write-back (leased_pending), in its own transaction. */
+/*
+ * Pick the next owner's due write-backs and lease them (batch), in a
+ * transaction of their own.  True if any was due.
+ */
 static bool
 pick_and_lease(Oid *last_owner, long *next_ms)
 {
-	Datum		id;
-	Oid			owner;
-	bool		found = false;
+	Datum		ids[WRITEBACK_BATCH];
+	bool		leased[WRITEBACK_BATCH];
+	int			n = 0;
+	int			kept = 0;
 
 	if (!step_begin(next_ms))
 		return false;
-	if (docextract_schema_ready() && pick(*last_owner, &id, &owner, next_ms))
+	if (docextract_schema_ready())
+		n = pick(last_owner, next_ms);
+	if (n > 0)
 	{
-		found = true;
-		*last_owner = owner;
-		/* The id outlives the transaction that picked it (freed at commit). */
-		leased_id = *DatumGetUUIDP(id);
-		if (writeback_lease(id))
-			leased_pending = true;
-		else
-			skip_for_a_while(id);
+		batch.lease_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														docextract_writeback_timeout_ms + 60 * 1000);
+		for (int i = 0; i < n; i++)
+			ids[i] = UUIDPGetDatum(&batch.ids[i]);
+		writeback_lease(ids, n, batch.lease_until, leased);
+		for (int i = 0; i < n; i++)
+		{
+			if (!leased[i])
+			{
+				skip_for_a_while(ids[i]);
+				continue;
+			}
+			batch.ids[kept] = batch.ids[i];
+			batch.due[kept++] = batch.due[i];
+		}
 	}
 	step_end();
-	return found;
-}
-
-/* Run the leased write-back in a transaction of its own, unless DDL holds the schema. */
-static bool
-run_leased(long *next_ms)
-{
-	Datum		id = UUIDPGetDatum(&leased_id);
-
-	if (!step_begin(next_ms))
-		return false;			/* still leased: tried again first */
-	leased_pending = false;
-	if (docextract_schema_ready())	/* not dropped meanwhile */
-	{
-		set_running(id);
-		if (!writeback_run(id, true))
-			skip_for_a_while(id);
-		set_running((Datum) 0);
-	}
-	step_end();
-	return true;
+	batch.n = kept;				/* only once the leases are committed */
+	return n > 0;
 }
 
 /*
- * One write-back: picked and leased in a transaction, run in another.  True
- * if one was due and done.
+ * The leases of the batch's write-backs from first on, which it did not
+ * run, given back: due again as before, or after WRITEBACK_RETRY_MS if the
+ * batch met a lock.
+ */
+static void
+give_back(const Batch *b, int first, bool met_lock)
+{
+	TimestampTz retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
+
+	for (int i = first; i < b->n; i++)
+		writeback_unlease(UUIDPGetDatum(&b->ids[i]), b->lease_until,
+						  met_lock ? retry_at : b->due[i]);
+}
+
+/* May the batch take its next write-back, after one that ended so? */
+static bool
+batch_goes_on(TimestampTz start, WriteBackOutcome last)
+{
+	return last != WRITEBACK_RETRY &&
+		!TimestampDifferenceExceeds(start, GetCurrentTimestamp(), WRITEBACK_BATCH_MS) &&
+		!MyProc->subxidStatus.overflowed &&
+		MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS / 2;
+}
+
+/*
+ * Run the leased batch in a transaction of its own, unless DDL holds the
+ * schema.  Cut short after WRITEBACK_BATCH_MS (the next owner's turn),
+ * with half the subtransactions a backend advertises, or when a write-back
+ * met a lock (the next ones would likely wait for it too).  How many it
+ * ran; 0 if it stepped aside.
+ */
+static int
+run_leased(long *next_ms)
+{
+	Batch		b = batch;
+	TimestampTz start = GetCurrentTimestamp();
+	WriteBackOutcome outcome = WRITEBACK_DONE;
+	int			ran = 0;
+
+	if (!step_begin(next_ms))
+		return 0;				/* still leased: tried again first */
+	batch.n = 0;				/* if it fails, the leases run out */
+	if (!docextract_schema_ready())	/* dropped meanwhile */
+	{
+		step_end();
+		return b.n;
+	}
+	while (ran < b.n && (ran == 0 || batch_goes_on(start, outcome)))
+	{
+		Datum		id = UUIDPGetDatum(&b.ids[ran++]);
+
+		set_running(id);
+		outcome = writeback_run(id, true);
+		set_running((Datum) 0);
+		if (outcome == WRITEBACK_HELD)
+			skip_for_a_while(id);
+	}
+	give_back(&b, ran, outcome == WRITEBACK_RETRY);
+	step_end();
+	return ran;
+}
+
+/*
+ * One turn: a batch picked and leased in a transaction, run in another.
+ * True if any was due and the turn did not step aside.
  */
 static bool
 run_one(Oid *last_owner, long *next_ms)
 {
 	volatile bool found = false;
 
-	pgstat_report_activity(STATE_RUNNING, "docextract: writing a result back");
+	pgstat_report_activity(STATE_RUNNING, "docextract: writing results back");
 	PG_TRY();
 	{
-		if (leased_pending || pick_and_lease(last_owner, next_ms))
-			found = !leased_pending || run_leased(next_ms);
+		if (batch.n == 0)
+			found = pick_and_lease(last_owner, next_ms);
+		if (batch.n > 0)
+			found = run_leased(next_ms) > 0;
 	}
 	PG_CATCH();
 	{
 		set_running((Datum) 0);
+		batch.n = 0;
 		/* Our own statements failed: say so, and look again a little later. */
 		EmitErrorReport();
 		FlushErrorState();
@@ -381,13 +470,13 @@ docextract_writeback_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		while (done < WRITEBACKS_PER_ROUND && run_one(&last_owner, &next_ms))
+		while (done < BATCHES_PER_ROUND && run_one(&last_owner, &next_ms))
 		{
 			done++;
 			MemoryContextReset(loop_cxt);
 			CHECK_FOR_INTERRUPTS();
 		}
-		if (done == WRITEBACKS_PER_ROUND)
+		if (done == BATCHES_PER_ROUND)
 			next_ms = 0;		/* more may be due */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 next_ms, PG_WAIT_EXTENSION);

@@ -1,0 +1,136 @@
+# The write-back worker writes one owner's due write-backs back in batches:
+# leased together in one transaction, run together in another, each in a
+# subtransaction of its own: the rows of a batch are written by one
+# transaction.  One row's failing trigger fails that row only; a lock met in
+# a batch loses nothing; a deferred trigger of a role's never runs at the
+# worker's commit (with the worker's rights).
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DxTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $srv = start_model_server(delay_ms => 0);
+my $node = new_node('wbbatch', conf => "docextract.writeback_timeout = '60s'\n"
+	  . "docextract.writeback_lock_timeout = '200ms'\n");
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+my $pdf = fixture('invoice.pdf');
+sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL, '{"max_retries": 0}');
+	CREATE TABLE public.fixture AS SELECT pg_read_binary_file('$pdf') AS pdf;
+	GRANT SELECT ON public.fixture TO PUBLIC;
+	CREATE TABLE public.go (x int); GRANT SELECT ON public.go TO PUBLIC;});
+sq(qq{SELECT docextract.create_system_template('invoice', '$DxTest::INVOICE_SCHEMA')});
+for my $role (qw(gate bulk deferrer))
+{
+	sq(qq{CREATE ROLE $role LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO $role;
+		SELECT docextract.grant_credits('$role', 1000);
+		SET ROLE $role;
+		CREATE TABLE public.${role}_docs (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
+		CREATE TRIGGER extract AFTER INSERT ON public.${role}_docs FOR EACH ROW
+		  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');});
+}
+
+# gate's write-back waits (polling, not on a lock) until the test fills public.go:
+# while it runs, bulk's rows complete and all become due.
+sq(q{SET ROLE gate;
+	CREATE FUNCTION public.gate_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  WHILE NOT EXISTS (SELECT 1 FROM public.go) LOOP PERFORM pg_sleep(0.02); END LOOP;
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER gate AFTER UPDATE ON public.gate_docs FOR EACH ROW EXECUTE FUNCTION public.gate_trigger();});
+# bulk's rows say which transaction wrote them back (its top-level xid: each
+# write-back is a subtransaction), and row 5 cannot be: its trigger refuses it.
+sq(q{SET ROLE bulk;
+	ALTER TABLE public.bulk_docs ADD COLUMN written_by text;
+	CREATE FUNCTION public.bulk_refuse() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  IF NEW.id = 5 THEN RAISE EXCEPTION 'row 5 refused'; END IF;
+	  NEW.written_by := pg_current_xact_id()::text;
+	  RETURN NEW;
+	END $f$;
+	CREATE TRIGGER refuse BEFORE UPDATE ON public.bulk_docs FOR EACH ROW EXECUTE FUNCTION public.bulk_refuse();});
+
+sub wb_waits_on
+{
+	my ($what) = @_;
+	$node->poll_query_until('postgres', qq{SELECT count(*) = 1 FROM pg_stat_activity
+		WHERE backend_type = 'docextract write-back worker' AND $what})
+	  or die "the write-back worker never waited on $what";
+}
+
+sub hold_gate
+{
+	sq(q{TRUNCATE public.go; SET ROLE gate; INSERT INTO public.gate_docs (pdf) SELECT pdf FROM public.fixture});
+	wb_waits_on(q{wait_event = 'PgSleep'});
+}
+
+sub bulk_due
+{
+	my ($n) = @_;
+	$node->poll_query_until('postgres', qq{SELECT count(*) = $n FROM docextract.extractions
+		WHERE owner = 'bulk'::regrole AND status = 'completed' AND writeback_due IS NOT NULL})
+	  or die "bulk's $n extractions never completed";
+}
+
+# -- ten due write-backs of one owner: a batch -------------------------------------
+hold_gate();
+sq(q{SET ROLE bulk; INSERT INTO public.bulk_docs (pdf) SELECT pdf FROM public.fixture, generate_series(1, 10)});
+bulk_due(10);
+sq('INSERT INTO public.go VALUES (1)');
+$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM docextract.extractions
+	WHERE owner = 'bulk'::regrole AND writeback_due IS NOT NULL}) or die "bulk's write-backs never ended";
+is(sq(q{SELECT count(*) FROM public.bulk_docs WHERE state = 'completed' AND extracted IS NOT NULL}), '9',
+	'nine of ten rows written back');
+my $xacts = sq(q{SELECT count(DISTINCT written_by) FROM public.bulk_docs WHERE state = 'completed'});
+cmp_ok($xacts, '<=', 3, "... by at most 3 transactions, not one each ($xacts)");
+is(sq(q{SELECT state IS NULL FROM public.bulk_docs WHERE id = 5}), 't', '... row 5, whose trigger refused, not');
+like(sq(q{SELECT e.writeback_error FROM docextract.extractions e
+	WHERE e.target_table = 'public.bulk_docs'::regclass AND e.target_pk = ARRAY['5']}),
+	qr/row 5 refused/, '... and its extraction says why');
+is(sq(q{SELECT count(*) FROM docextract.extractions WHERE owner = 'bulk'::regrole AND writeback_error IS NOT NULL}),
+	'1', '... and only its');
+
+# -- a lock met in a batch: nothing lost, the rest tried again later -----------------
+hold_gate();
+sq(q{SET ROLE bulk; INSERT INTO public.bulk_docs (pdf) SELECT pdf FROM public.fixture, generate_series(1, 6)});
+bulk_due(6);
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE public.bulk_docs IN SHARE MODE');
+sq('INSERT INTO public.go VALUES (1)');
+wb_waits_on(q{wait_event_type = 'Lock'});
+# The lock is still held: the wait can only have ended by writeback_lock_timeout.
+wb_waits_on(q{wait_event_type IS DISTINCT FROM 'Lock'});
+$locker->query_safe('COMMIT');
+$locker->quit;
+$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM docextract.extractions
+	WHERE owner = 'bulk'::regrole AND writeback_due IS NOT NULL}) or die "bulk's write-backs never ended";
+is(sq(q{SELECT count(*) FROM public.bulk_docs WHERE id > 10 AND state = 'completed' AND extracted IS NOT NULL}),
+	'6', 'a batch that met a lock: all six rows written back once it was free');
+is(sq(q{SELECT count(*) FROM docextract.extractions WHERE owner = 'bulk'::regrole AND writeback_error IS NOT NULL}),
+	'1', '... with no error recorded for them');
+
+# -- a deferred trigger would run at the batch's commit, as the worker ---------------
+sq(q{SET ROLE deferrer;
+	CREATE TABLE public.deferrer_seen (who text, super boolean);
+	CREATE FUNCTION public.deferrer_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  INSERT INTO public.deferrer_seen SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
+	  BEGIN EXECUTE 'ALTER ROLE deferrer SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+	  RETURN NULL;
+	END $f$;
+	CREATE CONSTRAINT TRIGGER deferred AFTER UPDATE ON public.deferrer_docs DEFERRABLE INITIALLY DEFERRED
+	  FOR EACH ROW EXECUTE FUNCTION public.deferrer_trigger();
+	INSERT INTO public.deferrer_docs (pdf) SELECT pdf FROM public.fixture;});
+$node->poll_query_until('postgres', q{SELECT status = 'completed' AND writeback_due IS NULL
+	FROM docextract.extractions WHERE owner = 'deferrer'::regrole}) or die "deferrer's write-back never ended";
+like(sq(q{SELECT writeback_error FROM docextract.extractions WHERE owner = 'deferrer'::regrole}),
+	qr/deferred trigger/, 'a deferred trigger on the table: the write-back fails');
+is(sq(q{SELECT count(*) FROM public.deferrer_seen}), '0', '... the trigger never ran');
+is(sq(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'deferrer'}), 'f', '... and the role is no superuser');
+is(sq(q{SELECT count(*) FROM public.deferrer_docs WHERE state IS NOT NULL}), '0', '... nor is its row written');
+
+$node->stop;
+done_testing();
