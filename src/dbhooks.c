@@ -9,11 +9,13 @@
  * CREATE DATABASE with it as template, ALTER DATABASE RENAME or SET
  * TABLESPACE; PostgreSQL waits only 5 s for other sessions to leave, and
  * tells only autovacuum), it has the launcher stop that database's workers
- * and start none there until its transaction ends.
+ * and start none there until its transaction ends.  And it refuses SET
+ * CONSTRAINTS to the users' triggers a write-back runs (writeback_run.c).
  */
 #include "postgres.h"
 
 #include "workerset.h"
+#include "writeback.h"
 
 #include "access/xact.h"
 #include "commands/dbcommands.h"
@@ -119,8 +121,16 @@ static void
 before_statement(Node *stmt)
 {
 	bool		changes;
-	const char *name = database_needed_alone(stmt, &changes);
-	Oid			dboid = name ? get_database_oid(name, true) : InvalidOid;
+	const char *name;
+	Oid			dboid;
+
+	/* Its effect would outlive the write-back, into the next of its batch. */
+	if (IsA(stmt, ConstraintsSetStmt) && writeback_running_user_code)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot execute SET CONSTRAINTS within a docextract write-back")));
+	name = database_needed_alone(stmt, &changes);
+	dboid = name ? get_database_oid(name, true) : InvalidOid;
 
 	if (changes)
 	{

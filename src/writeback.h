@@ -7,6 +7,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "utils/uuid.h"
 
 /* writeback_run.c, writeback_worker.c: write-backs of the trigger form ----- */
 
@@ -15,23 +16,37 @@
 /*
  * A write-back's user code that outlives docextract.writeback_timeout by
  * this much (it caught the cancel) stops the write-back worker: a FATAL no
- * trigger can catch.  Its row was leased first, so it waits its turn again.
+ * trigger can catch.  Its batch was leased first, so its row waits its turn
+ * again; the worker gives the batch's other rows back when it restarts.
  */
 #define WRITEBACK_GRACE_MS 1000
 extern int	writeback_deadline_timeout;	/* a TimeoutId, -1 outside the worker */
-extern int	writeback_lease(const Datum *ids, int n, TimestampTz lease_until, bool *leased);
+extern void writeback_lease(const Datum *ids, int n, TimestampTz lease_until, bool *leased);
 extern void writeback_unlease(Datum id, TimestampTz lease_until, TimestampTz due);
 
 extern int	docextract_writeback_timeout_ms;
 extern int	docextract_writeback_lock_timeout_ms;
 
+extern bool writeback_running_user_code;
+
 typedef enum
 {
 	WRITEBACK_DONE,				/* written, or its failure recorded */
-	WRITEBACK_RETRY,			/* met a lock or the like: due again later */
+	WRITEBACK_TRY_LATER,		/* met a lock or the like: due again later */
 	WRITEBACK_HELD				/* a session holds its row: not recorded */
 } WriteBackOutcome;
-extern WriteBackOutcome writeback_run(Datum id, bool bounded);
+
+/* One write-back's attempt, to be recorded on its extraction. */
+typedef struct WriteBackAttempt
+{
+	pg_uuid_t	id;
+	bool		found;			/* it was due: there is something to record */
+	TimestampTz due;			/* writeback_due as read */
+	char	   *err;			/* why it failed; NULL: written */
+	bool		try_later;		/* err is transient */
+} WriteBackAttempt;
+extern void writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a);
+extern WriteBackOutcome writeback_record(const WriteBackAttempt *a, bool in_worker);
 extern void writeback_define_settings(void);
 
 /* trigger_rows.c, documents.c, pdf.c: per-row errors of the trigger form -- */

@@ -2,10 +2,10 @@
  * writeback_run.c: writing a trigger-form extraction back into its row.
  *
  * A status change only queues the write-back (extractions.writeback_due);
- * the write-back worker (writeback_worker.c) does it later in a short
- * transaction of its own, so the users' code it runs (triggers on their
- * tables) never runs inside the transactions that claim jobs or store
- * results.  The UPDATE runs as the role that inserted the row, as a
+ * the write-back worker (writeback_worker.c) does it later, in a short
+ * transaction of its own with other write-backs of the same role, so the
+ * users' code it runs (triggers on their tables) never runs inside the
+ * transactions that claim jobs or store results.  The UPDATE runs as the role that inserted the row, as a
  * security-restricted operation (as PostgreSQL runs index expressions and
  * maintenance commands): no SET ROLE, no temporary objects, no LISTEN,
  * settings rolled back.  In the worker it is bounded by
@@ -40,7 +40,7 @@
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
-#include "utils/timeout.h"
+#include "utils/portal.h"
 #include "utils/timeout.h"
 
 PG_FUNCTION_INFO_V1(docextract_write_back);
@@ -203,6 +203,14 @@ write_back_step(WriteBack *w)
 	if (spi_execute_with_args(sql, nargs, types, values, nulls, false, 0) < 0)
 		elog(ERROR, "the write-back statement failed");
 	spi_finish();
+	/*
+	 * The worker's next write-back of the batch runs in this transaction:
+	 * cursors the triggers left open go now, as the role (they would
+	 * collide with its own), closed as DISCARD ALL closes them.  Not in a
+	 * session (run_write_backs()): those are the caller's too.
+	 */
+	if (w->bounded)
+		PortalHashTableDeleteAll();
 	restricted_end(&as_role);
 }
 
@@ -239,6 +247,9 @@ disarm(bool bounded)
 		QueryCancelPending = false;
 }
 
+/* Set while a write-back's UPDATE (and the users' triggers) runs. */
+bool		writeback_running_user_code = false;
+
 /*
  * Run the step in a subtransaction.  NULL on success, else the error
  * message; *sqlstate its code.  In the worker every ERROR is the users'
@@ -263,7 +274,9 @@ attempt(WriteBack *w, int *sqlstate)
 				enable_timeout_after((TimeoutId) writeback_deadline_timeout,
 									 docextract_writeback_timeout_ms + WRITEBACK_GRACE_MS);
 		}
+		writeback_running_user_code = true;
 		write_back_step(w);
+		writeback_running_user_code = false;
 		disarm(w->bounded);
 		check_no_temp_schema("a write-back may not create temporary objects");
 		ReleaseCurrentSubTransaction();
@@ -272,6 +285,7 @@ attempt(WriteBack *w, int *sqlstate)
 	{
 		ErrorData  *edata;
 
+		writeback_running_user_code = false;
 		disarm(w->bounded);
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
@@ -339,7 +353,7 @@ row_locked(Datum id, Datum due)
 	if (spi_execute_kept(&plan, "SELECT 1 FROM docextract.extractions e"
 						 " WHERE e.id = $1 AND e.writeback_due = $2",
 						 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, (Datum[]) {id, due},
-						 NULL, true, 1) != SPI_OK_SELECT)
+						 NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read extraction %s", uuid_text(id));
 	return SPI_processed == 1;
 }
@@ -427,13 +441,12 @@ clean_session(void)
  * Not a plain "writeback_due IS NOT NULL": the planner would walk the due
  * rows' partial index for it, and read every due row on each lease.
  */
-int
+void
 writeback_lease(const Datum *ids, int n, TimestampTz lease_until, bool *leased)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		array = PointerGetDatum(construct_array(unconstify(Datum *, ids), n, UUIDOID,
 														UUID_LEN, false, TYPALIGN_CHAR));
-	int			count = 0;
 
 	spi_connect();
 	if (spi_execute_kept(&plan, "UPDATE docextract.extractions e SET writeback_due = $2"
@@ -456,11 +469,9 @@ writeback_lease(const Datum *ids, int n, TimestampTz lease_until, bool *leased)
 
 			leased[i] = memcmp(DatumGetPointer(got), DatumGetPointer(ids[i]), UUID_LEN) == 0;
 		}
-		count += leased[i] ? 1 : 0;
 	}
 	wake_if_queued(2);
 	spi_finish();
-	return count;
 }
 
 /*
@@ -484,45 +495,63 @@ writeback_unlease(Datum id, TimestampTz lease_until, TimestampTz due)
 }
 
 /*
- * The write-back of extraction id, in the current transaction; bounded in
- * the worker.  WRITEBACK_HELD if its outcome could not be recorded because
- * a session holds the extraction's row (the caller leaves it for a while),
- * WRITEBACK_RETRY if it met a lock or the like and is due again later.
+ * Attempt the write-back of extraction id, in the current transaction;
+ * bounded in the worker.  What became of it is left in *a, in the caller's
+ * memory, for writeback_record().
  */
-WriteBackOutcome
-writeback_run(Datum id, bool bounded)
+void
+writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	WriteBack	w;
 	char	   *err = NULL;
 	int			sqlstate = 0;
-	bool		retry;
-	bool		recorded;
 
+	memset(a, 0, sizeof(*a));
+	a->id = *DatumGetUUIDP(id);
 	spi_connect();
-	if (!load_write_back(id, &w))
+	if ((a->found = load_write_back(id, &w)))
 	{
-		spi_finish();
-		return WRITEBACK_DONE;
+		w.bounded = bounded;
+		if (get_rel_name(w.table) == NULL)
+			err = pstrdup("the table no longer exists");
+		else
+			err = attempt(&w, &sqlstate);
+		a->due = DatumGetTimestampTz(w.due);
+		a->err = err ? MemoryContextStrdup(caller, err) : NULL;
+		/*
+		 * A lock it could not get, a deadlock, a serialization failure...:
+		 * try again later.  Not a cancel: that is writeback_timeout, the
+		 * triggers' fault.
+		 */
+		a->try_later = err && error_is_transient(sqlstate) && sqlstate != ERRCODE_QUERY_CANCELED;
 	}
-	w.bounded = bounded;
-	if (get_rel_name(w.table) == NULL)
-		err = pstrdup("the table no longer exists");
-	else
-		err = attempt(&w, &sqlstate);
-	/*
-	 * A lock it could not get, a deadlock, a serialization failure...: try
-	 * again later.  Not a cancel: that is writeback_timeout, the triggers' fault.
-	 */
-	retry = err != NULL && error_is_transient(sqlstate) && sqlstate != ERRCODE_QUERY_CANCELED;
-	recorded = record_outcome(id, w.due, err, retry, bounded);
-	if (err && !retry)
-		ereport(WARNING,
-				(errmsg("docextract: could not write extraction %s back to its row: %s",
-						uuid_text(id), err)));
 	spi_finish();
 	if (bounded)
 		clean_session();
-	return !recorded ? WRITEBACK_HELD : retry ? WRITEBACK_RETRY : WRITEBACK_DONE;
+}
+
+/*
+ * Record an attempt on its extraction.  WRITEBACK_HELD if that could not be
+ * done because a session holds the row (the caller leaves it for a while),
+ * WRITEBACK_TRY_LATER if it met a lock or the like and is due again later.
+ */
+WriteBackOutcome
+writeback_record(const WriteBackAttempt *a, bool in_worker)
+{
+	Datum		id = UUIDPGetDatum(unconstify(pg_uuid_t *, &a->id));
+	bool		recorded;
+
+	if (!a->found)
+		return WRITEBACK_DONE;
+	spi_connect();
+	recorded = record_outcome(id, TimestampTzGetDatum(a->due), a->err, a->try_later, in_worker);
+	spi_finish();
+	if (a->err && !a->try_later)
+		ereport(WARNING,
+				(errmsg("docextract: could not write extraction %s back to its row: %s",
+						uuid_text(id), a->err)));
+	return !recorded ? WRITEBACK_HELD : a->try_later ? WRITEBACK_TRY_LATER : WRITEBACK_DONE;
 }
 
 /* SQL: docextract.run_write_backs(), for installations without the worker. */
@@ -547,6 +576,11 @@ docextract_run_write_backs(PG_FUNCTION_ARGS)
 												 1, &isnull), false, UUID_LEN);
 	spi_finish();
 	for (uint64 i = 0; i < n; i++)
-		done += writeback_run(ids[i], false) != WRITEBACK_HELD ? 1 : 0;	/* recorded */
+	{
+		WriteBackAttempt a;
+
+		writeback_attempt(ids[i], false, &a);
+		done += writeback_record(&a, false) != WRITEBACK_HELD ? 1 : 0;	/* recorded */
+	}
 	PG_RETURN_INT32(done);
 }

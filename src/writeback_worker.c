@@ -90,7 +90,7 @@ writeback_define_settings(void)
 }
 
 /*
- * The next due write-backs, owners in turn: the oldest (at most $3) of the
+ * The next due write-backs, owners in turn: the oldest (a batch) of the
  * first owner after last_owner that has one (else of the first owner), except those
  * whose outcome could not be recorded lately ($2).  Each step is a short
  * walk of extractions_writeback_owner: no sort of every due row, which
@@ -106,7 +106,7 @@ static const char *pick_sql =
 "           WHERE o.writeback_due <= clock_timestamp() AND o.id <> ALL ($2::uuid[])"
 "           ORDER BY o.owner::oid LIMIT 1))"
 "   AND e.writeback_due <= clock_timestamp() AND e.id <> ALL ($2::uuid[])"
-" ORDER BY e.writeback_due LIMIT $3";
+" ORDER BY e.writeback_due LIMIT " CppAsString2(WRITEBACK_BATCH);
 
 /*
  * Write-backs whose extraction row a session held when the outcome was to
@@ -166,11 +166,11 @@ static const char *next_due_sql =
 " FROM docextract.extractions WHERE writeback_due IS NOT NULL";
 
 /*
- * Pick the next owner's due write-backs into batch (not leased yet); their
+ * Pick the next owner's due write-backs into b (not leased yet); their
  * count.  None due: *next_ms brought forward to the next.
  */
 static int
-pick(Oid *last_owner, long *next_ms)
+pick(Batch *b, Oid *last_owner, long *next_ms)
 {
 	static SPIPlanPtr pick_plan = NULL;
 	static SPIPlanPtr next_plan = NULL;
@@ -179,9 +179,8 @@ pick(Oid *last_owner, long *next_ms)
 	int			n;
 
 	spi_connect();
-	if (spi_execute_kept(&pick_plan, pick_sql, 3, (Oid[]) {OIDOID, TEXTOID, INT4OID},
-						 (Datum[]) {ObjectIdGetDatum(*last_owner), CStringGetTextDatum(skip),
-							 Int32GetDatum(WRITEBACK_BATCH)},
+	if (spi_execute_kept(&pick_plan, pick_sql, 2, (Oid[]) {OIDOID, TEXTOID},
+						 (Datum[]) {ObjectIdGetDatum(*last_owner), CStringGetTextDatum(skip)},
 						 NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for due write-backs");
 	n = (int) Min(SPI_processed, WRITEBACK_BATCH);
@@ -190,9 +189,9 @@ pick(Oid *last_owner, long *next_ms)
 		HeapTuple	row = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 
-		batch.ids[i] = *DatumGetUUIDP(SPI_getbinval(row, desc, 1, &isnull));
+		b->ids[i] = *DatumGetUUIDP(SPI_getbinval(row, desc, 1, &isnull));
 		*last_owner = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
-		batch.due[i] = DatumGetTimestampTz(SPI_getbinval(row, desc, 3, &isnull));
+		b->due[i] = DatumGetTimestampTz(SPI_getbinval(row, desc, 3, &isnull));
 	}
 	if (n == 0 && spi_execute_kept(&next_plan, next_due_sql, 0, NULL, NULL, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
@@ -238,7 +237,8 @@ set_running(Datum id)
 /*
  * At start: a write-back that was running when the previous worker stopped
  * stopped it (its triggers ignored the cancel).  Say so on its row; its
- * lease keeps it from running again at once.
+ * lease keeps it from running again at once, and the other rows of its
+ * batch (rolled back with it) are due again now.
  */
 static void
 record_stopped_write_back(void)
@@ -262,6 +262,13 @@ record_stopped_write_back(void)
 							  " 'the write-back did not finish: its triggers ran past"
 							  " docextract.writeback_timeout and ignored the cancel, so the"
 							  " write-back worker was stopped' WHERE id = $1",
+							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&id)}, NULL, false, 0);
+		/* The rest of its batch (the same lease) need not wait for theirs to run out. */
+		spi_execute_with_args("UPDATE docextract.extractions o SET writeback_due = clock_timestamp()"
+							  " WHERE o.id = ANY (ARRAY(SELECT x.id"
+							  "   FROM docextract.extractions c, docextract.extractions x"
+							  "  WHERE c.id = $1 AND x.writeback_due = c.writeback_due"
+							  "    AND x.owner = c.owner AND x.id <> c.id FOR UPDATE OF x SKIP LOCKED))",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&id)}, NULL, false, 0);
 		spi_finish();
 	}
@@ -317,7 +324,7 @@ pick_and_lease(Oid *last_owner, long *next_ms)
 	if (!step_begin(next_ms))
 		return false;
 	if (docextract_schema_ready())
-		n = pick(last_owner, next_ms);
+		n = pick(&batch, last_owner, next_ms);
 	if (n > 0)
 	{
 		batch.lease_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -358,9 +365,9 @@ give_back(const Batch *b, int first, bool met_lock)
 
 /* May the batch take its next write-back, after one that ended so? */
 static bool
-batch_goes_on(TimestampTz start, WriteBackOutcome last)
+batch_goes_on(TimestampTz start, const WriteBackAttempt *last)
 {
-	return last != WRITEBACK_RETRY &&
+	return !last->try_later &&
 		!TimestampDifferenceExceeds(start, GetCurrentTimestamp(), WRITEBACK_BATCH_MS) &&
 		!MyProc->subxidStatus.overflowed &&
 		MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS / 2;
@@ -370,38 +377,38 @@ batch_goes_on(TimestampTz start, WriteBackOutcome last)
  * Run the leased batch in a transaction of its own, unless DDL holds the
  * schema.  Cut short after WRITEBACK_BATCH_MS (the next owner's turn),
  * with half the subtransactions a backend advertises, or when a write-back
- * met a lock (the next ones would likely wait for it too).  How many it
- * ran; 0 if it stepped aside.
+ * met a lock (the next ones would likely wait for it too).  The outcomes
+ * are recorded at the end: the extractions' rows are locked only then,
+ * not while the next write-backs run.  False if it stepped aside.
  */
-static int
+static bool
 run_leased(long *next_ms)
 {
 	Batch		b = batch;
 	TimestampTz start = GetCurrentTimestamp();
-	WriteBackOutcome outcome = WRITEBACK_DONE;
+	WriteBackAttempt tried[WRITEBACK_BATCH];
 	int			ran = 0;
 
 	if (!step_begin(next_ms))
-		return 0;				/* still leased: tried again first */
+		return false;			/* still leased: tried again first */
 	batch.n = 0;				/* if it fails, the leases run out */
-	if (!docextract_schema_ready())	/* dropped meanwhile */
+	if (docextract_schema_ready())	/* not dropped meanwhile */
 	{
-		step_end();
-		return b.n;
-	}
-	while (ran < b.n && (ran == 0 || batch_goes_on(start, outcome)))
-	{
-		Datum		id = UUIDPGetDatum(&b.ids[ran++]);
+		while (ran < b.n && (ran == 0 || batch_goes_on(start, &tried[ran - 1])))
+		{
+			Datum		id = UUIDPGetDatum(&b.ids[ran]);
 
-		set_running(id);
-		outcome = writeback_run(id, true);
-		set_running((Datum) 0);
-		if (outcome == WRITEBACK_HELD)
-			skip_for_a_while(id);
+			set_running(id);
+			writeback_attempt(id, true, &tried[ran++]);
+			set_running((Datum) 0);
+		}
+		for (int i = 0; i < ran; i++)
+			if (writeback_record(&tried[i], true) == WRITEBACK_HELD)
+				skip_for_a_while(UUIDPGetDatum(&tried[i].id));
+		give_back(&b, ran, tried[ran - 1].try_later);
 	}
-	give_back(&b, ran, outcome == WRITEBACK_RETRY);
 	step_end();
-	return ran;
+	return true;
 }
 
 /*
@@ -409,7 +416,7 @@ run_leased(long *next_ms)
  * True if any was due and the turn did not step aside.
  */
 static bool
-run_one(Oid *last_owner, long *next_ms)
+take_turn(Oid *last_owner, long *next_ms)
 {
 	volatile bool found = false;
 
@@ -419,7 +426,7 @@ run_one(Oid *last_owner, long *next_ms)
 		if (batch.n == 0)
 			found = pick_and_lease(last_owner, next_ms);
 		if (batch.n > 0)
-			found = run_leased(next_ms) > 0;
+			found = run_leased(next_ms);
 	}
 	PG_CATCH();
 	{
@@ -470,7 +477,7 @@ docextract_writeback_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		while (done < BATCHES_PER_ROUND && run_one(&last_owner, &next_ms))
+		while (done < BATCHES_PER_ROUND && take_turn(&last_owner, &next_ms))
 		{
 			done++;
 			MemoryContextReset(loop_cxt);
