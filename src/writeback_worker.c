@@ -109,31 +109,58 @@ static const char *pick_sql =
 " ORDER BY e.writeback_due LIMIT " CppAsString2(WRITEBACK_BATCH);
 
 /*
- * Write-backs whose extraction row a session held when the outcome was to
- * be recorded (cancel_extraction or approve in an open transaction): left
- * alone for WRITEBACK_RETRY_MS, so as not to run them over and over.
+ * Write-backs whose extraction row was locked, left alone for
+ * WRITEBACK_RETRY_MS: by a session when the outcome was to be recorded
+ * (cancel_extraction or approve in an open transaction), so as not to run
+ * their triggers over and over; or when they were to be leased (nothing ran
+ * yet).  The latter are forgotten when a commit changed statuses (it sets
+ * our latch): most often the lock was a job worker's, whose commit made
+ * the row due again.
  */
 typedef struct Skipped
 {
 	pg_uuid_t	id;
 	TimestampTz until;
+	bool		at_lease;		/* not leased: forgotten at the next wake */
 } Skipped;
 
 static List *skipped = NIL;
+static TimestampTz skipped_until_first = 0;	/* when the first skip ends */
 
 static void
-skip_for_a_while(Datum id)
+skip_for_a_while(Datum id, bool at_lease)
 {
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 	Skipped    *s = palloc(sizeof(Skipped));
 
 	s->id = *DatumGetUUIDP(id);
 	s->until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WRITEBACK_RETRY_MS);
+	s->at_lease = at_lease;
 	skipped = lappend(skipped, s);
 	MemoryContextSwitchTo(old);
 }
 
-/* The ids still skipped, as a uuid[] text; expired ones forgotten. */
+/* Woken by a commit that changed statuses: try the rows not leased again. */
+static void
+forget_lease_skips(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, skipped)
+	{
+		Skipped    *s = lfirst(lc);
+
+		if (!s->at_lease)
+			continue;
+		skipped = foreach_delete_current(skipped, lc);
+		pfree(s);
+	}
+}
+
+/*
+ * The ids still skipped, as a uuid[] text, and when the first of them is
+ * no longer (skipped_until_first); expired ones forgotten.
+ */
 static char *
 skipped_ids(void)
 {
@@ -143,6 +170,7 @@ skipped_ids(void)
 
 	initStringInfo(&list);
 	appendStringInfoChar(&list, '{');
+	skipped_until_first = 0;
 	foreach(lc, skipped)
 	{
 		Skipped    *s = lfirst(lc);
@@ -153,11 +181,26 @@ skipped_ids(void)
 			pfree(s);
 			continue;
 		}
+		if (skipped_until_first == 0 || s->until < skipped_until_first)
+			skipped_until_first = s->until;
 		appendStringInfo(&list, "%s%s", list.len > 1 ? "," : "",
 						 uuid_text(UUIDPGetDatum(&s->id)));
 	}
 	appendStringInfoChar(&list, '}');
 	return list.data;
+}
+
+/* How long until the first skipped write-back may be picked again. */
+static long
+skip_left_ms(void)
+{
+	long		secs;
+	int			usecs;
+
+	if (skipped_until_first == 0)
+		return WRITEBACK_RETRY_MS;
+	TimestampDifference(GetCurrentTimestamp(), skipped_until_first, &secs, &usecs);
+	return Max(secs * 1000 + usecs / 1000, 10);
 }
 
 static const char *next_due_sql =
@@ -199,7 +242,7 @@ pick(Batch *b, Oid *last_owner, long *next_ms)
 		Datum		ms = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
 		/* Due now, yet not picked: skipped for a while.  No busy loop. */
-		long		wait = isnull ? *next_ms : DatumGetInt64(ms) == 0 ? WRITEBACK_RETRY_MS
+		long		wait = isnull ? *next_ms : DatumGetInt64(ms) == 0 ? skip_left_ms()
 			: Max(DatumGetInt64(ms), 10);
 
 		*next_ms = Min(*next_ms, wait);
@@ -336,7 +379,7 @@ pick_and_lease(Oid *last_owner, long *next_ms)
 		{
 			if (!leased[i])
 			{
-				skip_for_a_while(ids[i]);
+				skip_for_a_while(ids[i], true);
 				continue;
 			}
 			batch.ids[kept] = batch.ids[i];
@@ -404,7 +447,7 @@ run_leased(long *next_ms)
 		}
 		for (int i = 0; i < ran; i++)
 			if (writeback_record(&tried[i], true) == WRITEBACK_HELD)
-				skip_for_a_while(UUIDPGetDatum(&tried[i].id));
+				skip_for_a_while(UUIDPGetDatum(&tried[i].id), false);
 		give_back(&b, ran, tried[ran - 1].try_later);
 	}
 	step_end();
@@ -485,8 +528,9 @@ docextract_writeback_main(Datum main_arg)
 		}
 		if (done == BATCHES_PER_ROUND)
 			next_ms = 0;		/* more may be due */
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 next_ms, PG_WAIT_EXTENSION);
+		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					  next_ms, PG_WAIT_EXTENSION) & WL_LATCH_SET)
+			forget_lease_skips();
 		ResetLatch(MyLatch);
 	}
 }
