@@ -9,7 +9,8 @@
 #      worker is not running meanwhile (the server runs without the preload),
 #      so each batch folds its settled credits as the worker would, and the
 #      build ends with a VACUUM (ANALYZE), as autovacuum would have done
-#      over the months such a history takes to build;
+#      over the months such a history takes to build; before each drain,
+#      200 extractions (not measured) warm the cluster up;
 #   2. the same at 1M with an old snapshot held: a REPEATABLE READ session
 #      that has read the extractions stays open through the run;
 #   3. backlogs of 1k, 10k and 100k pending, each committed at once;
@@ -19,7 +20,8 @@
 # Target (issue 12): each within 20 % of the 0-history / 1k figure.
 #   bash bench/history.sh
 #   BENCH_SCALE=0.01 bash bench/history.sh     quick check (3k/10k history, ...)
-# Also: BENCH_HISTORY="0 300000 1000000", BENCH_BACKLOGS="1000 10000 100000",
+# Also: BENCH_N (1000: the drains of parts 1 and 2),
+# BENCH_HISTORY="0 300000 1000000", BENCH_BACKLOGS="1000 10000 100000",
 # BENCH_COPIES="1000 10000" (set empty: none), BENCH_BATCH (10000); PG_CONFIG, BENCH_CONF, ... (bench/lib.sh)
 # BENCH_STATEMENTS=1: with pg_stat_statements (track = all: the triggers' and
 # the worker's statements too), each history drain of part 1 starts after a
@@ -28,20 +30,14 @@
 # that do not depend on the machine's load, to compare across histories.
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-N=$(scaled 1000)
+N=$(scaled "${BENCH_N:-1000}")
 BATCH=${BENCH_BATCH:-10000}
 HISTORY=${BENCH_HISTORY:-"0 300000 1000000"}
 BACKLOGS=${BENCH_BACKLOGS-"1000 10000 100000"}
 COPIES=${BENCH_COPIES-"1000 10000"}
 bench_init history
 bench_model 0
-if [ -n "${BENCH_STATEMENTS:-}" ]; then
-    bench_cluster "shared_preload_libraries = 'docextract,pg_stat_statements'" \
-                  "pg_stat_statements.track = all" "pg_stat_statements.max = 10000"
-    sql -c "CREATE EXTENSION pg_stat_statements" >/dev/null
-else
-    bench_cluster
-fi
+bench_cluster_statements
 bench_setup 100
 sql -c "CREATE TABLE bench.hist_batch (id uuid)"
 wait_workers 1
@@ -102,6 +98,15 @@ SQL
     wait_workers 1
 }
 
+# 200 extractions, not measured, before each drain of part 1: the first
+# drain of a new cluster, or after the restart for the worker (which
+# emptied shared buffers, where a server that built its history over months
+# has its live rows' pages), would measure its start-up.
+warm_up() {
+    sql -c "SELECT count(bench.submit(1 + i % 10)) FROM generate_series(1, 200) i" \
+        -c "CALL bench.wait_drained(false)" >/dev/null
+}
+
 stored() {
     sql -c "SELECT format('%s finished extractions, %s events; extractions %s, events %s, results %s',
         (SELECT count(*) FROM docextract.extractions), (SELECT count(*) FROM docextract.events),
@@ -142,6 +147,7 @@ for h in $HISTORY; do
     add_history $((h - have))
     have=$h
     echo "history $h: built in $(( $(date +%s) - t0 )) s; $(stored)"
+    warm_up
     before_drain
     drain docextract "$N" 0 "history $h"
     statements "history $h"
@@ -164,16 +170,10 @@ for b in $BACKLOGS; do
 done
 
 echo "-- 4. COPY into a trigger-form table, then its drain"
-sql >/dev/null <<SQL
-CREATE TABLE bench.invoices (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
-CREATE TRIGGER invoices_extract AFTER INSERT ON bench.invoices FOR EACH ROW
-  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');
-SQL
-hex=$(od -An -v -tx1 "$DIR/invoice.pdf" | tr -d ' \n')
+bench_trigger_form
 for c in $COPIES; do
     c=$(scaled "$c")
-    for _ in $(seq "$c"); do printf '\\\\x%s\n' "$hex"; done > "$DIR/copy.txt"
-    [ "$(id -u)" -eq 0 ] && chown "$bench_user" "$DIR/copy.txt"
+    copy_rows "$c"
     drain docextract "$c" 0 "COPY $c rows" "COPY bench.invoices (pdf) FROM '$DIR/copy.txt';"
     # The write-backs follow the completions (the write-back worker).
     until [ "$(sql -c "SELECT count(*) FILTER (WHERE state IS DISTINCT FROM 'completed') FROM bench.invoices")" = 0 ]; do

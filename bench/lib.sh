@@ -113,6 +113,34 @@ bench_cluster() {
     bench_cluster_start
     sql -c "CREATE EXTENSION docextract" >/dev/null
 }
+# bench_cluster_statements: bench_cluster, with pg_stat_statements preloaded
+# (track = all: the triggers' and the worker's statements too) and created
+# when BENCH_STATEMENTS is set.
+bench_cluster_statements() {
+    if [ -n "${BENCH_STATEMENTS:-}" ]; then
+        bench_cluster "shared_preload_libraries = 'docextract,pg_stat_statements'" \
+                      "pg_stat_statements.track = all" "pg_stat_statements.max = 10000"
+        sql -c "CREATE EXTENSION pg_stat_statements" >/dev/null
+    else
+        bench_cluster
+    fi
+}
+# bench_trigger_form: the table bench.invoices with the trigger form (the
+# result and the status written back to each row).
+bench_trigger_form() {
+    sql >/dev/null <<SQL
+CREATE TABLE bench.invoices (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
+CREATE TRIGGER invoices_extract AFTER INSERT ON bench.invoices FOR EACH ROW
+  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');
+SQL
+}
+# copy_rows C: $DIR/copy.txt, C rows of the fixture PDF for COPY bench.invoices (pdf).
+copy_rows() {
+    local hex
+    hex=$(od -An -v -tx1 "$DIR/invoice.pdf" | tr -d ' \n')
+    for _ in $(seq "$1"); do printf '\\\\x%s\n' "$hex"; done > "$DIR/copy.txt"
+    [ "$(id -u)" -ne 0 ] || chown "$bench_user" "$DIR/copy.txt"
+}
 bench_cluster_start() { run pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w -t 120 start >/dev/null; }
 bench_cluster_stop() {
     if [ -f "$DIR/data/postmaster.pid" ]; then run pg_ctl -D "$DIR/data" -m fast -w stop >/dev/null; fi

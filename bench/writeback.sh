@@ -4,31 +4,25 @@
 # completed, and when the last row was written back (its result and status
 # columns set by the write-back worker), with the write-back worker's CPU.
 #   bash bench/writeback.sh                 COPY 1,000 and 10,000 rows
-# Also: BENCH_COPIES="1000 10000"; PG_CONFIG, BENCH_CONF, ... (bench/lib.sh)
+# Also: BENCH_COPIES="1000 10000"; BENCH_STATEMENTS=1 (the top statements
+# by time per row, pg_stat_statements with track = all); PG_CONFIG,
+# BENCH_CONF, ... (bench/lib.sh)
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 COPIES=${BENCH_COPIES-"1000 10000"}
 bench_init writeback
 bench_model 0
-bench_cluster "shared_preload_libraries = 'docextract,pg_stat_statements'" \
-              "pg_stat_statements.track = all" "pg_stat_statements.max = 10000"
-sql -c "CREATE EXTENSION pg_stat_statements" >/dev/null
+bench_cluster_statements
 bench_setup 1
 wait_workers 1
 echo "== $(date -u '+%F %H:%M UTC'), $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p');" \
      "synchronous_commit = $(sql -c 'SHOW synchronous_commit')"
-sql >/dev/null <<SQL
-CREATE TABLE bench.invoices (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
-CREATE TRIGGER invoices_extract AFTER INSERT ON bench.invoices FOR EACH ROW
-  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');
-SQL
-hex=$(od -An -v -tx1 "$DIR/invoice.pdf" | tr -d ' \n')
+bench_trigger_form
 wb_pid() { sql -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'docextract write-back worker'"; }
 for c in $COPIES; do
     c=$(scaled "$c")
-    for _ in $(seq "$c"); do printf '\\\\x%s\n' "$hex"; done > "$DIR/copy.txt"
-    [ "$(id -u)" -eq 0 ] && chown "$bench_user" "$DIR/copy.txt"
-    sql -c "SELECT pg_stat_statements_reset()" >/dev/null
+    copy_rows "$c"
+    [ -z "${BENCH_STATEMENTS:-}" ] || sql -c "SELECT pg_stat_statements_reset()" >/dev/null
     t0=$(date +%s.%N)
     sql -c "COPY bench.invoices (pdf) FROM '$DIR/copy.txt'"
     t1=$(date +%s.%N)

@@ -414,7 +414,10 @@ record_outcome(Datum id, Datum due, const char *err, bool retry, bool in_worker)
  * Whatever the users' code left in this session goes: session-level
  * advisory locks (PREPARE, cursors WITH HOLD and LISTEN are refused).  A
  * temporary schema cannot be left (check_no_temp_schema); if one were, the
- * process ends rather than run another statement with it.
+ * process ends rather than run another statement with it.  What lasts
+ * until the transaction ends (its locks, large objects) stays for the
+ * next write-backs of the batch, all the same role's; its cursors were
+ * closed (write_back_step) and SET CONSTRAINTS refused (dbhooks.c).
  */
 static void
 clean_session(void)

@@ -24,7 +24,7 @@ sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-m
 	GRANT SELECT ON public.fixture TO PUBLIC;
 	CREATE TABLE public.go (x int); GRANT SELECT ON public.go TO PUBLIC;});
 sq(qq{SELECT docextract.create_system_template('invoice', '$DxTest::INVOICE_SCHEMA')});
-for my $role (qw(gate bulk deferrer))
+for my $role (qw(gate bulk nester deferrer))
 {
 	sq(qq{CREATE ROLE $role LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO $role;
 		SELECT docextract.grant_credits('$role', 1000);
@@ -138,6 +138,34 @@ is(sq(q{SELECT count(*) FROM public.bulk_docs WHERE id > 10 AND state = 'complet
 	'6', '... all six written back once it was free');
 is(sq(q{SELECT count(*) FROM docextract.extractions WHERE owner = 'bulk'::regrole AND writeback_error IS NOT NULL}),
 	'2', '... with no error recorded for them');
+
+# -- triggers that take subtransactions: a batch ends at 32 of them ------------------
+# Each write-back is a subtransaction with an xid, and this trigger takes 7
+# more (blocks with an exception handler, each writing): 8 a row, so a batch
+# ends after 4 rows, before its transaction advertises more than the 64
+# subtransactions a backend's snapshot entry holds.
+sq(q{SET ROLE nester;
+	CREATE TABLE public.nester_log (n int);
+	ALTER TABLE public.nester_docs ADD COLUMN written_by text;
+	CREATE FUNCTION public.nester_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  FOR i IN 1 .. 7 LOOP
+	    BEGIN INSERT INTO public.nester_log VALUES (i); EXCEPTION WHEN OTHERS THEN NULL; END;
+	  END LOOP;
+	  NEW.written_by := pg_current_xact_id()::text;
+	  RETURN NEW;
+	END $f$;
+	CREATE TRIGGER nest BEFORE UPDATE ON public.nester_docs FOR EACH ROW EXECUTE FUNCTION public.nester_trigger();});
+hold_gate();
+sq(q{SET ROLE nester; INSERT INTO public.nester_docs (pdf) SELECT pdf FROM public.fixture, generate_series(1, 12)});
+$node->poll_query_until('postgres', q{SELECT count(*) = 12 FROM docextract.extractions
+	WHERE owner = 'nester'::regrole AND status = 'completed' AND writeback_due IS NOT NULL})
+  or die "nester's extractions never completed";
+sq('INSERT INTO public.go VALUES (1)');
+$node->poll_query_until('postgres', q{SELECT count(*) = 12 FROM public.nester_docs WHERE state = 'completed'})
+  or die "nester's rows never written back";
+cmp_ok(sq(q{SELECT max(n) FROM (SELECT count(*) AS n FROM public.nester_docs GROUP BY written_by) t}), '<=', 4,
+	'write-backs whose triggers take 7 subtransactions each: at most 4 a batch');
 
 # -- a deferred trigger would run at the batch's commit, as the worker ---------------
 sq(q{SET ROLE deferrer;
