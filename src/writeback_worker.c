@@ -322,7 +322,6 @@ record_stopped_write_back(void)
 					uuid_text(UUIDPGetDatum(&id)))));
 }
 
-
 /*
  * A transaction for one step, holding the extension's tables as the job
  * workers do (steplock.c: taken without waiting, all before any row is
