@@ -519,13 +519,15 @@ docextract_writeback_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		while (done < BATCHES_PER_ROUND && take_turn(&last_owner, &next_ms))
+		/* New settings (writeback_timeout...) apply from the next batch on. */
+		while (done < BATCHES_PER_ROUND && !ConfigReloadPending &&
+			   take_turn(&last_owner, &next_ms))
 		{
 			done++;
 			MemoryContextReset(loop_cxt);
 			CHECK_FOR_INTERRUPTS();
 		}
-		if (done == BATCHES_PER_ROUND)
+		if (done == BATCHES_PER_ROUND || ConfigReloadPending)
 			next_ms = 0;		/* more may be due */
 		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					  next_ms, PG_WAIT_EXTENSION) & WL_LATCH_SET)

@@ -24,7 +24,7 @@ sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-m
 	GRANT SELECT ON public.fixture TO PUBLIC;
 	CREATE TABLE public.go (x int); GRANT SELECT ON public.go TO PUBLIC;});
 sq(qq{SELECT docextract.create_system_template('invoice', '$DxTest::INVOICE_SCHEMA')});
-for my $role (qw(gate bulk nester deferrer))
+for my $role (qw(gate bulk nester deferrer stubborn))
 {
 	sq(qq{CREATE ROLE $role LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO $role;
 		SELECT docextract.grant_credits('$role', 1000);
@@ -186,6 +186,49 @@ like(sq(q{SELECT writeback_error FROM docextract.extractions WHERE owner = 'defe
 is(sq(q{SELECT count(*) FROM public.deferrer_seen}), '0', '... the trigger never ran');
 is(sq(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'deferrer'}), 'f', '... and the role is no superuser');
 is(sq(q{SELECT count(*) FROM public.deferrer_docs WHERE state IS NOT NULL}), '0', '... nor is its row written');
+
+# -- a batch whose trigger stops the worker: the rest of it is due again at once ------
+# Row 1's trigger catches the cancel and goes on, so the worker is stopped;
+# row 2 shares its batch (both due while gate's write-back is held).  The
+# timeout is lowered while gate's write-back runs (its own was armed with
+# the old one); the worker reads it before its next batch.
+sq(q{SET ROLE stubborn;
+	CREATE FUNCTION public.stubborn_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  IF NEW.id = 1 THEN
+	    LOOP
+	      BEGIN PERFORM pg_sleep(100); EXCEPTION WHEN query_canceled THEN NULL; END;
+	    END LOOP;
+	  END IF;
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER stubborn AFTER UPDATE ON public.stubborn_docs FOR EACH ROW
+	  EXECUTE FUNCTION public.stubborn_trigger();});
+my $wb_before = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract write-back worker'});
+hold_gate();
+sq(q{SET ROLE stubborn; INSERT INTO public.stubborn_docs (pdf) SELECT pdf FROM public.fixture, generate_series(1, 2)});
+$node->poll_query_until('postgres', q{SELECT count(*) = 2 FROM docextract.extractions
+	WHERE owner = 'stubborn'::regrole AND status = 'completed' AND writeback_due IS NOT NULL})
+  or die "stubborn's extractions never completed";
+my $loaded = sq('SELECT pg_conf_load_time()');
+sq(q{ALTER SYSTEM SET docextract.writeback_timeout = '300ms'; SELECT pg_reload_conf()});
+# A new session starts with the postmaster's load time: the postmaster has
+# reloaded, and has signalled its children, the write-back worker among them.
+$node->poll_query_until('postgres', qq{SELECT pg_conf_load_time() > '$loaded'})
+  or die 'the configuration was never reloaded';
+sq('INSERT INTO public.go VALUES (1)');
+$node->poll_query_until('postgres', qq{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract write-back worker' AND pid <> $wb_before})
+  or die 'the write-back worker was not stopped';
+{
+	# Left leased, row 2 would wait writeback_timeout + 60 s.
+	local $PostgreSQL::Test::Utils::timeout_default = 30;
+	ok($node->poll_query_until('postgres', q{SELECT state = 'completed' FROM public.stubborn_docs WHERE id = 2}),
+		'a trigger stopped the worker in a batch: the batch\'s other row is written back soon after the restart');
+}
+like(sq(q{SELECT writeback_error FROM docextract.extractions e
+	WHERE e.target_table = 'public.stubborn_docs'::regclass AND e.target_pk = ARRAY['1']}),
+	qr/ignored the cancel/, '... and the row whose trigger stopped it says why');
 
 $node->stop;
 done_testing();
