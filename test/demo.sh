@@ -69,8 +69,9 @@ if [ -n "${OPENAI_API_KEY:-}" ]; then
     api_key="env:OPENAI_API_KEY"
 else
     echo "== 3. model: the bundled local test endpoint (test/model_server.py); set OPENAI_API_KEY to use a real provider"
-    run python3 "$DEMO_DIR/model_server.py" --port-file "$DEMO_DIR/model_port" >"$DEMO_DIR/model_server.log" 2>&1 &
-    echo $! > "$DEMO_DIR/model_server.pid"
+    # The server's own pid (not runuser's, which would not pass the stop on).
+    run bash -c 'echo $$ > "$0/model_server.pid"; exec python3 "$0/model_server.py" --port-file "$0/model_port"' \
+        "$DEMO_DIR" >"$DEMO_DIR/model_server.log" 2>&1 &
     for _ in $(seq 100); do [ -s "$DEMO_DIR/model_port" ] && break; sleep 0.1; done
     base_url="http://127.0.0.1:$(cat "$DEMO_DIR/model_port")/v1"
     model=local-test-model
