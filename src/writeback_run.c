@@ -5,8 +5,8 @@
  * the write-back worker (writeback_worker.c) does it later, in a short
  * transaction of its own with other write-backs of the same role, so the
  * users' code it runs (triggers on their tables) never runs inside the
- * transactions that claim jobs or store results.  The UPDATE runs as the role that inserted the row, as a
- * security-restricted operation (as PostgreSQL runs index expressions and
+ * transactions that claim jobs or store results.  The UPDATE runs as the
+ * role that inserted the row, as a security-restricted operation (as PostgreSQL runs index expressions and
  * maintenance commands): no SET ROLE, no temporary objects, no LISTEN,
  * settings rolled back.  In the worker it is bounded by
  * docextract.writeback_timeout and docextract.writeback_lock_timeout; any
