@@ -8,10 +8,11 @@
  * transactions that claim jobs or store results.  The UPDATE runs as the
  * role that inserted the row, as a security-restricted operation (as
  * PostgreSQL runs index expressions and maintenance commands): no SET
- * ROLE, no temporary objects, no LISTEN, settings rolled back.  In the worker it is bounded by
- * docextract.writeback_timeout and docextract.writeback_lock_timeout; any
- * error of the users' code fails that write-back only (writeback_error),
- * and a lock it could not get makes it wait for a later try.
+ * ROLE, no temporary objects, no LISTEN, settings rolled back.  In the
+ * worker it is bounded by docextract.writeback_timeout and
+ * docextract.writeback_lock_timeout; any error of the users' code fails
+ * that write-back only (writeback_error), and a lock it could not get
+ * makes it wait for a later try.
  */
 #include "postgres.h"
 
