@@ -43,6 +43,23 @@ build_release() {
 
 # No error of pg_regress's server may be XX000 (internal_error): its log
 # (test/regress.conf puts each error's SQLSTATE in it) is checked after the run.
+# After a failed run: the logs of the failed TAP tests only, then, last (CI shows
+# the tail), which tests failed and their "not ok" lines.
+report_failures() {
+    local work="$1" out="$2" t f
+    local failed
+    failed=$(sed -n 's/^\(test\/\)\{0,1\}t\/\([0-9][0-9]*_[a-z0-9_]*\)\.pl .*(Wstat.*/\2/p' "$out" | sort -u)
+    [ -f "$work/regression.diffs" ] && { echo "=== regression.diffs"; tail -n 80 "$work/regression.diffs"; }
+    for t in $failed; do
+        for f in "$work"/tmp_check/log/regress_log_"$t" "$work"/tmp_check/log/"$t"_*.log; do
+            [ -f "$f" ] && { echo "=== $f"; tail -n 60 "$f"; }
+        done
+    done
+    echo "=== failed:"
+    grep -E '^(not ok|(test/)?t/[0-9]+_.*\.pl .*(Wstat|Failed)|  Failed test|# +Failed test|Files=|Result:)' "$out" | tail -n 40
+    echo "failed TAP tests: ${failed:-none (see above)}"
+}
+
 check_regress_log() {
     local log="$1/tmp_regress/log/postmaster.log"
     [ -f "$log" ] || return 0

@@ -32,11 +32,8 @@ trap 'rm -rf "$work"' EXIT
 tar --exclude=.git -cf - . | tar -C "$work" -xf -
 chown -R "$user" "$work"
 status=0
-runuser -u "$user" -- make -C "$work" installcheck "$@" || status=$?
+out="$work/installcheck.out"
+runuser -u "$user" -- make -C "$work" installcheck "$@" 2>&1 | tee "$out" || status=$?
 check_regress_log "$work" || status=1
-if [ "$status" -ne 0 ]; then
-    for f in "$work"/regression.diffs "$work"/tmp_check/log/*.log "$work"/tmp_check/log/regress_log_*; do
-        [ -f "$f" ] && { echo "=== $f"; tail -n 60 "$f"; }
-    done
-fi
+[ "$status" -eq 0 ] || report_failures "$work" "$out"
 exit "$status"
