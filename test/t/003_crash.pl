@@ -20,11 +20,7 @@ my $doc = $node->safe_psql('postgres',
 server_script($srv, { delay_ms => 5000 });
 my $pid = worker_pid($node);
 my $id = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc', '$tid')");
-for (1 .. 200)
-{
-	last if server_stats($srv)->{inflight} == 1;
-	usleep(25_000);
-}
+wait_inflight($srv, 1);
 is(server_stats($srv)->{inflight}, 1, 'the request is in flight');
 is($node->safe_psql('postgres', "SELECT status FROM docextract.extractions WHERE id = '$id'"),
 	'processing', 'the job is processing');
@@ -54,11 +50,7 @@ is($node->safe_psql('postgres', "SELECT status FROM docextract.extractions WHERE
 # A plain restart (SIGTERM to the worker via smart shutdown) also loses nothing.
 server_script($srv, { delay_ms => 4000 });
 my $id2 = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
-for (1 .. 200)
-{
-	last if server_stats($srv)->{inflight} == 1;
-	usleep(25_000);
-}
+wait_inflight($srv, 1);
 $node->restart;
 is(wait_for_status($node, $id2, 'completed', 'failed'), 'completed', 'a job in flight at restart completes after it');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$id2'"), '1',

@@ -112,16 +112,16 @@ server_script($srv, { delay_ms => 20000 });
 my $slow = submit();
 $node->poll_query_until('postgres', "SELECT status = 'processing' FROM docextract.extractions WHERE id = '$slow'")
   or die 'never processing';
-for (1 .. 200) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 my $next = submit('{"seed": 99}');
 usleep(300_000);
 is((row($next))[0], 'pending', 'with the only slot taken, the next job waits');
 my $t0 = time;
 is($node->safe_psql('postgres', "SELECT docextract.cancel_extraction('$slow')"), 't', 'cancel the in-flight one');
 is(wait_for_status($node, $next, 'completed', 'failed'), 'completed', 'the next job completes');
-ok(time - $t0 < 5, sprintf('... %ds after the cancel, long before the slow answer (20s)', time - $t0));
+ok(time - $t0 < 15, sprintf('... %ds after the cancel, long before the slow answer (20s)', time - $t0));
 is((row($slow))[0], 'cancelled', 'the in-flight one stays cancelled');
-for (1 .. 100) { last if server_stats($srv)->{abandoned} == 1; usleep(50_000); }
+wait_abandoned($srv, 1);
 is(server_stats($srv)->{abandoned}, 1, 'the model server saw the request abandoned (connection closed)');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$slow'"), '0',
 	'... with no result');

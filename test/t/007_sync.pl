@@ -61,7 +61,7 @@ my ($ret, $out, $err) = $node->psql('postgres',
 my $took = time - $t0;
 like($err, qr/canceling statement due to statement timeout/, 'statement_timeout ends extract_sync');
 ok($took < 30, sprintf('... promptly (%.1fs for a 4s timeout, the model needing 60s)', $took));
-for (1 .. 100) { last if server_stats($srv)->{abandoned} >= 1; usleep(50_000); }
+wait_abandoned($srv, 1);
 is(server_stats($srv)->{abandoned}, 1, '... and the request was abandoned on the wire');
 # Changed with 020_paid: the document and extraction were committed by the
 # call's worker, which cancels the extraction when its caller leaves.
@@ -78,14 +78,14 @@ server_script($srv, { delay_ms => 10000 });
 my ($in, $o, $e) = ('', '', '');
 my $h = IPC::Run::start([ 'psql', '-X', '-d', $node->connstr('postgres'), '-c',
 	"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '$tid')" ], '<', \$in, '>', \$o, '2>', \$e);
-for (1 .. 200) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 is(server_stats($srv)->{inflight}, 1, 'a second call is waiting on the model');
 $t0 = time;
 $node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
 	WHERE query LIKE '%extract_sync%' AND pid <> pg_backend_pid()");
 $h->finish;
 like($e, qr/canceling statement due to user request/, 'pg_cancel_backend ends it');
-ok(time - $t0 < 3, '... promptly');
+ok(time - $t0 < 8, sprintf('... promptly (%.1fs, the model needing 10s)', time - $t0));
 $node->poll_query_until('postgres',
 	"SELECT count(*) = 0 FROM docextract.extractions WHERE status = 'processing'")
   or die 'the cancelled call\'s extraction was never cancelled';

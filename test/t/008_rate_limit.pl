@@ -24,7 +24,8 @@ my @ids = map {
 } 1 .. 5;
 my $free = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc', '$tid')");
 is(wait_for_status($node, $free, 'completed', 'failed'), 'completed', 'an unlimited model is not held up');
-sleep 3;
+$node->poll_query_until('postgres',
+	"SELECT completed >= 3 FROM docextract.worker_stats WHERE model_name = 'limited'") or die 'never 3 completed';
 is($node->safe_psql('postgres', "SELECT completed || '/' || queued FROM docextract.worker_stats WHERE model_name = 'limited'"),
 	'3/2', 'three requests in the first minute, two waiting');
 

@@ -84,7 +84,7 @@ server_reset($srv);
 server_script($srv, { delay_ms => 4000 });
 my $pid = worker_pid($node);
 $e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 2}')");
-for (1 .. 200) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 kill 'KILL', $pid;
 $node->poll_query_until('postgres', 'SELECT 1', '1') or die 'server did not come back';
 is(wait_for_status($node, $e, 'completed', 'failed'), 'completed', 'after kill -9 the job completes');
@@ -104,7 +104,8 @@ my $s2 = $node->background_psql('postgres');
 $s1->query_safe("SET ROLE alice; BEGIN; SELECT docextract.extract_document('$adoc', '$atid')");
 $s2->query_until(qr/sent/, "SET ROLE alice;\n\\echo sent\n"
 	  . "SELECT public.sqlstate_of(\$\$SELECT docextract.extract_document('$adoc', '$atid', '{\"seed\": 9}')\$\$) AS s2 \\gset\n");
-usleep(300_000);
+$node->poll_query_until('postgres', 'SELECT count(*) = 1 FROM pg_locks WHERE NOT granted')
+  or die 'the second submit never waited';
 is(sq("SELECT count(*) FROM pg_locks WHERE NOT granted"), '1', 'the second submit waits for the first');
 $s1->query_safe('COMMIT');
 like($s2->query_safe("SELECT :'s2'"), qr/^53000: insufficient credits: role alice needs 1 credit\(s\) for 1 page\(s\), its balance is 0/,

@@ -36,11 +36,7 @@ sub start_hostile_server
 		exec('python3', "$DxTest::root/test/hostile_server.py", '--port-file', $port_file)
 		  or die "exec: $!";
 	}
-	for (1 .. 200)
-	{
-		last if -s $port_file;
-		usleep(50_000);
-	}
+	wait_until(sub { -s $port_file }, 'the hostile server');
 	die "hostile server did not start (see $log)" unless -s $port_file;
 	my $port = slurp_file($port_file);
 	return "http://127.0.0.1:$port";

@@ -39,16 +39,11 @@ sub children_of
 	return @kids;
 }
 
-# Wait (up to 30s) until process $pid is gone, zombie included.
+# Wait until process $pid is gone, zombie included.
 sub gone
 {
 	my ($pid) = @_;
-	for (1 .. 600)
-	{
-		return 1 unless -e "/proc/$pid";
-		select(undef, undef, undef, 0.05);
-	}
-	return 0;
+	return wait_until(sub { !-e "/proc/$pid" }, "process $pid to end");
 }
 
 sub helpers_of

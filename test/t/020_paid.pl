@@ -124,13 +124,13 @@ is(sq("SELECT count(*) FROM docextract.documents WHERE owner = 'bob'::regrole"),
 sq("ALTER ROLE alice SET docextract.max_active_per_role = 1");
 server_script($srv, { delay_ms => 30000 });
 $e = alice("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
-for (1 .. 200) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 like(alice("SELECT sqlstate_of(\$\$SELECT $sync)\$\$)"),
 	qr/^53400: role alice has 1 active extractions, the limit is 1/,
 	'max_active_per_role: 53400 from extract_sync');
 alice("SELECT docextract.cancel_extraction('$e')");
 sq("ALTER ROLE alice RESET docextract.max_active_per_role");
-for (1 .. 200) { last if server_stats($srv)->{abandoned} >= 1; usleep(25_000); }
+wait_abandoned($srv, 1);
 is(server_stats($srv)->{abandoned}, 1, '... the request of the one in flight dropped at its cancel');
 is(balance('alice'), '13', '... and the cancelled one in flight cost nothing');
 
@@ -167,7 +167,7 @@ $e = newest();
 is(sq("SELECT status FROM docextract.extractions WHERE id = '$e'"), 'cancelled', '... its extraction cancelled');
 is(ledger($e), 'reserve,release', '... reserved, released: the model never answered');
 is(balance('alice'), '13', '... nothing charged');
-for (1 .. 100) { last if server_stats($srv)->{abandoned} >= 2; usleep(50_000); }
+wait_abandoned($srv, 2);
 is(server_stats($srv)->{abandoned}, 2, '... the request abandoned on the wire');
 is(sq("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'docextract sync worker'"), '0',
 	'... and its worker is gone');
@@ -181,7 +181,7 @@ sub cancel_while_waiting
 	my ($in, $o, $e) = ('', '', '');
 	my $h = IPC::Run::start([ 'psql', '-X', '-U', 'alice', '-d', $node->connstr('postgres'), '-c',
 		"SELECT $sync)" ], '<', \$in, '>', \$o, '2>', \$e);
-	for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+	wait_inflight($srv, 1);
 	is(server_stats($srv)->{inflight}, 1, "$how of the $target: the call waits on the model");
 	sq("SELECT $how(pid) FROM pg_stat_activity WHERE " .
 		($target eq 'caller' ? "query LIKE '%extract_sync%' AND pid <> pg_backend_pid()"
@@ -232,7 +232,7 @@ server_script($srv, { delay_ms => 60000 });
 ($in, $o, $errs) = ('', '', '');
 $h = IPC::Run::start([ 'psql', '-X', '-U', 'alice', '-d', $node->connstr('postgres'), '-c',
 	"SELECT $sync)" ], '<', \$in, '>', \$o, '2>', \$errs);
-for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 is(server_stats($srv)->{inflight}, 1, 'a call waits on the model');
 my $old_worker = worker_pid($node);
 sq("SELECT pg_terminate_backend($old_worker)");

@@ -35,11 +35,7 @@ server_script($srv, { delay_ms => 4000 }, { delay_ms => 4000 }, { delay_ms => 40
 my @innocent = map {
 	$node->safe_psql('postgres', "SELECT docextract.extract_document('$doc{$_}', '$tid')")
 } qw(a.pdf b.pdf c.pdf);
-for (1 .. 400)
-{
-	last if server_stats($srv)->{inflight} == 3;
-	usleep(25_000);
-}
+wait_inflight($srv, 3);
 is(server_stats($srv)->{inflight}, 3, 'three requests are in flight');
 my $culprit = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc{'crash-me.pdf'}', '$tid')");
 
@@ -75,11 +71,7 @@ is(worker_pid($node), $pid2, 'without another restart');
 # A requested stop is not a crash: a job in flight at a restart is not blamed.
 server_script($srv, { delay_ms => 4000 });
 my $id = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc{'b.pdf'}', '$tid', '{\"force\": true}')");
-for (1 .. 400)
-{
-	last if server_stats($srv)->{inflight} == 1;
-	usleep(25_000);
-}
+wait_inflight($srv, 1);
 $node->restart;
 is(wait_for_status($node, $id, 'failed', 'completed'), 'completed', 'a job in flight at a restart completes');
 is($node->safe_psql('postgres', "SELECT crashes FROM docextract.extractions WHERE id = '$id'"), '0',
@@ -88,11 +80,7 @@ is($node->safe_psql('postgres', "SELECT crashes FROM docextract.extractions WHER
 # Nor is a worker terminated by a superuser.
 server_script($srv, { delay_ms => 4000 });
 $id = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc{'c.pdf'}', '$tid', '{\"force\": true}')");
-for (1 .. 400)
-{
-	last if server_stats($srv)->{inflight} == 1;
-	usleep(25_000);
-}
+wait_inflight($srv, 1);
 $pid = worker_pid($node);
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 is(wait_for_status($node, $id, 'failed', 'completed'), 'completed', 'a job in flight at pg_terminate_backend completes');

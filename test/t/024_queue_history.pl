@@ -211,7 +211,7 @@ for my $i (1 .. 3)
 $node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
 	WHERE backend_type = 'docextract sync worker' AND query = 'docextract: waiting for the model''s limits'})
   or die 'no extract_sync call waited for room';
-for (1 .. 400) { last if server_stats($slow)->{inflight} == 2; usleep(25_000); }
+wait_inflight($slow, 2);
 is(server_stats($slow)->{inflight}, 2, 'two extract_sync requests in flight, the third call waits for room');
 # Six queued jobs for the same model: the job worker finds no room either.
 my @ids = split /\n/, $node->safe_psql('postgres', 'BEGIN;' . join('', map {

@@ -85,7 +85,7 @@ server_reset($srv);
 sub wait_for_inflight
 {
 	my ($n) = @_;
-	for (1 .. 400) { last if server_stats($srv)->{inflight} == $n; select(undef, undef, undef, 0.025); }
+	wait_inflight($srv, $n);
 	is(server_stats($srv)->{inflight}, $n, "$n request(s) in flight");
 }
 

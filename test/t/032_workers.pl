@@ -60,7 +60,7 @@ is(scalar(grep { $_ != 1 } values %seen), 0, '... each once');
 server_reset($srv);
 server_script($srv, { hold => 'h1' });
 my $e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
-for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 is(server_stats($srv)->{inflight}, 1, 'one request held by the model');
 my $holder = sq("SELECT worker_pid FROM docextract.extractions WHERE id = '$e'");
 my $other = sq("SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract worker'
@@ -81,7 +81,7 @@ is(server_stats($srv)->{count}, 1, '... after one request');
 server_reset($srv);
 server_script($srv, { hold => 'h2' });
 $e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
-for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 $holder = sq("SELECT worker_pid FROM docextract.extractions WHERE id = '$e'");
 sq("SELECT pg_terminate_backend($holder)");
 is(wait_for_status($node, $e, 'completed', 'failed'), 'completed',
@@ -98,7 +98,7 @@ my @two;
 for my $i (1 .. 8)
 {
 	push @two, sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
-	for (1 .. 400) { last if server_stats($srv)->{inflight} == $i; usleep(25_000); }
+	wait_inflight($srv, $i);
 	last if sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE status = 'processing'") == 2;
 }
 is(sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE status = 'processing'"), '2',
@@ -132,7 +132,7 @@ $node = $cnode;
 wait_idle_workers();
 server_script($srv, map { { delay_ms => 4000 } } 1 .. 3);
 my @innocent = map { cq("SELECT docextract.extract_document('$doc{$_}', '$tid')") } qw(a.pdf b.pdf c.pdf);
-for (1 .. 400) { last if server_stats($srv)->{inflight} == 3; usleep(25_000); }
+wait_inflight($srv, 3);
 is(server_stats($srv)->{inflight}, 3, 'three requests in flight');
 my $culprit = cq("SELECT docextract.extract_document('$doc{'crash-me.pdf'}', '$tid')");
 is(wait_for_status($cnode, $culprit, 'failed', 'completed'), 'failed', 'two workers: the culprit fails in the end');

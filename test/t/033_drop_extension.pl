@@ -55,16 +55,6 @@ sub release
 	HTTP::Tiny->new->post("$srv->{url}/_release/r$_[0]")->{success} or die "release r$_[0] failed";
 }
 # Wait for a condition checked every 20 ms, for at most 3 minutes.
-sub wait_until
-{
-	my ($cond) = @_;
-	for (1 .. 9000)
-	{
-		return 1 if $cond->();
-		usleep(20_000);
-	}
-	return 0;
-}
 sub sq_until { my ($q) = @_; return wait_until(sub { sq($q) eq 't' }); }
 sub asides { my @l = slurp_file($node->logfile) =~ /stepping aside/g; return scalar @l; }
 

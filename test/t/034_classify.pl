@@ -204,11 +204,7 @@ sq("SELECT docextract.add_model('one', 'openai', '$srv->{url}/v1', 'test-model',
 server_reset($srv);
 server_script($srv, { hold => 'slot' });
 my $held = as_alice("SELECT docextract.extract_document('$doc{'invoice.pdf'}', NULL, '{\"model\": \"one\", \"force\": true}')");
-for (1 .. 400)
-{
-	last if server_stats($srv)->{inflight} == 1;
-	usleep(25_000);
-}
+wait_inflight($srv, 1);
 is(row($held, 'status'), 'classifying', 'a classification in flight on a model of max_concurrency 1');
 my $other = as_alice("SELECT docextract.extract_document('$doc{'receipt.png'}', '$receipt', '{\"model\": \"one\", \"force\": true}')");
 is(row($other, 'status'), 'pending', 'another extraction on that model waits');
@@ -223,11 +219,7 @@ server_reset($srv);
 server_script($srv, { hold => 'classifying' });
 my $pid = worker_pid($node);
 $id = as_alice("SELECT docextract.extract_document('$doc{'invoice.pdf'}', NULL, '{\"force\": true}')");
-for (1 .. 400)
-{
-	last if server_stats($srv)->{inflight} == 1;
-	usleep(25_000);
-}
+wait_inflight($srv, 1);
 is(row($id, 'status'), 'classifying', 'the classification request is in flight');
 kill 'KILL', $pid;
 $node->poll_query_until('postgres', 'SELECT 1', '1') or die 'server did not come back';

@@ -287,11 +287,7 @@ server_reset($srv);
 my $cd = sq("SELECT docextract.add_document('crash.pdf', pg_read_binary_file('$file'))");
 my $c = sq("SELECT docextract.extract_document('$cd', '$tid', '{\"split\": true}')");
 # restart_after_crash is off: the worker's abort stops the server.
-for (1 .. 600)
-{
-	last unless -e $node->data_dir . '/postmaster.pid';
-	select(undef, undef, undef, 0.1);
-}
+wait_until(sub { !-e $node->data_dir . '/postmaster.pid' }, 'the server to stop');
 ok(!-e $node->data_dir . '/postmaster.pid', 'the worker stopped after writing the sub-documents');
 like(slurp_file($node->logfile), qr/aborting on document "crash\.pdf#split"/, '... at the fault point');
 $node->append_conf('postgresql.conf', "docextract.debug_crash_on_document = ''\n");

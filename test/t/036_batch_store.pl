@@ -89,12 +89,11 @@ is(sq(q{SELECT count(*) FROM docextract.events v JOIN docextract.extractions e O
 $node->poll_query_until('postgres', qq{SELECT count(*) = $n FROM docextract.extractions
 	WHERE status IN ('completed', 'failed')}) or die;
 my $got = '';
-for (1 .. 100)
-{
+wait_until(sub {
 	$got .= $listener->query_safe('SELECT 1');
 	my $count = () = $got =~ /"event" : "extraction\./g;
-	last if $count >= 2 * $n;
-}
+	return $count >= 2 * $n;
+}, 'the NOTIFYs');
 my %seen;
 $seen{$1}++ while $got =~ /"event" : "(extraction\.[a-z_]+)"/g;
 is($seen{'extraction.started'}, $n, 'LISTEN: one extraction.started per job');

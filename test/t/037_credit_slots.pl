@@ -72,7 +72,7 @@ is(sq(q{SELECT balance || ' ' || reserved FROM docextract.credit_accounts WHERE 
 # -- the worker settles without a slot: a session holding them all does not stop it ---
 server_script($srv, { hold => 'settle' });
 my $held_job = sq("SET ROLE alice; $submit");
-for (1 .. 400) { last if server_stats($srv)->{inflight} == 1; usleep(25_000); }
+wait_inflight($srv, 1);
 is(server_stats($srv)->{inflight}, 1, 'a job of alice in flight');
 $node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM docextract.credit_slot_deltas})
   or die 'the worker did not fold the settled credits';

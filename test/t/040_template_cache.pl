@@ -110,7 +110,7 @@ is(parses($tid), 4, 'the small template was not parsed again meanwhile');
 # its template when the answer comes, and the next job parses it anew.
 server_script($srv, { hold => 'invoice' });
 my $held = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
-for (1 .. 1200) { last if server_stats($srv)->{inflight} == 1; usleep(50_000); }
+wait_inflight($srv, 1);
 is(server_stats($srv)->{inflight}, 1, 'the invoice request is in flight, its answer held');
 my $mid = 'Read carefully. ' x 25000;	# 400 kB
 for my $i (1 .. 24)

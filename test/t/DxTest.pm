@@ -11,12 +11,13 @@ use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
+use Time::HiRes qw(time usleep);
 
 use Exporter 'import';
 our @EXPORT = qw(start_model_server server_script server_requests server_stats server_reset
   hook_script hooks_received
-  new_node fixture add_invoice_template wait_for_status wait_for_status_in worker_pid json_of catalog_lines);
+  new_node fixture add_invoice_template wait_for_status wait_for_status_in worker_pid json_of catalog_lines
+  wait_until wait_inflight wait_abandoned);
 
 our $root = abs_path(dirname(__FILE__) . '/../..');
 my @servers;
@@ -96,6 +97,35 @@ sub server_stats
 {
 	my ($srv) = @_;
 	return decode_json($http->get("$srv->{url}/_stats")->{content});
+}
+
+# Polls cond every 25 ms until it holds, for up to the suite's timeout
+# (PG_TEST_TIMEOUT_DEFAULT, 180 s, as poll_query_until): a loaded machine
+# is slow, not wrong, so no wait is shorter.  False, with a diag, if never.
+sub wait_until
+{
+	my ($cond, $what) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	while (time < $deadline)
+	{
+		return 1 if $cond->();
+		usleep(25_000);
+	}
+	diag("timed out waiting for " . ($what // 'a condition'));
+	return 0;
+}
+
+# The model server holds exactly n requests; abandoned at least n.
+sub wait_inflight
+{
+	my ($srv, $n) = @_;
+	return wait_until(sub { server_stats($srv)->{inflight} == $n }, "$n request(s) in flight");
+}
+
+sub wait_abandoned
+{
+	my ($srv, $n) = @_;
+	return wait_until(sub { server_stats($srv)->{abandoned} >= $n }, "$n request(s) abandoned");
 }
 
 # A started cluster with docextract preloaded and the extension created.
