@@ -36,7 +36,7 @@ my @t = map { $_->{time} } grep { json_of($_->{body})->{model} eq 'limited-model
 is(scalar @t, 5, 'five requests reached the model');
 ok($t[3] - $t[0] >= 59.9 && $t[4] - $t[1] >= 59.9,
 	sprintf('never more than 3 in 60s (4th %.1fs after 1st, 5th %.1fs after 2nd)', $t[3] - $t[0], $t[4] - $t[1]));
-ok($t[3] - $t[0] < 63, sprintf('... and the 4th went as soon as a slot freed (%.1fs)', $t[3] - $t[0]));
+ok($t[3] - $t[0] < 75, sprintf('... and the 4th went soon after the window freed a slot (%.1fs)', $t[3] - $t[0]));
 
 $node->stop;
 done_testing();
