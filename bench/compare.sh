@@ -13,6 +13,7 @@
 #   BENCH_CONF='synchronous_commit = off' bash bench/compare.sh
 #   BENCH_SCALE=0.1 bash bench/compare.sh    quick check (200 documents)
 # Also: BENCH_THREADS (16), BENCH_SUBMITTERS (4), BENCH_DOCUMENT_MODE (text|file),
+# BENCH_REPEAT (1: pairs of submitter runs, docextract then the client),
 # BENCH_CLIENT_POLL (seconds an idle client thread sleeps, 0.01),
 # and PG_CONFIG, BENCH_DIR (see bench/lib.sh).
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ N=$(scaled 2000)
 THREADS=${BENCH_THREADS:-16}
 SUBMITTERS=${BENCH_SUBMITTERS:-4}
 MODE=${BENCH_DOCUMENT_MODE:-text}
+REPEAT=${BENCH_REPEAT:-1}
 bench_init compare
 bench_model 0
 bench_cluster
@@ -36,10 +38,16 @@ endpoint_capacity
 drain docextract "$N"
 bench_client_start "$THREADS"; grep "request body" "$DIR/client.log"
 drain client "$N"; bench_client_stop
-drain docextract "$N" "$SUBMITTERS"
-bench_client_start "$THREADS"; drain client "$N" "$SUBMITTERS"; bench_client_stop
+# The client's own rate with submitters moves by a fifth from run to run:
+# BENCH_REPEAT pairs, one after the other, and their median ratio.
+for _ in $(seq "$REPEAT"); do
+    drain docextract "$N" "$SUBMITTERS"
+    bench_client_start "$THREADS"; drain client "$N" "$SUBMITTERS"; bench_client_stop
+done
 print_results
-awk -F'|' '{ r[$1 "|" $2] = $6 } END {
-    printf "ratio docextract / client worker: backlog %.2fx, with submitters %.2fx\n",
-        r["docextract|backlog"] / r["client|backlog"],
-        r["docextract|'"$SUBMITTERS"' submitters"] / r["client|'"$SUBMITTERS"' submitters"] }' "$DIR/results"
+awk -F'|' '$2 == "backlog" { b[$1] = $6 }
+    $2 ~ /submitters/ { if ($1 == "docextract") d = $6; else { q[++n] = d / $6 } }
+    END { printf "ratio docextract / client worker: backlog %.2fx, with submitters", b["docextract"] / b["client"]
+          for (i = 1; i <= n; i++) printf " %.2fx", q[i]
+          for (i = 2; i <= n; i++) for (j = i; j > 1 && q[j - 1] > q[j]; j--) { t = q[j]; q[j] = q[j - 1]; q[j - 1] = t }
+          printf "%s\n", (n > 1 ? sprintf(" (median %.2fx)", n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2) : "") }' "$DIR/results"
