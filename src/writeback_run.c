@@ -491,10 +491,12 @@ writeback_unlease(Datum id, TimestampTz lease_until, TimestampTz due)
 	spi_connect();
 	spi_execute_kept(&plan, "UPDATE docextract.extractions e SET writeback_due = $3"
 					 " WHERE e.id = (SELECT x.id FROM docextract.extractions x"
-					 "               WHERE x.id = $1 AND x.writeback_due = $2 FOR UPDATE SKIP LOCKED)",
+					 "               WHERE x.id = $1 AND x.writeback_due = $2 FOR UPDATE SKIP LOCKED)"
+					 " RETURNING e.status",
 					 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TIMESTAMPTZOID},
 					 (Datum[]) {id, TimestampTzGetDatum(lease_until), TimestampTzGetDatum(due)},
 					 NULL, false, 0);
+	wake_if_queued(1);
 	spi_finish();
 }
 

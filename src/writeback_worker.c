@@ -314,6 +314,8 @@ record_stopped_write_back(void)
 							  "    AND x.owner = c.owner AND x.id <> c.id FOR UPDATE OF x SKIP LOCKED))",
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&id)}, NULL, false, 0);
 		spi_finish();
+		/* Those rows were locked: a claim meanwhile skipped any still queued. */
+		docextract_wake_worker_at_commit();
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
