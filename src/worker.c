@@ -315,6 +315,13 @@ requeue_unsent_step(void *arg)
 	transient_requeue(job_id(d->job), d->failure);
 }
 
+/*
+ * Set when a job went back to the queue as it started: the claim that had
+ * computed the next retry's time ran before, so the loop looks again now to
+ * learn it.  Else the job would wait for the poll.
+ */
+static bool requeued_at_start = false;
+
 /* A transient error before the request was sent: back to the queue (transient.c). */
 static void
 requeue_unsent(Job *job, char *err)
@@ -324,7 +331,10 @@ requeue_unsent(Job *job, char *err)
 	if (in_transaction("docextract: requeueing an extraction", requeue_unsent_step, &d) != NULL)
 		fail_job(job, err);
 	else
+	{
 		job_release(job);
+		requeued_at_start = true;
+	}
 }
 
 /*
@@ -1146,6 +1156,11 @@ docextract_worker_main(Datum main_arg)
 			look = turn.more;	/* claimed with the answers' store */
 		else if (look)
 			look = claim_and_start(&next_poll);
+		if (requeued_at_start)
+		{
+			requeued_at_start = false;
+			next_poll = GetCurrentTimestamp();	/* learn when it falls due */
+		}
 		if (steplock_retry_ms() >= 0)	/* stepped aside: look again soon */
 			next_poll = Min(next_poll, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 																   steplock_retry_ms()));

@@ -46,7 +46,7 @@ typedef struct WriteBackAttempt
 	bool		try_later;		/* err is transient */
 } WriteBackAttempt;
 extern void writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a);
-extern WriteBackOutcome writeback_record(const WriteBackAttempt *a, bool in_worker);
+extern WriteBackOutcome writeback_record(const WriteBackAttempt *a);
 extern void writeback_define_settings(void);
 
 /* trigger_rows.c, documents.c, pdf.c: per-row errors of the trigger form -- */

@@ -360,7 +360,7 @@ row_locked(Datum id, Datum due)
 }
 
 /*
- * The write-back worker's statement just locked the extraction's row: if
+ * A write-back's statement just locked the extraction's row: if
  * its job is still queued, a claim meanwhile skipped it (SKIP LOCKED), and
  * nothing else would make the job worker look again before its poll.  So
  * the commit wakes it.
@@ -387,7 +387,7 @@ wake_if_queued(int status_column)
  * changed now): the worker never waits on a row a session holds.
  */
 static bool
-record_outcome(Datum id, Datum due, const char *err, bool retry, bool in_worker)
+record_outcome(Datum id, Datum due, const char *err, bool retry)
 {
 	static SPIPlanPtr plan = NULL;
 
@@ -403,8 +403,8 @@ record_outcome(Datum id, Datum due, const char *err, bool retry, bool in_worker)
 					 (Datum[]) {id, due, err ? CStringGetTextDatum(err) : (Datum) 0,
 						 BoolGetDatum(retry), Int32GetDatum(WRITEBACK_RETRY_MS)},
 					 err ? "     " : "  n  ", false, 0);
-	if (in_worker)
-		wake_if_queued(1);
+	/* run_write_backs() too: it holds the row until its caller commits. */
+	wake_if_queued(1);
 	if (SPI_processed == 1)
 		return true;
 	/* Not recorded: changed since (a newer write-back is due), or held. */
@@ -543,7 +543,7 @@ writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a)
  * WRITEBACK_TRY_LATER if it met a lock or the like and is due again later.
  */
 WriteBackOutcome
-writeback_record(const WriteBackAttempt *a, bool in_worker)
+writeback_record(const WriteBackAttempt *a)
 {
 	Datum		id = UUIDPGetDatum(unconstify(pg_uuid_t *, &a->id));
 	bool		recorded;
@@ -551,7 +551,7 @@ writeback_record(const WriteBackAttempt *a, bool in_worker)
 	if (!a->found)
 		return WRITEBACK_DONE;
 	spi_connect();
-	recorded = record_outcome(id, TimestampTzGetDatum(a->due), a->err, a->try_later, in_worker);
+	recorded = record_outcome(id, TimestampTzGetDatum(a->due), a->err, a->try_later);
 	spi_finish();
 	if (a->err && !a->try_later)
 		ereport(WARNING,
@@ -586,7 +586,7 @@ docextract_run_write_backs(PG_FUNCTION_ARGS)
 		WriteBackAttempt a;
 
 		writeback_attempt(ids[i], false, &a);
-		done += writeback_record(&a, false) != WRITEBACK_HELD ? 1 : 0;	/* recorded */
+		done += writeback_record(&a) != WRITEBACK_HELD ? 1 : 0;	/* recorded */
 	}
 	PG_RETURN_INT32(done);
 }

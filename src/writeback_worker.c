@@ -447,7 +447,7 @@ run_leased(long *next_ms)
 			set_running((Datum) 0);
 		}
 		for (int i = 0; i < ran; i++)
-			if (writeback_record(&tried[i], true) == WRITEBACK_HELD)
+			if (writeback_record(&tried[i]) == WRITEBACK_HELD)
 				skip_for_a_while(UUIDPGetDatum(&tried[i].id), false);
 		give_back(&b, ran, tried[ran - 1].try_later);
 	}
