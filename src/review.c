@@ -12,6 +12,7 @@
 #include "spi_checked.h"
 #include "template.h"
 #include "util.h"
+#include "workerset.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -161,6 +162,9 @@ lock_for_approval(Datum id, Oid caller)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("extraction %s does not exist", uuid_text(id))));
 	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	/* Locked while queued: the abort that follows wakes the job worker. */
+	if (strcmp(status, "pending") == 0 || strcmp(status, "retrying") == 0)
+		docextract_wake_worker_at_end();
 	if (strcmp(status, "awaiting_approval") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -199,7 +199,7 @@ wake_writeback(DbWorkers *set)
 		SetLatch(latch);
 }
 
-/* At commit: wake whom the transaction made work for. */
+/* At commit: wake whom the transaction made work for; at abort, one job worker. */
 static void
 wake_xact_callback(XactEvent event, void *arg)
 {
@@ -209,6 +209,13 @@ wake_xact_callback(XactEvent event, void *arg)
 		return;
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 	{
+		/*
+		 * Rows it locked are free again (a cancel or an approval rolled
+		 * back): a claim meanwhile skipped any still queued.  Not from a job
+		 * worker, which would only wake itself.
+		 */
+		if (wake_pending && MyJobWorkerIndex < 0 && (set = workerset_find(MyDatabaseId)) != NULL)
+			wake_one(set, -1);
 		wake_pending = work_pending = writeback_wake_pending = false;
 		memset(signal_pending, 0, sizeof(signal_pending));
 		return;
@@ -264,6 +271,17 @@ void
 docextract_wake_worker_at_commit(void)
 {
 	docextract_warn_unserved();	/* dbhooks.c: nothing would process the work */
+	wake_at_commit();
+	work_pending = true;
+}
+
+/*
+ * The transaction locked a queued job's row: wake a job worker when it ends,
+ * whether it commits or aborts (a claim meanwhile skipped the row).
+ */
+void
+docextract_wake_worker_at_end(void)
+{
 	wake_at_commit();
 	work_pending = true;
 }

@@ -106,6 +106,7 @@ extern void workerset_idle(bool wants_work, int inflight);
 extern void workerset_wake_sibling(void);
 extern void workerset_wake_all(void);
 extern void docextract_wake_worker_at_commit(void);
+extern void docextract_wake_worker_at_end(void);
 extern void docextract_signal_at_commit(WorkerSignal signal);
 extern uint64 docextract_signal_generation(WorkerSignal signal);
 extern void writeback_wake_at_commit(void);

@@ -375,7 +375,7 @@ wake_if_queued(int status_column)
 
 		if (status && (strcmp(status, "pending") == 0 || strcmp(status, "retrying") == 0))
 		{
-			docextract_wake_worker_at_commit();
+			docextract_wake_worker_at_end();
 			return;
 		}
 	}

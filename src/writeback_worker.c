@@ -315,7 +315,7 @@ record_stopped_write_back(void)
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(&id)}, NULL, false, 0);
 		spi_finish();
 		/* Those rows were locked: a claim meanwhile skipped any still queued. */
-		docextract_wake_worker_at_commit();
+		docextract_wake_worker_at_end();
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
