@@ -9,7 +9,8 @@
  * CREATE DATABASE with it as template, ALTER DATABASE RENAME or SET
  * TABLESPACE; PostgreSQL waits only 5 s for other sessions to leave, and
  * tells only autovacuum), it has the launcher stop that database's workers
- * and start none there until its transaction ends.  And it refuses SET
+ * and start none there until its transaction ends.  It wakes the workers
+ * at COMMIT PREPARED and ROLLBACK PREPARED.  And it refuses SET
  * CONSTRAINTS to the users' triggers a write-back runs (writeback_run.c).
  */
 #include "postgres.h"
@@ -160,6 +161,21 @@ names_docextract(List *objects)
 static void
 after_statement(Node *stmt)
 {
+	/*
+	 * The prepared transaction's wake-ups were dropped at its PREPARE
+	 * (workerset.c): whatever it queued, or the rows it held, the workers
+	 * learn of at this commit.
+	 */
+	if (IsA(stmt, TransactionStmt) &&
+		(((TransactionStmt *) stmt)->kind == TRANS_STMT_COMMIT_PREPARED ||
+		 ((TransactionStmt *) stmt)->kind == TRANS_STMT_ROLLBACK_PREPARED))
+	{
+		docextract_wake_worker_at_end();
+		docextract_signal_at_commit(SIGNAL_CANCEL);		/* it may have cancelled */
+		docextract_signal_at_commit(SIGNAL_DELIVERIES); /* or made events */
+		writeback_wake_at_commit();
+		return;
+	}
 	if (IsA(stmt, CreateExtensionStmt) &&
 		strcmp(((CreateExtensionStmt *) stmt)->extname, "docextract") == 0)
 		extension_event = extension_created = true;

@@ -220,6 +220,13 @@ wake_xact_callback(XactEvent event, void *arg)
 		memset(signal_pending, 0, sizeof(signal_pending));
 		return;
 	}
+	if (event == XACT_EVENT_PREPARE)
+	{
+		/* Nothing is visible yet: COMMIT PREPARED wakes them (dbhooks.c). */
+		wake_pending = work_pending = writeback_wake_pending = false;
+		memset(signal_pending, 0, sizeof(signal_pending));
+		return;
+	}
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT)
 		return;
 	set = workerset_find(MyDatabaseId);

@@ -2,7 +2,7 @@
 # commit wakes it; here its poll is an hour, so a job that no one wakes
 # waits an hour.  A transaction that locked a queued job's row and then
 # rolled back (a cancel) made a claim skip that row: its abort must wake
-# the worker.
+# the worker.  A prepared transaction's work is woken for at COMMIT PREPARED.
 use strict;
 use warnings;
 use FindBin;
@@ -14,7 +14,7 @@ use HTTP::Tiny;
 use Time::HiRes qw(time);
 
 my $srv = start_model_server();
-my $node = new_node('wakeups', conf => "docextract.poll_interval = '1h'\n");
+my $node = new_node('wakeups', conf => "docextract.poll_interval = '1h'\nmax_prepared_transactions = 2\n");
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 
 sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL,
@@ -48,5 +48,20 @@ ok($node->poll_query_until('postgres', "SELECT status IN ('completed', 'failed')
 	'the cancel rolled back: B is claimed without waiting for the poll');
 is(status($b), 'completed', '... and completes');
 cmp_ok(time - $t0, '<', 120, sprintf('... %.1f s after the rollback (the poll is an hour)', time - $t0));
+
+# -- a submit in a prepared transaction ---------------------------------------------------
+# Its wake-up cannot fire at PREPARE (nothing is visible yet); COMMIT
+# PREPARED, from another session, wakes the worker.
+my $c = sq("BEGIN; SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 3}');
+	PREPARE TRANSACTION 'submit'");
+$node->poll_query_until('postgres', q{SELECT wait_event_type = 'Extension' AND wait_event = 'Extension'
+	FROM pg_stat_activity WHERE backend_type = 'docextract worker'}) or die 'the worker never slept';
+is(sq("SELECT count(*) FROM docextract.extractions WHERE id = '$c'"), '0', 'a prepared submit is not visible yet');
+$t0 = time;
+sq("COMMIT PREPARED 'submit'");
+ok($node->poll_query_until('postgres', "SELECT status IN ('completed', 'failed') FROM docextract.extractions WHERE id = '$c'"),
+	'COMMIT PREPARED: the submit is claimed without waiting for the poll');
+is(status($c), 'completed', '... and completes');
+cmp_ok(time - $t0, '<', 120, sprintf('... %.1f s after the COMMIT PREPARED', time - $t0));
 
 done_testing();
