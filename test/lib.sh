@@ -44,7 +44,7 @@ build_release() {
 # No error of pg_regress's server may be XX000 (internal_error): its log
 # (test/regress.conf puts each error's SQLSTATE in it) is checked after the run.
 # After a failed run: the logs of the failed TAP tests only, then, last (CI shows
-# the tail), which tests failed and their "not ok" lines.
+# the tail), which tests failed and their failed asserts.
 report_failures() {
     local work="$1" out="$2" t f
     local failed
