@@ -316,11 +316,12 @@ requeue_unsent_step(void *arg)
 }
 
 /*
- * Set when a job went back to the queue as it started: the claim that had
- * computed the next retry's time ran before, so the loop looks again now to
- * learn it.  Else the job would wait for the poll.
+ * Set when jobs went back to the queue as retries outside a claim (a job
+ * as it started, a batch whose results could not be committed): the claim
+ * that had computed the next retry's time ran before, so the loop looks
+ * again now to learn it.  Else they would wait for the poll.
  */
-static bool requeued_at_start = false;
+static bool requeued = false;
 
 /* A transient error before the request was sent: back to the queue (transient.c). */
 static void
@@ -333,7 +334,7 @@ requeue_unsent(Job *job, char *err)
 	else
 	{
 		job_release(job);
-		requeued_at_start = true;
+		requeued = true;
 	}
 }
 
@@ -736,6 +737,7 @@ requeue_step(void *arg)
 	FinishBatch *b = arg;
 
 	queue_requeue_uncommitted(b->ended, b->nended, b->error);
+	requeued = true;
 }
 
 static void
@@ -1156,9 +1158,9 @@ docextract_worker_main(Datum main_arg)
 			look = turn.more;	/* claimed with the answers' store */
 		else if (look)
 			look = claim_and_start(&next_poll);
-		if (requeued_at_start)
+		if (requeued)
 		{
-			requeued_at_start = false;
+			requeued = false;
 			next_poll = GetCurrentTimestamp();	/* learn when it falls due */
 		}
 		if (steplock_retry_ms() >= 0)	/* stepped aside: look again soon */

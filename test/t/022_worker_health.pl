@@ -123,7 +123,11 @@ sq("ALTER SYSTEM RESET docextract.notify_queue_limit; SELECT pg_reload_conf()");
 
 # -- a batch whose commit fails: its jobs go back to the queue ---------------------------
 # A deferred constraint trigger (a superuser's) fails the first two commits of a
-# result: the batch's, then that of the one-by-one storing that follows it.
+# result: the batch's, then that of the one-by-one storing that follows it.  The
+# poll at an hour: the worker must look again by itself to learn when the retry
+# it put back falls due.
+sq("ALTER SYSTEM SET docextract.poll_interval = '1h'; SELECT pg_reload_conf()");
+$node->poll_query_until('postgres', "SELECT current_setting('docextract.poll_interval') = '1h'") or die;
 sq(q{CREATE SEQUENCE public.commit_failures;
 	CREATE FUNCTION public.fail_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN
@@ -142,5 +146,6 @@ is(sq("SELECT attempts || ' ' || (SELECT count(*) FROM docextract.events v WHERE
 like(slurp_file($node->logfile), qr/WARNING:  docextract worker: 1 extraction\(s\) of a batch whose commit failed put back in the queue: planted failure at commit/,
 	'... and the log says why');
 sq('DROP TRIGGER fail_first_commit ON docextract.extractions');
+sq("ALTER SYSTEM RESET docextract.poll_interval; SELECT pg_reload_conf()");
 
 done_testing();
