@@ -170,8 +170,7 @@ after_statement(Node *stmt)
 		(((TransactionStmt *) stmt)->kind == TRANS_STMT_COMMIT_PREPARED ||
 		 ((TransactionStmt *) stmt)->kind == TRANS_STMT_ROLLBACK_PREPARED))
 	{
-		docextract_wake_worker_at_end();
-		docextract_signal_at_commit(SIGNAL_CANCEL);		/* it may have cancelled */
+		docextract_signal_at_commit(SIGNAL_CANCEL);		/* wakes them all */
 		docextract_signal_at_commit(SIGNAL_DELIVERIES); /* or made events */
 		writeback_wake_at_commit();
 		return;

@@ -274,14 +274,6 @@ wake_at_commit(void)
 	wake_pending = true;
 }
 
-void
-docextract_wake_worker_at_commit(void)
-{
-	docextract_warn_unserved();	/* dbhooks.c: nothing would process the work */
-	wake_at_commit();
-	work_pending = true;
-}
-
 /*
  * The transaction locked a queued job's row: wake a job worker when it ends,
  * whether it commits or aborts (a claim meanwhile skipped the row).
@@ -291,6 +283,14 @@ docextract_wake_worker_at_end(void)
 {
 	wake_at_commit();
 	work_pending = true;
+}
+
+/* The transaction queued work: the same, and a warning if no worker runs. */
+void
+docextract_wake_worker_at_commit(void)
+{
+	docextract_warn_unserved();	/* dbhooks.c: nothing would process the work */
+	docextract_wake_worker_at_end();
 }
 
 /*

@@ -363,7 +363,7 @@ row_locked(Datum id, Datum due)
  * A write-back's statement just locked the extraction's row: if
  * its job is still queued, a claim meanwhile skipped it (SKIP LOCKED), and
  * nothing else would make the job worker look again before its poll.  So
- * the commit wakes it.
+ * the transaction's end (commit or abort) wakes it.
  */
 static void
 wake_if_queued(int status_column)
