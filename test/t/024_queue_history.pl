@@ -208,9 +208,17 @@ for my $i (1 .. 3)
 		"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '$tid', '{\"model\": \"narrow\", \"seed\": 10$i}')->>'status'" ],
 		'<', \$in, '>', \$o, '2>', \$e), \$o, \$e ];
 }
-$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
-	WHERE backend_type = 'docextract sync worker' AND query = 'docextract: waiting for the model''s limits'})
-  or die 'no extract_sync call waited for room';
+unless ($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'docextract sync worker' AND query = 'docextract: waiting for the model''s limits'}))
+{
+	# Seen once in CI (2026-12-01): say what the calls and their workers were doing.
+	diag($node->safe_psql('postgres', q{SELECT pid, backend_type, state, wait_event, left(query, 80)
+		FROM pg_stat_activity WHERE backend_type LIKE 'docextract%' OR query LIKE '%extract_sync%'}));
+	diag('model server: ' . encode_json(server_stats($slow)));
+	$_->[0]->kill_kill for @calls;
+	diag('call stderr: ' . ${ $_->[2] }) for @calls;
+	die 'no extract_sync call waited for room';
+}
 wait_inflight($slow, 2);
 is(server_stats($slow)->{inflight}, 2, 'two extract_sync requests in flight, the third call waits for room');
 # Six queued jobs for the same model: the job worker finds no room either.
