@@ -39,8 +39,13 @@ my $secret = 'whsec-0123456789abcdef';
 sq("SELECT docextract.add_webhook('$srv->{url}/hooks/w', '$secret', '{extraction.completed}')");
 
 # -- a backlog, committed at once: more than one worker's max_inflight (8) ---------------
+# The answers are held until both workers have filled their room (16 in
+# flight), so that the count below does not depend on timing.
 my $n = 40;
+server_script($srv, map { { hold => 'backlog' } } 1 .. $n);
 sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}') FROM generate_series(1, $n)");
+ok(wait_inflight($srv, 16), 'two workers hold 16 requests in flight');
+HTTP::Tiny->new->post("$srv->{url}/_release/backlog")->{success} or die 'release failed';
 $node->poll_query_until('postgres', "SELECT count(*) = $n FROM docextract.extractions
 	WHERE status IN ('completed', 'failed')") or die 'the backlog never drained';
 is(sq("SELECT count(*) FROM docextract.extractions WHERE status = 'completed'"), $n, "all $n completed");
