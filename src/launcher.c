@@ -137,7 +137,7 @@ void
 launcher_define_settings(void)
 {
 	DefineCustomIntVariable("docextract.workers",
-							"Job worker processes per database (-1: half the machine's cores, 1 to 4).",
+							"Job worker processes per database (-1: half the machine's cores, at most a quarter of max_worker_processes, 1 to 4).",
 							NULL, &docextract_workers, -1, -1, MAX_JOB_WORKERS,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("docextract.databases",
@@ -150,7 +150,11 @@ launcher_define_settings(void)
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
 }
 
-/* Job workers per database: the setting, or half the cores (1 to 4). */
+/*
+ * Job workers per database: the setting, or half the cores, at most a
+ * quarter of max_worker_processes (parallel query and extract_sync take
+ * slots from it too: at the default 8, two), 1 to 4.
+ */
 int
 launcher_job_workers(void)
 {
@@ -160,7 +164,7 @@ launcher_job_workers(void)
 		cores = sysconf(_SC_NPROCESSORS_ONLN);
 	if (docextract_workers > 0)
 		return docextract_workers;
-	return (int) Max(1, Min(4, cores / 2));
+	return (int) Max(1, Min(Min(4, cores / 2), max_worker_processes / 4));
 }
 
 /* Does docextract.databases (or the deprecated docextract.database) list it? */

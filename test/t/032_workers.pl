@@ -10,6 +10,7 @@ use DxTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use List::Util qw(min);
 
 my $srv = start_model_server(delay_ms => 300);
 my $node = new_node('workers', conf => "docextract.workers = 2\n");
@@ -159,4 +160,23 @@ is($small->safe_psql('postgres', "SELECT string_agg(backend_type, ',' ORDER BY b
 	'docextract launcher,docextract worker,docextract write-back worker',
 	'... the first job worker and the write-back worker came first');
 $small->stop;
+
+# -- the default: half the cores, at most a quarter of max_worker_processes ----
+# (new_node pins docextract.workers = 1; -1 is the default.)  At the default
+# max_worker_processes = 8 that is 2 at most, so that 8 cores' 4 job workers
+# do not leave parallel query and extract_sync one slot.
+my $cores = `getconf _NPROCESSORS_ONLN`;
+chomp $cores;
+my $want = min(4, int($cores / 2), 8 / 4);
+$want = 1 if $want < 1;
+my $dflt = new_node('default_workers', conf => "docextract.workers = -1
+max_worker_processes = 8
+");
+$dflt->poll_query_until('postgres', "SELECT count(*) = $want FROM pg_stat_activity
+	WHERE backend_type = 'docextract worker'")
+  or die "the default never ran $want job worker(s)";
+sleep 1;	# a window: no more start
+is($dflt->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'docextract worker'"),
+	$want, "docextract.workers = -1 on $cores cores with max_worker_processes = 8: $want job worker(s)");
+$dflt->stop;
 done_testing();

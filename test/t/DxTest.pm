@@ -131,6 +131,10 @@ sub wait_abandoned
 # A started cluster with docextract preloaded and the extension created.
 # The poll interval is long on purpose: work must be picked up because the
 # committing backend woke the worker, not because the worker polled.
+# docextract.workers defaults to half the machine's cores: pinned to 1, and
+# worker slots to 32, so that a test sees the same processes on any machine
+# (on 8 cores, 4 job workers left 024's extract_sync calls one slot of 8).
+# A test's own conf comes after, and wins.
 sub new_node
 {
 	my ($name, %opt) = @_;
@@ -140,6 +144,8 @@ sub new_node
 	$node->append_conf('postgresql.conf', qq{
 log_line_prefix = '%m [%p] %e %q%a '
 shared_preload_libraries = 'docextract'
+max_worker_processes = 32
+docextract.workers = 1
 docextract.poll_interval = '60s'
 docextract.max_inflight = 8
 docextract.credits = '} . ($opt{credits} // 'track') . q{'
