@@ -632,7 +632,10 @@ $$;
 -- reserves them now), locked until it ends: one with that many free
 -- credits (any, unless enforce) that no other transaction holds, so that
 -- a role's concurrent submits do not wait for each other; else gathered
--- (credit_gather).  NULL: too few credits.  serialize (a quota to check)
+-- (credit_gather).  A transaction's first submit usually takes the fast
+-- path: its pages reserved in the slot's row itself (field 6 of the cache
+-- 'i'), where later ones and the other paths leave the caller a delta to
+-- write ('d').  NULL: too few credits.  serialize (a quota to check)
 -- gathers, so that the quota's count is made under every slot's lock, one
 -- submit after another.  What this transaction holds is remembered in
 -- docextract.credit_slot_cache() (role, slot, its free credits, the role's,
@@ -640,7 +643,8 @@ $$;
 -- transaction of many submits (a COPY) costs the same for each.
 CREATE FUNCTION docextract.credit_slot_for(r regrole, pages integer, enforce boolean,
                                            serialize boolean DEFAULT false, take boolean DEFAULT true)
-RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
+RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp
+SET enable_bitmapscan = off AS $$
 DECLARE
     cache text[] := pg_catalog.string_to_array(docextract.credit_slot_cache(), ',');
     candidates smallint[];
@@ -651,6 +655,42 @@ BEGIN
        AND (NOT enforce OR cache[3]::bigint >= pages) THEN
         RETURN docextract.credit_slot_remember(r, cache[2]::smallint, cache[3]::bigint,
                                                cache[4]::bigint, cache[5] = 't', pages, take);
+    END IF;
+    IF NOT serialize THEN
+        -- Fast path, two statements: the first slot this snapshot sees with
+        -- the credits free that no other transaction holds, locked without
+        -- waiting (its row as last committed rechecked); then, under the
+        -- lock, in a new snapshot (what committed before the lock counts),
+        -- what was settled into it folded in and, when the credits are
+        -- free, the pages reserved in the same row version (plain index
+        -- scans, as in credit_slot_fold).
+        SELECT s.slot INTO c FROM docextract.credit_slots s
+         WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved >= pages)
+         ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8 LIMIT 1
+           FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            PERFORM docextract.credit_slot_note(NULL);
+            WITH d AS (DELETE FROM docextract.credit_slot_deltas x WHERE x.role = r AND x.slot = c
+                       RETURNING x.balance_delta, x.reserved_delta),
+                 t AS (SELECT coalesce(sum(d.balance_delta), 0) AS b,
+                              coalesce(sum(d.reserved_delta), 0) AS rd FROM d),
+                 f AS (SELECT s.balance + t.b - s.reserved - t.rd AS free
+                         FROM docextract.credit_slots s, t WHERE s.role = r AND s.slot = c)
+            UPDATE docextract.credit_slots s
+               SET balance = s.balance + t.b,
+                   reserved = s.reserved + t.rd
+                              + CASE WHEN take AND (NOT enforce OR f.free >= pages) THEN pages ELSE 0 END,
+                   updated_at = now()
+              FROM t, f WHERE s.role = r AND s.slot = c
+            RETURNING f.free INTO free;
+            IF NOT enforce OR free >= pages THEN
+                -- The role's credits, read after the reservation: given back
+                -- for credit_slot_remember to take them as the other paths do.
+                RETURN docextract.credit_slot_remember(
+                    r, c, free, docextract.credit_available(r) + CASE WHEN take THEN pages ELSE 0 END,
+                    false, pages, take, take);
+            END IF;
+        END IF;
     END IF;
     -- Not INSERT ... ON CONFLICT every time: that waits for a slot's
     -- uncommitted update to learn whether the row still conflicts.
@@ -687,8 +727,10 @@ $$;
 
 -- Remember slot c as this transaction's (docextract.credit_slot_cache()), with
 -- pages taken from its free credits and the role's when take; returns c.
+-- in_slot: the pages are reserved in the slot's row already (no delta).
 CREATE FUNCTION docextract.credit_slot_remember(r regrole, c smallint, free bigint, available bigint,
-                                                every_slot boolean, pages integer, take boolean)
+                                                every_slot boolean, pages integer, take boolean,
+                                                in_slot boolean DEFAULT false)
 RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 BEGIN
     IF take THEN
@@ -696,7 +738,8 @@ BEGIN
         available := available - pages;
     END IF;
     PERFORM docextract.credit_slot_note(
-        pg_catalog.concat_ws(',', r::oid, c, free, available, CASE WHEN every_slot THEN 't' ELSE 'f' END));
+        pg_catalog.concat_ws(',', r::oid, c, free, available, CASE WHEN every_slot THEN 't' ELSE 'f' END,
+                             CASE WHEN in_slot THEN 'i' ELSE 'd' END));
     RETURN c;
 END
 $$;
@@ -764,6 +807,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_t
 DECLARE
     pages integer;
     chosen smallint;
+    state text[];
     active bigint;
     quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
     mode text := coalesce(nullif(current_setting('docextract.credits', true), ''), 'enforce');
@@ -797,15 +841,17 @@ BEGIN
                         NEW.owner, pages, pages, docextract.credit_available(NEW.owner)
             USING ERRCODE = '53000', HINT = 'docextract.grant_credits() adds credits.';
     END IF;
-    -- Recorded as a delta, not an update of the slot: a transaction of many
+    -- Recorded as a delta, not an update of the slot, unless the fast path
+    -- reserved it in the row it updated anyway: a transaction of many
     -- submits would otherwise make one row version of the slot per submit.
-    INSERT INTO docextract.credit_slot_deltas (role, slot, balance_delta, reserved_delta)
-    VALUES (NEW.owner, chosen, 0, pages);
+    state := pg_catalog.string_to_array(docextract.credit_slot_cache(), ',');
+    IF state[6] IS DISTINCT FROM 'i' THEN
+        INSERT INTO docextract.credit_slot_deltas (role, slot, balance_delta, reserved_delta)
+        VALUES (NEW.owner, chosen, 0, pages);
+    END IF;
     INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,
                                           reason, created_by)
-    VALUES (NEW.owner, 'reserve', pages,
-            pg_catalog.split_part(docextract.credit_slot_cache(), ',', 4)::bigint,
-            NEW.id, 'submitted', NEW.owner);
+    VALUES (NEW.owner, 'reserve', pages, state[4]::bigint, NEW.id, 'submitted', NEW.owner);
     NEW.credits_reserved := pages;
     NEW.credit_slot := chosen;
     RETURN NEW;
@@ -1488,7 +1534,7 @@ REVOKE ALL ON FUNCTION docextract.credit_slot_note(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_settle_known(regrole, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_settle_note(regrole, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_available_after(regrole, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION docextract.credit_slot_remember(regrole, smallint, bigint, bigint, boolean, integer, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION docextract.credit_slot_remember(regrole, smallint, bigint, bigint, boolean, integer, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.credit_accounts_read_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.fold_credit_deltas(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION docextract.split_pages_read(uuid) FROM PUBLIC;

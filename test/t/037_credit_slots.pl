@@ -147,6 +147,48 @@ my $ledger = sq(q{SELECT sum(credits) FILTER (WHERE kind = 'grant') || ' '
 	|| sum(credits) FILTER (WHERE kind = 'reserve') FROM docextract.credit_ledger WHERE role = 'carol'::regrole});
 is($ledger, '19 16', 'the ledger: 19 granted, 16 reserved');
 
+# -- a transaction's reservations kept as deltas count for the next submit ----------
+# A transaction's first submit reserves in its slot's row (the fast path);
+# its later ones leave deltas.  A later submit's fast path picks a slot by
+# its row (seven free here, where one is), so it must fold the deltas in,
+# under the slot's lock, before it reserves: else it spends what is gone.
+# The job worker folds deltas too, on its polls: it is paused (SIGSTOP)
+# meanwhile, caught between two transactions.
+sq("CREATE ROLE dave LOGIN; GRANT pg_read_server_files TO dave;
+	GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO dave;
+	SELECT docextract.grant_credits('dave', 8, 'eight')");
+my $wpid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract worker'});
+wait_until(sub {
+	kill 'STOP', $wpid;
+	return 1 if sq("SELECT state FROM pg_stat_activity WHERE pid = $wpid") eq 'idle';
+	kill 'CONT', $wpid;
+	usleep(20_000);
+	return 0;
+}, 'the job worker paused between transactions');
+my $dtid = add_invoice_template($node, 'dave');
+my ($done, $dsix) = map {
+	sq("SET ROLE dave; SELECT docextract.add_document('$_', pg_read_binary_file('" . fixture($_) . "'))")
+} 'invoice.pdf', 'three-invoices.pdf';
+is(sq("SET ROLE dave; BEGIN;
+	SELECT docextract.extract_document('$done', '$dtid', '{\"force\": true}') \\g /dev/null
+	SELECT docextract.extract_document('$dsix', '$dtid', '{\"force\": true}') \\g /dev/null
+	SELECT (SELECT count(*) FROM docextract.credit_slot_deltas WHERE role = 'dave'::regrole) || ' '
+	    || (SELECT max(balance - reserved) FROM docextract.credit_slots WHERE role = 'dave'::regrole);
+	COMMIT;"), '1 7', 'one transaction reserves 1 + 6 of 8 credits: a slot shows 7 free, a delta holds 6 of them');
+is(sq(q{SELECT count(*) FROM docextract.credit_slot_deltas WHERE role = 'dave'::regrole}), '1',
+	'... committed, the delta is not folded yet');
+like(sq("SET ROLE dave; SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$dsix', '$dtid', '{\"force\": true}')\$\$)"),
+	qr/^53000: insufficient credits: role dave needs 6 credit\(s\) for 6 page\(s\), its balance is 1$/,
+	'... the next 6-page submit is refused: the delta was folded in before it reserved');
+ok(sq("SET ROLE dave; SELECT docextract.extract_document('$done', '$dtid', '{\"force\": true}') IS NOT NULL"),
+	'... a 1-page submit takes the last credit');
+is(sq(q{SELECT available_after FROM docextract.credit_ledger WHERE role = 'dave'::regrole ORDER BY id DESC LIMIT 1}),
+	'0', '... its ledger entry says 0 left');
+like(sq("SET ROLE dave; SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$done', '$dtid', '{\"force\": true}')\$\$)"),
+	qr/^53000: /, '... and the next is refused');
+is(balance('dave'), '0', 'dave spent his 8 credits, never more');
+kill 'CONT', $wpid;
+
 # -- the slots are written only through docextract ------------------------------------
 for my $sql ('UPDATE docextract.credit_accounts SET balance = 10^6',
 	'UPDATE docextract.credit_slots SET balance = 10^6',
