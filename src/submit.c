@@ -62,26 +62,46 @@ check_options(json_object *o)
 		: pstrdup("default");
 }
 
+/*
+ * The document, in one statement: visible to the caller (as check_visible
+ * does), and neither rejected (bytes that were not one: nothing to
+ * extract) nor deleted.
+ */
 static void
-check_not_deleted(Datum document)
+check_document(Datum document, Oid caller)
 {
 	static SPIPlanPtr plan = NULL;
+	bool		isnull = true;
+	Datum		owner = (Datum) 0;
 	char	   *rejection;
 
-	/* A rejected document (bytes that were not one) has nothing to extract. */
-	spi_execute_kept(&plan, "SELECT rejection FROM docextract.documents"
-						  " WHERE id = $1 AND (deleted_at IS NOT NULL OR rejection IS NOT NULL)",
-						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
-	if (SPI_processed == 0)
-		return;
-	rejection = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	spi_execute_kept(&plan, "SELECT owner::oid, rejection, deleted_at IS NOT NULL"
+					 " FROM docextract.documents WHERE id = $1",
+					 1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
+	if (SPI_processed == 1)
+		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (SPI_processed != 1 || isnull || !caller_can_act_for(caller, DatumGetObjectId(owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("document %s does not exist", uuid_text(document))));
+	rejection = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	if (rejection)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document %s was rejected: %s", uuid_text(document), rejection)));
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document %s was deleted", uuid_text(document))));
+}
+
+static void
+report_no_model(const char *model)
+{
 	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("document %s was deleted", uuid_text(document))));
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("model \"%s\" does not exist", model),
+			 errhint("Add it with docextract.add_model(); the model named \"default\" is used when options name none.")));
 }
 
 static void
@@ -93,10 +113,46 @@ check_model(const char *model)
 						  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
 						  NULL, false, 1);
 	if (SPI_processed == 0)
+		report_no_model(model);
+}
+
+/*
+ * The template and the model, in one statement, checked in this order:
+ * the template visible to the caller (as check_visible; one of no owner is
+ * everyone's), usable (as check_template_usable: its group has an active
+ * version), then the model.
+ */
+static void
+check_template_and_model(Datum template_id, Oid caller, const char *model)
+{
+	static SPIPlanPtr plan = NULL;
+	bool		isnull = true;
+	Datum		owner = (Datum) 0;
+	HeapTuple	row;
+	TupleDesc	desc;
+
+	spi_execute_kept(&plan, "SELECT t.owner::oid, t.name,"
+					 "  NOT EXISTS (SELECT 1 FROM docextract.templates g"
+					 "               WHERE g.group_id = t.group_id AND g.is_active),"
+					 "  EXISTS (SELECT 1 FROM docextract.models m WHERE m.name = $2)"
+					 " FROM docextract.templates t WHERE t.id = $1",
+					 2, (Oid[]) {UUIDOID, TEXTOID},
+					 (Datum[]) {template_id, CStringGetTextDatum(model)}, NULL, false, 1);
+	if (SPI_processed == 1)
+		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (SPI_processed != 1 || (!isnull && !caller_can_act_for(caller, DatumGetObjectId(owner))))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", model),
-				 errhint("Add it with docextract.add_model(); the model named \"default\" is used when options name none.")));
+				 errmsg("template %s does not exist", uuid_text(template_id))));
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("template \"%s\" is deactivated", SPI_getvalue(row, desc, 2)),
+				 errhint("Reactivate it with docextract.set_template_active(template_id, true).")));
+	if (!DatumGetBool(SPI_getbinval(row, desc, 4, &isnull)))
+		report_no_model(model);
 }
 
 /*
@@ -269,18 +325,13 @@ submit_extraction(Datum document, Datum template_id, Jsonb *options)
 
 	spi_connect();
 	privileged_begin(&priv);
-	check_visible("document", "SELECT owner::oid FROM docextract.documents WHERE id = $1",
-				  args[0], caller, false);
-	check_not_deleted(args[0]);
+	check_document(args[0], caller);
 	if (split)
 		split_check_submit(args[0], pages != NULL);	/* split.c */
 	if (args[1])
-	{
-		check_visible("template", "SELECT owner::oid FROM docextract.templates WHERE id = $1",
-					  args[1], caller, true);
-		check_template_usable(args[1]);
-	}
-	check_model(model);
+		check_template_and_model(args[1], caller, model);
+	else
+		check_model(model);
 	page_numbers = selected_pages(args[0], pages);
 	if (force || !find_duplicate(args, page_numbers, &id))	/* force: no lookup at all */
 	{
