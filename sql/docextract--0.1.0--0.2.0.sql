@@ -672,8 +672,9 @@ BEGIN
         -- waiting (its row as last committed rechecked); then, under the
         -- lock, in a new snapshot (what committed before the lock counts),
         -- what was settled into it folded in and, when the credits are
-        -- free, the pages reserved in the same row version (plain index
-        -- scans, as in credit_slot_fold).
+        -- free, the pages reserved in the same row version (none when
+        -- there is nothing to fold or to take; plain index scans, as in
+        -- credit_slot_fold).
         SELECT s.slot INTO c FROM docextract.credit_slots s
          WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved >= pages)
          ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8 LIMIT 1
@@ -683,16 +684,16 @@ BEGIN
             WITH d AS (DELETE FROM docextract.credit_slot_deltas x WHERE x.role = r AND x.slot = c
                        RETURNING x.balance_delta, x.reserved_delta),
                  t AS (SELECT coalesce(sum(d.balance_delta), 0) AS b,
-                              coalesce(sum(d.reserved_delta), 0) AS rd FROM d),
-                 f AS (SELECT s.balance + t.b - s.reserved - t.rd AS free
-                         FROM docextract.credit_slots s, t WHERE s.role = r AND s.slot = c)
-            UPDATE docextract.credit_slots s
-               SET balance = s.balance + t.b,
-                   reserved = s.reserved + t.rd
-                              + CASE WHEN take AND (NOT enforce OR f.free >= pages) THEN pages ELSE 0 END,
-                   updated_at = now()
-              FROM t, f WHERE s.role = r AND s.slot = c
-            RETURNING f.free INTO free;
+                              coalesce(sum(d.reserved_delta), 0) AS rd, count(*) AS n FROM d),
+                 f AS (SELECT s.balance + t.b - s.reserved - t.rd AS free,
+                              take AND (NOT enforce OR s.balance + t.b - s.reserved - t.rd >= pages) AS taken
+                         FROM docextract.credit_slots s, t WHERE s.role = r AND s.slot = c),
+                 u AS (UPDATE docextract.credit_slots s
+                          SET balance = s.balance + t.b,
+                              reserved = s.reserved + t.rd + CASE WHEN f.taken THEN pages ELSE 0 END,
+                              updated_at = now()
+                         FROM t, f WHERE s.role = r AND s.slot = c AND (t.n > 0 OR f.taken))
+            SELECT f.free INTO free FROM f;
             IF NOT enforce OR free >= pages THEN
                 -- The role's credits, read after the reservation: given back
                 -- for credit_slot_remember to take them as the other paths do.
