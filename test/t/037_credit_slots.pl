@@ -166,11 +166,11 @@ wait_until(sub {
 	return 0;
 }, 'the job worker paused between transactions');
 my $dtid = add_invoice_template($node, 'dave');
-my ($done, $dsix) = map {
+my ($dpdf, $dsix) = map {
 	sq("SET ROLE dave; SELECT docextract.add_document('$_', pg_read_binary_file('" . fixture($_) . "'))")
 } 'invoice.pdf', 'three-invoices.pdf';
 is(sq("SET ROLE dave; BEGIN;
-	SELECT docextract.extract_document('$done', '$dtid', '{\"force\": true}') \\g /dev/null
+	SELECT docextract.extract_document('$dpdf', '$dtid', '{\"force\": true}') \\g /dev/null
 	SELECT docextract.extract_document('$dsix', '$dtid', '{\"force\": true}') \\g /dev/null
 	SELECT (SELECT count(*) FROM docextract.credit_slot_deltas WHERE role = 'dave'::regrole) || ' '
 	    || (SELECT max(balance - reserved) FROM docextract.credit_slots WHERE role = 'dave'::regrole);
@@ -180,11 +180,11 @@ is(sq(q{SELECT count(*) FROM docextract.credit_slot_deltas WHERE role = 'dave'::
 like(sq("SET ROLE dave; SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$dsix', '$dtid', '{\"force\": true}')\$\$)"),
 	qr/^53000: insufficient credits: role dave needs 6 credit\(s\) for 6 page\(s\), its balance is 1$/,
 	'... the next 6-page submit is refused: the delta was folded in before it reserved');
-ok(sq("SET ROLE dave; SELECT docextract.extract_document('$done', '$dtid', '{\"force\": true}') IS NOT NULL"),
+ok(sq("SET ROLE dave; SELECT docextract.extract_document('$dpdf', '$dtid', '{\"force\": true}') IS NOT NULL"),
 	'... a 1-page submit takes the last credit');
 is(sq(q{SELECT available_after FROM docextract.credit_ledger WHERE role = 'dave'::regrole ORDER BY id DESC LIMIT 1}),
 	'0', '... its ledger entry says 0 left');
-like(sq("SET ROLE dave; SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$done', '$dtid', '{\"force\": true}')\$\$)"),
+like(sq("SET ROLE dave; SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$dpdf', '$dtid', '{\"force\": true}')\$\$)"),
 	qr/^53000: /, '... and the next is refused');
 is(balance('dave'), '0', 'dave spent his 8 credits, never more');
 kill 'CONT', $wpid;
