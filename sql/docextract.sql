@@ -606,8 +606,11 @@ END
 $$;
 
 -- Slot c of role r, locked by this transaction: what was settled into it
--- since (credit_slot_deltas) folded in; returns its free credits.  No row
--- version when there is nothing to fold.
+-- since (credit_slot_deltas) folded in; returns its free credits.  Always
+-- a row version, even with nothing to fold: a slot a transaction reserves
+-- in gets one from it, so that a REPEATABLE READ transaction whose
+-- snapshot is older cannot lock it (40001) and read its deltas as its
+-- snapshot has them (credits spent twice).
 CREATE FUNCTION docextract.credit_slot_fold(r regrole, c smallint) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp SET enable_bitmapscan = off AS $$
 DECLARE
@@ -615,15 +618,12 @@ DECLARE
 BEGIN
     WITH d AS (DELETE FROM docextract.credit_slot_deltas x WHERE x.role = r AND x.slot = c
                RETURNING x.balance_delta, x.reserved_delta),
-         t AS (SELECT sum(d.balance_delta) AS b, sum(d.reserved_delta) AS rd, count(*) AS n FROM d)
+         t AS (SELECT coalesce(sum(d.balance_delta), 0) AS b,
+                      coalesce(sum(d.reserved_delta), 0) AS rd FROM d)
     UPDATE docextract.credit_slots s
        SET balance = s.balance + t.b, reserved = s.reserved + t.rd, updated_at = now()
-      FROM t WHERE s.role = r AND s.slot = c AND t.n > 0
+      FROM t WHERE s.role = r AND s.slot = c
     RETURNING s.balance - s.reserved INTO free;
-    IF free IS NULL THEN
-        SELECT s.balance - s.reserved INTO free FROM docextract.credit_slots s
-         WHERE s.role = r AND s.slot = c;
-    END IF;
     RETURN free;
 END
 $$;
@@ -662,9 +662,9 @@ BEGIN
         -- waiting (its row as last committed rechecked); then, under the
         -- lock, in a new snapshot (what committed before the lock counts),
         -- what was settled into it folded in and, when the credits are
-        -- free, the pages reserved in the same row version (none when
-        -- there is nothing to fold or to take; plain index scans, as in
-        -- credit_slot_fold).
+        -- free, the pages reserved in the same row version: one whenever
+        -- the slot is this transaction's now, as in credit_slot_fold (plain
+        -- index scans too), none when it is found short.
         SELECT s.slot INTO c FROM docextract.credit_slots s
          WHERE s.role = r AND (NOT enforce OR s.balance - s.reserved >= pages)
          ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8 LIMIT 1
@@ -682,7 +682,8 @@ BEGIN
                           SET balance = s.balance + t.b,
                               reserved = s.reserved + t.rd + CASE WHEN f.taken THEN pages ELSE 0 END,
                               updated_at = now()
-                         FROM t, f WHERE s.role = r AND s.slot = c AND (t.n > 0 OR f.taken))
+                         FROM t, f WHERE s.role = r AND s.slot = c
+                          AND (t.n > 0 OR NOT enforce OR f.free >= pages))
             SELECT f.free INTO free FROM f;
             IF NOT enforce OR free >= pages THEN
                 -- The role's credits, read after the reservation: given back

@@ -187,6 +187,36 @@ is(sq(q{SELECT available_after FROM docextract.credit_ledger WHERE role = 'dave'
 like(sq("SET ROLE dave; SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$dpdf', '$dtid', '{\"force\": true}')\$\$)"),
 	qr/^53000: /, '... and the next is refused');
 is(balance('dave'), '0', 'dave spent his 8 credits, never more');
+
+# -- REPEATABLE READ: a snapshot older than another transaction's reservations ----
+# The trigger form locks a slot without taking (take = false), then each row
+# reserves by a delta.  A REPEATABLE READ transaction whose snapshot is older
+# than those deltas must not lock that slot and read them as its snapshot
+# has them (none): the slot's row gets a version from every transaction that
+# reserves in it, so the lock fails with 40001 instead of spending twice.
+# (The job worker is still paused: its polls would fold the deltas.)
+sq("CREATE ROLE erin LOGIN; GRANT pg_read_server_files TO erin;
+	GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO erin;
+	SELECT docextract.grant_credits('erin', 2, 'two')");
+my $etid = add_invoice_template($node, 'erin');
+my $epdf = sq("SET ROLE erin; SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('"
+	  . fixture('invoice.pdf') . "'))");
+sq("CREATE TABLE public.erin_docs (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
+	ALTER TABLE public.erin_docs OWNER TO erin;
+	CREATE TRIGGER extract AFTER INSERT ON public.erin_docs FOR EACH ROW
+	  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');");
+my $rr = $node->background_psql('postgres', on_error_stop => 1);
+$rr->query_safe("SET ROLE erin; BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM docextract.documents");
+is(sq("SET ROLE erin; INSERT INTO public.erin_docs (pdf)
+	SELECT pg_read_binary_file('" . fixture('invoice.pdf') . "') FROM generate_series(1, 2);
+	SELECT count(*) FROM docextract.extractions WHERE owner = 'erin'::regrole AND status = 'pending'"),
+	'2', 'erin inserts two trigger-form rows, one transaction: her 2 credits reserved');
+like($rr->query_safe("SELECT sqlstate_of(\$\$SELECT docextract.extract_document('$epdf', '$etid', '{\"force\": true}')\$\$)"),
+	qr/^40001: /,
+	'a REPEATABLE READ submit with an older snapshot is refused (serialization failure), not granted');
+$rr->query_safe('ROLLBACK');
+$rr->quit;
+is(balance('erin'), '0', 'erin: none left, never below');
 kill 'CONT', $wpid;
 
 # -- the slots are written only through docextract ------------------------------------
