@@ -123,17 +123,17 @@ visible_plan(const char *sql)
 }
 
 /*
- * Does the row sql finds by id (its first column the owner) exist for the
- * caller?  Raise 42704 if not: someone else's row behaves as if it did not
- * exist.  A NULL owner (a system template) is fine if null_owner_ok.
+ * Is the row of id that the last SPI statement found (at most one; its
+ * first column the owner) the caller's to see?  Raise 42704 if not:
+ * someone else's row behaves as if it did not exist.  A NULL owner (a
+ * system template) is fine if null_owner_ok.
  */
 void
-check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null_owner_ok)
+check_found_visible(const char *what, Datum id, Oid caller, bool null_owner_ok)
 {
 	bool		isnull;
 	Datum		owner;
 
-	spi_execute_plan(visible_plan(sql), &id, NULL, false, 1);
 	if (SPI_processed == 1)
 	{
 		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -143,6 +143,14 @@ check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("%s %s does not exist", what, uuid_text(id))));
+}
+
+/* check_found_visible for the row sql finds by id ($1). */
+void
+check_visible(const char *what, const char *sql, Datum id, Oid caller, bool null_owner_ok)
+{
+	spi_execute_plan(visible_plan(sql), &id, NULL, false, 1);
+	check_found_visible(what, id, caller, null_owner_ok);
 }
 
 /* May `caller` act on rows owned by `owner`?  Membership, as in the policies. */

@@ -21,6 +21,7 @@ extern void privileged_end(Privileged *p);
 extern void act_as_begin(Privileged *p, Oid role);
 extern void act_as_end(Privileged *p);
 extern bool caller_can_act_for(Oid caller, Oid owner);
+extern void check_found_visible(const char *what, Datum id, Oid caller, bool null_owner_ok);
 extern void check_visible(const char *what, const char *sql, Datum id, Oid caller,
 						  bool null_owner_ok);
 

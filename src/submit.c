@@ -63,27 +63,20 @@ check_options(json_object *o)
 }
 
 /*
- * The document, in one statement: visible to the caller (as check_visible
- * does), and neither rejected (bytes that were not one: nothing to
- * extract) nor deleted.
+ * The document, in one statement: visible to the caller, and neither
+ * rejected (bytes that were not one: nothing to extract) nor deleted.
  */
 static void
 check_document(Datum document, Oid caller)
 {
 	static SPIPlanPtr plan = NULL;
-	bool		isnull = true;
-	Datum		owner = (Datum) 0;
+	bool		isnull;
 	char	   *rejection;
 
 	spi_execute_kept(&plan, "SELECT owner::oid, rejection, deleted_at IS NOT NULL"
 					 " FROM docextract.documents WHERE id = $1",
 					 1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
-	if (SPI_processed == 1)
-		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (SPI_processed != 1 || isnull || !caller_can_act_for(caller, DatumGetObjectId(owner)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("document %s does not exist", uuid_text(document))));
+	check_found_visible("document", document, caller, false);	/* privileged.c */
 	rejection = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	if (rejection)
 		ereport(ERROR,
@@ -118,16 +111,14 @@ check_model(const char *model)
 
 /*
  * The template and the model, in one statement, checked in this order:
- * the template visible to the caller (as check_visible; one of no owner is
- * everyone's), usable (as check_template_usable: its group has an active
- * version), then the model.
+ * the template visible to the caller (one of no owner is everyone's),
+ * usable (its group has an active version), then the model.
  */
 static void
 check_template_and_model(Datum template_id, Oid caller, const char *model)
 {
 	static SPIPlanPtr plan = NULL;
-	bool		isnull = true;
-	Datum		owner = (Datum) 0;
+	bool		isnull;
 	HeapTuple	row;
 	TupleDesc	desc;
 
@@ -138,19 +129,11 @@ check_template_and_model(Datum template_id, Oid caller, const char *model)
 					 " FROM docextract.templates t WHERE t.id = $1",
 					 2, (Oid[]) {UUIDOID, TEXTOID},
 					 (Datum[]) {template_id, CStringGetTextDatum(model)}, NULL, false, 1);
-	if (SPI_processed == 1)
-		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (SPI_processed != 1 || (!isnull && !caller_can_act_for(caller, DatumGetObjectId(owner))))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("template %s does not exist", uuid_text(template_id))));
+	check_found_visible("template", template_id, caller, true);	/* privileged.c */
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	if (DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("template \"%s\" is deactivated", SPI_getvalue(row, desc, 2)),
-				 errhint("Reactivate it with docextract.set_template_active(template_id, true).")));
+		report_template_deactivated(SPI_getvalue(row, desc, 2));	/* templates.c */
 	if (!DatumGetBool(SPI_getbinval(row, desc, 4, &isnull)))
 		report_no_model(model);
 }

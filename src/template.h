@@ -112,9 +112,9 @@ extern json_object *validation_run(const char *rules_json, json_object *data, bo
 
 extern int	charlimit_apply(json_object *data, const Template *t, json_object *validation);
 
-/* templates.c (SQL): may a new extraction use this template? ------------- */
+/* templates.c (SQL): a new extraction may not use this template --------- */
 
-extern void check_template_usable(Datum template_id);
+extern void report_template_deactivated(const char *name) pg_attribute_noreturn();
 
 /* citations.c: where on the page each value was found ---------------------- */
 

@@ -326,21 +326,14 @@ docextract_set_template_active(PG_FUNCTION_ARGS)
 
 /*
  * A template may be used for a new extraction while its group has an
- * active version (an older version of an active template still may).
+ * active version (an older version of an active template still may); the
+ * error when it may not (submit.c checks it).
  */
 void
-check_template_usable(Datum id)
+report_template_deactivated(const char *name)
 {
-	static SPIPlanPtr plan = NULL;
-
-	spi_execute_kept(&plan, "SELECT t.name FROM docextract.templates t WHERE t.id = $1"
-						  " AND NOT EXISTS (SELECT 1 FROM docextract.templates g"
-						  "                  WHERE g.group_id = t.group_id AND g.is_active)",
-						  1, (Oid[]) {UUIDOID}, &id, NULL, false, 1);
-	if (SPI_processed == 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("template \"%s\" is deactivated",
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
-				 errhint("Reactivate it with docextract.set_template_active(template_id, true).")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("template \"%s\" is deactivated", name),
+			 errhint("Reactivate it with docextract.set_template_active(template_id, true).")));
 }
