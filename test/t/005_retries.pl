@@ -44,9 +44,10 @@ my $before = scalar @{ server_requests($srv) };
 server_script($srv, { status => 429, headers => { 'Retry-After' => '2' },
 	body => '{"error": {"message": "Rate limit reached for requests"}}' });
 my $id = submit();
-$node->poll_query_until('postgres', "SELECT status = 'retrying' FROM docextract.extractions WHERE id = '$id'")
+# Read in the query that sees 'retrying': 2 s later the retry has begun.
+my ($status, $attempts, $msg);
+wait_until(sub { ($status, $attempts, $msg) = row($id); $status eq 'retrying' }, 'retrying')
   or die 'never retrying';
-my ($status, $attempts, $msg) = row($id);
 is($attempts, 1, 'retrying: attempts visible');
 is($msg, 'model endpoint answered HTTP 429: Rate limit reached for requests', 'retrying: the last error visible');
 is(wait_for_status($node, $id, 'completed', 'failed'), 'completed', '429 then success: completed');

@@ -11,6 +11,7 @@ use DxTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use HTTP::Tiny;
 
 my $srv = start_model_server();
 my $node = new_node('credits', credits => 'enforce', conf => "restart_after_crash = on\n");
@@ -156,10 +157,12 @@ $listener->quit;
 # alice submits a document of her group; before the retry, she leaves the group.
 sq("SELECT docextract.grant_credits('alice', 5)");
 my $tdoc = add_doc($pdf, 'team');
-server_script($srv, { status => 503, headers => { 'Retry-After' => '2' }, body => '{}' });
+# The first answer is held until she has left: the retry comes after that.
+server_script($srv, { hold => 'left', status => 503, headers => { 'Retry-After' => '1' }, body => '{}' });
 $e = sq("SET ROLE alice; SELECT docextract.extract_document('$tdoc', '$atid', '{\"max_retries\": 3}')");
-wait_for_status($node, $e, 'retrying');
+wait_inflight($srv, 1);
 sq('REVOKE team FROM alice');
+HTTP::Tiny->new->post("$srv->{url}/_release/left")->{success} or die 'release failed';
 is(wait_for_status($node, $e, 'completed', 'failed'), 'failed',
 	'alice left the group: the retry cannot read its document');
 like(sq("SELECT error_message FROM docextract.extractions WHERE id = '$e'"),

@@ -10,6 +10,7 @@ use DxTest;
 use JSON::PP;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use HTTP::Tiny;
 
 my $srv = start_model_server(delay_ms => 0);
 my $node = new_node('triggers', conf => "docextract.max_inflight = 32\n");
@@ -65,14 +66,19 @@ is(sq('SELECT count(*) FROM public.invoices WHERE id = 2 AND extracted IS NULL A
 	"... the row is untouched: the worker cannot write where the submitter cannot");
 
 # a row deleted before completion is no error
-server_script($srv, { delay_ms => 1500 });
+# (The answer is held until the row is gone; then the completed write-back is awaited.)
+server_script($srv, { hold => 'deleted' });
 $node->safe_psql('postgres', 'SET ROLE app; INSERT INTO public.invoices (pdf) SELECT pdf FROM public.fixture');
+wait_inflight($srv, 1);
 sq('DELETE FROM public.invoices WHERE id = 3');
+HTTP::Tiny->new->post("$srv->{url}/_release/deleted")->{success} or die 'release failed';
 $node->poll_query_until('postgres',
-	q{SELECT status = 'completed' FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
+	q{SELECT status = 'completed' AND writeback_due IS NULL
+	    FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
 	   WHERE d.filename = 'invoices/3'}) or die 'deleted row: extraction did not complete';
-is(sq(q{SELECT writeback_error IS NULL FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
-	   WHERE d.filename = 'invoices/3'}), 't', 'a row deleted before completion: completed, no error, result kept');
+is(sq(q{SELECT (writeback_error IS NULL)::text || ' ' || (docextract.get_result(x.id)->'data' IS NOT NULL)::text
+	  FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id
+	   WHERE d.filename = 'invoices/3'}), 'true true', 'a row deleted before completion: completed, no error, result kept');
 
 # -- COPY of 1,000 rows: 1,000 extractions in that one transaction -----------------
 my $hex = unpack('H*', slurp_file($pdf));

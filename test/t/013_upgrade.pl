@@ -82,6 +82,11 @@ $node->poll_query_until('postgres', "SELECT state = 'completed' FROM public.inbo
   or die 'the 0.1.0 trigger form did not write back';
 is(sql("SELECT status FROM docextract.extractions WHERE id = '$e{pending}'"), 'pending',
 	'one extraction still pending');
+# Quiet before the checksums: every webhook delivery made (one in flight
+# would change its row before the stop).
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM docextract.webhook_deliveries WHERE status = 'pending'")
+  or die 'deliveries still pending';
 
 # What must survive: every row of every table, as it was.
 my @tables = qw(models model_keys templates documents extractions results credit_accounts

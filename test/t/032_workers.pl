@@ -28,8 +28,9 @@ sub wait_idle_workers
 
 wait_idle_workers();
 pass('docextract.workers = 2: two job workers in the database');
-is(sq("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'docextract write-back worker'"),
-	'1', '... and one write-back worker');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'docextract write-back worker'", '1'),
+	'... and one write-back worker');
 
 # A model limit above one worker's max_inflight (8), so that one worker can't take all.
 sq("SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model', NULL,
@@ -155,9 +156,11 @@ $cnode->stop;
 my $small = new_node('small', conf => "docextract.workers = 3\nmax_worker_processes = 4\n");
 $small->wait_for_log(qr/WARNING:  docextract launcher: could not start the job worker 2 of database "postgres": no background worker slot is free \(max_worker_processes = 4\)/);
 pass('a worker the launcher cannot start is logged as a WARNING naming it');
-is($small->safe_psql('postgres', "SELECT string_agg(backend_type, ',' ORDER BY backend_type)
-	FROM pg_stat_activity WHERE backend_type LIKE 'docextract%'"),
-	'docextract launcher,docextract worker,docextract write-back worker',
+# (The write-back worker is registered just before the warning: it may not
+# have connected yet when the warning is read.)
+ok($small->poll_query_until('postgres', "SELECT string_agg(backend_type, ',' ORDER BY backend_type)
+	FROM pg_stat_activity WHERE backend_type LIKE 'docextract%'",
+	'docextract launcher,docextract worker,docextract write-back worker'),
 	'... the first job worker and the write-back worker came first');
 $small->stop;
 

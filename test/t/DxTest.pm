@@ -192,15 +192,23 @@ sub wait_for_status
 	return wait_for_status_in($node, 'postgres', $id, @statuses);
 }
 
+# The status returned is the one the poll saw: read again, a status that
+# does not last (retrying, processing) could already be the next one.
 sub wait_for_status_in
 {
 	my ($node, $db, $id, @statuses) = @_;
-	my $list = join(',', map { "'$_'" } @statuses);
-	$node->poll_query_until($db,
-		"SELECT status IN ($list) FROM docextract.extractions WHERE id = '$id'")
-	  or die "extraction $id never reached (@statuses)";
-	return $node->safe_psql($db,
-		"SELECT status FROM docextract.extractions WHERE id = '$id'");
+	my %wanted = map { $_ => 1 } @statuses;
+	my $status = '';
+	wait_until(
+		sub {
+			$status = '';
+			$node->psql($db, "SELECT status FROM docextract.extractions WHERE id = '$id'",
+				stdout => \$status);
+			return $wanted{$status};
+		},
+		"extraction $id to reach (@statuses)")
+	  or die "extraction $id never reached (@statuses); last seen: '$status'";
+	return $status;
 }
 
 # The extension's catalog in database db as sorted lines (test/catalog.sql).
