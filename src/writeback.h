@@ -28,6 +28,7 @@ extern int	docextract_writeback_timeout_ms;
 extern int	docextract_writeback_lock_timeout_ms;
 
 extern bool writeback_running_user_code;
+extern bool writeback_session_tainted;	/* users' code loaded a library */
 
 typedef enum
 {

@@ -12,7 +12,9 @@
  * worker it is bounded by docextract.writeback_timeout and
  * docextract.writeback_lock_timeout; any error of the users' code fails
  * that write-back only (writeback_error), and a lock it could not get
- * makes it wait for a later try.
+ * makes it wait for a later try.  State a library keeps in the process
+ * (dblink's connections) is no role's to meet: code that loaded one ends
+ * the worker after its batch (writeback_session_tainted).
  */
 #include "postgres.h"
 
@@ -43,6 +45,8 @@
 #include "utils/syscache.h"
 #include "utils/portal.h"
 #include "utils/timeout.h"
+
+#include <link.h>
 
 PG_FUNCTION_INFO_V1(docextract_write_back);
 PG_FUNCTION_INFO_V1(docextract_run_write_backs);
@@ -420,6 +424,32 @@ record_outcome(Datum id, Datum due, const char *err, bool retry)
  * next write-backs of the batch, all the same role's; its cursors were
  * closed (write_back_step) and SET CONSTRAINTS refused (dbhooks.c).
  */
+/* dl_iterate_phdr: one more object mapped in this process. */
+static int
+count_object(struct dl_phdr_info *info, size_t size, void *count)
+{
+	(*(int *) count)++;
+	return 0;
+}
+
+/* The shared objects this process has loaded; PostgreSQL never unloads one. */
+static int
+loaded_objects(void)
+{
+	int			count = 0;
+
+	(void) dl_iterate_phdr(count_object, &count);
+	return count;
+}
+
+/*
+ * A write-back's code loaded a library into the worker (dblink, a
+ * procedural language, LOAD): what it keeps across transactions (dblink's
+ * open connections, as that role) would meet the next role's code.  The
+ * worker ends after the batch (writeback_worker.c); a new process comes.
+ */
+bool		writeback_session_tainted = false;
+
 static void
 clean_session(void)
 {
@@ -513,6 +543,8 @@ writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a)
 	char	   *err = NULL;
 	int			sqlstate = 0;
 
+	int			objects = bounded ? loaded_objects() : 0;
+
 	memset(a, 0, sizeof(*a));
 	a->id = *DatumGetUUIDP(id);
 	spi_connect();
@@ -534,7 +566,11 @@ writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a)
 	}
 	spi_finish();
 	if (bounded)
+	{
 		clean_session();
+		if (loaded_objects() > objects)
+			writeback_session_tainted = true;
+	}
 }
 
 /*

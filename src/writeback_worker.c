@@ -27,6 +27,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -486,6 +487,13 @@ take_turn(Oid *last_owner, long *next_ms)
 	PG_END_TRY();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	if (writeback_session_tainted)
+	{
+		/* Its batch is recorded and committed: the launcher starts another. */
+		ereport(LOG,
+				(errmsg("docextract write-back worker: a write-back's code loaded a library into this process; it exits, so that what the library keeps meets no other write-back")));
+		proc_exit(0);
+	}
 	return found;
 }
 
@@ -503,6 +511,8 @@ docextract_writeback_main(Datum main_arg)
 	writeback_deadline_timeout = (int) RegisterTimeout(USER_TIMEOUT, writeback_deadline_reached);
 	pgstat_report_appname("docextract write-back worker");
 	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_SESSION);
+	/* Ours to load, so that a user's PL/pgSQL trigger does not load it first. */
+	load_file("$libdir/plpgsql", false);
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract write-back loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	record_stopped_write_back();

@@ -353,5 +353,47 @@ $node->poll_query_until('postgres', qq{SELECT writeback_error LIKE '%ignored the
 pass('... and the row says why');
 is(sq('SELECT pg_postmaster_start_time()'), $started, '... without restarting the server');
 
+# -- a library a write-back's code loads keeps state in the process (dblink's
+# connections, open as that role): the write-back worker ends after that
+# batch, so the next role's code never meets it ------------------------------------
+sq(q{CREATE ROLE linker LOGIN; CREATE ROLE peeker LOGIN;
+	GRANT CREATE, USAGE ON SCHEMA public TO linker, peeker;
+	CREATE EXTENSION dblink; GRANT EXECUTE ON FUNCTION public.dblink_connect_u(text, text) TO linker;});
+my $connstr = 'host=' . $node->host . ' port=' . $node->port . ' dbname=postgres user=linker';
+make_table('linker', qq{
+	CREATE TABLE public.linker_log (pid int, connections text[]);
+	CREATE FUNCTION public.linker_trigger() RETURNS trigger LANGUAGE plpgsql AS \$f\$
+	BEGIN
+	    IF NOT 'left' = ANY (coalesce(public.dblink_get_connections(), '{}')) THEN
+	        PERFORM public.dblink_connect_u('left', '$connstr');
+	    END IF;
+	    INSERT INTO public.linker_log SELECT pg_backend_pid(), public.dblink_get_connections();
+	    RETURN NULL;
+	END \$f\$;
+	CREATE TRIGGER linker AFTER UPDATE ON public.linker_docs FOR EACH ROW EXECUTE FUNCTION public.linker_trigger();});
+make_table('peeker', q{
+	CREATE TABLE public.peeker_log (pid int, connections text[]);
+	CREATE FUNCTION public.peeker_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	    INSERT INTO public.peeker_log SELECT pg_backend_pid(), public.dblink_get_connections();
+	    RETURN NULL;
+	END $f$;
+	CREATE TRIGGER peeker AFTER UPDATE ON public.peeker_docs FOR EACH ROW EXECUTE FUNCTION public.peeker_trigger();});
+my $log_at = -s $node->logfile;
+my $linked = insert_row('linker');
+$node->poll_query_until('postgres', qq{SELECT status = 'completed' AND writeback_due IS NULL
+	FROM docextract.extractions WHERE id = '$linked'}) or die "linker's row never written back";
+my $peeked = insert_row('peeker');
+$node->poll_query_until('postgres', qq{SELECT status = 'completed' AND writeback_due IS NULL
+	FROM docextract.extractions WHERE id = '$peeked'}) or die "peeker's row never written back";
+is(sq(q{SELECT string_agg(DISTINCT connections::text, ',') FROM public.linker_log}), '{left}',
+	"a role's trigger opens a dblink connection in the write-back worker");
+is(sq(q{SELECT count(*) > 0 AND count(connections) = 0 FROM public.peeker_log}), 't',
+	"another role's trigger, run after it, finds none open");
+is(sq(q{SELECT count(*) FROM public.peeker_log p JOIN public.linker_log l USING (pid)}), '0',
+	'... as it never ran in a process where one was left');
+ok($node->log_contains(qr/a write-back's code loaded a library into this process; it exits/, $log_at),
+	'the write-back worker says why it exits');
+
 $node->stop;
 done_testing();
