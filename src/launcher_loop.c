@@ -248,6 +248,7 @@ alloc_set(LocalDb *e)
 		set->writeback_pid = 0;
 		set->writeback_latch = NULL;
 		set->writeback_running_set = false;
+		set->writeback_last_owner = InvalidOid;
 		memset(set->job, 0, sizeof(set->job));
 		for (int k = 0; k < MAX_JOB_WORKERS; k++)
 			set->job[k].stopped_uncleanly = crashed;

@@ -55,6 +55,8 @@ typedef struct DbWorkers
 	/* The write-back whose user code runs now, and whether it overran. */
 	volatile bool writeback_running_set;
 	pg_uuid_t	writeback_running;
+	/* Whose batch it leased last: a restarted worker goes on after it. */
+	Oid			writeback_last_owner;
 	/* Orphans of a crash run one at a time across the workers (crashguard.c). */
 	bool		suspects_waiting;
 	pid_t		suspect_holder;

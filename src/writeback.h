@@ -28,7 +28,7 @@ extern int	docextract_writeback_timeout_ms;
 extern int	docextract_writeback_lock_timeout_ms;
 
 extern bool writeback_running_user_code;
-extern bool writeback_session_tainted;	/* users' code loaded a library */
+extern Oid	writeback_tainted_by;	/* whose code loaded a library here */
 
 typedef enum
 {

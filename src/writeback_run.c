@@ -13,8 +13,9 @@
  * docextract.writeback_lock_timeout; any error of the users' code fails
  * that write-back only (writeback_error), and a lock it could not get
  * makes it wait for a later try.  State a library keeps in the process
- * (dblink's connections) is no role's to meet: code that loaded one ends
- * the worker after its batch (writeback_session_tainted).
+ * (dblink's connections) is no other role's to meet: once a role's code
+ * loaded one, the worker ends before another role's batch
+ * (writeback_tainted_by).
  */
 #include "postgres.h"
 
@@ -30,6 +31,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -294,8 +296,12 @@ attempt(WriteBack *w, int *sqlstate)
 		disarm(w->bounded);
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (edata->elevel > ERROR || edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-			(!w->bounded && edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
+		/*
+		 * A stop is FATAL (ProcessInterrupts); an ERROR of 57P01 is the
+		 * users' code's own (RAISE, or a remote server's through dblink),
+		 * that write-back's failure like any other.
+		 */
+		if (edata->elevel > ERROR || (!w->bounded && edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
 			PG_RE_THROW();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
@@ -424,31 +430,46 @@ record_outcome(Datum id, Datum due, const char *err, bool retry)
  * next write-backs of the batch, all the same role's; its cursors were
  * closed (write_back_step) and SET CONSTRAINTS refused (dbhooks.c).
  */
-/* dl_iterate_phdr: one more object mapped in this process. */
+/* dl_iterate_phdr: the loader's count of objects ever loaded (it only grows). */
 static int
-count_object(struct dl_phdr_info *info, size_t size, void *count)
+read_adds(struct dl_phdr_info *info, size_t size, void *adds)
 {
-	(*(int *) count)++;
-	return 0;
+	if (size < offsetof(struct dl_phdr_info, dlpi_adds) + sizeof(info->dlpi_adds))
+		elog(ERROR, "the C library does not count the objects it loads");
+	*(unsigned long long *) adds = info->dlpi_adds;
+	return 1;
 }
 
-/* The shared objects this process has loaded; PostgreSQL never unloads one. */
-static int
-loaded_objects(void)
+static unsigned long long
+objects_loaded(void)
 {
-	int			count = 0;
+	unsigned long long adds = 0;
 
-	(void) dl_iterate_phdr(count_object, &count);
-	return count;
+	(void) dl_iterate_phdr(read_adds, &adds);
+	return adds;
 }
 
 /*
- * A write-back's code loaded a library into the worker (dblink, a
- * procedural language, LOAD): what it keeps across transactions (dblink's
- * open connections, as that role) would meet the next role's code.  The
- * worker ends after the batch (writeback_worker.c); a new process comes.
+ * The role whose write-back code loaded a library into the worker (dblink,
+ * a procedural language, LOAD, a dictionary): what that library keeps
+ * across transactions (dblink's open connections, made as that role) would
+ * meet the next role's code, so the worker ends before another role's
+ * batch (writeback_worker.c) and a new process runs it.
  */
-bool		writeback_session_tainted = false;
+Oid			writeback_tainted_by = InvalidOid;
+
+/* random()'s generator seeded anew, as a new backend's is. */
+static void
+reseed_random(void)
+{
+	uint32		seed;
+
+	if (!pg_strong_random(&seed, sizeof(seed)))
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not generate a random seed")));
+	(void) DirectFunctionCall1(setseed, Float8GetDatum((double) seed / PG_UINT32_MAX * 2.0 - 1.0));
+}
 
 static void
 clean_session(void)
@@ -462,6 +483,9 @@ clean_session(void)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("docextract: a write-back left a temporary schema in the write-back worker's session")));
 	LockReleaseSession(USER_LOCKMETHOD);
+	/* Not the next role's to read: lastval(), and random() after setseed(). */
+	ResetSequenceCaches();
+	reseed_random();
 }
 
 /*
@@ -543,7 +567,7 @@ writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a)
 	char	   *err = NULL;
 	int			sqlstate = 0;
 
-	int			objects = bounded ? loaded_objects() : 0;
+	unsigned long long objects = bounded ? objects_loaded() : 0;
 
 	memset(a, 0, sizeof(*a));
 	a->id = *DatumGetUUIDP(id);
@@ -568,8 +592,8 @@ writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a)
 	if (bounded)
 	{
 		clean_session();
-		if (loaded_objects() > objects)
-			writeback_session_tainted = true;
+		if (a->found && objects_loaded() != objects)
+			writeback_tainted_by = w.owner;
 	}
 }
 

@@ -355,6 +355,25 @@ step_end(void)
 }
 
 /*
+ * A role's write-back code loaded a library into this process
+ * (writeback_tainted_by) and another role's batch is next: end here, so
+ * that what the library keeps (dblink's connections, made as that role)
+ * meets no other role's code.  The launcher starts a new worker, which goes
+ * on after that role (writeback_last_owner).
+ */
+static void
+exit_before_other_role(void)
+{
+	char	   *role = GetUserNameFromId(writeback_tainted_by, true);
+
+	ereport(LOG,
+			(errmsg("docextract write-back worker: the write-back code of role \"%s\" loaded a library into this process; it exits before another role's write-backs run",
+					role ? role : "(dropped)")));
+	AbortCurrentTransaction();
+	proc_exit(0);
+}
+
+/*
  * Pick the next owner's due write-backs and lease them (batch), in a
  * transaction of their own.  True if any was due.
  */
@@ -370,6 +389,8 @@ pick_and_lease(Oid *last_owner, long *next_ms)
 		return false;
 	if (docextract_schema_ready())
 		n = pick(&batch, last_owner, next_ms);
+	if (n > 0 && OidIsValid(writeback_tainted_by) && *last_owner != writeback_tainted_by)
+		exit_before_other_role(); /* nothing leased: the next process picks it */
 	if (n > 0)
 	{
 		batch.lease_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -390,6 +411,12 @@ pick_and_lease(Oid *last_owner, long *next_ms)
 	}
 	step_end();
 	batch.n = kept;				/* only once the leases are committed */
+	if (n > 0)
+	{
+		SpinLockAcquire(&MyDbWorkers->mutex);
+		MyDbWorkers->writeback_last_owner = *last_owner;
+		SpinLockRelease(&MyDbWorkers->mutex);
+	}
 	return n > 0;
 }
 
@@ -480,20 +507,13 @@ take_turn(Oid *last_owner, long *next_ms)
 		/* Our own statements failed: say so, and look again a little later. */
 		EmitErrorReport();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();
 		found = false;
 		*next_ms = Min(*next_ms, WRITEBACK_RETRY_MS);
 	}
 	PG_END_TRY();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	if (writeback_session_tainted)
-	{
-		/* Its batch is recorded and committed: the launcher starts another. */
-		ereport(LOG,
-				(errmsg("docextract write-back worker: a write-back's code loaded a library into this process; it exits, so that what the library keeps meets no other write-back")));
-		proc_exit(0);
-	}
 	return found;
 }
 
@@ -511,8 +531,15 @@ docextract_writeback_main(Datum main_arg)
 	writeback_deadline_timeout = (int) RegisterTimeout(USER_TIMEOUT, writeback_deadline_reached);
 	pgstat_report_appname("docextract write-back worker");
 	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_SESSION);
-	/* Ours to load, so that a user's PL/pgSQL trigger does not load it first. */
+	/*
+	 * Ours to load, so that a user's PL/pgSQL trigger does not load it
+	 * first; JIT off, which would load its library for users' statements.
+	 */
 	load_file("$libdir/plpgsql", false);
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_SESSION);
+	SpinLockAcquire(&MyDbWorkers->mutex);
+	last_owner = MyDbWorkers->writeback_last_owner;
+	SpinLockRelease(&MyDbWorkers->mutex);
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "docextract write-back loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	record_stopped_write_back();
