@@ -355,6 +355,7 @@ CREATE TRIGGER extractions_count_outcome
 CREATE TRIGGER extractions_settle_credits
     BEFORE UPDATE OF status ON docextract.extractions
     FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status AND OLD.credits_reserved <> 0
+                       AND NEW.credits_reserved <> 0
                        AND NEW.status = ANY (docextract.outcome_statuses()))
     EXECUTE FUNCTION docextract.settle_credits();
 

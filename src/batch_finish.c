@@ -4,8 +4,10 @@
  * One transaction, no subtransaction: the extraction rows are locked for
  * the whole batch (SKIP LOCKED: the worker never waits for a session,
  * nowait.c; credits settle into credit_slot_deltas, which takes no lock a
- * session holds), then one statement completes every
- * job, stores every result and adds the usage to model_stat_deltas.  Its
+ * session holds), then one statement completes every job, charges the
+ * credits they reserved (one delta per slot, a ledger row each: the row
+ * trigger settle_credits skips what the statement settled), stores every
+ * result and adds the usage to model_stat_deltas.  Its
  * status changes fire the same triggers as one job's (events, NOTIFY,
  * credits, counters), committed with the batch.  If anything in it fails,
  * the caller stores the jobs one by one instead (worker.c), each in a
@@ -42,15 +44,36 @@ static const char *store_sql =
 "  UPDATE docextract.extractions e"
 "     SET status = CASE WHEN i.review THEN 'awaiting_approval' ELSE 'completed' END,"
 "         completed_at = CASE WHEN i.review THEN NULL ELSE clock_timestamp() END,"
-"         completion_percentage = 100, error_message = NULL"
+"         completion_percentage = 100, error_message = NULL,"
+"         credits_used = CASE WHEN o.settles THEN o.credits_reserved ELSE e.credits_used END,"
+"         credits_reserved = CASE WHEN o.settles THEN 0 ELSE e.credits_reserved END"
 "    FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::text[], $5::text[],"
 "                $6::text[], $7::text[], $8::text[], $9::text[])"
-"      AS i(id, review, data, raw, usage, attributions, validation, table_attributions, citations)"
+"      AS i(id, review, data, raw, usage, attributions, validation, table_attributions, citations),"
+"         LATERAL (SELECT x.credits_reserved, x.credit_slot,"
+"                         x.credits_reserved <> 0 AND x.split_count IS NULL"
+"                         AND NOT (i.review AND x.template_id IS NULL) AS settles"
+"                    FROM docextract.extractions x WHERE x.id = i.id) o"
 "   WHERE e.id = i.id AND e.status = 'processing'"
 "  RETURNING e.id, e.document_id, e.template_id, e.owner, e.model_name, i.data::jsonb AS data,"
 "            i.raw::jsonb AS raw, i.usage::jsonb AS usage, i.attributions::jsonb AS attributions,"
 "            i.validation::jsonb AS validation, i.table_attributions::jsonb AS table_attributions,"
-"            i.citations::jsonb AS citations),"
+"            i.citations::jsonb AS citations, e.status,"
+"            CASE WHEN o.settles THEN o.credits_reserved ELSE 0 END AS settled,"
+"            coalesce(o.credit_slot, 0) AS slot),"
+/* The batch's charges, as settle_credits makes one's: a delta per slot. */
+" d AS ("
+"  INSERT INTO docextract.credit_slot_deltas (role, slot, balance_delta, reserved_delta)"
+"  SELECT u.owner, u.slot, -sum(u.settled), -sum(u.settled) FROM u WHERE u.settled > 0"
+"   GROUP BY u.owner, u.slot),"
+" l AS ("
+"  INSERT INTO docextract.credit_ledger (role, kind, credits, available_after, extraction_id,"
+"                                        reason, created_by)"
+"  SELECT u.owner, 'charge', u.settled, a.after, u.id, u.status, u.owner"
+"    FROM u JOIN (SELECT k.owner, docextract.credit_available_after(k.owner, 0) AS after"
+"                   FROM (SELECT DISTINCT u.owner FROM u WHERE u.settled > 0) k) a"
+"      ON a.owner = u.owner"
+"   WHERE u.settled > 0),"
 " r AS ("
 "  INSERT INTO docextract.results (extraction_id, document_id, template_id, owner, data,"
 "                                  raw_output, usage, attributions, validation,"

@@ -40,6 +40,19 @@ sq(q{CREATE TABLE public.poison (id uuid PRIMARY KEY);
 	CREATE TRIGGER refuse_poisoned BEFORE INSERT ON docextract.results
 	    FOR EACH ROW EXECUTE FUNCTION public.refuse_poisoned();});
 
+# Every credit delta written, with its transaction: a batch's charges are
+# one delta per slot, not one per job (settled by the store statement).
+sq(q{CREATE TABLE public.delta_log (n serial, xid xid8, slot smallint, balance_delta bigint, reserved_delta bigint);
+	GRANT INSERT ON public.delta_log TO PUBLIC; GRANT USAGE ON SEQUENCE public.delta_log_n_seq TO PUBLIC;
+	CREATE FUNCTION public.log_delta() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+	    INSERT INTO public.delta_log (xid, slot, balance_delta, reserved_delta)
+	    VALUES (pg_current_xact_id(), NEW.slot, NEW.balance_delta, NEW.reserved_delta);
+	    RETURN NULL;
+	END $$;
+	CREATE TRIGGER log_delta AFTER INSERT ON docextract.credit_slot_deltas
+	    FOR EACH ROW EXECUTE FUNCTION public.log_delta();});
+
 my $listener = $node->background_psql('postgres');
 $listener->query_safe('LISTEN docextract');
 
@@ -108,6 +121,9 @@ is(sq(q{SELECT kind || ':' || count(*) FROM docextract.credit_ledger WHERE role 
 	'the ledger: a reservation per job, a charge per completed job, a release for the failed one');
 is(sq(q{SELECT reserved FROM docextract.credit_accounts WHERE role = 'alice'::regrole}), '0',
 	'nothing stays reserved');
+my $charges = q{FROM public.delta_log WHERE balance_delta = reserved_delta AND reserved_delta < 0};
+is(sq("SELECT -sum(reserved_delta) $charges"), $n - 1, 'the charge deltas add up to the pages charged');
+
 is(sq(q{SELECT count(*) FROM docextract.extractions WHERE credits_reserved <> 0
 	OR credits_used <> CASE status WHEN 'completed' THEN 1 ELSE 0 END}), '0',
 	'each extraction carries what it was charged');
@@ -123,5 +139,21 @@ is(sq(q{SELECT sum(latency_n) FROM (SELECT latency_n FROM docextract.model_stats
 	'... and the usage of each stored result once');
 note('results stored per transaction: '
 	  . sq('SELECT string_agg(c::text, \' \') FROM (SELECT count(*) c FROM docextract.results GROUP BY xmin::text) s'));
+
+# A batch that stores (nothing poisoned: no job by job): its charges are one
+# delta per slot, made by the store statement, not one per job (the row
+# trigger).  All in one slot: submitted in one transaction.
+my $mark = sq('SELECT coalesce(max(n), 0) FROM public.delta_log');
+server_script($srv, map { { delay_ms => 400 } } 1 .. $n);
+sq(qq{SET ROLE alice;
+	SELECT count(docextract.extract_document('$pdf', '$tid', '{"force": true}')) FROM generate_series(1, $n)});
+$node->poll_query_until('postgres', qq{SELECT count(*) = 2 * $n - 1 FROM docextract.extractions WHERE status = 'completed'})
+  or die 'the second round did not complete';
+is(sq("SELECT -sum(reserved_delta) $charges AND n > $mark"), $n, '... all charged');
+is(sq("SELECT count(*) FROM (SELECT 1 $charges AND n > $mark GROUP BY xid, slot HAVING count(*) > 1) x"), '0',
+	"a batch's charges: one delta per slot and transaction, not one per job");
+diag('jobs charged in one delta, at most: ' . sq("SELECT -min(reserved_delta) $charges AND n > $mark"));
+is(sq(q{SELECT reserved FROM docextract.credit_accounts WHERE role = 'alice'::regrole}), '0',
+	'... and nothing stays reserved');
 
 done_testing();
