@@ -421,15 +421,6 @@ record_outcome(Datum id, Datum due, const char *err, bool retry)
 	return !row_locked(id, due);
 }
 
-/*
- * Whatever the users' code left in this session goes: session-level
- * advisory locks (PREPARE, cursors WITH HOLD and LISTEN are refused).  A
- * temporary schema cannot be left (check_no_temp_schema); if one were, the
- * process ends rather than run another statement with it.  What lasts
- * until the transaction ends (its locks, large objects) stays for the
- * next write-backs of the batch, all the same role's; its cursors were
- * closed (write_back_step) and SET CONSTRAINTS refused (dbhooks.c).
- */
 /* dl_iterate_phdr: the loader's count of objects ever loaded (it only grows). */
 static int
 read_adds(struct dl_phdr_info *info, size_t size, void *adds)
@@ -471,6 +462,15 @@ reseed_random(void)
 	(void) DirectFunctionCall1(setseed, Float8GetDatum((double) seed / PG_UINT32_MAX * 2.0 - 1.0));
 }
 
+/*
+ * Whatever the users' code left in this session goes: session-level
+ * advisory locks (PREPARE, cursors WITH HOLD and LISTEN are refused).  A
+ * temporary schema cannot be left (check_no_temp_schema); if one were, the
+ * process ends rather than run another statement with it.  What lasts
+ * until the transaction ends (its locks, large objects) stays for the
+ * next write-backs of the batch, all the same role's; its cursors were
+ * closed (write_back_step) and SET CONSTRAINTS refused (dbhooks.c).
+ */
 static void
 clean_session(void)
 {
@@ -566,7 +566,6 @@ writeback_attempt(Datum id, bool bounded, WriteBackAttempt *a)
 	WriteBack	w;
 	char	   *err = NULL;
 	int			sqlstate = 0;
-
 	unsigned long long objects = bounded ? objects_loaded() : 0;
 
 	memset(a, 0, sizeof(*a));
