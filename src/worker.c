@@ -1087,6 +1087,16 @@ docextract_worker_main(Datum main_arg)
 	pgstat_report_appname("docextract worker");
 	/* Its statements run on every wake with the same shape: plan them once. */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
+	/*
+	 * Those plans are made at its first wake, often while the tables are
+	 * small (a new install, a new database), and kept until an ANALYZE of
+	 * the table: a sequential scan chosen then would read every row on every
+	 * wake as the table grows.  Each of its statements reads by key or
+	 * through a partial index of live rows.  (JIT off: the cost a disabled
+	 * path adds would otherwise have each small statement compiled.)
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 	/* Its SQL runs as superuser: no name may resolve to a role's object. */
 	SetConfigOption("search_path", "pg_catalog, docextract, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	docextract_never_wait = true;	/* nowait.c */

@@ -1,0 +1,54 @@
+# The job worker's plans.  It plans each statement once (force_generic_plan)
+# and keeps the plan until an ANALYZE of the table replans it: on a new
+# install that is while the tables are small, when a sequential scan is the
+# cheaper plan.  Kept, that scan would read every row of a growing table on
+# every wake (the backlog drained at 2,600/s with 2,000 rows stored and at
+# 1,750/s with 12,000: doc/benchmarks.md).  Here auto_explain logs every
+# plan the worker runs on a new, small database: none reads a table whole.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DxTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $srv = start_model_server();
+my $node = new_node('worker_plans', conf => q{
+shared_preload_libraries = 'docextract,auto_explain'
+auto_explain.log_min_duration = 0
+auto_explain.log_nested_statements = on
+log_line_prefix = '%m [%p] %b: '
+});
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+
+sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model')});
+my $tid = add_invoice_template($node);
+my $doc = sq("SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('" . fixture('invoice.pdf') . "'))");
+my $log_from = -s $node->logfile;
+
+# Forty jobs in four commits: claims, stores and their triggers, each
+# planned while the tables hold a few dozen rows.
+for my $round (0 .. 3)
+{
+	sq(join('', map { "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": "
+		. (10 * $round + $_) . "}');" } 1 .. 10));
+}
+$node->poll_query_until('postgres', q{SELECT count(*) = 40 FROM docextract.extractions
+	WHERE status IN ('completed', 'failed')}) or die 'the jobs never ended';
+is(sq("SELECT count(*) FROM docextract.extractions WHERE status = 'completed'"), '40', 'forty jobs complete');
+
+# The log's entries (an entry's plan is on the lines after its prefix),
+# those of the job worker.
+my @entries = split /^(?=\S+ \S+ UTC \[\d+\] )/m, substr(slurp_file($node->logfile), $log_from);
+my @worker = grep { /^\S+ \S+ UTC \[\d+\] docextract worker: LOG:  duration: .* plan:/ } @entries;
+cmp_ok(scalar @worker, '>=', 20, scalar(@worker) . ' plans of the job worker logged');
+ok((grep { /docextract\.extractions|on extractions\b/ && /Index (Only )?Scan/ } @worker),
+	'... its claims and stores among them, reading the queue by index');
+# models and webhooks hold settings, a row per model or webhook: read whole.
+my %settings = map { $_ => 1 } qw(models webhooks);
+my @scans = grep { !$settings{$_} } map { /Seq Scan on (\w+)/g } @worker;
+is(join(', ', @scans), '', 'none reads a table of the queue or its history whole (no Seq Scan)');
+
+$node->stop;
+done_testing();
