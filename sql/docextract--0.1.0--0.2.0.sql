@@ -305,13 +305,15 @@ DECLARE
     event_id bigint;
     payload json;
     notified boolean;
+    hooks boolean;
 BEGIN
     IF pg_catalog.current_setting('docextract.submitting', true) IS DISTINCT FROM 'on' THEN
         RETURN NULL;    -- loaded with its state (a restore): its events come with it
     END IF;
-    event := docextract.event_name(NULL, NEW.status);
-    event_id := nextval('docextract.events_id_seq');
-    payload := json_build_object(
+    event := CASE WHEN NEW.status IN ('failed', 'insufficient_credits') THEN 'extraction.' || NEW.status
+                  ELSE 'extraction.queued' END;    -- docextract.event_name(NULL, NEW.status)
+    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+    SELECT n.id, event, NEW.id, NEW.owner, json_build_object(
         'event', event,
         'extraction_id', NEW.id,
         'document_id', NEW.document_id,
@@ -319,10 +321,11 @@ BEGIN
         'template_id', NEW.template_id,
         'attempts', NEW.attempts,
         'completion_percentage', NEW.completion_percentage,
-        'event_id', event_id,
-        'created_at', clock_timestamp());
-    INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
-    VALUES (event_id, event, NEW.id, NEW.owner, payload);
+        'event_id', n.id,
+        'created_at', clock_timestamp())
+      FROM (SELECT nextval('docextract.events_id_seq') AS id) n
+    RETURNING id, events.payload, EXISTS (SELECT 1 FROM docextract.webhooks w WHERE w.enabled)
+      INTO event_id, payload, hooks;
     -- extraction.queued: in the outbox only.
     notified := event = 'extraction.queued' OR pg_catalog.pg_notification_queue_usage() <= coalesce(NULLIF(
         pg_catalog.current_setting('docextract.notify_queue_limit', true), '')::float8, 0.9);
@@ -330,7 +333,7 @@ BEGIN
         PERFORM pg_catalog.pg_notify('docextract', payload::text);
     END IF;
     -- Nothing to warn of and no webhook: no call (it is a submit's cost).
-    IF NOT notified OR EXISTS (SELECT 1 FROM docextract.webhooks w WHERE w.enabled) THEN
+    IF NOT notified OR hooks THEN
         PERFORM docextract.deliver_events(ARRAY[event_id], ARRAY[event], ARRAY[NEW.owner::regrole],
                                           ARRAY[NEW.id], notified);
     END IF;
@@ -826,11 +829,21 @@ REVOKE ALL ON FUNCTION docextract.fold_credit_deltas(regrole) FROM PUBLIC;
 
 -- The functions more than one change above replaced, as this version has them
 -- (a later CREATE OR REPLACE above may have been written before another's).
+-- A transaction's first submit with no quota to check takes the fast path
+-- here, as credit_slot_for's own fast path does, in two statements and no
+-- nested call: the first reads the pages and locks a slot with them free
+-- that no other transaction holds, without waiting; the second, in a new
+-- snapshot under the lock, folds the slot's settled deltas in, reserves
+-- the pages in the row version the fold writes anyway, writes the ledger
+-- row and notes the slot (credit_state.c).  The role's credits for the
+-- ledger are read in that statement's snapshot (credit_available is
+-- STABLE): those before it, less the pages.
 CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     pages integer;
     chosen smallint;
+    taken boolean;
     state text[];
     active bigint;
     quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
@@ -848,8 +861,46 @@ BEGIN
         RETURN NEW;
     END IF;
     -- options.pages: only the pages asked for are charged.
-    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
-      FROM docextract.documents d WHERE d.id = NEW.document_id;
+    IF quota > 0 OR docextract.credit_slot_cache() IS NOT NULL THEN
+        SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+          FROM docextract.documents d WHERE d.id = NEW.document_id;
+    ELSE
+        SELECT p.pages, l.slot INTO pages, chosen
+          FROM (SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) AS pages
+                  FROM docextract.documents d WHERE d.id = NEW.document_id) p
+          LEFT JOIN LATERAL (
+                SELECT s.slot FROM docextract.credit_slots s
+                 WHERE s.role = NEW.owner AND (mode <> 'enforce' OR s.balance - s.reserved >= p.pages)
+                 ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8 LIMIT 1
+                   FOR UPDATE SKIP LOCKED) l ON true;
+        IF chosen IS NOT NULL THEN
+            WITH d AS (DELETE FROM docextract.credit_slot_deltas x WHERE x.role = NEW.owner AND x.slot = chosen
+                       RETURNING x.balance_delta, x.reserved_delta),
+                 t AS (SELECT coalesce(sum(d.balance_delta), 0) AS b,
+                              coalesce(sum(d.reserved_delta), 0) AS rd, count(*) AS n FROM d),
+                 f AS (SELECT s.balance + t.b - s.reserved - t.rd AS free,
+                              (mode <> 'enforce' OR s.balance + t.b - s.reserved - t.rd >= pages) AS taken,
+                              docextract.credit_available(NEW.owner) - pages AS after
+                         FROM docextract.credit_slots s, t WHERE s.role = NEW.owner AND s.slot = chosen),
+                 u AS (UPDATE docextract.credit_slots s
+                          SET balance = s.balance + t.b,
+                              reserved = s.reserved + t.rd + CASE WHEN f.taken THEN pages ELSE 0 END,
+                              updated_at = now()
+                         FROM t, f WHERE s.role = NEW.owner AND s.slot = chosen AND (t.n > 0 OR f.taken)),
+                 l AS (INSERT INTO docextract.credit_ledger (role, kind, credits, available_after,
+                                                             extraction_id, reason, created_by)
+                       SELECT NEW.owner, 'reserve', pages, f.after, NEW.id, 'submitted', NEW.owner
+                         FROM f WHERE f.taken)
+            SELECT f.taken, docextract.credit_slot_note(CASE WHEN f.taken THEN pg_catalog.concat_ws(
+                       ',', NEW.owner::oid, chosen, f.free - pages, f.after, 'f', 'i') END)
+              INTO taken FROM f;
+            IF taken THEN
+                NEW.credits_reserved := pages;
+                NEW.credit_slot := chosen;
+                RETURN NEW;
+            END IF;
+        END IF;
+    END IF;
     chosen := docextract.credit_slot_for(NEW.owner, pages, mode = 'enforce', quota > 0, true);
     IF quota > 0 THEN
         SELECT count(*) INTO active FROM docextract.extractions x
