@@ -316,10 +316,15 @@ CALL bench.wait_drained($jobs);
 \! bash $DIR/snapshot.sh $DIR/after
 SQL
     else
-        echo "\\set n random(1, $ndocs)
-SELECT $fn(:n);" > "$DIR/submit.sql"
+        # The statement an application's driver would prepare once a
+        # connection (-M prepared): a wrapper function's body is parsed and
+        # planned again on every call.
+        local stmt="INSERT INTO bench.jobs (doc) VALUES (:n);"
+        [ "$who" = docextract ] && stmt="SELECT docextract.extract_document(d.id, '$TID', '{\"force\": true}')
+  FROM bench.docs d WHERE d.n = :n;"
+        printf '%s\n%s\n' "\\set n random(1, $ndocs)" "$stmt" > "$DIR/submit.sql"
         run bash "$DIR/snapshot.sh" "$DIR/before"
-        run pgbench -n -h "$DIR" -p "$PORT" -U postgres -c "$subs" -j "$subs" \
+        run pgbench -n -M prepared -h "$DIR" -p "$PORT" -U postgres -c "$subs" -j "$subs" \
             -t $(( (n + subs - 1) / subs )) -f "$DIR/submit.sql" postgres >"$DIR/pgbench.log" 2>&1
         n=$(( (n + subs - 1) / subs * subs ))
         sql -c "CALL bench.wait_drained($jobs)"
