@@ -172,6 +172,9 @@ restricted_begin(Restricted *r, Oid role)
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("lock_timeout", psprintf("%d", docextract_writeback_lock_timeout_ms),
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	/* The worker's own statements plan without it (writeback_worker.c); the role's, as configured. */
+	(void) set_config_option("enable_seqscan", GetConfigOptionResetString("enable_seqscan"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 }
 
 static void

@@ -537,6 +537,12 @@ docextract_writeback_main(Datum main_arg)
 	 */
 	load_file("$libdir/plpgsql", false);
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_SESSION);
+	/*
+	 * Its own statements' kept plans, made while the tables may be small,
+	 * must not read them whole as they grow (worker.c says more); a
+	 * role's write-back runs with the configured value (writeback_run.c).
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION);
 	SpinLockAcquire(&MyDbWorkers->mutex);
 	last_owner = MyDbWorkers->writeback_last_owner;
 	SpinLockRelease(&MyDbWorkers->mutex);

@@ -1,4 +1,4 @@
-# The job worker's plans.  It plans each statement once (force_generic_plan)
+# The workers' plans.  The job worker plans each statement once (force_generic_plan)
 # and keeps the plan until an ANALYZE of the table replans it: on a new
 # install that is while the tables are small, when a sequential scan is the
 # cheaper plan.  Kept, that scan would read every row of a growing table on
@@ -49,6 +49,43 @@ ok((grep { /docextract\.extractions|on extractions\b/ && /Index (Only )?Scan/ } 
 my %settings = map { $_ => 1 } qw(models webhooks);
 my @scans = grep { !$settings{$_} } map { /Seq Scan on (\w+)/g } @worker;
 is(join(', ', @scans), '', 'none reads a table of the queue or its history whole (no Seq Scan)');
+
+# -- the write-back worker ----------------------------------------------------------
+# Its own statements (lease, outcome, the next due write-back) are kept
+# plans too; the write-backs themselves (a role's UPDATE of its table, and
+# its triggers) are planned as that role's code, with its settings.
+sq("SELECT docextract.create_system_template('invoice', '$DxTest::INVOICE_SCHEMA');
+	CREATE TABLE public.fixture AS SELECT pg_read_binary_file('" . fixture('invoice.pdf') . "') AS pdf;
+	GRANT SELECT ON public.fixture TO PUBLIC");
+sq(q{CREATE ROLE filer LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO filer;
+	SELECT docextract.grant_credits('filer', 1000);
+	SET ROLE filer;
+	CREATE TABLE public.filed (id serial PRIMARY KEY, pdf bytea, extracted jsonb, state text);
+	CREATE TRIGGER extract AFTER INSERT ON public.filed FOR EACH ROW
+	  EXECUTE FUNCTION docextract.extract_document('invoice', 'pdf', 'extracted', 'state');
+	CREATE TABLE public.filed_settings (enable_seqscan text);
+	CREATE FUNCTION public.filed_note() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+	  INSERT INTO public.filed_settings VALUES (current_setting('enable_seqscan'));
+	  RETURN NULL;
+	END $f$;
+	CREATE TRIGGER note AFTER UPDATE ON public.filed FOR EACH ROW EXECUTE FUNCTION public.filed_note();});
+$log_from = -s $node->logfile;
+for my $round (0 .. 3)
+{
+	sq('SET ROLE filer; INSERT INTO public.filed (pdf) SELECT f.pdf FROM public.fixture f, generate_series(1, 10)');
+}
+$node->poll_query_until('postgres', q{SELECT count(*) = 40 FROM public.filed WHERE state = 'completed'})
+	or die 'the rows were never written back';
+@entries = split /^(?=\S+ \S+ UTC \[\d+\] )/m, substr(slurp_file($node->logfile), $log_from);
+my @writer = grep { /^\S+ \S+ UTC \[\d+\] docextract write-back worker: LOG:  duration: .* plan:/ } @entries;
+my @own = grep { /docextract\.extractions|on extractions\b/ } @writer;
+cmp_ok(scalar @own, '>=', 10, scalar(@own) . ' plans of the write-back worker\'s own statements logged');
+@scans = grep { !$settings{$_} } map { /Seq Scan on (\w+)/g } @own;
+is(join(', ', @scans), '', '... none reads a table of the queue whole');
+# The role's write-back and its triggers run with the configured settings.
+is(sq('SELECT count(*) >= 40, string_agg(DISTINCT enable_seqscan, \',\') FROM public.filed_settings'), 't|on',
+	"the role's triggers see enable_seqscan as configured (on) in every write-back");
 
 $node->stop;
 done_testing();
