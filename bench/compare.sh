@@ -14,6 +14,8 @@
 #   BENCH_SCALE=0.1 bash bench/compare.sh    quick check (200 documents)
 # Also: BENCH_THREADS (16), BENCH_SUBMITTERS (4), BENCH_DOCUMENT_MODE (text|file),
 # BENCH_REPEAT (1: pairs of submitter runs, docextract then the client),
+# BENCH_SUBMITS (N: submits of each submitter run; a run of 2,000 lasts about
+# 2 s, of which the four new connections' first submits are a part),
 # BENCH_CLIENT_POLL (seconds an idle client thread sleeps, 0.01),
 # and PG_CONFIG, BENCH_DIR (see bench/lib.sh).
 cd "$(dirname "$0")/.."
@@ -23,6 +25,7 @@ THREADS=${BENCH_THREADS:-16}
 SUBMITTERS=${BENCH_SUBMITTERS:-4}
 MODE=${BENCH_DOCUMENT_MODE:-text}
 REPEAT=${BENCH_REPEAT:-1}
+SUBMITS=${BENCH_SUBMITS:-$N}
 bench_init compare
 bench_model 0
 bench_cluster
@@ -41,8 +44,8 @@ drain client "$N"; bench_client_stop
 # The client's own rate with submitters moves by a fifth from run to run:
 # BENCH_REPEAT pairs, one after the other, and their median ratio.
 for _ in $(seq "$REPEAT"); do
-    drain docextract "$N" "$SUBMITTERS"
-    bench_client_start "$THREADS"; drain client "$N" "$SUBMITTERS"; bench_client_stop
+    drain docextract "$SUBMITS" "$SUBMITTERS"
+    bench_client_start "$THREADS"; drain client "$SUBMITS" "$SUBMITTERS"; bench_client_stop
 done
 print_results
 awk -F'|' '$2 == "backlog" { b[$1] = $6 }
