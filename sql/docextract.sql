@@ -813,8 +813,8 @@ $$;
 -- nested call: the first reads the pages and locks a slot with them free
 -- that no other transaction holds, without waiting; the second, in a new
 -- snapshot under the lock, folds the slot's settled deltas in, reserves
--- the pages in the row version the fold writes anyway, writes the ledger
--- row and notes the slot (credit_state.c).  The role's credits for the
+-- the pages in the row version the fold writes anyway and writes the
+-- ledger row; then the slot is noted (credit_state.c).  The role's credits for the
 -- ledger are read in that statement's snapshot (credit_available is
 -- STABLE): those before it, less the pages.
 CREATE FUNCTION docextract.reserve_credits() RETURNS trigger
@@ -823,6 +823,8 @@ DECLARE
     pages integer;
     chosen smallint;
     taken boolean;
+    slot_free bigint;
+    role_free bigint;
     state text[];
     active bigint;
     quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
@@ -870,9 +872,9 @@ BEGIN
                                                              extraction_id, reason, created_by)
                        SELECT NEW.owner, 'reserve', pages, f.after, NEW.id, 'submitted', NEW.owner
                          FROM f WHERE f.taken)
-            SELECT f.taken, docextract.credit_slot_note(CASE WHEN f.taken THEN pg_catalog.concat_ws(
-                       ',', NEW.owner::oid, chosen, f.free - pages, f.after, 'f', 'i') END)
-              INTO taken FROM f;
+            SELECT f.taken, f.free, f.after INTO taken, slot_free, role_free FROM f;
+            PERFORM docextract.credit_slot_note(CASE WHEN taken THEN pg_catalog.concat_ws(
+                        ',', NEW.owner::oid, chosen, slot_free - pages, role_free, 'f', 'i') END);
             IF taken THEN
                 NEW.credits_reserved := pages;
                 NEW.credit_slot := chosen;

@@ -289,5 +289,15 @@ for my $role ('alice', 'carol')
 		ORDER BY id DESC LIMIT 1}), balance($role), "... and $role\'s last is $role\'s balance");
 }
 
+# A session that asks PL/pgSQL for its strict checks (plpgsql.extra_errors,
+# which any role may set) submits as any other: the reservation's
+# statements assign each column they read.
+my $before = balance('alice');
+my ($rc, $out, $err) = $node->psql('postgres', qq{SET plpgsql.extra_errors = 'all';
+	SET plpgsql.extra_warnings = 'all'; SET client_min_messages = warning;
+	SET ROLE alice; SELECT count(docextract.extract_document('$pdf', '$tid', '{"force": true}'))});
+is("$rc|$out|$err", '0|1|', 'a submit with plpgsql.extra_errors = all reserves without error or warning');
+is(balance('alice'), $before - 1, '... its page reserved once');
+
 $node->stop;
 done_testing();
