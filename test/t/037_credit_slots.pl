@@ -293,7 +293,7 @@ for my $role ('alice', 'carol')
 # which any role may set) submits as any other: the reservation's
 # statements assign each column they read.
 my $before = balance('alice');
-my ($rc, $out, $err) = $node->psql('postgres', qq{SET plpgsql.extra_errors = 'all';
+($rc, $out, $err) = $node->psql('postgres', qq{SET plpgsql.extra_errors = 'all';
 	SET plpgsql.extra_warnings = 'all'; SET client_min_messages = warning;
 	SET ROLE alice; SELECT count(docextract.extract_document('$pdf', '$tid', '{"force": true}'))});
 is("$rc|$out|$err", '0|1|', 'a submit with plpgsql.extra_errors = all reserves without error or warning');
