@@ -308,6 +308,7 @@ wait_for_retry(pg_uuid_t *id)
 	char	   *err = in_own_transaction(retry_due_step, &r);
 	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), err ? 0 : r.ms);
 
+	pgstat_report_activity(STATE_RUNNING, "docextract: waiting to retry");
 	for (;;)
 	{
 		long		secs;
@@ -421,6 +422,8 @@ attempt(Run *run, bool *retry)
 
 	stop_if_caller_gone();		/* before anything is sent */
 	slots = wait_for_room(run);
+	/* pg_stat_activity must not show a wait that is over (TAP 024 reads it). */
+	pgstat_report_activity(STATE_RUNNING, "docextract: waiting for the model's answer");
 	current_job = job = job_create(&run->id, run->attempts, run->parts);
 	job_hold_slots(job, run->model, slots);
 	err = in_own_transaction(prepare_step, job);

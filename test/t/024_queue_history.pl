@@ -208,8 +208,13 @@ for my $i (1 .. 3)
 		"SELECT docextract.extract_sync((SELECT b FROM public.pdf), '$tid', '{\"model\": \"narrow\", \"seed\": 10$i}')->>'status'" ],
 		'<', \$in, '>', \$o, '2>', \$e), \$o, \$e ];
 }
-unless ($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
-	WHERE backend_type = 'docextract sync worker' AND query = 'docextract: waiting for the model''s limits'}))
+# Each sync worker's query says what it waits for now: a wait that is over
+# must not still read as one (in CI a retry's stale "limits" once made all
+# three look alike).
+unless ($node->poll_query_until('postgres', q{SELECT
+	count(*) FILTER (WHERE query = 'docextract: waiting for the model''s limits') = 1 AND
+	count(*) FILTER (WHERE query = 'docextract: waiting for the model''s answer') = 2
+	FROM pg_stat_activity WHERE backend_type = 'docextract sync worker'}))
 {
 	# Seen once in CI (2026-12-01): say what the calls and their workers were doing.
 	diag($node->safe_psql('postgres', q{SELECT pid, backend_type, state, wait_event, left(query, 80)
