@@ -80,11 +80,13 @@ CREATE FUNCTION docextract.set_template_active(template_id uuid, active boolean)
 RETURNS boolean LANGUAGE C AS 'MODULE_PATHNAME', 'docextract_set_template_active';
 GRANT EXECUTE ON FUNCTION docextract.set_template_active(uuid, boolean) TO PUBLIC;
 
--- For operators: per model, the max_concurrency it sets, what it gets, and
--- which of the worker's limits caps it (NULL: none).  Reads only what any
+-- For operators: per model, the max_concurrency it sets, what it gets,
+-- which of the worker's limits caps it (NULL: none), and its requests in
+-- flight now (shared memory: every process).  Reads only what any
 -- role may read (models, settings), so PUBLIC may call it.
 CREATE FUNCTION docextract.worker_limits(OUT model_name text, OUT max_concurrency integer,
-                                         OUT effective_concurrency integer, OUT capped_by text)
+                                         OUT effective_concurrency integer, OUT capped_by text,
+                                         OUT requests_in_flight integer)
 RETURNS SETOF record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'docextract_worker_limits';
 GRANT EXECUTE ON FUNCTION docextract.worker_limits() TO PUBLIC;
 

@@ -1443,11 +1443,13 @@ RETURNS text LANGUAGE C STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'docextract_webho
 CREATE FUNCTION docextract.egress_allowed(address inet, for_superuser boolean DEFAULT false)
 RETURNS boolean LANGUAGE C STRICT STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'docextract_egress_allowed';
 
--- For operators: per model, the max_concurrency it sets, what it gets, and
--- which of the worker's limits caps it (NULL: none).  Reads only what any
+-- For operators: per model, the max_concurrency it sets, what it gets,
+-- which of the worker's limits caps it (NULL: none), and its requests in
+-- flight now (shared memory: every process).  Reads only what any
 -- role may read (models, settings), so PUBLIC may call it.
 CREATE FUNCTION docextract.worker_limits(OUT model_name text, OUT max_concurrency integer,
-                                         OUT effective_concurrency integer, OUT capped_by text)
+                                         OUT effective_concurrency integer, OUT capped_by text,
+                                         OUT requests_in_flight integer)
 RETURNS SETOF record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'docextract_worker_limits';
 
 -- worker_stats' outcomes and usage per model and owner, kept as extractions

@@ -22,17 +22,21 @@
 #include "http.h"
 #include "options.h"
 #include "queue.h"
+#include "ratelimit.h"
 #include "settings.h"
 #include "spi_checked.h"
 #include "util.h"
 #include "worker.h"
 
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -340,7 +344,8 @@ inflight_waiting_jobs(void)
 
 /*
  * SQL: per model, the max_concurrency it sets (NULL: none), the requests it
- * can have in flight, and what caps that, if anything does.
+ * can have in flight, what caps that, if anything does, and the requests
+ * in flight (or reserved by a claim) now, every process counted.
  */
 PG_FUNCTION_INFO_V1(docextract_worker_limits);
 Datum
@@ -350,6 +355,7 @@ docextract_worker_limits(PG_FUNCTION_ARGS)
 	uint32		worker_cap = inflight_shared ? pg_atomic_read_u32(&inflight_shared->descriptor_cap) : 0;
 	int			descriptors = worker_cap > 0 ? (int) worker_cap : http_descriptor_cap();
 	bool		memory = inflight_shared && pg_atomic_read_u32(&inflight_shared->waiting_memory) > 0;
+	bool		all_stats = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 
 	InitMaterializedSRF(fcinfo, 0);
 	spi_connect();
@@ -358,11 +364,12 @@ docextract_worker_limits(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not read docextract.models");
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
 		bool		isnull;
 		int			set = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
 		int			wanted = isnull ? docextract_max_inflight : set;
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
 		StringInfoData caps;
 
 		initStringInfo(&caps);
@@ -372,12 +379,15 @@ docextract_worker_limits(PG_FUNCTION_ARGS)
 			appendStringInfo(&caps, "%s%s", caps.len ? ", " : "", cap_names[CAP_DESCRIPTORS]);
 		if (memory)
 			appendStringInfo(&caps, "%s%s", caps.len ? ", " : "", cap_names[CAP_MEMORY]);
-		values[0] = CStringGetTextDatum(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1));
+		values[0] = CStringGetTextDatum(name);
 		values[1] = Int32GetDatum(set);
 		nulls[1] = isnull;
 		values[2] = Int32GetDatum(Min(Min(wanted, docextract_max_inflight), descriptors));
 		values[3] = CStringGetTextDatum(caps.data);
 		nulls[3] = caps.len == 0;
+		/* Other roles' activity: for those who may read all statistics. */
+		values[4] = Int32GetDatum(all_stats ? ratelimit_in_flight(name) : 0);
+		nulls[4] = !all_stats;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	spi_finish();

@@ -73,10 +73,18 @@ static const char *next_due_sql =
 " FROM docextract.extractions WHERE status = 'retrying'"
 " AND next_attempt_at > clock_timestamp()";
 
-/* Each model's limits (0: none). */
+/*
+ * The limits (0: none) of each model with a job to claim: room reserved
+ * for a model with none would, for the claim's moment, refuse room to an
+ * extract_sync call or a sibling worker (TAP 024).  Through
+ * extractions_queue: live rows only, the first found ends the look.
+ */
 static const char *limits_sql =
-"SELECT name, coalesce((options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0),"
-"       coalesce((options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models";
+"SELECT m.name, coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 0),"
+"       coalesce((m.options->>'" MODEL_OPT_REQUESTS_PER_MINUTE "')::int, 0) FROM docextract.models m"
+" WHERE EXISTS (SELECT FROM docextract.extractions x WHERE x.model_name = m.name"
+"                 AND x.status IN ('pending', 'retrying')"
+"                 AND (x.status = 'pending' OR x.next_attempt_at <= clock_timestamp()))";
 
 /* The room reserved per model for one claim. */
 typedef struct Rooms

@@ -311,3 +311,19 @@ ratelimit_next_free(TimestampTz now)
 	LWLockRelease(rl->lock);
 	return next;
 }
+
+/* Requests of model reserved or in flight now, every process of this database. */
+int
+ratelimit_in_flight(const char *model)
+{
+	int			n = 0;
+
+	if (rl == NULL)
+		return 0;
+	LWLockAcquire(rl->lock, LW_SHARED);
+	for (int i = 0; i < rl->high; i++)
+		if (rl->slots[i].dboid == MyDatabaseId && strcmp(rl->slots[i].model, model) == 0)
+			n = rl->slots[i].in_flight;
+	LWLockRelease(rl->lock);
+	return n;
+}

@@ -18,5 +18,6 @@ extern int	ratelimit_reserve(const char *model, int max_concurrency, int rpm, in
 							  int min, bool force);
 extern void ratelimit_release(const char *model, int n, bool sent);
 extern TimestampTz ratelimit_next_free(TimestampTz now);
+extern int	ratelimit_in_flight(const char *model);
 
 #endif							/* DOCEXTRACT_RATELIMIT_H */

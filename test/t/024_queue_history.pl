@@ -241,5 +241,36 @@ my $st = server_stats($slow);
 is($st->{count}, 9, 'nine requests reached the narrow model');
 is($st->{max_inflight}, 2, 'the worker and three extract_sync calls together kept max_concurrency 2');
 
+# -- a claim reserves room only for models with a job to claim ------------------
+# The job worker is held in a claim of a 'default' job with its reservations
+# made: it steps aside while a session holds docextract.model_stats (which no
+# submit takes); the job is queued, a SHARE lock on docextract.events is
+# taken (the claim's announce trigger will wait for it), and only then is
+# the worker let go.  'narrow' has nothing queued: it must show no request
+# in flight, or the claim would refuse room to an extract_sync call.
+$node->safe_psql('postgres', q{CREATE ROLE peek; CREATE ROLE watcher IN ROLE pg_read_all_stats});
+my $aside = $node->background_psql('postgres');
+$aside->query_safe('BEGIN; LOCK TABLE docextract.model_stats IN ACCESS EXCLUSIVE MODE');
+my $held = $node->safe_psql('postgres',
+	qq{SELECT docextract.extract_document('$doc', '$tid', '{"force": true, "seed": 900}')});
+my $outbox = $node->background_psql('postgres');
+$outbox->query_safe('BEGIN; LOCK TABLE docextract.events IN SHARE MODE');
+$aside->query_safe('COMMIT');
+$node->poll_query_until('postgres', q{SELECT wait_event_type = 'Lock' AND query = 'docextract: claiming'
+	FROM pg_stat_activity WHERE backend_type = 'docextract worker'})
+  or die 'the job worker never waited inside its claim';
+my $rooms = q{SELECT string_agg(model_name || '=' || coalesce(requests_in_flight::text, 'hidden'), ' '
+	ORDER BY model_name) FROM docextract.worker_limits()};
+like($node->safe_psql('postgres', "SET ROLE watcher; $rooms"), qr/^default=[1-9][0-9]* narrow=0$/,
+	'a claim holds room for the model with a job, none for the idle one (requests_in_flight)');
+is($node->safe_psql('postgres', "SET ROLE peek; $rooms"), 'default=hidden narrow=hidden',
+	'... which a role without pg_read_all_stats does not see');
+$outbox->query_safe('COMMIT');
+wait_for_status($node, $held, 'completed');
+is($node->safe_psql('postgres', "SET ROLE watcher; $rooms"), 'default=0 narrow=0',
+	'... and gives it back after the claim');
+$aside->quit;
+$outbox->quit;
+
 $node->stop;
 done_testing();
