@@ -224,6 +224,7 @@ estimate(int64 len, int64 text_len, int parts)
 static void
 size_waiting(void)
 {
+	static SPIPlanPtr plan = NULL;	/* every batch started: planned once */
 	Datum	   *ids = palloc(sizeof(Datum) * list_length(waiting));
 	int			n = 0;
 	ListCell   *lc;
@@ -231,15 +232,15 @@ size_waiting(void)
 	foreach(lc, waiting)
 		ids[n++] = UUIDPGetDatum(&((Waiting *) lfirst(lc))->job.id);
 	spi_connect();
-	if (spi_execute_with_args("SELECT e.id, octet_length(d.content)::int8,"
-							  "       coalesce(octet_length(d.text), 0)::int8"
-							  "  FROM docextract.extractions e"
-							  "  JOIN docextract.documents d ON d.id = e.document_id"
-							  " WHERE e.id = ANY ($1) AND e.status IN " IN_HAND_STATUSES,
-							  1, (Oid[]) {UUIDARRAYOID},
-							  (Datum[]) {PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
-																		 false, TYPALIGN_CHAR))},
-							  NULL, true, 0) != SPI_OK_SELECT)
+	if (spi_execute_kept(&plan, "SELECT e.id, octet_length(d.content)::int8,"
+						 "       coalesce(octet_length(d.text), 0)::int8"
+						 "  FROM docextract.extractions e"
+						 "  JOIN docextract.documents d ON d.id = e.document_id"
+						 " WHERE e.id = ANY ($1) AND e.status IN " IN_HAND_STATUSES,
+						 1, (Oid[]) {UUIDARRAYOID},
+						 (Datum[]) {PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
+																	false, TYPALIGN_CHAR))},
+						 NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the sizes of claimed documents");
 	foreach(lc, waiting)
 	{
