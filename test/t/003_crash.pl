@@ -5,6 +5,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use DxTest;
+use HTTP::Tiny;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
@@ -15,9 +16,12 @@ $node->safe_psql('postgres', "SELECT docextract.add_model('default', 'openai', '
 my $tid = add_invoice_template($node);
 my $doc = $node->safe_psql('postgres',
 	"SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('" . fixture('invoice.pdf') . "'))");
+sub release { HTTP::Tiny->new->post("$srv->{url}/_release/$_[0]")->{success} or die "release $_[0] failed"; }
 
-# The first answer takes 5s: long enough to kill the worker mid-request.
-server_script($srv, { delay_ms => 5000 });
+# The first answer is held until released, so the worker is surely killed
+# mid-request however slow the machine.  The request after the restart finds
+# the script used up and gets the default answer.
+server_script($srv, { hold => 'killed' });
 my $pid = worker_pid($node);
 my $id = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc', '$tid')");
 wait_inflight($srv, 1);
@@ -41,20 +45,28 @@ is($node->safe_psql('postgres', "SELECT docextract.get_result('$id')->'data'->'g
 like(slurp_file($node->logfile), qr/requeued 1 extraction\(s\) left by a previous worker/,
 	'the new worker says it requeued the orphan');
 
-# The old request's late answer changes nothing.
-sleep 5;
+# The old request's late answer changes nothing: let it go, and wait until
+# the server has sent it (nothing of the first request left in flight).
+release('killed');
+ok(wait_inflight($srv, 0), 'the old request has had its late answer');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results"), '1', 'still one result');
 is($node->safe_psql('postgres', "SELECT status FROM docextract.extractions WHERE id = '$id'"), 'completed',
 	'still completed');
 
 # A plain restart (SIGTERM to the worker via smart shutdown) also loses nothing.
-server_script($srv, { delay_ms => 4000 });
+# The answer is held so the job is surely in flight at the restart; the one
+# after it gets the default answer.
+server_script($srv, { hold => 'restarted' });
 my $id2 = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
 wait_inflight($srv, 1);
 $node->restart;
 is(wait_for_status($node, $id2, 'completed', 'failed'), 'completed', 'a job in flight at restart completes after it');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$id2'"), '1',
 	'exactly one result for it');
+release('restarted');
+ok(wait_inflight($srv, 0), 'the request cut off by the restart has had its late answer');
+is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$id2'"), '1',
+	'still exactly one result for it');
 
 $node->stop;
 done_testing();

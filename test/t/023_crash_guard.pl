@@ -8,6 +8,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use DxTest;
+use HTTP::Tiny;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
@@ -18,6 +19,7 @@ my $node = new_node('crashguard', conf => "restart_after_crash = on\n"
 $node->safe_psql('postgres', "SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model')");
 $node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
 my $tid = add_invoice_template($node);
+sub release { HTTP::Tiny->new->post("$srv->{url}/_release/$_[0]")->{success} or die "release $_[0] failed"; }
 my $pdf = fixture('invoice.pdf');
 my %doc = map {
 	$_ => $node->safe_psql('postgres', "SELECT docextract.add_document('$_', pg_read_binary_file('$pdf'))")
@@ -29,9 +31,12 @@ my ($ret, $out, $err) = $node->psql('postgres',
 like($err, qr/permission denied to set parameter "docextract\.debug_crash_on_document"/,
 	'an ordinary role cannot set the fault point');
 
-# Three extractions in flight (their answers take 4 s), then the culprit.
+# Three extractions in flight, then the culprit.  Their answers are held
+# until after the crash, so all three are surely in flight at it however
+# slow the machine.  The culprit crashes the worker before it sends
+# anything, so the innocents' requests after the crash get default answers.
 my $pid = worker_pid($node);
-server_script($srv, { delay_ms => 4000 }, { delay_ms => 4000 }, { delay_ms => 4000 });
+server_script($srv, map { { hold => 'innocents' } } 1 .. 3);
 my @innocent = map {
 	$node->safe_psql('postgres', "SELECT docextract.extract_document('$doc{$_}', '$tid')")
 } qw(a.pdf b.pdf c.pdf);
@@ -54,6 +59,12 @@ is($node->safe_psql('postgres', "SELECT string_agg(crashes || '/' || attempts, '
 	'each innocent was in flight at one crash only, and took a second attempt');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id IN ('"
 	. join("','", @innocent) . "')"), '3', 'one result each');
+# The held answers of the crashed worker's requests go nowhere; once sent,
+# the server has nothing in flight, as the sections below expect.
+release('innocents');
+ok(wait_inflight($srv, 0), 'the crashed requests have had their late answers');
+is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id IN ('"
+	. join("','", @innocent) . "')"), '3', 'still one result each');
 my $log = slurp_file($node->logfile);
 like($log, qr/requeued 4 extraction\(s\) left by a previous worker, which crashed; they run one at a time/,
 	'after the first crash, the four orphans were requeued to run one at a time');
@@ -69,16 +80,20 @@ is(wait_for_status($node, $after, 'failed', 'completed'), 'completed', 'new work
 is(worker_pid($node), $pid2, 'without another restart');
 
 # A requested stop is not a crash: a job in flight at a restart is not blamed.
-server_script($srv, { delay_ms => 4000 });
+# Held, so the job is surely in flight at the restart; the request after it
+# gets the default answer.
+server_script($srv, { hold => 'restarted' });
 my $id = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc{'b.pdf'}', '$tid', '{\"force\": true}')");
 wait_inflight($srv, 1);
 $node->restart;
 is(wait_for_status($node, $id, 'failed', 'completed'), 'completed', 'a job in flight at a restart completes');
 is($node->safe_psql('postgres', "SELECT crashes FROM docextract.extractions WHERE id = '$id'"), '0',
 	'and no crash is counted against it');
+release('restarted');
+ok(wait_inflight($srv, 0), 'the request cut off by the restart has had its late answer');
 
-# Nor is a worker terminated by a superuser.
-server_script($srv, { delay_ms => 4000 });
+# Nor is a worker terminated by a superuser (held as above).
+server_script($srv, { hold => 'terminated' });
 $id = $node->safe_psql('postgres', "SELECT docextract.extract_document('$doc{'c.pdf'}', '$tid', '{\"force\": true}')");
 wait_inflight($srv, 1);
 $pid = worker_pid($node);
@@ -86,6 +101,8 @@ $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 is(wait_for_status($node, $id, 'failed', 'completed'), 'completed', 'a job in flight at pg_terminate_backend completes');
 is($node->safe_psql('postgres', "SELECT crashes FROM docextract.extractions WHERE id = '$id'"), '0',
 	'and no crash is counted against it');
+release('terminated');
+ok(wait_inflight($srv, 0), 'the request cut off by the termination has had its late answer');
 
 $node->stop;
 done_testing();
