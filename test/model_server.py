@@ -12,11 +12,13 @@ fields, structured-output settings, inline document encoding), then answered:
     docextract's typing is exercised.
 
 Control:  POST /_script [actions]   GET /_requests   POST /_reset   GET /_stats
-(_stats: "connections" counts connections whose first request was not a control one)
+(_stats: "connections" counts connections whose first request was not a control one;
+"hooks_inflight" the webhook deliveries being answered, held ones included)
 
 Webhook receiver: POST /hooks/... is recorded (GET /_hooks lists method, path,
 headers, body) and answered 200, or by the next action of POST /_hook_script
-({"status": 500, "delay_ms": 0}).
+({"status": 500, "delay_ms": 0, "hold": "name"}); a held delivery is recorded
+when it is answered.
 An action: {"status": 500, "body": "...", "headers": {"Retry-After": "1"},
             "delay_ms": 0, "answer": {...}, "raw_content": "not json", "drop": true,
             "hold": "name"}
@@ -36,7 +38,8 @@ import time
 import zlib
 
 STATE = {"script": [], "requests": [], "inflight": 0, "max_inflight": 0, "count": 0,
-         "abandoned": 0, "hooks": [], "hook_script": [], "connections": 0, "holds": {}}
+         "abandoned": 0, "hooks": [], "hook_script": [], "connections": 0, "holds": {},
+         "hooks_inflight": 0}
 ARGS = None
 
 
@@ -471,6 +474,8 @@ async def hook_reply(path, headers, body):
     action = STATE["hook_script"].pop(0) if STATE["hook_script"] else {}
     if action.get("delay_ms"):
         await asyncio.sleep(action["delay_ms"] / 1000.0)
+    if action.get("hold"):
+        await STATE["holds"].setdefault(action["hold"], asyncio.Event()).wait()
     status = action.get("status", 200)
     STATE["hooks"].append({"path": path, "headers": headers, "time": time.time(),
                            "status": status, "body": body.decode("utf-8", "replace")})
@@ -496,10 +501,15 @@ async def route(reader, method, path, headers, body):
     if path.startswith("/_hooks"):
         return response(200, json.dumps(STATE["hooks"]))
     if path.startswith("/hooks/") and method == "POST":
-        return await hook_reply(path, headers, body)
+        STATE["hooks_inflight"] += 1
+        try:
+            return await hook_reply(path, headers, body)
+        finally:
+            STATE["hooks_inflight"] -= 1
     if path.startswith("/_stats"):
         return response(200, json.dumps({k: STATE[k] for k in ("inflight", "max_inflight",
-                                                               "count", "abandoned", "connections")}))
+                                                               "count", "abandoned", "connections",
+                                                               "hooks_inflight")}))
     gemini = re.search(r"/models/([^/:]+):generateContent$", path)
     if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/messages")
                              or gemini):

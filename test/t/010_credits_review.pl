@@ -71,18 +71,26 @@ $e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')
 is(wait_for_status($node, $e, 'completed', 'failed'), 'failed', 'a 400 fails the extraction');
 is(balance($me), '9', 'failure: the reserved credit returned');
 
-server_script($srv, { delay_ms => 5000 });
+# The answer is held until the cancel is done: the request stays in flight.
+server_script($srv, { hold => 'cancel' });
 $e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 1}')");
-$node->poll_query_until('postgres', "SELECT status = 'processing' FROM docextract.extractions WHERE id = '$e'");
+wait_inflight($srv, 1);
+is(sq("SELECT status FROM docextract.extractions WHERE id = '$e'"), 'processing', 'the request in flight: processing');
 is(balance($me), '8', 'while in flight: reserved');
 sq("SELECT docextract.cancel_extraction('$e')");
 is(balance($me), '9', 'cancel in flight: returned');
 is(sq("SELECT string_agg(kind, ',' ORDER BY id) FROM docextract.credit_ledger WHERE extraction_id = '$e'"),
 	'reserve,release', 'ledger: reserve, release');
+# The held answer goes nowhere (the worker dropped the request); it leaves
+# the server's count of requests in flight, which the next part waits on.
+HTTP::Tiny->new->post("$srv->{url}/_release/cancel")->{success} or die 'release failed';
+wait_inflight($srv, 0);
 
 # -- a crash between the answer and the commit never charges twice ------------------
+# The first attempt's answer is held until the worker is dead: its retry, the
+# second request, gets the default answer (the script is used up by then).
 server_reset($srv);
-server_script($srv, { delay_ms => 4000 });
+server_script($srv, { hold => 'crash' });
 my $pid = worker_pid($node);
 $e = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 2}')");
 wait_inflight($srv, 1);
@@ -93,7 +101,9 @@ is(sq("SELECT attempts FROM docextract.extractions WHERE id = '$e'"), '2', '... 
 is(sq("SELECT string_agg(kind, ',' ORDER BY id) FROM docextract.credit_ledger WHERE extraction_id = '$e'"),
 	'reserve,charge', 'ledger: one reserve, one charge');
 is(balance($me), '8', 'charged once: 9 -> 8');
-sleep 4;    # the first attempt's late answer
+is(server_stats($srv)->{count}, 2, '... after two requests, one per attempt');
+HTTP::Tiny->new->post("$srv->{url}/_release/crash")->{success} or die 'release failed';
+wait_inflight($srv, 0);    # the first attempt's late answer, sent to the dead worker
 is(balance($me), '8', 'still charged once after the late answer');
 
 # -- two sessions cannot overdraw ---------------------------------------------------------

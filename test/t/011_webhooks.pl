@@ -12,6 +12,7 @@ use Digest::SHA qw(hmac_sha256_hex);
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use HTTP::Tiny;
 
 my $srv = start_model_server();
 my $node = new_node('webhooks', conf => q{
@@ -118,11 +119,15 @@ $got = hooks_received($srv, '/hooks/retry');
 is_deeply([ map { $_->{status} } @$got[3 .. $#$got] ], [ 503, 200 ], 'a delivery pending across a restart is delivered after it, once');
 
 # -- the worker killed mid-delivery -------------------------------------------------
-hook_script($srv, { delay_ms => 3000 });
+# The receiver holds the first attempt until the worker is dead; the attempt
+# after the restart gets the default answer, 200.
+hook_script($srv, { hold => 'cut' });
 $e = as('alice', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 2}')");
 $node->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' AND in_flight")
   or die 'no delivery in flight';
+wait_until(sub { server_stats($srv)->{hooks_inflight} == 1 }, 'the delivery held by the receiver')
+  or die 'the delivery never reached the receiver';
 kill 'KILL', worker_pid($node);
 $node->poll_query_until('postgres', 'SELECT 1', '1') or die 'server did not come back';
 $node->poll_query_until('postgres',
@@ -130,6 +135,9 @@ $node->poll_query_until('postgres',
   or die 'delivery lost with the worker';
 is(sq("SELECT attempts FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' ORDER BY id DESC LIMIT 1"), '2',
 	'a delivery cut off by kill -9 of the worker is sent again after the restart');
+HTTP::Tiny->new->post("$srv->{url}/_release/cut")->{success} or die 'release failed';
+wait_until(sub { server_stats($srv)->{hooks_inflight} == 0 }, 'the held delivery answered')
+  or die 'the held delivery never ended';
 
 # -- disabled after consecutive failures ----------------------------------------------
 as('alice', "SELECT docextract.drop_webhook('$hook_r')");
@@ -150,24 +158,34 @@ like(err_of('bob', "SELECT docextract.set_webhook_enabled('$hook_b', true)"), qr
 	"bob cannot enable alice's webhook");
 
 # -- a queue full of slow jobs does not hold events back -------------------------
-# max_inflight 8, twelve jobs whose model answers take 5 s: the job slots are
-# full, yet the queued events go out at once: deliveries have slots of their
-# own (max_webhook_inflight).  When they shared max_inflight, a worker that
-# claimed the jobs before it saw the deliveries' signal (it spun, so it was
-# usually mid-loop) left the events waiting for the jobs: "8 completed".
+# max_inflight 8: eight jobs whose model answers are held fill the job slots;
+# four more jobs wait in the queue, yet all twelve queued events go out:
+# deliveries have slots of their own (max_webhook_inflight).  When they shared
+# max_inflight, a worker that claimed the jobs before it saw the deliveries'
+# signal (it spun, so it was usually mid-loop) left the events waiting for the
+# jobs: "8 completed".  The last four are committed once the slots are full,
+# so that their events come after the jobs were claimed, every time.
 server_reset($srv);
-server_script($srv, map { { delay_ms => 5000 } } 1 .. 12);
+server_script($srv, map { { hold => 'slow' } } 1 .. 12);
 my $hook_q = as('alice', "SELECT docextract.add_webhook('$srv->{url}/hooks/queued', '$secret', '{extraction.queued}')");
-my $t0 = time();
-sq('SET ROLE alice; BEGIN;' . join('', map { "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}');" } 1 .. 12) . 'COMMIT;');
+my $submit = sub {
+	sq('SET ROLE alice; BEGIN;' . join('', map { "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}');" } 1 .. $_[0]) . 'COMMIT;');
+};
+$submit->(8);
+ok(wait_inflight($srv, 8), 'the job slots are full: 8 requests in flight (max_inflight), their answers held');
+$submit->(4);
 $node->poll_query_until('postgres',
 	"SELECT count(*) = 12 FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_q' AND status = 'delivered'")
   or die 'queued events not delivered';
-my $waited = time() - $t0;
-cmp_ok(server_stats($srv)->{inflight}, '>=', 1, 'the 12 queued events were delivered while jobs were still in flight');
-is(sq("SELECT count(*) FROM docextract.extractions WHERE status = 'completed' AND created_at > now() - interval '1 minute'
-	AND id IN (SELECT extraction_id FROM docextract.events e JOIN docextract.webhook_deliveries d ON d.event_id = e.id
-	            WHERE d.webhook_id = '$hook_q')"), '0', '... before any of those jobs completed');
+is(server_stats($srv)->{inflight}, 8, 'the 12 queued events were delivered while the jobs were still in flight');
+my $of_q = "id IN (SELECT extraction_id FROM docextract.events e JOIN docextract.webhook_deliveries d ON d.event_id = e.id
+	            WHERE d.webhook_id = '$hook_q')";
+is(sq("SELECT count(*) FILTER (WHERE status = 'completed') || ' completed, ' || count(*) FILTER (WHERE status = 'pending') || ' pending'
+	FROM docextract.extractions WHERE $of_q"), '0 completed, 4 pending',
+	'... before any of those jobs completed, four of them not even claimed');
+HTTP::Tiny->new->post("$srv->{url}/_release/slow")->{success} or die 'release failed';
+ok($node->poll_query_until('postgres', "SELECT count(*) = 12 FROM docextract.extractions WHERE status = 'completed' AND $of_q"),
+	'... and once the answers come, the 12 jobs complete');
 
 done_testing();
 
