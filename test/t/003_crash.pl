@@ -5,7 +5,6 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use DxTest;
-use HTTP::Tiny;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
@@ -16,7 +15,6 @@ $node->safe_psql('postgres', "SELECT docextract.add_model('default', 'openai', '
 my $tid = add_invoice_template($node);
 my $doc = $node->safe_psql('postgres',
 	"SELECT docextract.add_document('invoice.pdf', pg_read_binary_file('" . fixture('invoice.pdf') . "'))");
-sub release { HTTP::Tiny->new->post("$srv->{url}/_release/$_[0]")->{success} or die "release $_[0] failed"; }
 
 # The first answer is held until released, so the worker is surely killed
 # mid-request however slow the machine.  The request after the restart finds
@@ -47,7 +45,7 @@ like(slurp_file($node->logfile), qr/requeued 1 extraction\(s\) left by a previou
 
 # The old request's late answer changes nothing: let it go, and wait until
 # the server has sent it (nothing of the first request left in flight).
-release('killed');
+server_release($srv, 'killed');
 ok(wait_inflight($srv, 0), 'the old request has had its late answer');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results"), '1', 'still one result');
 is($node->safe_psql('postgres', "SELECT status FROM docextract.extractions WHERE id = '$id'"), 'completed',
@@ -63,7 +61,7 @@ $node->restart;
 is(wait_for_status($node, $id2, 'completed', 'failed'), 'completed', 'a job in flight at restart completes after it');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$id2'"), '1',
 	'exactly one result for it');
-release('restarted');
+server_release($srv, 'restarted');
 ok(wait_inflight($srv, 0), 'the request cut off by the restart has had its late answer');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id = '$id2'"), '1',
 	'still exactly one result for it');

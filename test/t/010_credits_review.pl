@@ -83,7 +83,7 @@ is(sq("SELECT string_agg(kind, ',' ORDER BY id) FROM docextract.credit_ledger WH
 	'reserve,release', 'ledger: reserve, release');
 # The held answer goes nowhere (the worker dropped the request); it leaves
 # the server's count of requests in flight, which the next part waits on.
-HTTP::Tiny->new->post("$srv->{url}/_release/cancel")->{success} or die 'release failed';
+server_release($srv, 'cancel');
 wait_inflight($srv, 0);
 
 # -- a crash between the answer and the commit never charges twice ------------------
@@ -102,7 +102,7 @@ is(sq("SELECT string_agg(kind, ',' ORDER BY id) FROM docextract.credit_ledger WH
 	'reserve,charge', 'ledger: one reserve, one charge');
 is(balance($me), '8', 'charged once: 9 -> 8');
 is(server_stats($srv)->{count}, 2, '... after two requests, one per attempt');
-HTTP::Tiny->new->post("$srv->{url}/_release/crash")->{success} or die 'release failed';
+server_release($srv, 'crash');
 wait_inflight($srv, 0);    # the first attempt's late answer, sent to the dead worker
 is(balance($me), '8', 'still charged once after the late answer');
 
@@ -172,7 +172,7 @@ server_script($srv, { hold => 'left', status => 503, headers => { 'Retry-After' 
 $e = sq("SET ROLE alice; SELECT docextract.extract_document('$tdoc', '$atid', '{\"max_retries\": 3}')");
 wait_inflight($srv, 1);
 sq('REVOKE team FROM alice');
-HTTP::Tiny->new->post("$srv->{url}/_release/left")->{success} or die 'release failed';
+server_release($srv, 'left');
 is(wait_for_status($node, $e, 'completed', 'failed'), 'failed',
 	'alice left the group: the retry cannot read its document');
 like(sq("SELECT error_message FROM docextract.extractions WHERE id = '$e'"),

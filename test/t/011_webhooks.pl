@@ -142,7 +142,7 @@ $node->poll_query_until('postgres',
   or die 'delivery lost with the worker';
 is(sq("SELECT attempts FROM docextract.webhook_deliveries WHERE webhook_id = '$hook_r' ORDER BY id DESC LIMIT 1"), '2',
 	'a delivery cut off by kill -9 of the worker is sent again after the restart');
-HTTP::Tiny->new->post("$srv->{url}/_release/cut")->{success} or die 'release failed';
+server_release($srv, 'cut');
 wait_until(sub { server_stats($srv)->{hooks_inflight} == 0 }, 'the held delivery answered')
   or die 'the held delivery never ended';
 
@@ -190,7 +190,7 @@ my $of_q = "id IN (SELECT extraction_id FROM docextract.events e JOIN docextract
 is(sq("SELECT count(*) FILTER (WHERE status = 'completed') || ' completed, ' || count(*) FILTER (WHERE status = 'pending') || ' pending'
 	FROM docextract.extractions WHERE $of_q"), '0 completed, 4 pending',
 	'... before any of those jobs completed, four of them not even claimed');
-HTTP::Tiny->new->post("$srv->{url}/_release/slow")->{success} or die 'release failed';
+server_release($srv, 'slow');
 ok($node->poll_query_until('postgres', "SELECT count(*) = 12 FROM docextract.extractions WHERE status = 'completed' AND $of_q"),
 	'... and once the answers come, the 12 jobs complete');
 

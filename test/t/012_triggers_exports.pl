@@ -71,7 +71,7 @@ server_script($srv, { hold => 'deleted' });
 $node->safe_psql('postgres', 'SET ROLE app; INSERT INTO public.invoices (pdf) SELECT pdf FROM public.fixture');
 wait_inflight($srv, 1);
 sq('DELETE FROM public.invoices WHERE id = 3');
-HTTP::Tiny->new->post("$srv->{url}/_release/deleted")->{success} or die 'release failed';
+server_release($srv, 'deleted');
 $node->poll_query_until('postgres',
 	q{SELECT status = 'completed' AND writeback_due IS NULL
 	    FROM docextract.extractions x JOIN docextract.documents d ON d.id = x.document_id

@@ -8,7 +8,6 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use DxTest;
-use HTTP::Tiny;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
@@ -19,7 +18,6 @@ my $node = new_node('crashguard', conf => "restart_after_crash = on\n"
 $node->safe_psql('postgres', "SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model')");
 $node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
 my $tid = add_invoice_template($node);
-sub release { HTTP::Tiny->new->post("$srv->{url}/_release/$_[0]")->{success} or die "release $_[0] failed"; }
 my $pdf = fixture('invoice.pdf');
 my %doc = map {
 	$_ => $node->safe_psql('postgres', "SELECT docextract.add_document('$_', pg_read_binary_file('$pdf'))")
@@ -61,7 +59,7 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE e
 	. join("','", @innocent) . "')"), '3', 'one result each');
 # The held answers of the crashed worker's requests go nowhere; once sent,
 # the server has nothing in flight, as the sections below expect.
-release('innocents');
+server_release($srv, 'innocents');
 ok(wait_inflight($srv, 0), 'the crashed requests have had their late answers');
 is($node->safe_psql('postgres', "SELECT count(*) FROM docextract.results WHERE extraction_id IN ('"
 	. join("','", @innocent) . "')"), '3', 'still one result each');
@@ -89,7 +87,7 @@ $node->restart;
 is(wait_for_status($node, $id, 'failed', 'completed'), 'completed', 'a job in flight at a restart completes');
 is($node->safe_psql('postgres', "SELECT crashes FROM docextract.extractions WHERE id = '$id'"), '0',
 	'and no crash is counted against it');
-release('restarted');
+server_release($srv, 'restarted');
 ok(wait_inflight($srv, 0), 'the request cut off by the restart has had its late answer');
 
 # Nor is a worker terminated by a superuser (held as above).
@@ -101,7 +99,7 @@ $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 is(wait_for_status($node, $id, 'failed', 'completed'), 'completed', 'a job in flight at pg_terminate_backend completes');
 is($node->safe_psql('postgres', "SELECT crashes FROM docextract.extractions WHERE id = '$id'"), '0',
 	'and no crash is counted against it');
-release('terminated');
+server_release($srv, 'terminated');
 ok(wait_inflight($srv, 0), 'the request cut off by the termination has had its late answer');
 
 $node->stop;

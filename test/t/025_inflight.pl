@@ -43,7 +43,7 @@ sub server_holds
 	return 0;
 }
 
-sub release { $http->post("$srv->{url}/_release/$_[0]")->{success} or die "release failed"; }
+sub release { server_release($srv, $_[0]); }
 
 # n extractions of doc with model, each held at the server under hold.
 sub submit_held

@@ -47,7 +47,7 @@ my $n = 40;
 server_script($srv, map { { hold => 'backlog' } } 1 .. $n);
 sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}') FROM generate_series(1, $n)");
 ok(wait_inflight($srv, 16), 'two workers hold 16 requests in flight');
-HTTP::Tiny->new->post("$srv->{url}/_release/backlog")->{success} or die 'release failed';
+server_release($srv, 'backlog');
 $node->poll_query_until('postgres', "SELECT count(*) = $n FROM docextract.extractions
 	WHERE status IN ('completed', 'failed')") or die 'the backlog never drained';
 is(sq("SELECT count(*) FROM docextract.extractions WHERE status = 'completed'"), $n, "all $n completed");
@@ -80,7 +80,7 @@ $node->poll_query_until('postgres', "SELECT count(*) = 2 FROM pg_stat_activity
 pass('the launcher started the stopped worker again');
 is(sq("SELECT status || ' ' || worker_pid || ' ' || attempts FROM docextract.extractions WHERE id = '$e'"),
 	"processing $holder 1", "the new worker left the sibling's job processing, unclaimed again");
-HTTP::Tiny->new->post("$srv->{url}/_release/h1")->{success} or die 'release failed';
+server_release($srv, 'h1');
 is(wait_for_status($node, $e, 'completed', 'failed'), 'completed', '... which completes');
 is(server_stats($srv)->{count}, 1, '... after one request');
 
@@ -111,7 +111,7 @@ for my $i (1 .. 8)
 is(sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE status = 'processing'"), '2',
 	'each worker runs a held job');
 sq("ALTER SYSTEM SET docextract.workers = 1; SELECT pg_reload_conf()");
-HTTP::Tiny->new->post("$srv->{url}/_release/h3")->{success} or die 'release failed';
+server_release($srv, 'h3');
 is(wait_for_status($node, $_, 'completed', 'failed'), 'completed', 'a held job completes') for @two;
 $node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
 	WHERE backend_type = 'docextract worker'") or die 'no worker left';
@@ -151,7 +151,7 @@ is(cq("SELECT string_agg(crashes || '/' || attempts, ',') FROM docextract.extrac
 	WHERE id IN ('" . join("','", @innocent) . "')"), '1/2,1/2,1/2',
 	'each innocent was in flight at one crash only (the suspects ran alone across both workers)');
 is(cq("SELECT count(*) FROM docextract.results"), '3', 'one result each');
-HTTP::Tiny->new->post("$srv->{url}/_release/innocents")->{success} or die 'release failed';
+server_release($srv, 'innocents');
 wait_inflight($srv, 0);
 $cnode->stop;
 

@@ -201,7 +201,7 @@ is(sq("SELECT docextract.cancel_extraction('$k')"), 't', 'the split parent can b
 is(sq("SELECT string_agg(status, ' ') FROM docextract.extractions WHERE parent_extraction_id = '$k'"),
 	'cancelled cancelled cancelled', 'its sub-documents are cancelled with it');
 is(ledger($k), 'reserve 6, release 6', 'nothing charged');
-HTTP::Tiny->new->post("$srv->{url}/_release/kid")->{success} or die 'release failed';
+server_release($srv, 'kid');
 is(sq("SELECT docextract.extraction_status('$k')->>'overall_status'"), 'cancelled', 'overall_status cancelled');
 
 # -- cancelled once a sub-document was read: its pages are charged, the rest returned ----
@@ -218,7 +218,7 @@ is(sq("SELECT docextract.cancel_extraction('$pc')"), 't', 'a split parent cancel
 is(ledger($pc), "reserve 6, charge $read, release " . (6 - $read),
 	'... the pages read are charged, the rest returned: cancelling gets no model work free');
 is(sq("SELECT credits_used FROM docextract.extractions WHERE id = '$pc'"), $read, '... and counted as used');
-HTTP::Tiny->new->post("$srv->{url}/_release/late")->{success} or die 'release failed';
+server_release($srv, 'late');
 
 # -- sub-documents in review: the parent waits for the reviewer -------------------------
 server_reset($srv);
@@ -283,7 +283,7 @@ my $o = sq("SELECT docextract.extract_document('$doc', '$tid', '{\"model\": \"on
 $node->poll_query_until('postgres', "SELECT count(*) = 1 FROM docextract.events WHERE extraction_id = '$o'") or die;
 is(sq("SELECT status FROM docextract.extractions WHERE id = '$o'"), 'pending',
 	'while the split request is in flight, the model has no room for another');
-HTTP::Tiny->new->post("$srv->{url}/_release/split")->{success} or die 'release failed';
+server_release($srv, 'split');
 is(wait_for_status($node, $s, 'completed', 'failed'), 'completed', 'the split completes');
 is(wait_for_status($node, $o, 'completed', 'failed'), 'completed', 'and the other extraction after it');
 is(server_stats($srv)->{max_inflight}, 1, 'never two requests at once');

@@ -79,7 +79,7 @@ $node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM docextract.credit
 my $g = $node->background_psql('postgres', on_error_stop => 1);
 $g->query_safe('BEGIN');
 $g->query_safe("SELECT docextract.grant_credits('alice', 10, 'held')");	# gathers: every slot locked
-HTTP::Tiny->new->post("$srv->{url}/_release/settle")->{success} or die 'release failed';
+server_release($srv, 'settle');
 $node->poll_query_until('postgres', "SELECT status = 'completed' FROM docextract.extractions WHERE id = '$held_job'")
   or die 'the job was not stored while a session held every slot of its role';
 pass('the worker completes a job while a session holds every credit slot of its role');

@@ -120,7 +120,7 @@ for my $i (1 .. 24)
 	my ($e, $st) = extract($t, 1);
 	die "extraction with template mid$i: $st" unless $st eq 'completed';
 }
-HTTP::Tiny->new->post("$srv->{url}/_release/invoice")->{success} or die 'release failed';
+server_release($srv, 'invoice');
 is(wait_for_status($node, $held, 'completed', 'failed'), 'completed',
 	'the held job completes after its template was evicted');
 my $r = decode_json(sq("SELECT docextract.get_result('$held')"));

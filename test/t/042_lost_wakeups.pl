@@ -35,7 +35,7 @@ my $b = submit(2);
 is(status($b), 'pending', 'B waits, queued');
 my $s = $node->background_psql('postgres');
 $s->query_safe("BEGIN; SELECT docextract.cancel_extraction('$b')");
-HTTP::Tiny->new->post("$srv->{url}/_release/a")->{success} or die 'release failed';
+server_release($srv, 'a');
 is(wait_for_status($node, $a, 'completed', 'failed'), 'completed', 'A completes');
 # Once it sleeps again, the worker has claimed after storing A: B, locked, was skipped.
 $node->poll_query_until('postgres', q{SELECT wait_event_type = 'Extension' AND wait_event = 'Extension'

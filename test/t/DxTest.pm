@@ -14,7 +14,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 use Exporter 'import';
-our @EXPORT = qw(start_model_server server_script server_requests server_stats server_reset
+our @EXPORT = qw(start_model_server server_script server_release server_requests server_stats server_reset
   hook_script hooks_received
   new_node fixture add_invoice_template wait_for_status wait_for_status_in worker_pid json_of catalog_lines
   wait_until wait_inflight wait_abandoned);
@@ -63,6 +63,13 @@ sub server_script
 	my $r = $http->post("$srv->{url}/_script",
 		{ content => encode_json(\@actions), headers => { 'Content-Type' => 'application/json' } });
 	die "script failed: $r->{status}" unless $r->{success};
+}
+
+# Let the answers held under name go (a script's { hold => name }).
+sub server_release
+{
+	my ($srv, $name) = @_;
+	$http->post("$srv->{url}/_release/$name")->{success} or die "release $name failed";
 }
 
 sub server_requests
