@@ -375,9 +375,25 @@ is(sq($state_sql), $before, 'no role attribute, membership or grant changed');
 diag("planted objects ran " . sq(q{SELECT count(*) FROM public.dx_log}) . " times: "
 	  . sq(q{SELECT string_agg(DISTINCT obj, ', ') FROM public.dx_log}));
 is(sq(q{SELECT coalesce(string_agg(p.oid::regprocedure::text, ', '), '') FROM pg_proc p
-	WHERE p.pronamespace = 'docextract'::regnamespace AND p.prokind = 'f'
+	WHERE p.pronamespace = 'docextract'::regnamespace AND p.prokind = 'f' AND p.prosqlbody IS NULL
 	  AND NOT coalesce('search_path=pg_catalog, docextract, pg_temp' = ANY (p.proconfig), false)}), '',
 	'every function of the extension pins search_path = pg_catalog, docextract, pg_temp');
+# SQL-standard bodies are left out (their names were bound at CREATE, and a
+# SET clause would keep them from being inlined): only these, none of them
+# SECURITY DEFINER; split_pages_read keeps the SET clause it was created with.
+is(sq(q{SELECT string_agg(format('%s definer=%s config=%s', p.proname, p.prosecdef, p.proconfig), ', ' ORDER BY p.proname)
+	FROM pg_proc p WHERE p.pronamespace = 'docextract'::regnamespace AND p.prosqlbody IS NOT NULL}),
+	'active_statuses definer=f config=, event_name definer=f config=, outcome_statuses definer=f config=, '
+	. 'split_pages_read definer=f config={"search_path=pg_catalog, docextract, pg_temp"}',
+	'... but the four SQL-standard bodies, which resolve no name when run');
+# Two WHEN clauses write docextract.outcome_statuses() out (a WHEN clause is
+# not planned: a function there would run for every row).
+is(sq(q{SELECT string_agg(t.tgname, ', ' ORDER BY 1) FROM pg_trigger t
+	WHERE t.tgrelid = 'docextract.extractions'::regclass
+	  AND pg_get_triggerdef(t.oid) LIKE '%' || (SELECT format('ANY (ARRAY[%s])', string_agg(quote_literal(s) || '::text', ', '))
+	                                              FROM unnest(docextract.outcome_statuses()) s) || '%'}),
+	'extractions_settle_credits, extractions_zero_retention',
+	'the WHEN clauses that list the outcome statuses list docextract.outcome_statuses()');
 my @bad = grep { $results{$_} =~ /^XX|terminat|server closed/ } sort keys %results;
 is(join("\n", map { "$_: $results{$_}" } @bad), '', 'no call failed with an internal error');
 
