@@ -258,12 +258,9 @@ SELECT e.model_name, e.owner,
 
 -- zero_retention: its statuses are docextract.outcome_statuses().
 DROP TRIGGER extractions_zero_retention ON docextract.extractions;
--- Its WHEN clause writes docextract.outcome_statuses() out: a WHEN clause
--- is not planned, so a function call there would be run for every row
--- (TAP 015 checks the two lists agree).
 CREATE TRIGGER extractions_zero_retention
     AFTER UPDATE OF status ON docextract.extractions
-    FOR EACH ROW WHEN (NEW.status = ANY (ARRAY['completed', 'awaiting_approval', 'failed', 'cancelled', 'insufficient_credits'])
+    FOR EACH ROW WHEN (NEW.status = ANY (docextract.outcome_statuses())
                        AND (NEW.options->>'zero_retention')::boolean)
     EXECUTE FUNCTION docextract.drop_document_bytes();
 
@@ -363,14 +360,11 @@ CREATE TRIGGER extractions_count_outcome
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION docextract.count_outcome();
 
--- Its WHEN clause writes docextract.outcome_statuses() out: a WHEN clause
--- is not planned, so a function call there would be run for every row
--- (TAP 015 checks the two lists agree).
 CREATE TRIGGER extractions_settle_credits
     BEFORE UPDATE OF status ON docextract.extractions
     FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status AND OLD.credits_reserved <> 0
                        AND NEW.credits_reserved <> 0
-                       AND NEW.status = ANY (ARRAY['completed', 'awaiting_approval', 'failed', 'cancelled', 'insufficient_credits']))
+                       AND NEW.status = ANY (docextract.outcome_statuses()))
     EXECUTE FUNCTION docextract.settle_credits();
 
 -- Classification (template_id NULL, issue 13): what was offered and chosen;
@@ -1189,11 +1183,13 @@ CREATE INDEX extractions_classifying ON docextract.extractions (model_name)
 -- those), and without public or "$user", where other roles may create
 -- functions and operators that match a call better than pg_catalog's.
 -- Whoever runs them, superusers and the worker included, they never resolve
--- a name to a user's object.  SQL-standard bodies (RETURN, BEGIN ATOMIC)
--- are left out: their names were bound when they were created, so they
--- resolve none when run, and a function with a SET clause is never
--- inlined into its caller's statement.  Keep this last: CREATE OR REPLACE
--- FUNCTION above may have replaced a function's SET clauses.
+-- a name to a user's object.  One kind is left out: IMMUTABLE SQL functions,
+-- not SECURITY DEFINER, with a SQL-standard body (RETURN): their names were
+-- bound when this script created them, so they resolve none when run, and
+-- a function with a SET clause is never inlined into its caller's
+-- statement (event_name() would be planned and run for every batch).
+-- Keep this last: CREATE OR REPLACE FUNCTION above may have replaced a
+-- function's SET clauses.
 DO $$
 DECLARE
     f record;
@@ -1201,7 +1197,7 @@ BEGIN
     FOR f IN SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
                FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'docextract'::pg_catalog.regnamespace AND p.prokind = 'f'
-                AND p.prosqlbody IS NULL
+                AND NOT (p.prosqlbody IS NOT NULL AND p.provolatile = 'i' AND NOT p.prosecdef)
               ORDER BY p.oid LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION docextract.%I(%s) SET search_path = pg_catalog, docextract, pg_temp',
                                   f.proname, f.args);
