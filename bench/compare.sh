@@ -13,7 +13,7 @@
 #   BENCH_CONF='synchronous_commit = off' bash bench/compare.sh
 #   BENCH_SCALE=0.1 bash bench/compare.sh    quick check (200 documents)
 # Also: BENCH_THREADS (16), BENCH_SUBMITTERS (4), BENCH_DOCUMENT_MODE (text|file),
-# BENCH_REPEAT (1: pairs of submitter runs, docextract then the client),
+# BENCH_REPEAT (3: pairs of submitter runs, docextract then the client),
 # BENCH_SUBMITS (N: submits of each submitter run; a run of 2,000 lasts about
 # 2 s, of which the four new connections' first submits are a part),
 # BENCH_CLIENT_POLL (seconds an idle client thread sleeps, 0.01),
@@ -24,7 +24,7 @@ N=$(scaled 2000)
 THREADS=${BENCH_THREADS:-16}
 SUBMITTERS=${BENCH_SUBMITTERS:-4}
 MODE=${BENCH_DOCUMENT_MODE:-text}
-REPEAT=${BENCH_REPEAT:-1}
+REPEAT=${BENCH_REPEAT:-3}
 SUBMITS=${BENCH_SUBMITS:-$N}
 bench_init compare
 bench_model 0
