@@ -112,7 +112,10 @@ is(sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE statu
 	'each worker runs a held job');
 sq("ALTER SYSTEM SET docextract.workers = 1; SELECT pg_reload_conf()");
 server_release($srv, 'h3');
-is(wait_for_status($node, $_, 'completed', 'failed'), 'completed', 'a held job completes') for @two;
+# One assertion whatever @two's length (2 to 8: which worker a commit wakes
+# varies), so the file's count of tests does not vary with it.
+is(join(',', map { wait_for_status($node, $_, 'completed', 'failed') } @two),
+	join(',', ('completed') x @two), 'every held job completes');
 $node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
 	WHERE backend_type = 'docextract worker'") or die 'no worker left';
 pass('docextract.workers = 1: one job worker left');
