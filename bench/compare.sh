@@ -9,6 +9,7 @@
 # Prints extractions/s, the ratio, and CPU per extraction: docextract's job
 # worker process(es), the whole server (postmaster and every child, backends
 # and walwriter included), the client worker's own process, the endpoint.
+# Then the ratio of CPU an extraction costs (client over docextract).
 #   bash bench/compare.sh                    N=2000, synchronous_commit = on
 #   BENCH_CONF='synchronous_commit = off' bash bench/compare.sh
 #   BENCH_SCALE=0.1 bash bench/compare.sh    quick check (200 documents)
@@ -54,3 +55,11 @@ awk -F'|' '$2 == "backlog" { b[$1] = $6 }
           for (i = 1; i <= n; i++) printf " %.2fx", q[i]
           for (i = 2; i <= n; i++) for (j = i; j > 1 && q[j - 1] > q[j]; j--) { t = q[j]; q[j] = q[j - 1]; q[j - 1] = t }
           printf "%s\n", (n > 1 ? sprintf(" (median %.2fx)", n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2) : "") }' "$DIR/results"
+# Where the two cores are the limit, the rate ratio tends to the ratio of
+# CPU an extraction costs: the client's (the server's share and its own
+# process) over docextract's (the server's).
+awk -F'|' '$2 == "backlog" { c[$1] = $8 + ($1 == "client" ? $9 : 0) }
+    $2 ~ /submitters/ { if ($1 == "docextract") d = $8; else q[++n] = ($8 + $9) / d }
+    END { printf "CPU an extraction, client / docextract: backlog %.2fx, with submitters", c["client"] / c["docextract"]
+          for (i = 1; i <= n; i++) printf " %.2fx", q[i]
+          printf "\n" }' "$DIR/results"
