@@ -72,7 +72,10 @@ is($msg, 'model endpoint answered HTTP 503: The engine is currently overloaded (
 	'... with the provider message');
 @reqs = @{ server_requests($srv) }[ $before .. $before + 2 ];
 my ($gap1, $gap2) = ($reqs[1]{time} - $reqs[0]{time}, $reqs[2]{time} - $reqs[1]{time});
-ok($gap1 >= 0.14 && $gap2 >= 0.29 && $gap2 > $gap1,
+# 150-250 ms, then 300-500 ms (±25 %): the second's least is more than the
+# first's most, so no comparison of the two (a stall in the first would
+# break it).
+ok($gap1 >= 0.14 && $gap2 >= 0.29,
 	sprintf('exponential backoff with jitter (%.2fs, then %.2fs; base 200ms)', $gap1, $gap2));
 
 # The extraction's own max_retries wins over the model's.
