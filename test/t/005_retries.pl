@@ -139,12 +139,16 @@ for my $case ([ 'narrow', 2 ], [ 'wide', 6 ])
 	my ($model, $limit) = @$case;
 	$srv->{url} =~ m{:(\d+)$};
 	HTTP::Tiny->new->post("$srv->{url}/_reset");
-	server_script($srv, map { { delay_ms => 400 } } 1 .. 10);
+	# Every answer held until the limit is reached (not a delay: on a slow
+	# machine the first answers could come before the last request went out).
+	server_script($srv, map { { hold => "limit_$model" } } 1 .. 10);
 	# All ten queued by one commit: one by one, the first could be done
 	# before the last is submitted, and the limit never reached.
 	my @ids = split /\n/, $node->safe_psql('postgres', 'BEGIN;' . join('', map {
 		"SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"model\": \"$model\", \"seed\": $_}');"
 	} 1 .. 10) . 'COMMIT;');
+	wait_until(sub { server_stats($srv)->{inflight} >= $limit }, "$limit requests in flight");
+	server_release($srv, "limit_$model");
 	wait_for_status($node, $_, 'completed', 'failed') for @ids;
 	my $stats = server_stats($srv);
 	is($stats->{max_inflight}, $limit, "$model: max_concurrency $limit reached and never exceeded");
