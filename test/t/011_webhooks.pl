@@ -156,6 +156,11 @@ $node->poll_query_until('postgres', "SELECT NOT enabled FROM docextract.webhooks
   or die 'webhook never disabled';
 like(as('alice', "SELECT disabled_reason FROM docextract.webhooks WHERE id = '$hook_b'"),
 	qr/^disabled after 5 consecutive failed deliveries; the last: HTTP 500/, 'disabled after 5 consecutive failures, saying why');
+# An attempt already on its way when the webhook was disabled may still
+# land: counted once none is in flight, at the worker or the receiver.
+$node->poll_query_until('postgres', "SELECT count(*) = 0 FROM docextract.webhook_deliveries
+	WHERE webhook_id = '$hook_b' AND in_flight") or die 'a delivery stayed in flight';
+wait_until(sub { server_stats($srv)->{hooks_inflight} == 0 }, 'no delivery held at the receiver');
 my $sent = scalar @{ hooks_received($srv, '/hooks/broken') };
 cmp_ok($sent, '>=', 5, 'at least five attempts were made (one more may have been in flight)');
 $e = as('alice', "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": 4}')");
