@@ -153,6 +153,9 @@ unlike(sq(q{SELECT string_agg(result, ',') FROM public.evil_log WHERE what = 'se
 	'the job worker never ran the trigger');
 
 # -- a trigger that sleeps: other roles' work goes on; a cancel fails only it ----------
+# writeback_timeout 1 h here: on a stalled machine the 60 s could end the sleep
+# before the test's cancel does (the next section sets its own).
+sq("ALTER SYSTEM SET docextract.writeback_timeout = '1h'; SELECT pg_reload_conf()");
 make_table('good');
 make_table('sleepy', q{
 	CREATE FUNCTION public.sleepy_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
