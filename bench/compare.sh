@@ -49,17 +49,15 @@ for _ in $(seq "$REPEAT"); do
     bench_client_start "$THREADS"; drain client "$SUBMITS" "$SUBMITTERS"; bench_client_stop
 done
 print_results
-awk -F'|' '$2 == "backlog" { b[$1] = $6 }
-    $2 ~ /submitters/ { if ($1 == "docextract") d = $6; else { q[++n] = d / $6 } }
-    END { printf "ratio docextract / client worker: backlog %.2fx, with submitters", b["docextract"] / b["client"]
-          for (i = 1; i <= n; i++) printf " %.2fx", q[i]
-          for (i = 2; i <= n; i++) for (j = i; j > 1 && q[j - 1] > q[j]; j--) { t = q[j]; q[j] = q[j - 1]; q[j - 1] = t }
-          printf "%s\n", (n > 1 ? sprintf(" (median %.2fx)", n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2) : "") }' "$DIR/results"
 # Where the two cores are the limit, the rate ratio tends to the ratio of
 # CPU an extraction costs: the client's (the server's share and its own
 # process) over docextract's (the server's).
-awk -F'|' '$2 == "backlog" { c[$1] = $8 + ($1 == "client" ? $9 : 0) }
-    $2 ~ /submitters/ { if ($1 == "docextract") d = $8; else q[++n] = ($8 + $9) / d }
-    END { printf "CPU an extraction, client / docextract: backlog %.2fx, with submitters", c["client"] / c["docextract"]
+awk -F'|' '$2 == "backlog" { b[$1] = $6; c[$1] = $8 + ($1 == "client" ? $9 : 0) }
+    $2 ~ /submitters/ { if ($1 == "docextract") { d = $6; dc = $8 } else { q[++n] = d / $6; r[n] = ($8 + $9) / dc } }
+    END { printf "ratio docextract / client worker: backlog %.2fx, with submitters", b["docextract"] / b["client"]
           for (i = 1; i <= n; i++) printf " %.2fx", q[i]
+          for (i = 2; i <= n; i++) for (j = i; j > 1 && q[j - 1] > q[j]; j--) { t = q[j]; q[j] = q[j - 1]; q[j - 1] = t }
+          printf "%s\n", (n > 1 ? sprintf(" (median %.2fx)", n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2) : "")
+          printf "CPU an extraction, client / docextract: backlog %.2fx, with submitters", c["client"] / c["docextract"]
+          for (i = 1; i <= n; i++) printf " %.2fx", r[i]
           printf "\n" }' "$DIR/results"
