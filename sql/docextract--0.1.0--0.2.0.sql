@@ -351,9 +351,6 @@ CREATE TRIGGER extractions_announce
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
 REVOKE ALL ON FUNCTION docextract.announce_insert() FROM PUBLIC;
-CREATE TRIGGER extractions_announce_insert
-    AFTER INSERT ON docextract.extractions
-    FOR EACH ROW EXECUTE FUNCTION docextract.announce_insert();
 
 CREATE TRIGGER extractions_count_outcome
     AFTER UPDATE ON docextract.extractions
@@ -384,6 +381,12 @@ CREATE UNIQUE INDEX extractions_split_children ON docextract.extractions (parent
 -- extraction split it.
 CREATE UNIQUE INDEX documents_split_range ON docextract.documents (parent_id, page_start, page_end)
     WHERE parent_id IS NOT NULL AND deleted_at IS NULL;
+
+-- A submit's own row announces itself (submit.c); this, the others.
+CREATE TRIGGER extractions_announce_insert
+    AFTER INSERT ON docextract.extractions
+    FOR EACH ROW WHEN (NEW.status <> 'pending' OR NEW.parent_extraction_id IS NOT NULL)
+    EXECUTE FUNCTION docextract.announce_insert();
 
 CREATE FUNCTION docextract.split_follow() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
@@ -841,10 +844,13 @@ REVOKE ALL ON FUNCTION docextract.fold_credit_deltas(regrole) FROM PUBLIC;
 -- snapshot under the lock, folds the slot's settled deltas in, reserves
 -- the pages in the row version the fold writes anyway and writes the
 -- ledger row; then the slot is noted (credit_state.c).  The role's credits for the
--- ledger are read in that statement's snapshot (credit_available is
--- STABLE): those before it, less the pages.
+-- ledger are read in that statement's snapshot (credit_available's sums,
+-- inlined): those before it, less the pages.  Plain index scans, as in
+-- credit_available: a bitmap scan would read folded deltas' dead entries
+-- again on every submit until the table's vacuum.
 CREATE OR REPLACE FUNCTION docextract.reserve_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp
+SET enable_bitmapscan = off AS $$
 DECLARE
     pages integer;
     chosen smallint;
@@ -887,7 +893,14 @@ BEGIN
                               coalesce(sum(d.reserved_delta), 0) AS rd, count(*) AS n FROM d),
                  f AS (SELECT s.balance + t.b - s.reserved - t.rd AS free,
                               (mode <> 'enforce' OR s.balance + t.b - s.reserved - t.rd >= pages) AS taken,
-                              docextract.credit_available(NEW.owner) - pages AS after
+                              -- docextract.credit_available(NEW.owner), inlined:
+                              -- a nested call costs a submit more than its sums
+                              (SELECT coalesce(sum(a.balance - a.reserved), 0)::bigint
+                                 FROM docextract.credit_slots a WHERE a.role = NEW.owner)
+                              + (SELECT coalesce(sum(e.balance_delta - e.reserved_delta), 0)::bigint
+                                   FROM docextract.credit_slot_deltas e
+                                  WHERE e.role = NEW.owner AND e.balance_delta <> e.reserved_delta)
+                              - pages AS after
                          FROM docextract.credit_slots s, t WHERE s.role = NEW.owner AND s.slot = chosen),
                  u AS (UPDATE docextract.credit_slots s
                           SET balance = s.balance + t.b,

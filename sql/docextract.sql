@@ -490,12 +490,14 @@ BEGIN
 END
 $$;
 
--- A new row, as announce_status() does (one at a time: a submit inserts
--- one).  A new pending row (extraction.queued) gets its outbox row and
--- deliveries but no NOTIFY: the contract does not ask for it, and every
--- notifying commit takes a cluster-wide lock through its flush, which would
--- serialise submits.  That row, the common case, is one statement: the
--- outbox row, and whether any webhook is enabled.
+-- A new row, as announce_status() does (one at a time).  A submit's own
+-- row (pending, no parent) is not announced here: the submit's statement
+-- writes its outbox row itself (submit.c), since this trigger's call cost
+-- a submit a tenth of its time; this one announces the rows the trigger
+-- form records as ended and a split's sub-documents.  A new pending row
+-- (extraction.queued) gets its outbox row and deliveries but no NOTIFY: the
+-- contract does not ask for it, and every notifying commit takes a
+-- cluster-wide lock through its flush, which would serialise submits.
 CREATE FUNCTION docextract.announce_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
@@ -545,7 +547,8 @@ CREATE TRIGGER extractions_announce
     FOR EACH STATEMENT EXECUTE FUNCTION docextract.announce_status();
 CREATE TRIGGER extractions_announce_insert
     AFTER INSERT ON docextract.extractions
-    FOR EACH ROW EXECUTE FUNCTION docextract.announce_insert();
+    FOR EACH ROW WHEN (NEW.status <> 'pending' OR NEW.parent_extraction_id IS NOT NULL)
+    EXECUTE FUNCTION docextract.announce_insert();
 
 -- Credits -----------------------------------------------------------------
 
@@ -818,10 +821,13 @@ $$;
 -- snapshot under the lock, folds the slot's settled deltas in, reserves
 -- the pages in the row version the fold writes anyway and writes the
 -- ledger row; then the slot is noted (credit_state.c).  The role's credits for the
--- ledger are read in that statement's snapshot (credit_available is
--- STABLE): those before it, less the pages.
+-- ledger are read in that statement's snapshot (credit_available's sums,
+-- inlined): those before it, less the pages.  Plain index scans, as in
+-- credit_available: a bitmap scan would read folded deltas' dead entries
+-- again on every submit until the table's vacuum.
 CREATE FUNCTION docextract.reserve_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp
+SET enable_bitmapscan = off AS $$
 DECLARE
     pages integer;
     chosen smallint;
@@ -864,7 +870,14 @@ BEGIN
                               coalesce(sum(d.reserved_delta), 0) AS rd, count(*) AS n FROM d),
                  f AS (SELECT s.balance + t.b - s.reserved - t.rd AS free,
                               (mode <> 'enforce' OR s.balance + t.b - s.reserved - t.rd >= pages) AS taken,
-                              docextract.credit_available(NEW.owner) - pages AS after
+                              -- docextract.credit_available(NEW.owner), inlined:
+                              -- a nested call costs a submit more than its sums
+                              (SELECT coalesce(sum(a.balance - a.reserved), 0)::bigint
+                                 FROM docextract.credit_slots a WHERE a.role = NEW.owner)
+                              + (SELECT coalesce(sum(e.balance_delta - e.reserved_delta), 0)::bigint
+                                   FROM docextract.credit_slot_deltas e
+                                  WHERE e.role = NEW.owner AND e.balance_delta <> e.reserved_delta)
+                              - pages AS after
                          FROM docextract.credit_slots s, t WHERE s.role = NEW.owner AND s.slot = chosen),
                  u AS (UPDATE docextract.credit_slots s
                           SET balance = s.balance + t.b,
