@@ -37,9 +37,13 @@ sub result { return json_of($node->safe_psql('postgres', "SELECT docextract.get_
 # -- two requests in parallel, progress between them -----------------------------
 my $listener = $node->background_psql('postgres');
 $listener->query_safe('LISTEN docextract');
-server_script($srv, { delay_ms => 1500 }, { delay_ms => 300 });
-my $t0 = time;
+# The first request is held until both are in flight (a delay could end
+# before a stalled worker sent the second); the second answers after 1.5 s,
+# so the two answers come at different times either way.
+server_script($srv, { hold => 'first_part' }, { delay_ms => 1500 });
 my $e = submit('');
+wait_until(sub { server_stats($srv)->{inflight} >= 2 }, 'both parts in flight');
+server_release($srv, 'first_part');
 is($node->safe_psql('postgres', "SELECT parts FROM docextract.extractions WHERE id = '$e'"), '2',
 	'a template with a table part, parallel_parts on: two parts');
 is(wait_for_status($node, $e, 'completed', 'failed'), 'completed', 'the split extraction completes');

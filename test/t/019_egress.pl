@@ -167,11 +167,12 @@ is(sq("SELECT has_function_privilege('alice', 'docextract.add_model(text, text, 
 	'model base URLs stay superuser-only: a role can neither call add_model nor write docextract.models');
 
 # -- slow receivers do not starve the job queue -------------------------------------------
-# max_inflight 2, max_webhook_inflight 2: three deliveries whose receiver takes a
-# minute hold two delivery slots (the third waits), while three jobs complete.
+# max_inflight 2, max_webhook_inflight 2: three deliveries whose receiver never
+# answers (held: only the 120 s webhook_timeout ends them) hold two delivery
+# slots (the third waits), while three jobs complete.
 sq("SELECT docextract.drop_webhook('$hook_su')");
 server_reset($recv);
-hook_script($recv, map { { delay_ms => 60000 } } 1 .. 3);
+hook_script($recv, map { { hold => 'never' } } 1 .. 3);
 my $hook_slow = sq("SELECT docextract.add_webhook('$recv->{url}/hooks/slow', 'super-secret-0123456789', '{extraction.queued}')");
 my @ids = split /\n/, as('alice', 'BEGIN;' . join('', map {
 	"SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": " . (100 + $_) . "}');" } 1 .. 3) . 'COMMIT;');

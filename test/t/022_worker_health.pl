@@ -73,9 +73,10 @@ sub sleeps_ok
 sleeps_ok('idle');
 
 # -- a due retry whose model is full: the worker sleeps ----------------------------------
-# max_concurrency 1: b waits for a retry, a holds the model's only slot for a
-# minute, then b falls due.  Submitting c wakes the worker to look.
-server_script($srv, { status => 503, headers => { 'Retry-After' => '3600' }, body => '{}' }, { delay_ms => 60000 });
+# max_concurrency 1: b waits for a retry, a holds the model's only slot (its
+# answer held until it is cancelled: a delay could end on a stalled machine),
+# then b falls due.  Submitting c wakes the worker to look.
+server_script($srv, { status => 503, headers => { 'Retry-After' => '3600' }, body => '{}' }, { hold => 'never' });
 my $b = submit();
 $node->poll_query_until('postgres', "SELECT status = 'retrying' FROM docextract.extractions WHERE id = '$b'")
   or die 'b never retrying';
