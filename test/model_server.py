@@ -22,7 +22,8 @@ when it is answered.
 An action: {"status": 500, "body": "...", "headers": {"Retry-After": "1"},
             "delay_ms": 0, "answer": {...}, "raw_content": "not json", "drop": true,
             "hold": "name"}
-"hold" keeps the answer until POST /_release/name (a test decides when it comes).
+"hold" keeps the answer until POST /_release/name (a test decides when it comes); a
+model request whose client closes the connection meanwhile counts as abandoned.
 
 Usage: model_server.py --port-file F [--port N] [--api-key K] [--delay-ms N]
 """
@@ -284,6 +285,21 @@ async def client_gone_within(reader, seconds):
         return False
 
 
+async def gone_before_release(reader, name):
+    """Wait for hold name's release; True if the client closed the connection first."""
+    release = asyncio.ensure_future(STATE["holds"].setdefault(name, asyncio.Event()).wait())
+    gone = asyncio.ensure_future(reader.read(1))
+    await asyncio.wait({release, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if release.done():
+        gone.cancel()
+        return False
+    if gone.result() == b"":
+        release.cancel()
+        return True
+    await release
+    return False
+
+
 async def model_reply(reader, headers, body):
     """Returns bytes to send, or None to drop the connection."""
     req = check_request(headers, body)
@@ -294,8 +310,9 @@ async def model_reply(reader, headers, body):
     if delay and await client_gone_within(reader, delay / 1000.0):
         STATE["abandoned"] += 1
         return None
-    if action.get("hold"):
-        await STATE["holds"].setdefault(action["hold"], asyncio.Event()).wait()
+    if action.get("hold") and await gone_before_release(reader, action["hold"]):
+        STATE["abandoned"] += 1
+        return None
     if action.get("drop"):
         return None
     if "status" in action and action["status"] != 200:
