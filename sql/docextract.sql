@@ -813,27 +813,15 @@ $$;
 -- At submit: hold the pages' credits in one of the owner's slots, or
 -- refuse.  Two sessions cannot both spend the last credits: a slot's free
 -- credits are spent under its lock, and a submit that finds no slot free
--- enough gathers them (credit_gather).
--- A transaction's first submit with no quota to check takes the fast path
--- here, as credit_slot_for's own fast path does, in two statements and no
--- nested call: the first reads the pages and locks a slot with them free
--- that no other transaction holds, without waiting; the second, in a new
--- snapshot under the lock, folds the slot's settled deltas in, reserves
--- the pages in the row version the fold writes anyway and writes the
--- ledger row; then the slot is noted (credit_state.c).  The role's credits for the
--- ledger are read in that statement's snapshot (credit_available's sums,
--- inlined): those before it, less the pages.  Plain index scans, as in
--- credit_available: a bitmap scan would read folded deltas' dead entries
--- again on every submit until the table's vacuum.
+-- enough gathers them (credit_gather).  A transaction's first submit with
+-- no quota to check usually arrives with its credits reserved already
+-- (reserve.c, two statements and no trigger call), and then this trigger
+-- does not fire (WHEN credits_reserved = 0); this is every other submit.
 CREATE FUNCTION docextract.reserve_credits() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp
-SET enable_bitmapscan = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, docextract, pg_temp AS $$
 DECLARE
     pages integer;
     chosen smallint;
-    taken boolean;
-    slot_free bigint;
-    role_free bigint;
     state text[];
     active bigint;
     quota integer := coalesce(nullif(current_setting('docextract.max_active_per_role', true), ''), '0')::integer;
@@ -851,53 +839,8 @@ BEGIN
         RETURN NEW;
     END IF;
     -- options.pages: only the pages asked for are charged.
-    IF quota > 0 OR docextract.credit_slot_cache() IS NOT NULL THEN
-        SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
-          FROM docextract.documents d WHERE d.id = NEW.document_id;
-    ELSE
-        SELECT p.pages, l.slot INTO pages, chosen
-          FROM (SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) AS pages
-                  FROM docextract.documents d WHERE d.id = NEW.document_id) p
-          LEFT JOIN LATERAL (
-                SELECT s.slot FROM docextract.credit_slots s
-                 WHERE s.role = NEW.owner AND (mode <> 'enforce' OR s.balance - s.reserved >= p.pages)
-                 ORDER BY (s.slot + pg_catalog.pg_backend_pid()) % 8 LIMIT 1
-                   FOR UPDATE SKIP LOCKED) l ON true;
-        IF chosen IS NOT NULL THEN
-            WITH d AS (DELETE FROM docextract.credit_slot_deltas x WHERE x.role = NEW.owner AND x.slot = chosen
-                       RETURNING x.balance_delta, x.reserved_delta),
-                 t AS (SELECT coalesce(sum(d.balance_delta), 0) AS b,
-                              coalesce(sum(d.reserved_delta), 0) AS rd, count(*) AS n FROM d),
-                 f AS (SELECT s.balance + t.b - s.reserved - t.rd AS free,
-                              (mode <> 'enforce' OR s.balance + t.b - s.reserved - t.rd >= pages) AS taken,
-                              -- docextract.credit_available(NEW.owner), inlined:
-                              -- a nested call costs a submit more than its sums
-                              (SELECT coalesce(sum(a.balance - a.reserved), 0)::bigint
-                                 FROM docextract.credit_slots a WHERE a.role = NEW.owner)
-                              + (SELECT coalesce(sum(e.balance_delta - e.reserved_delta), 0)::bigint
-                                   FROM docextract.credit_slot_deltas e
-                                  WHERE e.role = NEW.owner AND e.balance_delta <> e.reserved_delta)
-                              - pages AS after
-                         FROM docextract.credit_slots s, t WHERE s.role = NEW.owner AND s.slot = chosen),
-                 u AS (UPDATE docextract.credit_slots s
-                          SET balance = s.balance + t.b,
-                              reserved = s.reserved + t.rd + CASE WHEN f.taken THEN pages ELSE 0 END,
-                              updated_at = now()
-                         FROM t, f WHERE s.role = NEW.owner AND s.slot = chosen AND (t.n > 0 OR f.taken)),
-                 l AS (INSERT INTO docextract.credit_ledger (role, kind, credits, available_after,
-                                                             extraction_id, reason, created_by)
-                       SELECT NEW.owner, 'reserve', pages, f.after, NEW.id, 'submitted', NEW.owner
-                         FROM f WHERE f.taken)
-            SELECT f.taken, f.free, f.after INTO taken, slot_free, role_free FROM f;
-            PERFORM docextract.credit_slot_note(CASE WHEN taken THEN pg_catalog.concat_ws(
-                        ',', NEW.owner::oid, chosen, slot_free - pages, role_free, 'f', 'i') END);
-            IF taken THEN
-                NEW.credits_reserved := pages;
-                NEW.credit_slot := chosen;
-                RETURN NEW;
-            END IF;
-        END IF;
-    END IF;
+    SELECT coalesce(pg_catalog.cardinality(NEW.page_numbers), d.page_count) INTO pages
+      FROM docextract.documents d WHERE d.id = NEW.document_id;
     chosen := docextract.credit_slot_for(NEW.owner, pages, mode = 'enforce', quota > 0, true);
     IF quota > 0 THEN
         SELECT count(*) INTO active FROM docextract.extractions x
@@ -932,7 +875,7 @@ $$;
 
 CREATE TRIGGER extractions_reserve_credits
     BEFORE INSERT ON docextract.extractions
-    FOR EACH ROW EXECUTE FUNCTION docextract.reserve_credits();
+    FOR EACH ROW WHEN (NEW.credits_reserved = 0) EXECUTE FUNCTION docextract.reserve_credits();
 
 -- A split parent's pages whose sub-documents were read: completed, or
 -- answered (a result stored) before they ended otherwise.

@@ -22,6 +22,8 @@
  */
 #include "postgres.h"
 
+#include "credits.h"
+
 #include "access/xact.h"
 #include "fmgr.h"
 #include "storage/proc.h"
@@ -78,24 +80,34 @@ docextract_credit_slot_cache(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(cache));
 }
 
-/* This transaction holds a slot; remember it as given (NULL: none remembered). */
-Datum
-docextract_credit_slot_note(PG_FUNCTION_ARGS)
+/* Is a slot of this transaction's remembered (credit_slot_cache() not NULL)? */
+bool
+credit_slot_cached(void)
 {
-	char	   *state;
+	return cached_in == MyProc->lxid;
+}
 
+/* This transaction holds a slot; remember it as given (NULL: none remembered). */
+void
+credit_slot_remember_state(const char *state)
+{
 	register_subabort();
 	held_in = MyProc->lxid;
 	cached_in = settled_in = InvalidLocalTransactionId;
-	if (PG_ARGISNULL(0))
-		PG_RETURN_VOID();
-	state = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (state == NULL)
+		return;
 	if (strlen(state) >= sizeof(cache))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("credit slot state too long")));
 	strlcpy(cache, state, sizeof(cache));
 	cached_in = MyProc->lxid;
+}
+
+Datum
+docextract_credit_slot_note(PG_FUNCTION_ARGS)
+{
+	credit_slot_remember_state(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 

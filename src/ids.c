@@ -16,6 +16,8 @@
  */
 #include "postgres.h"
 
+#include "util.h"
+
 #include "fmgr.h"
 #include "port/pg_bswap.h"
 #include "utils/timestamp.h"
@@ -25,6 +27,13 @@ PG_FUNCTION_INFO_V1(docextract_time_ordered_uuid);
 
 Datum
 docextract_time_ordered_uuid(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(new_time_ordered_uuid());
+}
+
+/* A new id, as docextract.time_ordered_uuid() gives (a uuid Datum). */
+Datum
+new_time_ordered_uuid(void)
 {
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 	TimestampTz now = GetCurrentTimestamp();
@@ -40,5 +49,5 @@ docextract_time_ordered_uuid(PG_FUNCTION_ARGS)
 	memcpy(id->data, &ms, 6);
 	id->data[6] = (id->data[6] & 0x0f) | 0x70;	/* version 7 */
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
-	PG_RETURN_UUID_P(id);
+	return UUIDPGetDatum(id);
 }

@@ -10,6 +10,7 @@
 
 #include "prelude.h"		/* first: see the note on json_object */
 #include "classify.h"
+#include "credits.h"
 
 #include "options.h"
 #include "privileged.h"
@@ -65,15 +66,17 @@ check_options(json_object *o)
 /*
  * The document, in one statement: visible to the caller, and neither
  * rejected (bytes that were not one: nothing to extract) nor deleted.
+ * Returns its page count (-1: unknown).
  */
-static void
+static int32
 check_document(Datum document, Oid caller)
 {
 	static SPIPlanPtr plan = NULL;
 	bool		isnull;
 	char	   *rejection;
+	Datum		pages;
 
-	spi_execute_kept(&plan, "SELECT owner::oid, rejection, deleted_at IS NOT NULL"
+	spi_execute_kept(&plan, "SELECT owner::oid, rejection, deleted_at IS NOT NULL, page_count"
 					 " FROM docextract.documents WHERE id = $1",
 					 1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
 	check_found_visible("document", document, caller, false);	/* privileged.c */
@@ -86,6 +89,8 @@ check_document(Datum document, Oid caller)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("document %s was deleted", uuid_text(document))));
+	pages = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+	return isnull ? -1 : DatumGetInt32(pages);
 }
 
 static void
@@ -225,6 +230,32 @@ find_duplicate(Datum *args, Datum page_numbers, Datum *found)
 	"     FROM x, LATERAL (SELECT nextval('docextract.events_id_seq') AS id) n RETURNING id)" \
 	" SELECT x.id, e.id, EXISTS (SELECT 1 FROM docextract.webhooks w WHERE w.enabled) FROM x, e"
 
+/*
+ * The two INSERTs: $1 document, $2 template, $3 options, $4 owner, $5
+ * model, $6 pages, $7 id, $8 credits reserved, $9 their slot.  parts = 2:
+ * the general fields and the line items go as two requests in parallel,
+ * when the options or the model's options ask for it and the template has
+ * both.  No template: classified first (classify.c), one request at a time.
+ */
+#define INSERT_COLUMNS \
+	"WITH x AS (INSERT INTO docextract.extractions (document_id, template_id, options, owner," \
+	"  model_name, page_numbers, id, credits_reserved, credit_slot, parts"
+static const char *const insert_classified_sql =
+INSERT_COLUMNS ", classification) VALUES ($1, $2, $3, $4::regrole, $5, $6, $7, $8, $9, 1, '{}')"
+ANNOUNCE_QUEUED;
+static const char *const insert_templated_sql =
+INSERT_COLUMNS ") SELECT $1, $2, $3, $4::regrole, $5, $6, $7, $8, $9,"
+"   CASE WHEN coalesce(($3->>'" EXTRACT_OPT_PARALLEL_PARTS "')::boolean,"
+"                      (m.options->>'" MODEL_OPT_PARALLEL_PARTS "')::boolean, false)"
+"         AND jsonb_typeof(t.schema_definition->'table_part') = 'object'"
+"         AND t.schema_definition->'table_part' <> '{}'"
+"         AND jsonb_typeof(t.schema_definition->'general_part') = 'object'"
+"         AND t.schema_definition->'general_part' <> '{}'"
+"         AND coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 2) >= 2"
+"        THEN 2 ELSE 1 END"
+"   FROM docextract.templates t, docextract.models m"
+"  WHERE t.id = $2 AND m.name = $5" ANNOUNCE_QUEUED;
+
 /* Its webhook deliveries, when some webhook is enabled (as announce_insert()). */
 static void
 deliver_queued(Datum id, Datum event_id, Oid owner)
@@ -237,62 +268,42 @@ deliver_queued(Datum id, Datum event_id, Oid owner)
 					 (Datum[]) {event_id, ObjectIdGetDatum(owner), id}, NULL, false, 0);
 }
 
+/*
+ * Insert the extraction (args: document, template or 0, options, owner) of
+ * pages pages (-1: unknown), its credits reserved first when reserve.c can
+ * (else its trigger reserves them); returns its id.
+ */
 static Datum
-insert_extraction(Datum *args, const char *model, Datum page_numbers)
+insert_extraction(Datum *args, const char *model, Datum page_numbers, int32 pages)
 {
-	static SPIPlanPtr classify_plan = NULL;
-	static SPIPlanPtr template_plan = NULL;
+	static SPIPlanPtr plans[2];
+	Datum		id = new_time_ordered_uuid();
+	int16		slot = reserve_at_submit(DatumGetObjectId(args[3]), pages, id);
 	bool		isnull;
-	int			nestlevel = NewGUCNestLevel();
-	Datum		id;
+	int			nestlevel;
 	HeapTuple	row;
+	char		nulls[10];
 
+	memset(nulls, ' ', 9);
+	nulls[9] = '\0';
+	nulls[1] = args[1] ? ' ' : 'n';
+	nulls[5] = page_numbers ? ' ' : 'n';
+	nulls[8] = slot < 0 ? 'n' : ' ';
 	/* The INSERT triggers act on what we enqueue (see docextract.submitting). */
+	nestlevel = NewGUCNestLevel();
 	(void) set_config_option("docextract.submitting", "on", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-
-	/*
-	 * parts = 2: the general fields and the line items go as two requests
-	 * in parallel, when the options or the model's options ask for it and
-	 * the template has both.  No template: classified first (classify.c),
-	 * one request at a time.
-	 */
-	if (args[1] == (Datum) 0)
-	{
-		if (spi_execute_kept(&classify_plan, "WITH x AS (INSERT INTO docextract.extractions"
-								  " (document_id, options, owner, model_name, parts, page_numbers,"
-								  "  classification)"
-								  " VALUES ($1, $2, $3::regrole, $4, 1, $5, '{}')" ANNOUNCE_QUEUED,
-								  5, (Oid[]) {UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
-								  (Datum[]) {args[0], args[2], args[3], CStringGetTextDatum(model),
-									  page_numbers},
-								  page_numbers ? NULL : "    n", false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not enqueue the extraction");
-	}
-	else if (spi_execute_kept(&template_plan, "WITH x AS (INSERT INTO docextract.extractions"
-							  " (document_id, template_id, options, owner, model_name, parts, page_numbers)"
-							  " SELECT $1, $2, $3, $4::regrole, $5,"
-							  "   CASE WHEN coalesce(($3->>'" EXTRACT_OPT_PARALLEL_PARTS "')::boolean,"
-							  "                      (m.options->>'" MODEL_OPT_PARALLEL_PARTS "')::boolean, false)"
-							  "         AND jsonb_typeof(t.schema_definition->'table_part') = 'object'"
-							  "         AND t.schema_definition->'table_part' <> '{}'"
-							  "         AND jsonb_typeof(t.schema_definition->'general_part') = 'object'"
-							  "         AND t.schema_definition->'general_part' <> '{}'"
-							  "         AND coalesce((m.options->>'" MODEL_OPT_MAX_CONCURRENCY "')::int, 2) >= 2"
-							  "        THEN 2 ELSE 1 END, $6"
-							  "   FROM docextract.templates t, docextract.models m"
-							  "  WHERE t.id = $2 AND m.name = $5" ANNOUNCE_QUEUED,
-							  6, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID},
-							  (Datum[]) {args[0], args[1], args[2], args[3],
-								  CStringGetTextDatum(model), page_numbers},
-							  /* count 0: a count would stop it before its statement triggers */
-							  page_numbers ? NULL : "     n", false, 0) != SPI_OK_SELECT)
+	/* count 0: a count would stop it before its statement triggers */
+	if (spi_execute_kept(&plans[args[1] ? 1 : 0], args[1] ? insert_templated_sql : insert_classified_sql,
+						 9, (Oid[]) {UUIDOID, UUIDOID, JSONBOID, OIDOID, TEXTOID, INT4ARRAYOID,
+							 UUIDOID, INT4OID, INT2OID},
+						 (Datum[]) {args[0], args[1], args[2], args[3], CStringGetTextDatum(model),
+							 page_numbers, id, Int32GetDatum(slot < 0 ? 0 : pages), Int16GetDatum(slot)},
+						 nulls, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not enqueue the extraction");
 	AtEOXact_GUC(true, nestlevel);
-	if (SPI_processed != 1)
-		elog(ERROR, "could not enqueue the extraction");
 	row = SPI_tuptable->vals[0];
-	id = SPI_datumTransfer(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull), false, UUID_LEN);
+	id = SPI_datumTransfer(id, false, UUID_LEN);
 	if (DatumGetBool(SPI_getbinval(row, SPI_tuptable->tupdesc, 3, &isnull)))
 		deliver_queued(id, SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &isnull),
 					   DatumGetObjectId(args[3]));
@@ -317,6 +328,7 @@ submit_extraction(Datum document, Datum template_id, Jsonb *options)
 	Datum		page_numbers;
 	Datum		args[4];
 	Datum		id;
+	int32		page_count;
 	Privileged	priv;
 
 	parsed = json_tokener_parse(options ? JsonbToCString(NULL, &options->root, VARSIZE(options))
@@ -345,7 +357,7 @@ submit_extraction(Datum document, Datum template_id, Jsonb *options)
 
 	spi_connect();
 	privileged_begin(&priv);
-	check_document(args[0], caller);
+	page_count = check_document(args[0], caller);
 	if (split)
 		split_check_submit(args[0], pages != NULL);	/* split.c */
 	if (args[1])
@@ -355,7 +367,10 @@ submit_extraction(Datum document, Datum template_id, Jsonb *options)
 	page_numbers = selected_pages(args[0], pages);
 	if (force || !find_duplicate(args, page_numbers, &id))	/* force: no lookup at all */
 	{
-		id = insert_extraction(args, model, page_numbers);
+		id = insert_extraction(args, model, page_numbers,
+							   page_numbers ? ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(page_numbers)),
+															 ARR_DIMS(DatumGetArrayTypeP(page_numbers)))
+							   : page_count);
 		docextract_wake_worker_at_commit();
 	}
 	privileged_end(&priv);

@@ -9,6 +9,9 @@
 #include "utils/builtins.h"
 #include "utils/uuid.h"
 
+/* A new id, ascending with time (ids.c). */
+extern Datum new_time_ordered_uuid(void);
+
 /* A uuid Datum as text, for messages. */
 static inline char *
 uuid_text(Datum id)

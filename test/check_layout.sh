@@ -46,13 +46,13 @@ done
 
 # SQL entry points and the worker's pipeline stay in separate files.
 pipeline_files="webhook_delivery.c template_parse.c provider.c provider_openai.c
-    provider_gemini.c provider_anthropic.c queue.c submit.c"
+    provider_gemini.c provider_anthropic.c queue.c submit.c reserve.c"
 pipeline_functions="webhook_claim_and_start webhook_done webhook_release
     webhook_reset_leases webhook_signature template_parse format_type_name
     provider_lookup provider_error_message append_secret_header request_body
     document_intro answer_object base64_encode redact_secret
     queue_claim queue_requeue_orphans queue_retry queue_fail queue_progress
-    submit_extraction"
+    submit_extraction reserve_at_submit"
 for f in $pipeline_files; do
     [ -f "$f" ] || { fail "$f: missing (doc/layout.md lists it in the pipeline)"; continue; }
     grep -q 'PG_FUNCTION_INFO_V1' "$f" && fail "$f: pipeline code only, no SQL entry points (PG_FUNCTION_INFO_V1)"

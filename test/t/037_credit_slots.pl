@@ -299,5 +299,16 @@ my $before = balance('alice');
 is("$rc|$out|$err", '0|1|', 'a submit with plpgsql.extra_errors = all reserves without error or warning');
 is(balance('alice'), $before - 1, '... its page reserved once');
 
+# A transaction's first submit reserves in reserve.c, before its INSERT, and
+# the trigger reserve_credits does not run for it; a later submit in the
+# same transaction (its slot remembered) is the trigger's.
+is(sq(qq{SET track_functions = 'pl'; SET ROLE alice; BEGIN;
+	SELECT docextract.extract_document('$pdf', '$tid', '{"force": true}') \\g /dev/null
+	SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'reserve_credits';
+	SELECT docextract.extract_document('$pdf', '$tid', '{"force": true}') \\g /dev/null
+	SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'reserve_credits';
+	ROLLBACK;}), "0\n1", "a transaction's first submit reserves without the trigger's call; its second calls it");
+is(balance('alice'), $before - 1, '... rolled back, they hold nothing');
+
 $node->stop;
 done_testing();
