@@ -76,8 +76,9 @@ lock_slot(Oid owner, int32 pages, bool enforce)
  * Reserve pages for extraction id of owner, if this can be done here:
  * returns the slot they are held in, or -1 (the trigger reserves, or
  * refuses; also for no pages or an unknown count: a row holding 0 credits
- * goes through the trigger, which must not reserve for it a second time).  Plain index scans, as credit_available(): a bitmap scan would
- * read folded deltas' dead entries again on every submit until the table's
+ * goes through the trigger, which must not reserve for it a second time).
+ * Plain index scans, as credit_available(): a bitmap scan would read
+ * folded deltas' dead entries again on every submit until the table's
  * vacuum.
  */
 int16
@@ -104,7 +105,7 @@ reserve_at_submit(Oid owner, int32 pages, Datum id)
 						 (Datum[]) {ObjectIdGetDatum(owner), Int16GetDatum(slot), Int32GetDatum(pages),
 							 BoolGetDatum(!enforce), id}, NULL, false, 0);
 	AtEOXact_GUC(true, nestlevel);
-	if (slot < 0)
+	if (slot < 0 || SPI_processed != 1)	/* (the locked slot is always there) */
 		return -1;
 	row = SPI_tuptable->vals[0];
 	if (!DatumGetBool(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull)))
