@@ -71,10 +71,19 @@ WITH d AS (INSERT INTO docextract.documents (filename, content_type, size_bytes,
 INSERT INTO bench.hist_batch SELECT id FROM d;
 -- What extract_document inserts (its checks, which change nothing, left
 -- out: called a million times they took most of an hour): the row, through
--- the same INSERT triggers (credit reservation, event).
+-- the same INSERT trigger (the credit reservation), and its outbox row,
+-- which the submit's own statement writes (src/submit.c).
 SET docextract.submitting = on;
-INSERT INTO docextract.extractions (document_id, template_id, options, owner, model_name, parts)
-SELECT id, '$TID', '{}', current_user::regrole, 'default', 1 FROM bench.hist_batch;
+WITH x AS (INSERT INTO docextract.extractions (document_id, template_id, options, owner, model_name, parts)
+           SELECT id, '$TID', '{}', current_user::regrole, 'default', 1 FROM bench.hist_batch
+           RETURNING id, owner, document_id, status, template_id, attempts, completion_percentage)
+INSERT INTO docextract.events (id, event, extraction_id, owner, payload)
+SELECT n.event_id, 'extraction.queued', n.id, n.owner, json_build_object(
+       'event', 'extraction.queued', 'extraction_id', n.id, 'document_id', n.document_id,
+       'status', n.status, 'template_id', n.template_id, 'attempts', n.attempts,
+       'completion_percentage', n.completion_percentage, 'event_id', n.event_id,
+       'created_at', clock_timestamp())
+  FROM (SELECT x.*, nextval('docextract.events_id_seq') AS event_id FROM x) n;  -- one id a row
 RESET docextract.submitting;
 UPDATE docextract.extractions SET status = 'processing', started_at = clock_timestamp(), attempts = 1
  WHERE status = 'pending';
