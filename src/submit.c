@@ -144,24 +144,22 @@ check_template_and_model(Datum template_id, Oid caller, const char *model)
 }
 
 /*
- * options.pages checked against the document: its pages as an int4[], or 0
- * (NULL) when the option is absent or names every page (the same work).
+ * options.pages checked against the document's page_count: its pages as an
+ * int4[], or 0 (NULL) when the option is absent or names every page (the
+ * same work); *charged: how many pages that is.
  */
 static Datum
-selected_pages(Datum document, const char *spec)
+selected_pages(int32 page_count, const char *spec, int32 *charged)
 {
-	bool		isnull;
 	int			n;
 	int32	   *pages;
-	int			page_count;
 	Datum	   *elems;
 
+	*charged = page_count;
 	if (spec == NULL)
 		return (Datum) 0;
-	spi_execute_with_args("SELECT page_count FROM docextract.documents WHERE id = $1",
-						  1, (Oid[]) {UUIDOID}, &document, NULL, false, 1);
-	page_count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	pages = pages_parse(spec, page_count, &n);
+	*charged = n;
 	if (n == page_count)
 		return (Datum) 0;
 	elems = palloc(sizeof(Datum) * n);
@@ -329,6 +327,7 @@ submit_extraction(Datum document, Datum template_id, Jsonb *options)
 	Datum		args[4];
 	Datum		id;
 	int32		page_count;
+	int32		charged;
 	Privileged	priv;
 
 	parsed = json_tokener_parse(options ? JsonbToCString(NULL, &options->root, VARSIZE(options))
@@ -364,13 +363,10 @@ submit_extraction(Datum document, Datum template_id, Jsonb *options)
 		check_template_and_model(args[1], caller, model);
 	else
 		check_model(model);
-	page_numbers = selected_pages(args[0], pages);
+	page_numbers = selected_pages(page_count, pages, &charged);
 	if (force || !find_duplicate(args, page_numbers, &id))	/* force: no lookup at all */
 	{
-		id = insert_extraction(args, model, page_numbers,
-							   page_numbers ? ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(page_numbers)),
-															 ARR_DIMS(DatumGetArrayTypeP(page_numbers)))
-							   : page_count);
+		id = insert_extraction(args, model, page_numbers, charged);
 		docextract_wake_worker_at_commit();
 	}
 	privileged_end(&priv);
