@@ -291,7 +291,10 @@ async def gone_before_release(reader, name):
     gone = asyncio.ensure_future(reader.read(1))
     await asyncio.wait({release, gone}, return_when=asyncio.FIRST_COMPLETED)
     if release.done():
+        # Wait for the read to end: a pending one would still hold the
+        # stream's waiter when the next request's readline() starts.
         gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
         return False
     if gone.result() == b"":
         release.cancel()
