@@ -410,9 +410,11 @@ BEGIN
     IF NEW.status NOT IN ('completed', 'failed', 'cancelled', 'insufficient_credits') THEN
         RETURN NULL;
     END IF;
-    SELECT * INTO p FROM docextract.extractions x
-     WHERE x.id = NEW.parent_extraction_id AND x.status = 'processing' FOR UPDATE;
-    IF NOT FOUND THEN
+    -- Found by its id alone, its status tested here: with the status in
+    -- the query, the planner may read every job in flight for it instead
+    -- (ROW_STATUS_IS, src/statuses.h).
+    SELECT * INTO p FROM docextract.extractions x WHERE x.id = NEW.parent_extraction_id FOR UPDATE;
+    IF NOT FOUND OR p.status <> 'processing' THEN
         RETURN NULL;
     END IF;
     SELECT count(*),

@@ -18,6 +18,7 @@
 
 #include "job.h"
 #include "spi_checked.h"
+#include "statuses.h"
 
 
 #include "catalog/pg_type.h"
@@ -38,11 +39,10 @@ static const char *rows_exist_sql =
  * the two INSERTs need, its input's columns included, so that nothing joins
  * a CTE to another: a kept plan estimates a CTE at a row or so, and a
  * nested loop over two would compare every pair of the batch.  The status
- * is tested in o (the row as locked, read before the update; OFFSET 0 keeps
- * it a subquery), not on e: with `e.status = 'processing'` the planner may
- * start from extractions_in_flight, which an ANALYZE of a long history
- * estimates at a row, and look up every job in flight for each batch (244
- * lookups for 32 jobs at 1M extractions stored, bench/history.sh).
+ * test is ROW_STATUS_IS's: a plain one made the kept plan start from
+ * extractions_in_flight after an ANALYZE of a long history and look up
+ * every job in flight for each batch (244 lookups for 32 jobs at 1M
+ * extractions stored, bench/history.sh).
  */
 static const char *store_sql =
 "WITH u AS ("
@@ -55,11 +55,11 @@ static const char *store_sql =
 "    FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::text[], $5::text[],"
 "                $6::text[], $7::text[], $8::text[], $9::text[])"
 "      AS i(id, review, data, raw, usage, attributions, validation, table_attributions, citations),"
-"         LATERAL (SELECT x.credits_reserved, x.credit_slot, x.status = 'processing' AS processing,"
+"         LATERAL (SELECT x.credits_reserved, x.credit_slot,"
 "                         x.credits_reserved <> 0 AND x.split_count IS NULL"
 "                         AND NOT (i.review AND x.template_id IS NULL) AS settles"
-"                    FROM docextract.extractions x WHERE x.id = i.id OFFSET 0) o"
-"   WHERE e.id = i.id AND o.processing"
+"                    FROM docextract.extractions x WHERE x.id = i.id) o"
+"   WHERE e.id = i.id AND " ROW_STATUS_IS("e.status", "processing")
 "  RETURNING e.id, e.document_id, e.template_id, e.owner, e.model_name, i.data::jsonb AS data,"
 "            i.raw::jsonb AS raw, i.usage::jsonb AS usage, i.attributions::jsonb AS attributions,"
 "            i.validation::jsonb AS validation, i.table_attributions::jsonb AS table_attributions,"

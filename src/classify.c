@@ -26,6 +26,7 @@
 #include "queue.h"
 #include "settings.h"
 #include "spi_checked.h"
+#include "statuses.h"
 #include "template.h"
 #include "util.h"
 #include "workerset.h"
@@ -279,7 +280,7 @@ classify_record_choice(pg_uuid_t *id, const ClassifyCandidates *c, const Classif
 	if (SPI_execute_with_args("UPDATE docextract.extractions e"
 							  " SET template_id = $2::uuid, classification = $3::jsonb,"
 							  "     completion_percentage = 50"
-							  " WHERE e.id = $1 AND e.status = 'classifying'"
+							  " WHERE e.id = $1 AND " ROW_STATUS_IS("e.status", "classifying")
 							  "   AND EXISTS (SELECT 1 FROM docextract.templates t"
 							  "                WHERE t.id = $2::uuid AND t.is_active"
 							  "                  AND " TEMPLATE_USABLE_BY("e.owner::pg_catalog.oid") ")",
@@ -289,7 +290,7 @@ classify_record_choice(pg_uuid_t *id, const ClassifyCandidates *c, const Classif
 	if (!recorded)
 	{
 		/* Cancelled, or the template went meanwhile: which? */
-		if (SPI_execute_with_args("SELECT 1 FROM docextract.extractions WHERE id = $1 AND status = 'classifying'",
+		if (SPI_execute_with_args("SELECT 1 FROM docextract.extractions WHERE id = $1 AND " ROW_STATUS_IS("status", "classifying"),
 								  1, (Oid[]) {UUIDOID}, args, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read extraction %s", uuid_text(args[0]));
 		if (SPI_processed == 1)
@@ -299,7 +300,7 @@ classify_record_choice(pg_uuid_t *id, const ClassifyCandidates *c, const Classif
 							c->names[ch->index])));
 	}
 	else if (SPI_execute_with_args("UPDATE docextract.extractions SET status = 'processing'"
-								   " WHERE id = $1 AND status = 'classifying'",
+								   " WHERE id = $1 AND " ROW_STATUS_IS("status", "classifying"),
 								   1, (Oid[]) {UUIDOID}, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not start extraction %s", uuid_text(args[0]));
 	spi_finish();
@@ -320,7 +321,7 @@ classify_await_review(pg_uuid_t *id, const ClassifyCandidates *c, const Classify
 	if (SPI_execute_with_args("UPDATE docextract.extractions"
 							  " SET status = 'awaiting_approval', classification = $2::jsonb,"
 							  "     error_message = $3"
-							  " WHERE id = $1 AND status = 'classifying'",
+							  " WHERE id = $1 AND " ROW_STATUS_IS("status", "classifying"),
 							  3, (Oid[]) {UUIDOID, TEXTOID, TEXTOID},
 							  (Datum[]) {UUIDPGetDatum(id),
 								  CStringGetTextDatum(classification_json(c, ch, in_tokens, out_tokens)),

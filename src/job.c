@@ -27,6 +27,7 @@
 #include "ratelimit.h"
 #include "settings.h"
 #include "spi_checked.h"
+#include "statuses.h"
 #include "template.h"
 #include "util.h"
 #include "worker.h"
@@ -535,7 +536,7 @@ store_result(Job *job, StoredResult *r)
 						  " SET status = CASE WHEN $2 THEN 'awaiting_approval' ELSE 'completed' END,"
 						  "     completed_at = CASE WHEN $2 THEN NULL ELSE clock_timestamp() END,"
 						  "     completion_percentage = 100, error_message = NULL"
-						  " WHERE id = $1 AND status = 'processing'",
+						  " WHERE id = $1 AND " ROW_STATUS_IS("status", "processing"),
 						  2, (Oid[]) {UUIDOID, BOOLOID},
 						  (Datum[]) {id, BoolGetDatum(r->needs_review)}, NULL, false, 0);
 	if (SPI_processed == 1)

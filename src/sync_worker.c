@@ -32,6 +32,7 @@
 #include "queue.h"
 #include "ratelimit.h"
 #include "spi_checked.h"
+#include "statuses.h"
 #include "sync.h"
 #include "util.h"
 #include "worker.h"
@@ -235,7 +236,7 @@ finish_step(void *arg)
 		spi_connect();
 		spi_execute_with_args("UPDATE docextract.extractions"
 							  " SET status = CASE WHEN template_id IS NULL THEN 'classifying' ELSE 'processing' END"
-							  " WHERE id = $1 AND status = 'retrying'",
+							  " WHERE id = $1 AND " ROW_STATUS_IS("status", "retrying"),
 							  1, (Oid[]) {UUIDOID}, (Datum[]) {UUIDPGetDatum(job_id(job))},
 							  NULL, false, 0);
 		spi_finish();

@@ -57,6 +57,9 @@ is(join(', ', @scans), '', 'none reads a table of the queue or its history whole
 # tested e.status = 'processing' then started from that index and looked up
 # every job in flight for each batch, 7.6 times the lookups of its own jobs
 # at 1M rows stored (bench/history.sh).  Its plans start from the batch.
+# The statements that find one row by its id and test its status (those of
+# a classification, of a job with citations, stored alone) go by the
+# primary key too, not through that status's partial index.
 sq(qq{INSERT INTO docextract.extractions (document_id, template_id, model_name, owner, status,
 		attempts, completion_percentage, completed_at)
 	SELECT '$doc', '$tid', 'default', current_user::regrole, 'completed', 1, 100, now() FROM generate_series(1, 20000);
@@ -67,14 +70,25 @@ for my $round (0 .. 3)
 	sq(join('', map { "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"seed\": "
 		. (100 + 10 * $round + $_) . "}');" } 1 .. 10));
 }
-$node->poll_query_until('postgres', q{SELECT count(*) = 80 FROM docextract.extractions
+sq(join('', map { "SELECT docextract.extract_document('$doc', NULL, '{\"force\": true, \"seed\": $_}');"
+	. "SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true, \"citations\": true, \"seed\": $_}');" }
+	200 .. 202));
+$node->poll_query_until('postgres', q{SELECT count(*) = 86 FROM docextract.extractions
 	WHERE status IN ('completed', 'failed') AND started_at IS NOT NULL}) or die 'the jobs never ended';
+is(sq(q{SELECT count(*) FILTER (WHERE classification->>'chosen_by' IS NOT NULL) || '|'
+	|| count(*) FILTER (WHERE options ? 'citations') FROM docextract.extractions
+	WHERE status = 'completed' AND (options ? 'citations' OR classification IS NOT NULL)}), '3|3',
+	'three classified and three with citations completed');
 @entries = split /^(?=\S+ \S+ UTC \[\d+\] )/m, substr(slurp_file($node->logfile), $log_from);
 my @stores = grep { /^\S+ \S+ UTC \[\d+\] docextract worker: LOG:  duration: .* plan:/
 	&& /Update on extractions e/ && /Insert on results/ } @entries;
 cmp_ok(scalar @stores, '>=', 1, scalar(@stores) . ' plans of batch stores logged after the ANALYZE');
 is(scalar(grep { /extractions_in_flight/ } @stores), 0,
 	'... none reads extractions_in_flight: each finds its jobs by their ids');
+my @plans = grep { /^\S+ \S+ UTC \[\d+\] docextract[^:]*: LOG:  duration: .* plan:/ } @entries;
+my @by_status = map { /(Scan using extractions_(?:in_flight|classifying|retry_due|queue) .*\n(?:(?!.*->).*\n)*)/g } @plans;
+is(join('', grep { /Filter: .*\bid = / } @by_status), '',
+	'no row found by its id is looked for through a partial index of its status');
 
 # -- the write-back worker ----------------------------------------------------------
 # Its own statements (lease, outcome, the next due write-back) are kept
