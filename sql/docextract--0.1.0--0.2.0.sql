@@ -1137,6 +1137,10 @@ ALTER TABLE docextract.extractions ALTER COLUMN id SET DEFAULT docextract.time_o
 -- processing through this index and extractions_in_flight.
 CREATE INDEX extractions_classifying ON docextract.extractions (model_name)
     WHERE status = 'classifying';
+-- docextract.retention finds ended extractions by when they ended: without
+-- this, each poll read the whole history to find none (285 ms at 1M rows).
+CREATE INDEX extractions_ended ON docextract.extractions ((coalesce(completed_at, created_at)))
+    WHERE status IN ('completed', 'failed', 'cancelled', 'insufficient_credits');
 
 
 -- Every function of the extension searches pg_catalog, its own schema, and

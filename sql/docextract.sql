@@ -151,6 +151,10 @@ CREATE UNIQUE INDEX extractions_split_children ON docextract.extractions (parent
     WHERE parent_extraction_id IS NOT NULL;
 CREATE INDEX extractions_writeback_due ON docextract.extractions (writeback_due)
     WHERE writeback_due IS NOT NULL;
+-- docextract.retention finds ended extractions by when they ended: without
+-- this, each poll read the whole history to find none (285 ms at 1M rows).
+CREATE INDEX extractions_ended ON docextract.extractions ((coalesce(completed_at, created_at)))
+    WHERE status IN ('completed', 'failed', 'cancelled', 'insufficient_credits');
 -- The status sets the install script tests, one definition each (the C
 -- code's are in src/statuses.h).  Queued or running: they count against
 -- docextract.max_active_per_role.

@@ -64,6 +64,10 @@ sq(qq{INSERT INTO docextract.extractions (document_id, template_id, model_name, 
 		attempts, completion_percentage, completed_at)
 	SELECT '$doc', '$tid', 'default', current_user::regrole, 'completed', 1, 100, now() FROM generate_series(1, 20000);
 	ANALYZE docextract.extractions});
+# With docextract.retention set, each poll looks for ended extractions past
+# it (here none: all ended now).
+sq(q{ALTER SYSTEM SET docextract.retention = '30d'; ALTER SYSTEM SET docextract.poll_interval = '200ms';
+	SELECT pg_reload_conf()});
 $log_from = -s $node->logfile;
 for my $round (0 .. 3)
 {
@@ -79,7 +83,12 @@ is(sq(q{SELECT count(*) FILTER (WHERE classification->>'chosen_by' IS NOT NULL) 
 	|| count(*) FILTER (WHERE options ? 'citations') FROM docextract.extractions
 	WHERE status = 'completed' AND (options ? 'citations' OR classification IS NOT NULL)}), '3|3',
 	'three classified and three with citations completed');
+$node->wait_for_log(qr/Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/, $log_from);
 @entries = split /^(?=\S+ \S+ UTC \[\d+\] )/m, substr(slurp_file($node->logfile), $log_from);
+my @cleanups = grep { /Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/ } @entries;
+is(join(', ', map { /Seq Scan on (\w+)/g } @cleanups), '',
+	scalar(@cleanups) . ' retention passes logged: none reads the extractions whole to find what ended before it');
+sq(q{ALTER SYSTEM RESET docextract.retention; ALTER SYSTEM RESET docextract.poll_interval; SELECT pg_reload_conf()});
 my @stores = grep { /^\S+ \S+ UTC \[\d+\] docextract worker: LOG:  duration: .* plan:/
 	&& /Update on extractions e/ && /Insert on results/ } @entries;
 cmp_ok(scalar @stores, '>=', 1, scalar(@stores) . ' plans of batch stores logged after the ANALYZE');
