@@ -98,6 +98,9 @@ my @plans = grep { /^\S+ \S+ UTC \[\d+\] docextract[^:]*: LOG:  duration: .* pla
 my @by_status = map { /(Scan using extractions_(?:in_flight|classifying|retry_due|queue) .*\n(?:(?!.*->).*\n)*)/g } @plans;
 is(join('', grep { /Filter: .*\bid = / } @by_status), '',
 	'no row found by its id is looked for through a partial index of its status');
+# The polls' fold of worker_stats' deltas takes them all (DELETE ... RETURNING).
+@scans = grep { !$settings{$_} && $_ ne 'model_stat_deltas' } map { /Seq Scan on (\w+)/g } @plans;
+is(join(', ', @scans), '', scalar(@plans) . ' plans of the workers after the ANALYZE: none reads a table whole');
 
 # -- the write-back worker ----------------------------------------------------------
 # Its own statements (lease, outcome, the next due write-back) are kept
