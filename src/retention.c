@@ -43,7 +43,7 @@ retention_cleanup(void)
 						  " SELECT v.id FROM docextract.events v"
 						  "  WHERE v.created_at < now() - make_interval(secs => $1)"
 						  "    AND NOT EXISTS (SELECT 1 FROM docextract.webhook_deliveries d"
-						  "                     WHERE d.event_id = v.id AND d.status = 'pending')"
+						  "                     WHERE d.event_id = v.id AND " ROW_STATUS_IS("d.status", "pending") ")"
 						  "  ORDER BY v.id LIMIT $2)",
 						  2, types, args, NULL, false, 0);
 	removed += (int) SPI_processed;

@@ -32,15 +32,17 @@
 #define IN_HAND_STATUS_TEST "(status = 'classifying' OR status = 'processing')"
 
 /*
- * A test of the status of a row found by its id (id = $1).  Written as
- * status = 'processing', it matches the predicate of that status's partial
- * index (extractions_in_flight, _classifying, _retry_due; extractions_queue
- * for 'retrying'), which the planner takes instead of the primary key when
- * the last ANALYZE saw no row in that status (estimated at a row: usual
- * with a long history), and then reads every job in flight, or the whole
- * backlog, for one row.  Compared with an InitPlan's value, which the
- * planner does not know, the test matches no index predicate; an UPDATE
- * still tests it on the row's latest version (a concurrent cancel).
+ * A test of the status of a row found by its id (id = $1), or of the rows
+ * of one parent (an event's deliveries).  Written as status = 'processing',
+ * it matches the predicate of that status's partial index
+ * (extractions_in_flight, _classifying, _retry_due, _ended;
+ * extractions_queue for 'retrying'; webhook_deliveries_due), which the
+ * planner takes instead of the primary key when the last ANALYZE saw no
+ * row in that status (estimated at a row: usual with a long history), and
+ * then reads every job in flight, or the whole backlog, for one row.
+ * Compared with an InitPlan's value, which the planner does not know, the
+ * test matches no index predicate; an UPDATE (or FOR UPDATE) still tests
+ * it on the row's latest version (a concurrent cancel).
  */
 #define ROW_STATUS_IS(column, status) column " = (SELECT '" status "'::text)"
 

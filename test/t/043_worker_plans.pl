@@ -21,6 +21,14 @@ auto_explain.log_nested_statements = on
 log_line_prefix = '%m [%p] %b: '
 });
 sub sq { return $node->safe_psql('postgres', $_[0]); }
+# The log's entries from an offset (an entry's plan is on the lines after
+# its prefix), without a last line the server may still be writing.
+sub log_entries
+{
+	my $text = substr(slurp_file($node->logfile), $_[0]);
+	$text =~ s/[^\n]*\z//;
+	return split /^(?=\S+ \S+ UTC \[\d+\] )/m, $text;
+}
 
 sq(qq{SELECT docextract.add_model('default', 'openai', '$srv->{url}/v1', 'test-model')});
 my $tid = add_invoice_template($node);
@@ -40,7 +48,7 @@ is(sq("SELECT count(*) FROM docextract.extractions WHERE status = 'completed'"),
 
 # The log's entries (an entry's plan is on the lines after its prefix),
 # those of the job worker.
-my @entries = split /^(?=\S+ \S+ UTC \[\d+\] )/m, substr(slurp_file($node->logfile), $log_from);
+my @entries = log_entries($log_from);
 my @worker = grep { /^\S+ \S+ UTC \[\d+\] docextract worker: LOG:  duration: .* plan:/ } @entries;
 cmp_ok(scalar @worker, '>=', 20, scalar(@worker) . ' plans of the job worker logged');
 ok((grep { /docextract\.extractions|on extractions\b/ && /Index (Only )?Scan/ } @worker),
@@ -83,8 +91,13 @@ is(sq(q{SELECT count(*) FILTER (WHERE classification->>'chosen_by' IS NOT NULL) 
 	|| count(*) FILTER (WHERE options ? 'citations') FROM docextract.extractions
 	WHERE status = 'completed' AND (options ? 'citations' OR classification IS NOT NULL)}), '3|3',
 	'three classified and three with citations completed');
+# A classification that nothing fits, with auto_approve false: it waits for a pick.
+server_script($srv, { answer => { general => { template => undef, confidence => 0 } } });
+my $review = sq("SELECT docextract.extract_document('$doc', NULL, '{\"force\": true, \"auto_approve\": false, \"seed\": 300}')");
+is(wait_for_status($node, $review, 'awaiting_approval', 'completed', 'failed'), 'awaiting_approval',
+	'... and one that nothing fits awaits a pick');
 $node->wait_for_log(qr/Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/, $log_from);
-@entries = split /^(?=\S+ \S+ UTC \[\d+\] )/m, substr(slurp_file($node->logfile), $log_from);
+@entries = log_entries($log_from);
 my @cleanups = grep { /Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/ } @entries;
 is(join(', ', map { /Seq Scan on (\w+)/g } @cleanups), '',
 	scalar(@cleanups) . ' retention passes logged: none reads the extractions whole to find what ended before it');
@@ -95,9 +108,9 @@ cmp_ok(scalar @stores, '>=', 1, scalar(@stores) . ' plans of batch stores logged
 is(scalar(grep { /extractions_in_flight/ } @stores), 0,
 	'... none reads extractions_in_flight: each finds its jobs by their ids');
 my @plans = grep { /^\S+ \S+ UTC \[\d+\] docextract[^:]*: LOG:  duration: .* plan:/ } @entries;
-my @by_status = map { /(Scan using extractions_(?:in_flight|classifying|retry_due|queue) .*\n(?:(?!.*->).*\n)*)/g } @plans;
-is(join('', grep { /Filter: .*\bid = / } @by_status), '',
-	'no row found by its id is looked for through a partial index of its status');
+my @by_status = map { /(Scan using (?:extractions_(?:in_flight|classifying|retry_due|queue|ended)|webhook_deliveries_due) .*\n(?:(?!.*->).*\n)*)/g } @plans;
+is(join('', grep { /Filter: .*\b(?:event_)?id = / } @by_status), '',
+	'no row found by its id (or event) is looked for through a partial index of its status');
 # The polls' fold of worker_stats' deltas takes them all (DELETE ... RETURNING).
 @scans = grep { !$settings{$_} && $_ ne 'model_stat_deltas' } map { /Seq Scan on (\w+)/g } @plans;
 is(join(', ', @scans), '', scalar(@plans) . ' plans of the workers after the ANALYZE: none reads a table whole');
@@ -129,7 +142,7 @@ for my $round (0 .. 3)
 }
 $node->poll_query_until('postgres', q{SELECT count(*) = 40 FROM public.filed WHERE state = 'completed'})
 	or die 'the rows were never written back';
-@entries = split /^(?=\S+ \S+ UTC \[\d+\] )/m, substr(slurp_file($node->logfile), $log_from);
+@entries = log_entries($log_from);
 my @writer = grep { /^\S+ \S+ UTC \[\d+\] docextract write-back worker: LOG:  duration: .* plan:/ } @entries;
 my @own = grep { /docextract\.extractions|on extractions\b/ } @writer;
 cmp_ok(scalar @own, '>=', 10, scalar(@own) . ' plans of the write-back worker\'s own statements logged');
