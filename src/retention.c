@@ -4,7 +4,9 @@
  * Ended extractions (their results go with them) and events whose
  * deliveries are all settled are removed in small batches, one batch per
  * poll, so that cleanup never holds locks or a transaction for long.  The
- * credit ledger is kept: it is the account's history.  Each finds its rows
+ * credit ledger is kept: it is the account's history, and so is an
+ * extraction whose write-back is still due (written back later, then
+ * removed).  Each finds its rows
  * through an index on when they ended or were made (extractions_ended,
  * events_created): a poll that finds nothing reads nothing of the history.
  */
@@ -35,6 +37,7 @@ retention_cleanup(void)
 						  " SELECT id FROM docextract.extractions"
 						  "  WHERE status IN " STATUSES_FINAL
 						  "    AND coalesce(completed_at, created_at) < now() - make_interval(secs => $1)"
+						  "    AND writeback_due IS NULL"
 						  "  ORDER BY coalesce(completed_at, created_at) LIMIT $2 FOR UPDATE SKIP LOCKED)",
 						  2, types, args, NULL, false, 0);
 	removed = (int) SPI_processed;
