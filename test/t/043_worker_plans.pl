@@ -96,6 +96,16 @@ server_script($srv, { answer => { general => { template => undef, confidence => 
 my $review = sq("SELECT docextract.extract_document('$doc', NULL, '{\"force\": true, \"auto_approve\": false, \"seed\": 300}')");
 is(wait_for_status($node, $review, 'awaiting_approval', 'completed', 'failed'), 'awaiting_approval',
 	'... and one that nothing fits awaits a pick');
+# A split (its sub-documents' ends lock the parent: split_follow), and an
+# extract_sync whose first answer is a 503 (its retry, in its own worker).
+my $three = sq("SELECT docextract.add_document('three.pdf', pg_read_binary_file('" . fixture('three-invoices.pdf') . "'))");
+my $split = sq("SELECT docextract.extract_document('$three', '$tid', '{\"split\": true}')");
+is(wait_for_status($node, $split, 'completed', 'failed'), 'completed', '... a split completes');
+sq(qq{SELECT docextract.add_model('quick', 'openai', '$srv->{url}/v1', 'test-model', NULL,
+	'{"max_retries": 1, "retry_backoff_ms": 100}')});
+server_script($srv, { status => 503, body => '{"error": {"message": "overloaded"}}' });
+is(json_of(sq("SELECT docextract.extract_sync(pg_read_binary_file('" . fixture('invoice.pdf') . "'), '$tid',
+	'{\"model\": \"quick\"}')"))->{status}, 'completed', '... and an extract_sync retried after a 503');
 $node->wait_for_log(qr/Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/, $log_from);
 @entries = log_entries($log_from);
 my @cleanups = grep { /Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/ } @entries;
@@ -111,9 +121,11 @@ my @plans = grep { /^\S+ \S+ UTC \[\d+\] docextract[^:]*: LOG:  duration: .* pla
 my @by_status = map { /(Scan using (?:extractions_(?:in_flight|classifying|retry_due|queue|ended)|webhook_deliveries_due) .*\n(?:(?!.*->).*\n)*)/g } @plans;
 is(join('', grep { /Filter: .*\b(?:event_)?id = / } @by_status), '',
 	'no row found by its id (or event) is looked for through a partial index of its status');
-# The polls' fold of worker_stats' deltas takes them all (DELETE ... RETURNING).
-@scans = grep { !$settings{$_} && $_ ne 'model_stat_deltas' } map { /Seq Scan on (\w+)/g } @plans;
-is(join(', ', @scans), '', scalar(@plans) . ' plans of the workers after the ANALYZE: none reads a table whole');
+# The job worker's (extract_sync's worker plans as a session does, with its
+# settings): the polls' fold of worker_stats' deltas takes them all.
+@worker = grep { /^\S+ \S+ UTC \[\d+\] docextract worker: / } @plans;
+@scans = grep { !$settings{$_} && $_ ne 'model_stat_deltas' } map { /Seq Scan on (\w+)/g } @worker;
+is(join(', ', @scans), '', scalar(@worker) . ' plans of the job worker after the ANALYZE: none reads a table whole');
 
 # -- the write-back worker ----------------------------------------------------------
 # Its own statements (lease, outcome, the next due write-back) are kept
