@@ -6,9 +6,9 @@
  * poll, so that cleanup never holds locks or a transaction for long.  The
  * credit ledger is kept: it is the account's history, and so is an
  * extraction whose write-back is still due (written back later, then
- * removed).  Each finds its rows
- * through an index on when they ended or were made (extractions_ended,
- * events_created): a poll that finds nothing reads nothing of the history.
+ * removed).  Each finds its rows through an index on when they ended or
+ * were made (extractions_ended, events_created): a poll that finds nothing
+ * reads nothing of the history.
  */
 #include "postgres.h"
 

@@ -65,9 +65,10 @@ is(join(', ', @scans), '', 'none reads a table of the queue or its history whole
 # tested e.status = 'processing' then started from that index and looked up
 # every job in flight for each batch, 7.6 times the lookups of its own jobs
 # at 1M rows stored (bench/history.sh).  Its plans start from the batch.
-# The statements that find one row by its id and test its status (those of
-# a classification, of a job with citations, stored alone) go by the
-# primary key too, not through that status's partial index.
+# The statements that find one row by its id and test its status (a
+# classification's, one awaiting a pick, a job with citations stored alone,
+# a split's parent, a sync retry) go by the primary key too, not through
+# that status's partial index.
 sq(qq{INSERT INTO docextract.extractions (document_id, template_id, model_name, owner, status,
 		attempts, completion_percentage, completed_at)
 	SELECT '$doc', '$tid', 'default', current_user::regrole, 'completed', 1, 100, now() FROM generate_series(1, 20000);
@@ -106,9 +107,10 @@ sq(qq{SELECT docextract.add_model('quick', 'openai', '$srv->{url}/v1', 'test-mod
 server_script($srv, { status => 503, body => '{"error": {"message": "overloaded"}}' });
 is(json_of(sq("SELECT docextract.extract_sync(pg_read_binary_file('" . fixture('invoice.pdf') . "'), '$tid',
 	'{\"model\": \"quick\"}')"))->{status}, 'completed', '... and an extract_sync retried after a 503');
-$node->wait_for_log(qr/Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/, $log_from);
+my $cleanup = qr/Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/;
+$node->wait_for_log($cleanup, $log_from);
 @entries = log_entries($log_from);
-my @cleanups = grep { /Query Text: DELETE FROM docextract\.extractions e WHERE e\.id IN/ } @entries;
+my @cleanups = grep { /$cleanup/ } @entries;
 is(join(', ', map { /Seq Scan on (\w+)/g } @cleanups), '',
 	scalar(@cleanups) . ' retention passes logged: none reads the extractions whole to find what ended before it');
 sq(q{ALTER SYSTEM RESET docextract.retention; ALTER SYSTEM RESET docextract.poll_interval; SELECT pg_reload_conf()});
