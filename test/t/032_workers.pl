@@ -100,12 +100,16 @@ HTTP::Tiny->new->post("$srv->{url}/_release/h2");
 server_reset($srv);
 wait_idle_workers();
 server_script($srv, map { { hold => 'h3' } } 1 .. 8);
-# Held jobs until each worker runs one (a commit wakes the idle workers in turn).
+# Held jobs until each worker runs one (a commit wakes the idle workers in
+# turn).  Each submit waits until both sleep: a worker still busy with the
+# last claim looks at the queue once more before it sleeps, and would take
+# the next job whichever worker the commit woke.
 my @two;
 for my $i (1 .. 8)
 {
 	push @two, sq("SELECT docextract.extract_document('$doc', '$tid', '{\"force\": true}')");
 	wait_inflight($srv, $i);
+	wait_idle_workers();
 	last if sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE status = 'processing'") == 2;
 }
 is(sq("SELECT count(DISTINCT worker_pid) FROM docextract.extractions WHERE status = 'processing'"), '2',
