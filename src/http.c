@@ -465,6 +465,7 @@ http_drive(bool timed_out)
 {
 	struct epoll_event events[64];
 	int			n;
+	bool		due;
 
 	if (multi == NULL)
 		return;
@@ -488,7 +489,16 @@ http_drive(bool timed_out)
 				elog(WARNING, "docextract: libcurl: %s", curl_multi_strerror(mc));
 		}
 	} while (n == lengthof(events));
-	if ((timed_out || (timer_armed && http_timeout_ms() <= 0)) &&
+	/*
+	 * The timer is one-shot: once due, libcurl sets it again during the call
+	 * if it still needs one.  It need not say -1 when it needs none (7.88
+	 * does not, after a timeout call that left no timer): a timer kept armed
+	 * past its deadline had the worker spin at full speed while idle.
+	 */
+	due = timer_armed && GetCurrentTimestamp() >= timer_deadline;
+	if (due)
+		timer_armed = false;
+	if ((timed_out || due) &&
 		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running_handles) != CURLM_OK)
 		elog(WARNING, "docextract: libcurl could not act on its timer");
 }

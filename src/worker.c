@@ -1040,8 +1040,9 @@ sleep_ms(TimestampTz next_poll)
 	long		poll_ms;
 	long		curl_ms = http_timeout_ms();
 
+	/* Rounded up: a deadline less than 1 ms away is not a 0 ms wait, over and over. */
 	TimestampDifference(GetCurrentTimestamp(), next_poll, &secs, &usecs);
-	poll_ms = secs * 1000 + usecs / 1000;
+	poll_ms = secs * 1000 + (usecs + 999) / 1000;
 	return (curl_ms >= 0 && curl_ms < poll_ms) ? curl_ms : poll_ms;
 }
 

@@ -100,10 +100,11 @@ HTTP::Tiny->new->post("$srv->{url}/_release/h2");
 server_reset($srv);
 wait_idle_workers();
 server_script($srv, map { { hold => 'h3' } } 1 .. 8);
-# Held jobs until each worker runs one (a commit wakes the idle workers in
-# turn).  Each submit waits until both sleep: a worker still busy with the
-# last claim looks at the queue once more before it sleeps, and would take
-# the next job whichever worker the commit woke.
+# Held jobs until each worker runs one (a commit wakes the workers that sleep
+# with room in turn; each submit waits until both sleep).  This once took all
+# eight: a worker that spun (http.c's timer, kept armed past its deadline)
+# was seen waiting, but was between two waits, so passed over, most of the
+# time.
 my @two;
 for my $i (1 .. 8)
 {
