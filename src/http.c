@@ -71,7 +71,10 @@ on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 		return 0;
 	}
 	ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-	/* -1: libcurl fails the transfers on that socket rather than hang. */
+	/*
+	 * -1 (the epoll set refused it): libcurl fails every transfer of the
+	 * multi handle rather than leave one hanging on an unwatched socket.
+	 */
 	if (socketp == NULL)
 	{
 		if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0 &&
@@ -466,6 +469,7 @@ http_drive(bool timed_out)
 	struct epoll_event events[64];
 	int			n;
 	bool		due;
+	long		left_ms;
 
 	if (multi == NULL)
 		return;
@@ -490,17 +494,23 @@ http_drive(bool timed_out)
 		}
 	} while (n == lengthof(events));
 	/*
-	 * The timer is one-shot: once due, libcurl sets it again during the call
-	 * if it still needs one.  It need not say -1 when it needs none (7.88
-	 * does not, after a timeout call that left no timer): a timer kept armed
-	 * past its deadline had the worker spin at full speed while idle.
+	 * The timer is one-shot: once due, it is disarmed, and libcurl sets it
+	 * again if it still needs one.  It need not say -1 when it needs none
+	 * (7.88 does not, after a timeout call that left no timer): a timer kept
+	 * armed past its deadline had the worker spin at full speed while idle.
+	 * Nor need it call back with a timer it already told (8.10.0 to 8.11.0,
+	 * when called before libcurl's own clock says due): asked, then (at
+	 * least 1 ms: a multi handle a callback failed says 0 for ever).
 	 */
 	due = timer_armed && GetCurrentTimestamp() >= timer_deadline;
 	if (due)
 		timer_armed = false;
-	if ((timed_out || due) &&
-		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running_handles) != CURLM_OK)
+	if (!timed_out && !due)
+		return;
+	if (curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running_handles) != CURLM_OK)
 		elog(WARNING, "docextract: libcurl could not act on its timer");
+	else if (!timer_armed && curl_multi_timeout(multi, &left_ms) == CURLM_OK && left_ms >= 0)
+		on_timer(multi, Max(left_ms, 1), NULL);
 }
 
 /*
