@@ -7,7 +7,8 @@
 #   4. a role's extraction whose webhook delivery the egress policy refuses
 #      (localhost: no connection is made), which ends inside libcurl's timer
 #      call (until a7661d2 the worker then spun until its next request);
-# and, in the same run, the client-side worker it replaces
+# then the write-back worker and the launcher; and, in the same run, the
+# client-side worker it replaces
 # (bench/client_worker.py, THREADS threads polling an empty queue).
 #   bash bench/idle.sh
 #   BENCH_SCALE=0.1 bash bench/idle.sh        quick check (200 documents)
@@ -73,6 +74,11 @@ for _ in $(seq 600); do
 done
 sql -c "SELECT 'delivery: ' || coalesce(last_error, status) FROM docextract.webhook_deliveries"
 quiet "job worker: a role's webhook delivery refused (egress)" "$wpid"
+
+for kind in 'write-back worker' launcher; do
+    quiet "docextract $kind: after all of the above" \
+        "$(sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract $kind'")"
+done
 
 bench_client_start "$THREADS"
 quiet "client worker ($THREADS threads, poll ${BENCH_CLIENT_POLL:-0.01} s), empty queue" "$(cat "$DIR/client.pid")"
