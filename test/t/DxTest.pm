@@ -8,7 +8,6 @@ use Cwd qw(abs_path);
 use File::Basename qw(basename dirname);
 use HTTP::Tiny;
 use JSON::PP;
-use POSIX ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -18,7 +17,7 @@ use Exporter 'import';
 our @EXPORT = qw(start_model_server server_script server_release server_requests server_stats server_reset
   hook_script hooks_received
   new_node fixture add_invoice_template wait_for_status wait_for_status_in worker_pid json_of catalog_lines
-  wait_until wait_inflight wait_abandoned process_use);
+  wait_until wait_inflight wait_abandoned);
 
 our $root = abs_path(dirname(__FILE__) . '/../..');
 my @servers;
@@ -235,35 +234,6 @@ sub worker_pid
 	  or die "no docextract worker";
 	return $node->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'docextract worker'");
-}
-
-# Over $secs seconds, the share of a CPU each of @pids used and how often it
-# was switched in and out, as [share, switches] pairs.  A sleeping process:
-# a few ms and a few switches, whatever the machine's load.  A spinning one
-# takes all the CPU it can get: all of one on a quiet machine, a share of a
-# busy one (one of 14 runnable processes on 2 cores gets 15 %), where it is
-# switched out every few ms.
-sub process_use
-{
-	my ($secs, @pids) = @_;
-	my $read = sub {
-		my ($pid) = @_;
-		my $stat = slurp_file("/proc/$pid/stat");
-		$stat =~ s/^.*\) //s;
-		my @f = split / /, $stat;
-		my $status = slurp_file("/proc/$pid/status");
-		my $switches = 0;
-		$switches += $1 while $status =~ /ctxt_switches:\s+(\d+)/g;
-		return (($f[11] + $f[12]) / POSIX::sysconf(POSIX::_SC_CLK_TCK), $switches);
-	};
-	my %before = map { $_ => [ $read->($_) ] } @pids;
-	my $t0 = time;
-	usleep($secs * 1e6);	# the measurement's window, not a wait for something to happen
-	my $took = time - $t0;
-	return map {
-		my ($cpu, $sw) = $read->($_);
-		[ ($cpu - $before{$_}[0]) / $took, $sw - $before{$_}[1] ]
-	} @pids;
 }
 
 # No error of docextract's may reach anyone as XX000 (internal_error): each
